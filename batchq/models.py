@@ -1,0 +1,318 @@
+"""The domain vocabulary: task files, plans, subtask results and batch reports.
+
+Task-file models are tolerant readers of what other tools write (SPEC 1); the raw
+JSON is kept by :mod:`batchq.taskfiles` so rewrites preserve unknown fields. Wire
+models (:class:`SubtaskResult`, :class:`BatchReport`) are frozen and versioned so a
+message or stored report written by an older batchq still decodes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "SEQ_PATTERN",
+    "BatchReport",
+    "BatchStatus",
+    "BatchqBlock",
+    "DeliverableCheck",
+    "Execution",
+    "FailurePolicy",
+    "Feature",
+    "FileRef",
+    "NextStep",
+    "Plan",
+    "PlannedBatch",
+    "ResultState",
+    "Subtask",
+    "SubtaskResult",
+    "SubtaskStatus",
+    "TaskFile",
+    "TaskStatus",
+    "Violation",
+]
+
+SEQ_PATTERN = r"^\d{2,}$"
+_SEQ_RE = re.compile(SEQ_PATTERN)
+SUMMARY_LIMIT = 200
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+class SubtaskStatus(StrEnum):
+    """The only four statuses the established tools accept in a subtask file."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    BLOCKED = "blocked"
+
+
+class TaskStatus(StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    BLOCKED = "blocked"
+    ARCHIVED = "archived"
+
+
+class ResultState(StrEnum):
+    """What one execution of a subtask ended as (kept in the ``batchq`` block)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+class FailurePolicy(StrEnum):
+    GRACEFUL = "graceful"
+    TERMINATE = "terminate"
+    CONTINUE = "continue"
+
+
+class BatchStatus(StrEnum):
+    COMPLETED = "completed"
+    PARTIAL_FAILURE = "partial_failure"
+
+
+class _Tolerant(BaseModel):
+    """Task-file models ignore unknown keys: the raw JSON keeps them for rewrites."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class FileRef(_Tolerant):
+    """A context or reference file, optionally narrowed to a line range."""
+
+    path: str
+    lines: str | None = None
+    reason: str | None = None
+
+
+FileEntry = str | FileRef
+
+
+def file_path(entry: FileEntry) -> str:
+    """The path of a context/reference entry, whichever form it was written in."""
+    return entry if isinstance(entry, str) else entry.path
+
+
+class Execution(_Tolerant):
+    """batchq's optional input block: how to run and verify a subtask."""
+
+    command: str | None = None
+    callable_: str | None = Field(default=None, alias="callable")
+    verify: str | None = None
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    retries: int = Field(default=0, ge=0, le=20)
+    estimate_s: float | None = Field(default=None, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("callable_")
+    @classmethod
+    def _callable_shape(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("expected 'package.module:function'")
+        return value
+
+
+class BatchqBlock(_Tolerant):
+    """batchq's own facts about the last execution of a subtask."""
+
+    result: ResultState
+    error: str | None = None
+    attempts: int = 0
+    run_id: str | None = None
+    log: str | None = None
+
+
+Seq = Annotated[str, Field(pattern=SEQ_PATTERN)]
+
+
+class Subtask(_Tolerant):
+    """One ``subtask_NN.json``."""
+
+    id: str
+    seq: Seq
+    title: str = Field(min_length=1)
+    status: SubtaskStatus = SubtaskStatus.PENDING
+    depends_on: list[Seq] = Field(default_factory=list)
+    parallel: bool = False
+    suggested_agent: str | None = None
+    context_files: list[FileEntry] = Field(default_factory=list)
+    reference_files: list[FileEntry] = Field(default_factory=list)
+    acceptance_criteria: list[str] = Field(min_length=1)
+    deliverables: list[str] = Field(min_length=1)
+    agent_id: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    completion_summary: str | None = None
+    execution: Execution | None = None
+    batchq: BatchqBlock | None = None
+
+    @property
+    def number(self) -> int:
+        return int(self.seq)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.execution.timeout_s if self.execution else DEFAULT_TIMEOUT_S
+
+
+class TaskFile(_Tolerant):
+    """One ``task.json``: the feature's header."""
+
+    id: str
+    name: str
+    status: TaskStatus = TaskStatus.ACTIVE
+    objective: str | None = None
+    context_files: list[FileEntry] = Field(default_factory=list)
+    reference_files: list[FileEntry] = Field(default_factory=list)
+    exit_criteria: list[str] = Field(default_factory=list)
+    subtask_count: int | None = None
+    completed_count: int | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
+
+
+class Feature(BaseModel):
+    """A loaded, format-valid feature folder. Semantic problems are found by the planner."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    root: Path
+    path: Path
+    task: TaskFile
+    subtasks: list[Subtask]
+    warnings: list[str] = Field(default_factory=list)
+
+    def by_seq(self) -> dict[str, Subtask]:
+        """Subtasks keyed by seq (the first one wins when seqs are duplicated)."""
+        out: dict[str, Subtask] = {}
+        for sub in self.subtasks:
+            out.setdefault(sub.seq, sub)
+        return out
+
+    @property
+    def completed_count(self) -> int:
+        return sum(1 for s in self.subtasks if s.status is SubtaskStatus.COMPLETED)
+
+    @property
+    def state_dir(self) -> Path:
+        """batchq's own per-feature files: reports, logs, run tokens."""
+        return self.path / ".batchq"
+
+
+# --- planning ---------------------------------------------------------------
+
+
+class PlannedBatch(BaseModel):
+    """One batch of the schedule, with why each member sits in it."""
+
+    number: int
+    level: int
+    seqs: list[str]
+    parallel: bool
+    after: int | None = None
+    reasons: dict[str, str] = Field(default_factory=dict)
+
+
+class Plan(BaseModel):
+    feature: str
+    batches: list[PlannedBatch] = Field(default_factory=list)
+    blocked: dict[str, str] = Field(default_factory=dict)
+    completed: list[str] = Field(default_factory=list)
+
+
+class Violation(BaseModel):
+    """One reason an explicit batch is not safe (SPEC 2)."""
+
+    kind: str
+    seqs: list[str]
+    message: str
+
+
+# --- execution results (wire models) ------------------------------------------
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+
+
+class DeliverableCheck(_Wire):
+    path: str
+    verified: bool
+
+
+class SubtaskResult(_Wire):
+    """What a worker returns for one subtask; never an exception (SPEC 3)."""
+
+    feature: str
+    run_id: str
+    batch: int
+    seq: str
+    title: str
+    result: ResultState
+    summary: str = ""
+    deliverables: list[DeliverableCheck] = Field(default_factory=list)
+    attempts: int = 1
+    worker: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float = 0.0
+    error_type: str | None = None
+    error: str | None = None
+    output_tail: str = ""
+    log_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is ResultState.COMPLETED
+
+
+class NextStep(_Wire):
+    """What the orchestrator should do after this batch."""
+
+    batch: int | None = None
+    seqs: list[str] = Field(default_factory=list)
+    dependencies_satisfied: bool = False
+    recommendation: str = ""
+
+
+class BatchReport(_Wire):
+    """The aggregated result of one batch, built by :func:`batchq.report.build`."""
+
+    feature: str
+    run_id: str
+    batch: int
+    status: BatchStatus
+    results: list[SubtaskResult]
+    total: int
+    completed: int
+    failed: int
+    success_rate: float
+    next: NextStep = Field(default_factory=NextStep)
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    wall_s: float = 0.0
+    work_s: float = 0.0
+    speedup: float = 0.0
+    forced: bool = False
+    missing: list[str] = Field(default_factory=list)
+    discrepancies: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is BatchStatus.COMPLETED
+
+
+def is_seq(value: Any) -> bool:
+    return isinstance(value, str) and bool(_SEQ_RE.match(value))

@@ -1,0 +1,153 @@
+"""Settings: the only reader of the environment and of ``batchq.toml``.
+
+Precedence, highest first: keyword arguments, ``BATCHQ_*`` environment variables,
+``<root>/batchq.toml``, defaults. Secrets (Redis password, Flower credentials) belong
+in the environment; the TOML file is meant to be committed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from batchq.errors import SpecError
+
+__all__ = ["DEFAULT_PROTECTED", "AgentConfig", "Settings", "load_settings"]
+
+DEFAULT_PROTECTED: tuple[str, ...] = (".git/", "node_modules/", "*.env*", "*.key", "*.secret")
+CONFIG_FILE = "batchq.toml"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class AgentConfig(BaseModel):
+    """One ``[agents.NAME]`` table of ``batchq.toml``."""
+
+    command: str | None = None
+    allow: list[str] = Field(default_factory=list)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable about batchq, with the defaults a new user gets."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHQ_", extra="ignore")
+
+    redis_url: str | None = None
+    """Broker and state store. Unset: `run` starts an embedded redis-server."""
+    result_url: str | None = None
+    """Celery result backend; defaults to ``redis_url``."""
+    queue_prefix: str = "batchq"
+    key_prefix: str = "batchq:"
+
+    shell_allow: CommaList = Field(default_factory=list)
+    python_allow: CommaList = Field(default_factory=list)
+    protected_paths: CommaList = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+
+    stall_s: float = Field(default=120.0, gt=0)
+    visibility_timeout_s: float = Field(default=4 * 3600.0, gt=0)
+    state_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    claim_ttl_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    max_starts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    retry_backoff_max_s: float = Field(default=300.0, ge=0)
+    socket_timeout_s: float = Field(default=10.0, gt=0)
+    unacked_restore_interval_s: float | None = None
+    worker_concurrency: int | None = Field(default=None, ge=1)
+    log_format: Literal["text", "json"] = "text"
+    output_tail_chars: int = Field(default=2000, ge=0)
+
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+
+    @field_validator("shell_allow", "python_allow", "protected_paths", mode="before")
+    @classmethod
+    def _comma_lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @model_validator(mode="after")
+    def _result_url_defaults_to_redis(self) -> Settings:
+        if self.result_url is None:
+            self.result_url = self.redis_url
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    def allow_for(self, agent: str) -> list[str]:
+        """The allow-list of an agent: the env variable wins over ``[agents.X] allow``."""
+        if agent == "shell" and "shell_allow" in self.model_fields_set:
+            return list(self.shell_allow)
+        if agent == "python" and "python_allow" in self.model_fields_set:
+            return list(self.python_allow)
+        config = self.agents.get(agent)
+        return list(config.allow) if config else []
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis URL is configured and batchq must start its own."""
+        return self.redis_url is None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, None, f"invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SpecError(path, None, f"cannot read: {exc.strerror}") from exc
+
+
+def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
+    """Settings for a project root: ``batchq.toml`` there, then env, then overrides.
+
+    The TOML values are passed as init values beneath the environment, so an exported
+    ``BATCHQ_*`` variable still wins over the committed file.
+    """
+    file_values: dict[str, Any] = {}
+    if root is not None and (root / CONFIG_FILE).is_file():
+        file_values = _read_toml(root / CONFIG_FILE)
+    env_only = Settings()
+    merged: dict[str, Any] = dict(file_values)
+    merged.update({k: getattr(env_only, k) for k in env_only.model_fields_set})
+    merged.update(overrides)
+    try:
+        settings = Settings.model_validate(merged)
+    except Exception as exc:  # pydantic.ValidationError, but keep the message short
+        raise SpecError(root / CONFIG_FILE if root else CONFIG_FILE, None, str(exc)) from exc
+    # model_fields_set must reflect only explicit env/override choices for allow_for().
+    explicit = (env_only.model_fields_set | set(overrides)) & {"shell_allow", "python_allow"}
+    object.__setattr__(
+        settings,
+        "__pydantic_fields_set__",
+        (settings.model_fields_set - {"shell_allow", "python_allow"}) | explicit,
+    )
+    return settings
