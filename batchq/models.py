@@ -31,6 +31,7 @@ __all__ = [
     "PlannedBatch",
     "ResultState",
     "Subtask",
+    "SubtaskMessage",
     "SubtaskResult",
     "SubtaskStatus",
     "TaskFile",
@@ -316,3 +317,25 @@ class BatchReport(_Wire):
 
 def is_seq(value: Any) -> bool:
     return isinstance(value, str) and bool(_SEQ_RE.match(value))
+
+
+class SubtaskMessage(_Wire):
+    """The body of one ``batchq.run_subtask`` message: all a worker needs, as JSON.
+
+    The subtask definition travels whole so the worker re-checks the agent policy on
+    what it will actually run; the session context travels as a Redis key.
+    """
+
+    feature: str
+    feature_key: str
+    run_id: str
+    batch: int
+    root: str
+    token: str
+    policy: FailurePolicy = FailurePolicy.GRACEFUL
+    agent: str
+    subtask: Subtask
+
+    @property
+    def seq(self) -> str:
+        return self.subtask.seq

@@ -130,15 +130,22 @@ def agent_for(subtask: Subtask, settings: Settings) -> Agent:
     if cls is None:
         config = settings.agents.get(name)
         if config is None or not config.command:
-            known = ", ".join(sorted(registry) + sorted(a for a in settings.agents if a not in registry))
+            known = ", ".join(
+                sorted(registry) + sorted(a for a in settings.agents if a not in registry)
+            )
             raise PolicyError(
                 name,
                 f"subtask {subtask.seq}: suggested_agent: unknown agent {name!r}; "
-                f"configure [agents.{name}] command = \"...\" in batchq.toml (known: {known})",
+                f'configure [agents.{name}] command = "..." in batchq.toml (known: {known})',
             )
         from batchq.agents.cli import CliAgent
 
         cls = CliAgent
     agent = cls(name, settings)
     agent.check(subtask)
+    # execution.verify runs with bash whichever agent did the work, so the shell
+    # allow-list applies to it for third-party agents too.
+    from batchq.verify import check_verify
+
+    check_verify(subtask, settings)
     return agent

@@ -1,0 +1,5 @@
+"""``python -m batchq``: the same as the ``batchq`` command."""
+
+from batchq.cli import main
+
+main()

@@ -1,0 +1,149 @@
+"""CLI agents: delegate a subtask to a coding-agent command line (opencode, claude, …).
+
+Any agent name with ``[agents.NAME] command = "..."`` in ``batchq.toml`` is one::
+
+    [agents.CoderAgent]
+    command = "opencode run --agent {agent} --prompt-file {prompt_file}"
+    max_concurrency = 3
+
+The worker renders the prompt (:func:`batchq.prompt.render_prompt`) to
+``<log>.prompt.md`` beside the subtask's log, fills the template and runs it **without
+a shell**: every value is ``shlex.quote``-d before substitution and the result is cut
+with ``shlex.split``, so a title like ``Fix "auth"; rm -rf ~`` stays one argument.
+Write placeholders bare (``--title {title}``), not inside quotes of your own.
+
+Placeholders: ``{agent}``, ``{prompt_file}``, ``{workspace}``, ``{seq}``,
+``{feature}``, ``{title}``, ``{run_id}``, ``{log_file}``; ``{{``/``}}`` are literal
+braces. An unknown placeholder, a missing command or a template ``shlex`` cannot
+split is a :class:`~batchq.errors.PolicyError` before anything is enqueued.
+The timeout is the subtask's ``execution.timeout_s`` (the delegation's timeout);
+exit code 75 asks for a retry.
+"""
+
+from __future__ import annotations
+
+import shlex
+import string
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+from batchq.agents.base import Agent, AgentOutcome, Delegation
+from batchq.agents.process import run_process
+from batchq.agents.shell import agent_env, check_env, check_line, outcome_from_process
+from batchq.errors import PolicyError
+from batchq.models import Subtask
+from batchq.prompt import render_prompt
+
+__all__ = ["PLACEHOLDERS", "CliAgent", "build_argv", "template_fields"]
+
+PLACEHOLDERS: frozenset[str] = frozenset(
+    {"agent", "prompt_file", "workspace", "seq", "feature", "title", "run_id", "log_file"}
+)
+
+StopCheck = Callable[[], bool]
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a command template; ValueError if it is malformed
+    (unbalanced braces) or uses positional, indexed or formatted fields."""
+    names: list[str] = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or spec or conversion or not name.isidentifier():
+            raise ValueError(f"placeholder {{{name}}} must be a bare name like {{title}}")
+        names.append(name)
+    return names
+
+
+def build_argv(template: str, values: Mapping[str, str]) -> list[str]:
+    """Fill ``template`` with shell-quoted ``values`` and split it into an argv."""
+    quoted = {key: shlex.quote(value) for key, value in values.items()}
+    return shlex.split(template.format_map(quoted))
+
+
+class CliAgent(Agent):
+    """Runs the configured command line for a subtask, with a rendered prompt file."""
+
+    kind: ClassVar[str] = "cli"
+
+    @property
+    def template(self) -> str | None:
+        config = self.settings.agents.get(self.name)
+        return config.command if config else None
+
+    def check(self, subtask: Subtask) -> None:
+        where = f"subtask {subtask.seq}: agents.{self.name}.command"
+        template = self.template
+        if not template or not template.strip():
+            raise PolicyError(
+                self.name,
+                f'{where}: missing; configure [agents.{self.name}] command = "..." in batchq.toml',
+            )
+        try:
+            unknown = sorted(set(template_fields(template)) - PLACEHOLDERS)
+            if unknown:
+                raise ValueError(
+                    f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                    f"known: {', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))}"
+                )
+            if not build_argv(template, dict.fromkeys(PLACEHOLDERS, "x")):
+                raise ValueError("the command is empty")
+        except ValueError as exc:
+            raise PolicyError(self.name, f"{where}: {exc}") from exc
+        check_env(subtask)
+        if subtask.execution and subtask.execution.verify:
+            check_line(
+                subtask.seq,
+                "execution.verify",
+                subtask.execution.verify,
+                self.settings.allow_for("shell"),
+            )
+
+    def run(self, delegation: Delegation, should_stop: StopCheck) -> AgentOutcome:
+        sub = delegation.subtask
+        try:
+            self.check(sub)
+        except PolicyError as exc:
+            return AgentOutcome(ok=False, error=str(exc), error_type="PolicyError")
+        assert self.template is not None
+        prompt_file = delegation.log_path.with_name(delegation.log_path.stem + ".prompt.md")
+        prompt = render_prompt(
+            sub,
+            delegation.feature,
+            delegation.context,
+            delegation.workspace,
+            self.settings.protected_paths,
+        )
+        prompt_file.parent.mkdir(parents=True, exist_ok=True)
+        prompt_file.write_text(prompt, encoding="utf-8")
+        values = {
+            "agent": self.name,
+            "prompt_file": str(prompt_file),
+            "workspace": str(delegation.workspace),
+            "seq": sub.seq,
+            "feature": delegation.feature,
+            "title": sub.title,
+            "run_id": delegation.run_id,
+            "log_file": str(delegation.log_path),
+        }
+        argv = build_argv(self.template, values)
+        _log_header(delegation, argv, prompt_file, prompt)
+        result = run_process(
+            argv,
+            cwd=delegation.workspace,
+            env=agent_env(delegation, extra={"BATCHQ_PROMPT_FILE": str(prompt_file)}),
+            timeout_s=delegation.timeout_s,
+            should_stop=should_stop,
+            log_path=delegation.log_path,
+        )
+        return outcome_from_process(result, extra_log=[f"prompt: {prompt_file}"])
+
+
+def _log_header(delegation: Delegation, argv: list[str], prompt_file: object, prompt: str) -> None:
+    """Keep the rendered prompt in the subtask's log too (SPEC 3), before the output."""
+    path = delegation.log_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"[batchq] prompt ({prompt_file}):\n{prompt}\n")
+        handle.write(f"[batchq] running: {shlex.join(argv)}\n")

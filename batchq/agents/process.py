@@ -1,0 +1,353 @@
+"""Run one agent child process to completion, a timeout or a cancellation.
+
+Shared by the ``shell`` and CLI agents and by ``execution.verify``. The rules come
+from what goes wrong with subprocesses on workers (TRAPS):
+
+- The child starts in its own session (``start_new_session=True``), so it and every
+  process it starts share one process group. A timeout, a cancellation, or the
+  child's own exit ends with the whole group signalled (SIGTERM, a short grace, then
+  SIGKILL): a ``sleep 30 &`` left behind by a finished command is killed too, and
+  nothing outlives the subtask as an orphan holding the worker's pipes.
+- stdout and stderr are merged and streamed to the subtask's log file as they come,
+  so a long run can be followed with ``tail -f``; memory keeps only a bounded tail.
+- One thread, no reader threads: a ``select`` loop reads whatever is available and
+  polls the deadline and ``should_stop`` every ``poll_s``. A grandchild that escaped
+  the group (``setsid``) and keeps the pipe open cannot hang us: after the group is
+  gone the pipe is drained for a bounded time only.
+- The child's own failure — non-zero exit, signal, missing executable, missing
+  working directory — is a :class:`ProcessResult`, never an exception. Exceptions
+  raised *into* the loop (Celery's soft time limit, a failing ``should_stop``)
+  still propagate, after the group has been killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from batchq.procs import group_members
+
+__all__ = [
+    "DEFAULT_TAIL_BYTES",
+    "ProcessResult",
+    "last_line",
+    "run_process",
+]
+
+DEFAULT_TAIL_BYTES = 64 * 1024
+"""How much of a child's output is kept in memory; the log file has all of it."""
+
+_READ_CHUNK = 64 * 1024
+_MAX_READS_PER_POLL = 16
+_DRAIN_S = 1.0
+_HAVE_PROC = os.path.isdir("/proc/self")
+SUMMARY_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a child process ended. Exactly one of the flags explains a failure:
+    ``error`` (could not start), ``timed_out``, ``cancelled``, or a non-zero
+    ``exit_code`` (negative: killed by that signal)."""
+
+    argv: tuple[str, ...]
+    exit_code: int | None
+    output: str
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    error_type: str | None = None
+    duration_s: float = 0.0
+    truncated_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.error
+
+    def describe(self) -> str:
+        """One line saying why the process did not succeed (empty when it did)."""
+        if self.error:
+            return self.error
+        if self.timed_out:
+            return f"timed out after {self.duration_s:.0f}s"
+        if self.cancelled:
+            return "cancelled"
+        if self.exit_code is not None and self.exit_code < 0:
+            try:
+                name = signal.Signals(-self.exit_code).name
+            except ValueError:
+                name = f"signal {-self.exit_code}"
+            return f"killed by {name}"
+        if self.exit_code:
+            return f"exit code {self.exit_code}"
+        return ""
+
+
+def last_line(output: str, limit: int = SUMMARY_CHARS) -> str:
+    """The last non-empty line of ``output``, cut to ``limit`` characters: what a
+    command printed last is the best one-line summary we can get for free."""
+    for line in reversed(output.splitlines()):
+        text = line.strip()
+        if text:
+            return text if len(text) <= limit else text[: limit - 1] + "…"
+    return ""
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, without holding the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self.buf = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        excess = len(self.buf) - self.limit
+        # Trim in bulk (only past twice the limit) so appends stay amortised O(1).
+        if excess > self.limit:
+            del self.buf[:excess]
+            self.dropped += excess
+
+    def text(self) -> tuple[str, int]:
+        excess = max(len(self.buf) - self.limit, 0)
+        data = bytes(self.buf[excess:])
+        return data.decode("utf-8", errors="replace"), self.dropped + excess
+
+
+def run_process(
+    command: str | Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log_path: Path | None = None,
+    tail_bytes: int = DEFAULT_TAIL_BYTES,
+    grace_s: float = 2.0,
+    poll_s: float = 0.2,
+) -> ProcessResult:
+    """Run ``command`` (a bash line, or an argv run without a shell) in ``cwd``.
+
+    Output (stdout and stderr merged) is appended to ``log_path`` as it arrives and its
+    tail returned. The child is killed with its whole process group when it outlives
+    ``timeout_s`` or ``should_stop()`` turns true, and any process it left behind is
+    killed when it exits. Never raises for the child's own failure.
+    """
+    argv = ("bash", "-c", command) if isinstance(command, str) else tuple(command)
+    started = time.monotonic()
+    if not argv:
+        return _failed_start(argv, "empty command", "ValueError", started)
+    if not Path(cwd).is_dir():
+        return _failed_start(
+            argv, f"working directory not found: {cwd}", "FileNotFoundError", started
+        )
+    log = _open_log(log_path)
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            if isinstance(exc, FileNotFoundError):
+                reason = f"executable not found: {argv[0]!r}"
+            _write(log, f"[batchq] {reason}\n".encode())
+            return _failed_start(argv, reason, type(exc).__name__, started)
+        return _supervise(
+            proc, argv, log, started, timeout_s, should_stop, tail_bytes, grace_s, poll_s
+        )
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    argv: tuple[str, ...],
+    log: IO[bytes] | None,
+    started: float,
+    timeout_s: float | None,
+    should_stop: Callable[[], bool] | None,
+    tail_bytes: int,
+    grace_s: float,
+    poll_s: float,
+) -> ProcessResult:
+    pgid = proc.pid  # a session leader's pid is its group id
+    tail = _Tail(tail_bytes)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    selector = selectors.DefaultSelector()
+    selector.register(fd, selectors.EVENT_READ)
+    deadline = started + timeout_s if timeout_s is not None else None
+    timed_out = cancelled = False
+    finished = False
+    try:
+        eof = False
+        while True:
+            if eof:
+                time.sleep(poll_s)
+            else:
+                eof = _pump(selector, fd, poll_s, tail, log)
+            if proc.poll() is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+        _stop_group(proc, pgid, grace_s)
+        if not eof:
+            _drain(selector, fd, tail, log)
+        finished = True
+    finally:
+        if not finished:
+            # Unwinding (soft time limit, KeyboardInterrupt, should_stop raised):
+            # no grace, but never leave the group behind.
+            _signal_group(pgid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace_s)
+        selector.close()
+        proc.stdout.close()
+    duration = time.monotonic() - started
+    note = ""
+    if timed_out:
+        note = f"[batchq] timed out after {timeout_s:g}s; process group {pgid} killed\n"
+    elif cancelled:
+        note = f"[batchq] cancelled; process group {pgid} killed\n"
+    if note:
+        tail.add(note.encode())
+        _write(log, note.encode())
+    output, dropped = tail.text()
+    return ProcessResult(
+        argv=argv,
+        exit_code=proc.returncode,
+        output=output,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        error_type="Timeout" if timed_out else "Cancelled" if cancelled else None,
+        duration_s=duration,
+        truncated_bytes=dropped,
+    )
+
+
+def _pump(
+    selector: selectors.BaseSelector,
+    fd: int,
+    timeout: float,
+    tail: _Tail,
+    log: IO[bytes] | None,
+) -> bool:
+    """Wait up to ``timeout`` for output and consume what is there; True at EOF."""
+    if not selector.select(timeout):
+        return False
+    for _ in range(_MAX_READS_PER_POLL):
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return False
+        if not data:
+            return True
+        tail.add(data)
+        _write(log, data)
+    return False
+
+
+def _drain(selector: selectors.BaseSelector, fd: int, tail: _Tail, log: IO[bytes] | None) -> None:
+    """Read what the dead group left in the pipe; bounded, in case an escaped
+    grandchild still holds the write end."""
+    until = time.monotonic() + _DRAIN_S
+    while (left := until - time.monotonic()) > 0:
+        if _pump(selector, fd, min(left, 0.05), tail, log):
+            return
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pid reused by someone else's group: not ours to kill
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group still runs. Zombies do not count: an orphan
+    is reaped by init (or whatever PID 1 is) on its own schedule, not ours."""
+    if not _signal_group(pgid, 0):
+        return False
+    if not _HAVE_PROC:
+        return True
+    return bool(group_members(pgid))
+
+
+def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> None:
+    """TERM the group, give it ``grace_s`` to exit, then KILL what is left.
+
+    The leader is reaped as we go, so its zombie does not keep the group alive."""
+    try:
+        if not _group_alive(pgid):
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        until = time.monotonic() + grace_s
+        while time.monotonic() < until:
+            proc.poll()
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.02)
+        _signal_group(pgid, signal.SIGKILL)
+        until = time.monotonic() + grace_s
+        while time.monotonic() < until:
+            proc.poll()
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.02)
+    finally:
+        # The leader is dead or dying by now; reap it for its exit status.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+
+
+def _open_log(log_path: Path | None) -> IO[bytes] | None:
+    if log_path is None:
+        return None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return log_path.open("ab")
+
+
+def _write(log: IO[bytes] | None, data: bytes) -> None:
+    if log is not None:
+        log.write(data)
+        log.flush()
+
+
+def _failed_start(
+    argv: tuple[str, ...], reason: str, error_type: str, started: float
+) -> ProcessResult:
+    return ProcessResult(
+        argv=argv,
+        exit_code=None,
+        output=reason,
+        error=reason,
+        error_type=error_type,
+        duration_s=time.monotonic() - started,
+    )

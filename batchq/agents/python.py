@@ -1,0 +1,218 @@
+"""The ``python`` agent: call ``execution.callable`` inside the worker process.
+
+For work that is already Python (a data step, an API call) a subprocess per subtask
+would only add start-up time. The price is trust: the callable runs with the worker's
+privileges, so only modules on the allow-list (``BATCHQ_PYTHON_ALLOW`` or
+``[agents.python] allow``) are imported, matched at dot boundaries — ``pkg`` allows
+``pkg`` and ``pkg.sub`` but not ``pkgx``; ``*`` allows every module. The check runs
+before the import, so a refused module's import-time code never runs.
+
+The call is ``function(subtask, context)``:
+
+- ``subtask`` is the :class:`~batchq.models.Subtask` model;
+- ``context`` is the shared session context as a ``str`` — a :class:`CallContext`,
+  whose extra attributes (``workspace``, ``feature``, ``run_id``, ``batch``,
+  ``log_path``) tell the callable where to work. The worker's current directory is
+  *not* changed (it is process-wide); use ``context.workspace``.
+
+It returns ``None``, a ``str`` (the summary) or a ``dict`` with an optional
+``summary`` (and optionally ``ok: False`` with an ``error``). An exception is a failed
+outcome whose ``error_type`` is the exception's class name, with the traceback's tail
+in the output; ``SystemExit(75)`` asks for a retry like a CLI's exit code 75.
+
+The timeout is Celery's soft time limit, not ours: the worker raises
+``SoftTimeLimitExceeded`` inside the callable and this agent lets it (and the hard
+``TimeLimitExceeded``) propagate, so the task layer maps it to ``timed_out``.
+Printed output is captured with ``redirect_stdout``/``redirect_stderr``, which swap
+the process-wide streams: fine in prefork and solo pools, interleaved under the
+threads pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
+from batchq.agents.process import DEFAULT_TAIL_BYTES, last_line
+from batchq.agents.shell import check_env, check_line
+from batchq.errors import PolicyError
+from batchq.models import SUMMARY_LIMIT, Subtask
+
+try:  # the worker always has Celery; keep the agent importable without it
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    _PROPAGATE: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded, TimeLimitExceeded)
+except ImportError:  # pragma: no cover
+    _PROPAGATE = ()
+
+__all__ = ["CallContext", "PythonAgent", "module_allowed", "resolve_callable"]
+
+StopCheck = Callable[[], bool]
+
+
+class CallContext(str):
+    """The shared session context handed to a callable: a ``str`` (as SPEC 3 says),
+    carrying where and for whom the call runs as attributes."""
+
+    workspace: Path
+    feature: str
+    run_id: str
+    batch: int
+    seq: str
+    log_path: Path
+
+    def __new__(cls, text: str, delegation: Delegation) -> CallContext:
+        self = super().__new__(cls, text)
+        self.workspace = delegation.workspace
+        self.feature = delegation.feature
+        self.run_id = delegation.run_id
+        self.batch = delegation.batch
+        self.seq = delegation.subtask.seq
+        self.log_path = delegation.log_path
+        return self
+
+
+def module_allowed(module: str, patterns: list[str]) -> bool:
+    """True when ``module`` is an allowed entry or inside one, at dot boundaries."""
+    for entry in patterns:
+        entry = entry.strip().removesuffix(".*")
+        if entry == "*" or module == entry or module.startswith(entry + "."):
+            return True
+    return False
+
+
+def resolve_callable(spec: str) -> Callable[..., Any]:
+    """Import ``pkg.module:attr.path`` and return the attribute; raises what the
+    import raises (``ImportError``, ``AttributeError``) or ``TypeError``."""
+    module_name, _, attr_path = spec.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{spec} is a {type(target).__name__}, not a callable")
+    return target  # type: ignore[no-any-return]
+
+
+class PythonAgent(Agent):
+    """Calls ``execution.callable(subtask, context)`` in the worker; see the module
+    docstring for the contract with the callable."""
+
+    kind: ClassVar[str] = "python"
+
+    def check(self, subtask: Subtask) -> None:
+        spec = subtask.execution.callable_ if subtask.execution else None
+        where = f"subtask {subtask.seq}: execution.callable"
+        if not spec:
+            raise PolicyError(
+                subtask.seq,
+                f"{where}: missing; the python agent needs 'package.module:function'",
+            )
+        module = spec.partition(":")[0]
+        patterns = self.settings.allow_for("python")
+        if not module_allowed(module, patterns):
+            shown = ", ".join(repr(p) for p in patterns) or (
+                "none; set BATCHQ_PYTHON_ALLOW or [agents.python] allow in batchq.toml"
+            )
+            raise PolicyError(
+                subtask.seq,
+                f"{where}: module {module!r} is not allowed by the python allow-list "
+                f"(modules: {shown})",
+            )
+        check_env(subtask)
+        if subtask.execution and subtask.execution.verify:
+            check_line(
+                subtask.seq,
+                "execution.verify",
+                subtask.execution.verify,
+                self.settings.allow_for("shell"),
+            )
+
+    def run(self, delegation: Delegation, should_stop: StopCheck) -> AgentOutcome:
+        sub = delegation.subtask
+        try:
+            self.check(sub)
+        except PolicyError as exc:
+            return AgentOutcome(ok=False, error=str(exc), error_type="PolicyError")
+        if should_stop():
+            return AgentOutcome(
+                ok=False, cancelled=True, error="cancelled before start", error_type="Cancelled"
+            )
+        assert sub.execution is not None and sub.execution.callable_ is not None
+        spec = sub.execution.callable_
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                function = resolve_callable(spec)
+                value = function(sub, CallContext(delegation.context, delegation))
+        except _PROPAGATE:
+            _append_log(delegation.log_path, buffer.getvalue() + "[batchq] time limit reached\n")
+            raise
+        except SystemExit as exc:
+            return self._finish(delegation, buffer, _from_exit(exc))
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc))
+            buffer.write(trace)
+            outcome = AgentOutcome(
+                ok=False,
+                error=f"{type(exc).__name__}: {exc}"[:1000],
+                error_type=type(exc).__name__,
+            )
+            return self._finish(delegation, buffer, outcome)
+        return self._finish(delegation, buffer, _from_value(value))
+
+    @staticmethod
+    def _finish(delegation: Delegation, buffer: io.StringIO, outcome: AgentOutcome) -> AgentOutcome:
+        text = buffer.getvalue()
+        _append_log(delegation.log_path, text)
+        outcome.output = text[-DEFAULT_TAIL_BYTES:]
+        if not outcome.summary:
+            outcome.summary = last_line(text) if outcome.ok else ""
+        return outcome
+
+
+def _from_value(value: object) -> AgentOutcome:
+    """Interpret what the callable returned (see the module docstring)."""
+    if value is None:
+        return AgentOutcome(ok=True, exit_code=0)
+    if isinstance(value, dict):
+        summary = str(value.get("summary") or "")[:SUMMARY_LIMIT]
+        if value.get("ok", True) is False:
+            error = str(value.get("error") or "the callable reported failure")
+            return AgentOutcome(
+                ok=False,
+                summary=summary,
+                error=error,
+                error_type="CallableFailed",
+                temporary=bool(value.get("temporary", False)),
+            )
+        return AgentOutcome(ok=True, exit_code=0, summary=summary)
+    return AgentOutcome(ok=True, exit_code=0, summary=str(value)[:SUMMARY_LIMIT])
+
+
+def _from_exit(exc: SystemExit) -> AgentOutcome:
+    """``sys.exit()`` in a callable must not end the worker: treat it like a CLI exit."""
+    code = exc.code
+    if code is None or code == 0:
+        return AgentOutcome(ok=True, exit_code=0)
+    number = code if isinstance(code, int) else 1
+    return AgentOutcome(
+        ok=False,
+        exit_code=number,
+        error=f"the callable called sys.exit({code!r})",
+        error_type="SystemExit",
+        temporary=number == TEMPORARY_EXIT,
+    )
+
+
+def _append_log(path: Path, text: str) -> None:
+    if not text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8", errors="replace") as handle:
+        handle.write(text)

@@ -1,0 +1,98 @@
+"""``create_app(settings) -> Celery``: every Celery and kombu setting batchq relies on.
+
+The settings here are the guarantees of SPEC 3, not tuning knobs: JSON only,
+late acks with requeue on worker loss, prefetch 1, a visibility timeout longer than
+any allowed subtask, bounded socket waits. Creating the app opens no connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from batchq.settings import Settings
+
+__all__ = [
+    "AGGREGATE_TASK",
+    "CONTROL_QUEUE",
+    "RUN_TASK",
+    "agent_queue",
+    "create_app",
+    "max_subtask_budget_s",
+]
+
+RUN_TASK = "batchq.run_subtask"
+AGGREGATE_TASK = "batchq.aggregate_batch"
+CONTROL_QUEUE = "batchq.control"
+
+
+def agent_queue(agent: str) -> str:
+    """Each agent has its own queue so workers can serve a subset (``--agents``)."""
+    return f"batchq.{agent}"
+
+
+def max_subtask_budget_s(settings: Settings) -> float:
+    """The longest a subtask may hold its message unacked: visibility timeout less a
+    safety margin. Larger ``timeout_s`` (times retries plus backoff) is refused."""
+    return settings.visibility_timeout_s * 0.9
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "visibility_timeout": int(settings.visibility_timeout_s),
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    }
+    if settings.unacked_restore_interval_s is not None:
+        options["unacked_restore_interval"] = settings.unacked_restore_interval_s
+        options["unacked_restore_throttle"] = 1
+    return options
+
+
+def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
+    """Build the Celery app for these settings and register batchq's tasks on it."""
+    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
+    app = Celery(main, broker=broker, backend=settings.result_url or broker, set_as_current=False)
+    app.loader.override_backends = {
+        "redis": "batchq.backend:RedisBackend",
+        "rediss": "batchq.backend:RedisBackend",
+    }
+    transport = _transport_options(settings)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=dict(transport),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.socket_timeout_s,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        redis_socket_timeout=settings.socket_timeout_s,
+        redis_socket_connect_timeout=settings.socket_timeout_s,
+        redis_backend_health_check_interval=25,
+        redis_retry_on_timeout=True,
+        result_expires=settings.state_ttl_s,
+        result_extended=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=False,
+        task_default_queue=CONTROL_QUEUE,
+        task_routes={AGGREGATE_TASK: {"queue": CONTROL_QUEUE}},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_disable_rate_limits=True,
+        batchq_settings=settings,
+    )
+    from batchq.tasks import register
+
+    register(app, settings)
+    return app

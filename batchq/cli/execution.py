@@ -1,0 +1,488 @@
+"""The commands that execute or observe runs: run, batch, report, watch, cancel,
+worker, flower, up, down."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from batchq import planner
+from batchq.app import CONTROL_QUEUE, agent_queue
+from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
+from batchq.cli.render import render_json, render_markdown, render_table
+from batchq.connection import all_queues, connect
+from batchq.errors import ExecutionFailed, InputError, UsageError
+from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
+from batchq.orchestrator import Orchestrator, RunOptions, RunResult, saved_reports
+from batchq.producer import Submission, check_agents
+from batchq.state import Event, feature_key
+
+__all__ = ["register"]
+
+
+class Policy(StrEnum):
+    graceful = "graceful"
+    terminate = "terminate"
+    continue_ = "continue"
+
+
+class PoolName(StrEnum):
+    prefork = "prefork"
+    threads = "threads"
+    solo = "solo"
+
+
+OnFailure = Annotated[
+    Policy,
+    typer.Option("--on-failure", help="graceful (default), terminate or continue."),
+]
+ContextOpt = Annotated[
+    Path | None, typer.Option("--context", help="Shared session context file for every agent.")
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Embedded mode: local worker processes.")
+]
+
+ICON = {
+    ResultState.COMPLETED: "✓",
+    ResultState.FAILED: "✗",
+    ResultState.TIMED_OUT: "⏱",
+    ResultState.CANCELLED: "⊘",
+}
+
+
+def _read_context(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--context: cannot read {path}: {exc.strerror}") from exc
+    if len(data) > 1024 * 1024:
+        raise InputError(f"--context: {path} is {len(data)} bytes; the limit is 1 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--context: {path} is not UTF-8 text") from exc
+
+
+class _Live:
+    """Renders progress events: a bar per batch and a line per finished subtask, or
+    newline-delimited JSON events with ``--json``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def submitted(self, sub: Submission) -> None:
+        if self.as_json:
+            self._json(
+                {
+                    "event": "batch_submitted",
+                    "run_id": sub.run.run_id,
+                    "batch": sub.batch.number,
+                    "seqs": sub.expected,
+                }
+            )
+            return
+        self.close()
+        out.print(f"▶ Batch {sub.batch.number}: {', '.join(sub.expected)}", markup=False)
+        self.progress = Progress(
+            TextColumn("  Batch {task.fields[batch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("batch", total=len(sub.expected), batch=sub.batch.number)
+
+    def events(self, events: list[Event]) -> None:
+        for event in events:
+            if self.as_json:
+                self._json(
+                    {
+                        "event": event.kind,
+                        "batch": event.batch,
+                        "seq": event.seq,
+                        **({k: v for k, v in event.data.items() if k != "output_tail"}),
+                    }
+                )
+                continue
+            if event.kind == "finished":
+                data = event.data
+                state = ResultState(data.get("result", "failed"))
+                line = (
+                    f"  {ICON[state]} {event.seq} {data.get('title', '')} "
+                    f"[{state.value}] {float(data.get('duration_s', 0.0)):.1f}s"
+                )
+                if data.get("error"):
+                    line += f" — {str(data['error']).splitlines()[0][:160]}"
+                (self.progress.console if self.progress else out).print(line, markup=False)
+                if self.progress is not None:
+                    self.progress.advance(self.task)
+            elif event.kind == "failed_fast" and self.progress is not None:
+                self.progress.console.print(
+                    f"  ! {event.seq} failed: the batch will not be followed by the next one",
+                    markup=False,
+                )
+
+    def report(self, report: BatchReport) -> None:
+        self.close()
+        if self.as_json:
+            self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
+        else:
+            out.print(render_markdown(report), markup=False)
+            out.print("", markup=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    @staticmethod
+    def _json(data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _execute(
+    ctx: Context,
+    feature: str,
+    seqs: list[str] | None,
+    policy: Policy,
+    retry_failed: bool,
+    context: Path | None,
+    workers: int | None,
+    as_json: bool,
+) -> RunResult:
+    """Validate first (nothing starts on bad input), then run on the right Redis."""
+    f = ctx.feature(feature)
+    planner.validate(f, ctx.settings.protected_paths)
+    todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
+    check_agents(todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings)
+    text = _read_context(context)
+    live = _Live(as_json)
+    options = RunOptions(
+        policy=FailurePolicy(policy.value),
+        retry_failed=retry_failed,
+        context=text,
+        on_events=live.events,
+        on_report=live.report,
+        on_submit=live.submitted,
+    )
+    with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
+        orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
+        try:
+            return orch.run(options) if seqs is None else orch.run_batch(seqs, options)
+        except KeyboardInterrupt:
+            live.close()
+            _interrupted(conn, f.name, ctx.root)
+            raise
+        finally:
+            live.close()
+
+
+def _interrupted(conn: Any, name: str, root: Path) -> None:
+    if conn.embedded:
+        for run_id in conn.store.recent_runs(feature_key(name, root), 1):
+            for n in range(1, 10_000):
+                if conn.store.batch_state(run_id, n) is None:
+                    break
+                conn.store.cancel(run_id, n, "terminate")
+        err.print("interrupted: cancelled the run and stopped the embedded stack", markup=False)
+    else:
+        err.print(
+            f"interrupted: the run goes on on the workers. Follow it with `batchq watch {name}`, "
+            f"stop it with `batchq cancel {name}`.",
+            markup=False,
+        )
+
+
+def _conclude(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"event": "run_finished", "run_id": result.run_id, "ok": result.ok}) + "\n"
+        )
+    if not result.reports:
+        if not as_json:
+            emit([f"Nothing to run: {result.feature.name} has no pending subtasks."])
+        return
+    if not result.ok:
+        raise ExecutionFailed(f"run {result.run_id} stopped: a batch failed (see the report above)")
+
+
+def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[BatchReport]:
+    f = ctx.feature(feature)
+    fkey = feature_key(f.name, f.root)
+    try:
+        with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
+            refs = conn.store.report_refs(fkey)
+            if refs:
+                wanted = run_id or refs[0][0]
+                found = [conn.store.report(r, n) for r, n in refs if r == wanted]
+                reports = sorted((x for x in found if x is not None), key=lambda x: x.batch)
+                if reports:
+                    return reports
+    except Exception:  # no Redis now: the saved copies outlive an embedded run
+        pass
+    saved = saved_reports(f)
+    if not saved:
+        raise UsageError(f"no reports for {feature} yet: run `batchq run {feature}`")
+    wanted = run_id or saved[-1].run_id
+    return [r for r in saved if r.run_id == wanted]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the execution commands to the CLI app."""
+
+    @app.command()
+    def run(
+        feature: str,
+        root: RootOpt = None,
+        on_failure: OnFailure = Policy.graceful,
+        no_retry_failed: Annotated[bool, typer.Option("--no-retry-failed")] = False,
+        context: ContextOpt = None,
+        workers: WorkersOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run the feature batch after batch until done or a batch fails."""
+        ctx = Context(root)
+        result = _execute(
+            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json
+        )
+        _conclude(result, as_json)
+
+    @app.command()
+    def batch(
+        feature: str,
+        seqs: Annotated[list[str], typer.Argument()],
+        root: RootOpt = None,
+        on_failure: OnFailure = Policy.graceful,
+        context: ContextOpt = None,
+        workers: WorkersOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run one explicit batch after checking it is safe to run in parallel."""
+        ctx = Context(root)
+        result = _execute(ctx, feature, seqs, on_failure, False, context, workers, as_json)
+        _conclude(result, as_json)
+
+    @app.command()
+    def report(
+        feature: str,
+        root: RootOpt = None,
+        run_id: Annotated[str | None, typer.Option("--run")] = None,
+        table: Annotated[bool, typer.Option("--table")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Show the batch reports of the latest (or a given) run."""
+        ctx = Context(root)
+        reports = _latest_reports(ctx, feature, run_id)
+        if as_json:
+            emit_json([json.loads(render_json(r)) for r in reports])
+            return
+        for r in reports:
+            if table:
+                out.print(render_table(r))
+            else:
+                out.print(render_markdown(r), markup=False)
+                out.print("", markup=False)
+
+    @app.command()
+    def watch(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+        """Follow the progress events of the feature's latest run until it ends."""
+        ctx = Context(root)
+        f = ctx.feature(feature)
+        fkey = feature_key(f.name, f.root)
+        live = _Live(as_json)
+        with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
+            runs = conn.store.recent_runs(fkey, 1)
+            if not runs:
+                raise UsageError(f"no run of {feature} is recorded in Redis")
+            last, quiet = "0-0", 0.0
+            while True:
+                events = conn.store.events(runs[0], last, block_ms=1000)
+                if events:
+                    last, quiet = events[-1].id, 0.0
+                    live.events(events)
+                    for e in events:
+                        if e.kind in ("batch_reported", "batch_forced"):
+                            r = conn.store.report(runs[0], e.batch)
+                            if r is not None:
+                                live.report(r)
+                else:
+                    quiet += 1.0
+                if conn.store.lock_holder(fkey) is None and quiet >= 2.0:
+                    break
+
+    @app.command()
+    def cancel(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+        """Stop the feature's running batch (terminate: running agents are killed)."""
+        ctx = Context(root)
+        f = ctx.feature(feature)
+        cancelled: list[str] = []
+        with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
+            for run_id in conn.store.recent_runs(feature_key(f.name, f.root), 5):
+                for n in range(1, 10_000):
+                    state = conn.store.batch_state(run_id, n)
+                    if state is None:
+                        break
+                    if state == "running":
+                        conn.store.cancel(run_id, n, "terminate")
+                        cancelled.append(f"{run_id}:{n}")
+        if as_json:
+            emit_json({"cancelled": cancelled})
+        else:
+            emit([f"Cancelled batch {c}" for c in cancelled] or [f"No running batch of {feature}."])
+
+    @app.command()
+    def worker(
+        agents: Annotated[
+            str | None, typer.Option("--agents", help="Comma list; default all.")
+        ] = None,
+        concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
+        pool: Annotated[PoolName, typer.Option("--pool", "-P")] = PoolName.prefork,
+        loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+        name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+        root: RootOpt = None,
+    ) -> None:
+        """Start a Celery worker for batchq (always consumes batchq.control)."""
+        from batchq.embedded import worker_argv
+
+        settings = Context(root).settings if root else _settings_here()
+        if settings.redis_url is None:
+            raise UsageError("batchq worker needs BATCHQ_REDIS_URL (or run `batchq up`)")
+        if agents:
+            queues = [
+                CONTROL_QUEUE,
+                *(agent_queue(a.strip()) for a in agents.split(",") if a.strip()),
+            ]
+        else:
+            queues = all_queues(settings)
+        argv = worker_argv(
+            0,
+            queues,
+            concurrency or settings.worker_concurrency or os.cpu_count() or 2,
+            pool.value,
+            loglevel=loglevel,
+        )
+        if name:
+            argv[argv.index("-n") + 1] = name
+        os.execvp(argv[0], argv)
+
+    @app.command()
+    def flower(
+        address: Annotated[str | None, typer.Option("--address")] = None,
+        port: Annotated[int | None, typer.Option("--port")] = None,
+        root: RootOpt = None,
+    ) -> None:
+        """Start Flower on the batchq app (basic auth required beyond loopback)."""
+        settings = Context(root).settings if root else _settings_here()
+        argv, env = flower_command(settings, address, port)
+        os.execvpe(argv[0], argv, env)
+
+    @app.command()
+    def up(
+        workers: Annotated[int, typer.Option("--workers")] = 1,
+        flower_: Annotated[bool, typer.Option("--flower")] = False,
+        root: RootOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Start a persistent local stack (Redis + workers) that later commands use."""
+        from batchq import embedded
+
+        ctx = Context(root)
+        if embedded.live_stack_url(ctx.root):
+            raise UsageError("a local stack is already running: `batchq down` first")
+        env = {k: v for k, v in os.environ.items() if k.startswith("BATCHQ_")}
+        stack = embedded.EmbeddedStack(
+            workers=workers,
+            concurrency=ctx.settings.worker_concurrency or os.cpu_count() or 2,
+            queues=all_queues(ctx.settings),
+            env=env,
+            cwd=ctx.root,
+            aof=True,
+        )
+        stack.start()
+        stack.detach()
+        path = embedded.write_stack_file(ctx.root, stack)
+        if as_json:
+            emit_json({"url": stack.url, "stack_file": str(path)})
+        else:
+            emit(
+                [
+                    f"✓ batchq stack up: {stack.url}",
+                    f"  recorded in {path}",
+                    "  stop it with `batchq down`",
+                ]
+            )
+
+    @app.command()
+    def down(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+        """Stop the local stack started by `batchq up`."""
+        from batchq import embedded
+
+        ctx = Context(root)
+        record = embedded.stop_recorded_stack(ctx.root)
+        if as_json:
+            emit_json({"stopped": record is not None})
+        else:
+            emit(["✓ batchq stack stopped" if record else "No local stack is running."])
+
+
+def _settings_here() -> Any:
+    from batchq.settings import load_settings
+
+    return load_settings(Path.cwd())
+
+
+def flower_command(
+    settings: Any, address: str | None, port: int | None
+) -> tuple[list[str], dict[str, str]]:
+    """Flower's argv and env; refuses a non-loopback bind without basic auth."""
+    address = address or settings.flower_address
+    port = port or settings.flower_port
+    env = dict(os.environ)
+    auth = settings.flower_user and settings.flower_password
+    if not auth and not _loopback(address):
+        raise UsageError(
+            f"refusing to expose Flower on {address} without auth: set BATCHQ_FLOWER_USER and "
+            "BATCHQ_FLOWER_PASSWORD (note /metrics and /healthcheck never need auth)"
+        )
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = (
+            f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+        )
+    if settings.redis_url:
+        env["BATCHQ_REDIS_URL"] = settings.redis_url
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "batchq.worker",
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+    ]
+    return argv, env
+
+
+def _loopback(address: str) -> bool:
+    if address in ("localhost", ""):
+        return address == "localhost"
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,335 @@
+"""The ``batchq`` commands: compute, then render, then set the exit code.
+
+Every :class:`~batchq.errors.BatchqError` is caught once, in :func:`main`, and
+mapped to its exit code (0 ok, 1 a subtask or batch failed, 2 invalid input or
+usage, 3 infrastructure unreachable). No command prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from batchq import planner, taskfiles
+from batchq.cli import views
+from batchq.errors import BatchqError, SpecError, UsageError
+from batchq.models import Feature
+from batchq.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="batchq",
+    help="Run batches of subtask delegations in parallel on Celery workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+RootOpt = Annotated[
+    Path | None, typer.Option("--root", help="Project root (default: nearest .git/package.json).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+class Context:
+    """What every command needs: the project root and its settings."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = taskfiles.find_root(root=root)
+        self.settings: Settings = load_settings(self.root)
+
+    def feature(self, name: str) -> Feature:
+        return taskfiles.load_feature(self.root, name)
+
+    def names(self, name: str | None) -> list[str]:
+        return [name] if name else taskfiles.list_features(self.root)
+
+    def problems(self, feature: Feature) -> list[planner.Problem]:
+        return planner.problems(feature, self.settings.protected_paths)
+
+
+def emit(lines: Sequence[str]) -> None:
+    for line in lines:
+        out.print(line, markup=False)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _loaded(
+    ctx: Context, name: str | None
+) -> tuple[list[tuple[Feature, list[Any]]], list[SpecError]]:
+    """Load features for a read-only view; a malformed one is reported, not fatal to
+    the others, and still makes the command exit 2."""
+    good: list[tuple[Feature, list[Any]]] = []
+    bad: list[SpecError] = []
+    for n in ctx.names(name):
+        try:
+            feature = ctx.feature(n)
+        except SpecError as exc:
+            if name:
+                raise
+            bad.append(exc)
+            continue
+        good.append((feature, ctx.problems(feature)))
+    return good, bad
+
+
+def _finish_view(bad: list[SpecError]) -> None:
+    for exc in bad:
+        err.print(f"error: {exc}", markup=False)
+    if bad:
+        raise typer.Exit(2)
+
+
+def _feature_json(feature: Feature, problems: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "feature": feature.name,
+        "name": feature.task.name,
+        "status": feature.task.status.value,
+        "completed": feature.completed_count,
+        "total": len(feature.subtasks),
+        "progress": views.progress_percent(feature.completed_count, len(feature.subtasks)),
+        "subtasks": [
+            s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in feature.subtasks
+        ],
+        "problems": [str(p) for p in problems],
+        "warnings": feature.warnings,
+    }
+
+
+# --- task-file commands --------------------------------------------------------------
+
+
+@app.command()
+def status(
+    feature: Annotated[str | None, typer.Argument()] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Progress of one feature or of every active one."""
+    ctx = Context(root)
+    loaded, bad = _loaded(ctx, feature)
+    if as_json:
+        emit_json([_feature_json(f, p) for f, p in loaded])
+    else:
+        for i, (f, p) in enumerate(loaded):
+            if i:
+                emit([""])
+            emit(views.format_status(f, p))
+        if not loaded and not bad:
+            emit(["No active features."])
+    _finish_view(bad)
+
+
+@app.command("next")
+def next_(
+    feature: Annotated[str | None, typer.Argument()] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Subtasks whose dependencies are satisfied."""
+    ctx = Context(root)
+    loaded, bad = _loaded(ctx, feature)
+    if as_json:
+        emit_json({f.name: [s.seq for s in planner.ready(f)] for f, _ in loaded})
+    else:
+        emit(views.format_next(loaded))
+    _finish_view(bad)
+
+
+@app.command()
+def parallel(
+    feature: Annotated[str | None, typer.Argument()] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ready subtasks that may run together, then the projected batches."""
+    ctx = Context(root)
+    loaded, bad = _loaded(ctx, feature)
+    rows = []
+    for f, p in loaded:
+        plan = None if p else planner.plan(f, ctx.settings.protected_paths)
+        rows.append((f, p, plan))
+    if as_json:
+        emit_json(
+            {
+                f.name: {
+                    "ready": [s.seq for s in planner.ready(f) if s.parallel],
+                    "batches": [b.seqs for b in plan.batches] if plan else [],
+                    "problems": [str(x) for x in p],
+                }
+                for f, p, plan in rows
+            }
+        )
+    else:
+        emit(views.format_parallel(rows))
+    _finish_view(bad)
+
+
+@app.command()
+def deps(feature: str, seq: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """The dependency tree of one subtask (cycles are marked, never followed)."""
+    ctx = Context(root)
+    f = ctx.feature(feature)
+    problems = ctx.problems(f)
+    if as_json:
+        emit_json(
+            {
+                "tree": planner.dependency_tree(f, seq).model_dump(mode="json"),
+                "problems": [str(p) for p in problems],
+            }
+        )
+    else:
+        emit(views.format_deps(f, seq, problems))
+
+
+@app.command()
+def blocked(
+    feature: Annotated[str | None, typer.Argument()] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Subtasks waiting on dependencies, and subtasks blocked by a failure."""
+    ctx = Context(root)
+    loaded, bad = _loaded(ctx, feature)
+    if as_json:
+        emit_json(
+            {
+                f.name: {
+                    "waiting": {s.seq: d for s, d in planner.blocked_view(f)},
+                    "blocked": [s.seq for s in f.subtasks if s.status.value == "blocked"],
+                }
+                for f, _ in loaded
+            }
+        )
+    else:
+        emit(views.format_blocked(loaded))
+    _finish_view(bad)
+
+
+@app.command()
+def complete(
+    feature: str,
+    seq: str,
+    summary: Annotated[list[str], typer.Argument()],
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark a subtask completed with a summary (words are joined; 200 characters max)."""
+    ctx = Context(root)
+    text = " ".join(summary).strip()
+    if not text:
+        raise UsageError("complete needs a summary: batchq complete <feature> <seq> <summary...>")
+    updated = taskfiles.complete_subtask(ctx.root, feature, seq, text)
+    real_seq = (
+        next((s.seq for s in updated.subtasks if s.seq == seq or s.number == int(seq)), seq)
+        if seq.isdigit()
+        else seq
+    )
+    if as_json:
+        emit_json(
+            {
+                "feature": feature,
+                "seq": real_seq,
+                "summary": text,
+                "completed": updated.completed_count,
+                "total": len(updated.subtasks),
+            }
+        )
+    else:
+        emit(views.format_complete(updated, real_seq, text))
+
+
+@app.command()
+def validate(
+    feature: Annotated[str | None, typer.Argument()] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check files and dependency graphs; exit 2 on any problem."""
+    ctx = Context(root)
+    results: list[tuple[str, list[str]]] = []
+    for name in ctx.names(feature):
+        try:
+            f = ctx.feature(name)
+        except SpecError as exc:
+            results.append((name, [str(exc)]))
+            continue
+        results.append((name, [str(p) for p in ctx.problems(f)]))
+    if as_json:
+        emit_json({name: {"ok": not errors, "errors": errors} for name, errors in results})
+    else:
+        emit(views.format_validate(results))
+    if any(errors for _, errors in results):
+        raise typer.Exit(2)
+
+
+@app.command()
+def archive(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Move a feature to .tmp/tasks/completed/."""
+    ctx = Context(root)
+    target = taskfiles.archive_feature(ctx.root, feature)
+    if as_json:
+        emit_json({"feature": feature, "archived_to": str(target)})
+    else:
+        emit([f"✓ Archived {feature} to {target.relative_to(ctx.root)}"])
+
+
+@app.command()
+def plan(
+    feature: str,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="Mermaid graph.")] = False,
+) -> None:
+    """Preview the whole schedule: batches, and why each subtask sits where it does."""
+    from batchq.cli.render import render_plan
+
+    ctx = Context(root)
+    f = ctx.feature(feature)
+    schedule = planner.plan(f, ctx.settings.protected_paths)
+    if as_json:
+        emit_json(schedule.model_dump(mode="json"))
+    elif mermaid:
+        emit([planner.mermaid(schedule, f)])
+    else:
+        emit([render_plan(schedule, f)])
+
+
+def _register_execution_commands() -> None:
+    from batchq.cli import execution
+
+    execution.register(app)
+
+
+_register_execution_commands()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the app and map every error to its exit code in one place."""
+    try:
+        code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except BatchqError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        err.print("aborted", markup=False)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(2) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,260 @@
+"""Turn reports and plans into text and Rich objects; never print.
+
+The CLI computes, then renders, then sets the exit code (STYLE 12). Keeping the
+renderers pure means each format is tested alone and the Markdown that orchestrators
+parse (SPEC 4's seed format) cannot drift with console state. Everything a worker wrote
+(titles, errors, output) goes into Rich as :class:`~rich.text.Text`, never as markup,
+so a ``[red]`` in a subtask's output is shown, not interpreted.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from batchq.models import (
+    BatchReport,
+    DeliverableCheck,
+    Feature,
+    Plan,
+    ResultState,
+    SubtaskResult,
+)
+from batchq.report import seq_key
+
+__all__ = [
+    "format_duration",
+    "render_json",
+    "render_markdown",
+    "render_plan",
+    "render_table",
+]
+
+TAIL_LINES = 20
+
+_ICONS: dict[ResultState, str] = {
+    ResultState.COMPLETED: "✅",
+    ResultState.FAILED: "❌",
+    ResultState.TIMED_OUT: "⏱",
+    ResultState.CANCELLED: "⊘",
+}
+_STYLES: dict[ResultState, str] = {
+    ResultState.COMPLETED: "green",
+    ResultState.FAILED: "red",
+    ResultState.TIMED_OUT: "yellow",
+    ResultState.CANCELLED: "dim",
+}
+_MISSING_ICON = "⚠"
+
+
+def format_duration(seconds: float) -> str:
+    """Human durations: ``2.1s`` under a minute, ``4m 12s``, then ``1h 02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _status_line(report: BatchReport) -> str:
+    return "✅ ALL COMPLETED" if report.ok else "❌ PARTIAL FAILURE"
+
+
+def _deliverables(checks: list[DeliverableCheck]) -> str:
+    """Plain paths when all were verified; otherwise mark each one ✓ or ✗."""
+    if all(c.verified for c in checks):
+        return ", ".join(c.path for c in checks)
+    return ", ".join(f"{'✓' if c.verified else '✗'} {c.path}" for c in checks)
+
+
+def _tail(output: str) -> list[str]:
+    lines = output.rstrip("\n").splitlines()
+    return lines[-TAIL_LINES:]
+
+
+def _result_block(result: SubtaskResult) -> list[str]:
+    lines = [
+        f"{_ICONS[result.result]} Subtask {result.seq} - {result.title}",
+        f"   Status: {result.result.value}",
+    ]
+    if result.deliverables:
+        lines.append(f"   Deliverables: {_deliverables(result.deliverables)}")
+    if result.summary:
+        lines.append(f"   Summary: {result.summary}")
+    if not result.ok:
+        error = result.error or result.error_type
+        if error:
+            lines.append(f"   Error: {error}")
+        tail = _tail(result.output_tail)
+        if tail:
+            lines.append("   Output (tail):")
+            lines.extend(f"     {line}" for line in tail)
+    facts = [f"Duration: {format_duration(result.duration_s)}"]
+    if result.worker:
+        facts.append(f"Worker: {result.worker}")
+    if result.attempts > 1:
+        facts.append(f"Attempts: {result.attempts}")
+    lines.append("   " + " · ".join(facts))
+    if not result.ok and result.log_path:
+        lines.append(f"   Log: {result.log_path}")
+    return lines
+
+
+def _missing_block(seq: str) -> list[str]:
+    return [f"{_MISSING_ICON} Subtask {seq}", "   Status: no result received"]
+
+
+def _breakdown(report: BatchReport) -> str | None:
+    """How the failed count splits, when it is not simply "failed" (see report.py)."""
+    counts: dict[str, int] = {}
+    for result in report.results:
+        if not result.ok:
+            label = result.result.value.replace("_", " ")
+            counts[label] = counts.get(label, 0) + 1
+    if report.missing:
+        counts["missing"] = len(report.missing)
+    if set(counts) <= {"failed"}:
+        return None
+    order = ["failed", "timed out", "cancelled", "missing"]
+    return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+
+
+def _statistics(report: BatchReport) -> list[str]:
+    lines = [
+        f"- Total: {report.total}",
+        f"- Completed: {report.completed}",
+        f"- Failed: {report.failed}",
+    ]
+    breakdown = _breakdown(report)
+    if breakdown:
+        lines.append(f"- Not completed: {breakdown}")
+    lines += [
+        f"- Success rate: {report.success_rate:.1f}%",
+        f"- Wall time: {format_duration(report.wall_s)}"
+        f" · Summed subtask time: {format_duration(report.work_s)}"
+        f" · Parallel speed-up: {report.speedup:.1f}×",
+    ]
+    return lines
+
+
+def _next_steps(report: BatchReport) -> list[str]:
+    step = report.next
+    seqs = ", ".join(step.seqs)
+    if step.dependencies_satisfied and step.batch is not None:
+        return [f"- ✅ Batch {step.batch} ({seqs}) is ready: dependencies satisfied"]
+    if step.dependencies_satisfied:
+        return [f"- ✅ {step.recommendation or 'All batches complete'}"]
+    lines = [f"- ❌ {step.recommendation}"]
+    if step.batch is not None:
+        lines.append(f"- ⏸ Batch {step.batch} ({seqs}) waits: dependencies not satisfied")
+    return lines
+
+
+def render_markdown(report: BatchReport) -> str:
+    """The seed format orchestrators already parse (SPEC 4), without a trailing newline.
+
+    Headers and statistics lines keep the seed's exact wording; anything batchq adds
+    (the forced-report warning, the breakdown of failures, discrepancies) is on lines
+    of its own so line-oriented parsers keep working.
+    """
+    lines = [
+        f"## Batch {report.batch} Execution Complete",
+        "",
+        f"Feature: {report.feature}",
+        f"Status: {_status_line(report)}",
+    ]
+    if report.forced:
+        who = ", ".join(report.missing) if report.missing else "no member"
+        lines.append(f"⚠ Forced report: no result from {who} (stalled)")
+    lines += ["", "### Individual Results:", ""]
+
+    blocks = [_result_block(r) for r in report.results]
+    blocks += [_missing_block(seq) for seq in report.missing]
+    order = [r.seq for r in report.results] + list(report.missing)
+    for _, block in sorted(zip(order, blocks, strict=True), key=lambda p: seq_key(p[0])):
+        lines += [*block, ""]
+
+    lines += ["### Batch Statistics:", "", *_statistics(report), ""]
+    lines += ["### Next Steps:", "", *_next_steps(report)]
+    if report.discrepancies:
+        lines += ["", "### Discrepancies:", ""]
+        lines += [f"- {note}" for note in report.discrepancies]
+    return "\n".join(lines)
+
+
+def render_table(report: BatchReport) -> Table:
+    """One row per member (missing ones included), statistics in the caption."""
+    table = Table(
+        title=f"Batch {report.batch} · {report.feature} · {_status_line(report)}",
+        caption=(
+            f"Total {report.total} · Completed {report.completed} · Failed {report.failed}"
+            f" · Success {report.success_rate:.1f}%"
+            f" · Wall {format_duration(report.wall_s)}"
+            f" · Summed {format_duration(report.work_s)}"
+            f" · Speed-up {report.speedup:.1f}×"
+            + (f" · Forced: no result from {', '.join(report.missing)}" if report.forced else "")
+        ),
+    )
+    table.add_column("Seq", no_wrap=True)
+    table.add_column("Title")
+    table.add_column("Result", no_wrap=True)
+    table.add_column("Duration", justify="right", no_wrap=True)
+    table.add_column("Worker")
+    table.add_column("Error", overflow="fold")
+
+    rows: list[tuple[str, list[Text]]] = []
+    for r in report.results:
+        icon = _ICONS[r.result]
+        rows.append(
+            (
+                r.seq,
+                [
+                    Text(r.seq),
+                    Text(r.title),
+                    Text(f"{icon} {r.result.value}", style=_STYLES[r.result]),
+                    Text(format_duration(r.duration_s)),
+                    Text(r.worker or "-"),
+                    Text(r.error or r.error_type or ""),
+                ],
+            )
+        )
+    for seq in report.missing:
+        cells = [Text(seq), Text(""), Text(f"{_MISSING_ICON} missing", style="yellow")]
+        cells += [Text("-"), Text("-"), Text("no result received")]
+        rows.append((seq, cells))
+    for _, cells in sorted(rows, key=lambda row: seq_key(row[0])):
+        table.add_row(*cells)
+    return table
+
+
+def render_json(report: BatchReport) -> str:
+    """The report as stored and as ``--json`` prints it; decodes with ``model_validate_json``."""
+    return report.model_dump_json(indent=2)
+
+
+def render_plan(plan: Plan, feature: Feature) -> str:
+    """``batchq plan``: each batch with why each member sits there, then what is blocked.
+
+    A member without a recorded reason falls back to its title so every member gets a
+    line; the ``Batch N (...)`` lines keep SPEC 2's wording for parsers.
+    """
+    titles = {sub.seq: sub.title for sub in feature.subtasks}
+    lines: list[str] = []
+    for batch in plan.batches:
+        when = "Ready now" if batch.after is None else f"After Batch {batch.after}"
+        lines.append(f"Batch {batch.number} ({when}): {', '.join(batch.seqs)}")
+        for seq in batch.seqs:
+            lines.append(f"  {seq}: {batch.reasons.get(seq) or titles.get(seq, '')}".rstrip())
+    if plan.blocked:
+        if lines:
+            lines.append("")
+        lines.append("Blocked:")
+        for seq in sorted(plan.blocked, key=seq_key):
+            lines.append(f"  {seq}: {plan.blocked[seq]}")
+    if not lines:
+        lines.append(
+            f"[{feature.name}] Nothing to run: "
+            f"{len(plan.completed)}/{len(feature.subtasks)} subtasks completed"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,325 @@
+"""Run a feature batch after batch, mirroring every status change into its files.
+
+The orchestrator process is the only writer of the task files during a run; workers
+write Redis only. One orchestrator per feature: a non-blocking ``flock`` on the
+feature folder (same host) plus a Redis lease renewed in the background (any host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from batchq import planner, report
+from batchq.errors import LockedError, UnsafeBatchError, UsageError
+from batchq.jsonfile import write_atomic
+from batchq.models import (
+    BatchqBlock,
+    BatchReport,
+    FailurePolicy,
+    Feature,
+    PlannedBatch,
+    ResultState,
+    SubtaskResult,
+    SubtaskStatus,
+)
+from batchq.producer import Run, Submission, check_agents, new_run, submit, wait
+from batchq.settings import Settings
+from batchq.state import Event, StateStore, feature_key
+from batchq.taskfiles import (
+    load_feature,
+    mark_blocked,
+    mark_completed,
+    mark_in_progress,
+    mark_pending,
+    update_subtasks,
+    utc_timestamp,
+)
+
+__all__ = ["Orchestrator", "RunOptions", "RunResult"]
+
+LEASE_S = 60.0
+RESETTABLE = {ResultState.FAILED, ResultState.TIMED_OUT, ResultState.CANCELLED}
+
+EventsHandler = Callable[[list[Event]], None]
+ReportHandler = Callable[[BatchReport], None]
+StartHandler = Callable[[Submission], None]
+
+
+@dataclass
+class RunOptions:
+    policy: FailurePolicy = FailurePolicy.GRACEFUL
+    retry_failed: bool = True
+    context: str = ""
+    on_events: EventsHandler | None = None
+    on_report: ReportHandler | None = None
+    on_submit: StartHandler | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    feature: Feature
+    reports: list[BatchReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+
+class _Lease(threading.Thread):
+    def __init__(self, store: StateStore, fkey: str, holder: str) -> None:
+        super().__init__(name="batchq-lease", daemon=True)
+        self.store, self.fkey, self.holder = store, fkey, holder
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(LEASE_S / 3):
+            try:
+                self.store.renew_lock(self.fkey, self.holder, LEASE_S)
+            except Exception:
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+class Orchestrator:
+    """Runs one feature's batches on a Celery app and a state store."""
+
+    def __init__(
+        self, root: Path, name: str, settings: Settings, app: Celery, store: StateStore
+    ) -> None:
+        self.root, self.name, self.settings = root, name, settings
+        self.app, self.store = app, store
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    # --- locking ----------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[str]:
+        """Hold this feature for one orchestrator; yields the feature key."""
+        feature = load_feature(self.root, self.name)
+        fkey = feature_key(feature.name, feature.root)
+        feature.state_dir.mkdir(exist_ok=True)
+        fd = os.open(feature.state_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self.store.lock_holder(fkey) or "another process on this host"
+                raise LockedError(self.name, holder) from None
+            current = self.store.acquire_lock(fkey, self.holder, LEASE_S)
+            if current is not None:
+                raise LockedError(self.name, current)
+            lease = _Lease(self.store, fkey, self.holder)
+            lease.start()
+            try:
+                yield fkey
+            finally:
+                lease.stop()
+                self.store.release_lock(fkey, self.holder)
+        finally:
+            os.close(fd)
+
+    # --- runs -------------------------------------------------------------------------
+
+    def run(self, options: RunOptions | None = None) -> RunResult:
+        """Run every remaining batch until done or one fails (SPEC 3)."""
+        options = options or RunOptions()
+        with self.exclusive():
+            feature = self._prepare(options)
+            run = new_run(self.store, feature, options.policy, options.context)
+            result = RunResult(run.run_id, feature)
+            while True:
+                plan = planner.plan(feature, self.settings.protected_paths)
+                if not plan.batches:
+                    break
+                # Plans are recomputed after every batch; number batches across the run.
+                number = len(result.reports) + 1
+                batch = plan.batches[0].model_copy(update={"number": number, "after": None})
+                following = None
+                if len(plan.batches) > 1:
+                    following = plan.batches[1].model_copy(
+                        update={"number": number + 1, "after": number}
+                    )
+                built = self._run_one(run, feature, batch, following, options)
+                result.reports.append(built)
+                feature = load_feature(self.root, self.name)
+                result.feature = feature
+                if not built.ok:
+                    break
+            return result
+
+    def run_batch(self, seqs: list[str], options: RunOptions | None = None) -> RunResult:
+        """Run one explicit batch after the BatchExecutor safety check (SPEC 2)."""
+        options = options or RunOptions()
+        with self.exclusive():
+            feature = load_feature(self.root, self.name)
+            planner.validate(feature, self.settings.protected_paths)
+            violations = planner.check_batch(feature, seqs, self.settings.protected_paths)
+            if violations:
+                raise UnsafeBatchError(violations)
+            by_seq = feature.by_seq()
+            check_agents([by_seq[s] for s in seqs], self.settings)
+            batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
+            run = new_run(self.store, feature, options.policy, options.context)
+            result = RunResult(run.run_id, feature)
+            result.reports.append(self._run_one(run, feature, batch, None, options))
+            result.feature = load_feature(self.root, self.name)
+            return result
+
+    def _prepare(self, options: RunOptions) -> Feature:
+        """Validate everything, refuse bad agents up front, and reset what we may rerun."""
+        feature = load_feature(self.root, self.name)
+        planner.validate(feature, self.settings.protected_paths)
+        todo = [s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED]
+        check_agents(todo, self.settings)
+        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        recent = self.store.recent_runs(feature_key(feature.name, feature.root))
+        for sub in todo:
+            block = sub.batchq
+            ours = block is not None and block.result in RESETTABLE
+            if sub.status is SubtaskStatus.IN_PROGRESS:
+                if not any(self.store.live_claims(r, [sub.seq]) for r in recent):
+                    changes[sub.seq] = mark_pending(block)
+            elif ours and options.retry_failed and sub.status is SubtaskStatus.BLOCKED:
+                changes[sub.seq] = mark_pending(block)
+        if changes:
+            feature = update_subtasks(self.root, self.name, changes)
+        return feature
+
+    def _run_one(
+        self,
+        run: Run,
+        feature: Feature,
+        batch: PlannedBatch,
+        following: PlannedBatch | None,
+        options: RunOptions,
+    ) -> BatchReport:
+        submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
+        if options.on_submit is not None:
+            options.on_submit(submission)
+
+        def mirror(events: list[Event]) -> None:
+            started: dict[str, Callable[[dict[str, Any]], None]] = {}
+            for event in events:
+                if event.kind == "started":
+                    started[event.seq] = mark_in_progress(
+                        str(event.data.get("worker", "")),
+                        _timestamp(str(event.data.get("started_at", ""))),
+                    )
+            if started:
+                update_subtasks(self.root, self.name, started)
+            if options.on_events is not None:
+                options.on_events(events)
+
+        built = wait(self.store, submission, self.settings, mirror)
+        built = self._settle(run, built)
+        if options.on_report is not None:
+            options.on_report(built)
+        return built
+
+    def _settle(self, run: Run, built: BatchReport) -> BatchReport:
+        """Mirror the final states into the files, then check store and files agree."""
+        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        by_seq = {r.seq: r for r in built.results}
+        for seq, res in by_seq.items():
+            changes[seq] = _final_change(res, run.run_id)
+        for seq in built.missing:
+            block = BatchqBlock(
+                result=ResultState.FAILED,
+                error="no result before the batch deadline (worker lost or message lost)",
+                run_id=run.run_id,
+            )
+            changes[seq] = mark_blocked(block)
+        feature = update_subtasks(self.root, self.name, changes) if changes else None
+        recorded_store = {
+            seq: r.result.value
+            for seq, r in self.store.results(run.run_id, list(by_seq) + built.missing).items()
+        }
+        found = report.discrepancies(built, recorded_store, source="store")
+        if feature is not None:
+            files = {
+                s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
+            }
+            found += report.discrepancies(built, files, source="files")
+        for late in self.store.late_reports(run.run_id, built.batch):
+            found.append(f"a report arrived after the forced report: {late.status.value}")
+        if found:
+            built = built.model_copy(update={"discrepancies": [*built.discrepancies, *found]})
+            self.store.overwrite_report(built)
+        self._save(built)
+        return built
+
+    def _save(self, built: BatchReport) -> None:
+        folder = load_feature(self.root, self.name).state_dir / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            folder / f"{built.run_id}-{built.batch:03d}.json",
+            built.model_dump_json(indent=2) + "\n",
+        )
+
+
+def _timestamp(iso: str) -> str:
+    """Worker timestamps in the format the task files already use."""
+    try:
+        return utc_timestamp(datetime.fromisoformat(iso))
+    except ValueError:
+        return utc_timestamp()
+
+
+def _final_change(res: SubtaskResult, run_id: str) -> Callable[[dict[str, Any]], None]:
+    block = BatchqBlock(
+        result=res.result,
+        error=res.error,
+        attempts=res.attempts,
+        run_id=run_id,
+        log=res.log_path,
+    )
+    finished = utc_timestamp(res.finished_at or datetime.now(UTC))
+    if res.result is ResultState.COMPLETED:
+        return mark_completed(res.summary or res.title, finished, block)
+    if res.result is ResultState.CANCELLED:
+        return mark_pending(block)
+    return mark_blocked(block)
+
+
+_STATUS_FOR = {
+    ResultState.COMPLETED: SubtaskStatus.COMPLETED,
+    ResultState.FAILED: SubtaskStatus.BLOCKED,
+    ResultState.TIMED_OUT: SubtaskStatus.BLOCKED,
+    ResultState.CANCELLED: SubtaskStatus.PENDING,
+}
+
+
+def _file_result(status: SubtaskStatus, block: BatchqBlock | None) -> str:
+    """What a subtask file says the last result was, for the discrepancy check: the
+    ``batchq`` block's result, or the raw status when the two disagree."""
+    if block is None:
+        return f"status {status.value}"
+    if _STATUS_FOR[block.result] is not status:
+        return f"{block.result.value} with status {status.value}"
+    return block.result.value
+
+
+def saved_reports(feature: Feature) -> list[BatchReport]:
+    """Reports kept in ``.batchq/reports/``, oldest first (outlive an embedded run)."""
+    folder = feature.state_dir / "reports"
+    if not folder.is_dir():
+        raise UsageError(f"no reports for {feature.name} yet: run `batchq run {feature.name}`")
+    return [
+        BatchReport.model_validate_json(p.read_text(encoding="utf-8"))
+        for p in sorted(folder.glob("*.json"))
+    ]

@@ -1,0 +1,380 @@
+"""What a worker does with one subtask message, as a plain function.
+
+The Celery task in :mod:`batchq.tasks` only decodes and maps retries; everything
+here is testable without a broker. The rules it enforces (SPEC 3): a recorded
+completion is never rerun, a running copy is never doubled (the claim), a subtask
+that keeps killing its worker is capped, the cancel flag is honoured before start
+and — under ``terminate`` — while the agent runs, and a failure never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchq.agents.base import Agent, AgentOutcome, Delegation, agent_for
+from batchq.errors import BatchqError
+from batchq.models import (
+    DeliverableCheck,
+    FailurePolicy,
+    ResultState,
+    SubtaskMessage,
+    SubtaskResult,
+)
+from batchq.settings import Settings
+from batchq.state import StateStore
+from batchq.taskfiles import feature_dir
+from batchq.verify import run_verify, verify_deliverables
+
+__all__ = [
+    "RetryLater",
+    "backoff_s",
+    "execute",
+    "log_path_for",
+    "token_path",
+    "worker_id",
+]
+
+SUMMARY_LIMIT = 200
+BUSY_POLL_S = 0.5
+
+
+class RetryLater(Exception):
+    """Raised to the task layer: run this attempt again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def worker_id() -> str:
+    """Who holds a claim: host and pid, so a human can find the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def token_path(root: Path, feature: str, run_id: str) -> Path:
+    return feature_dir(root, feature) / ".batchq" / "runs" / f"{run_id}.token"
+
+
+def log_path_for(root: Path, feature: str, run_id: str, seq: str) -> Path:
+    return feature_dir(root, feature) / ".batchq" / "logs" / run_id / f"{seq}.log"
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter, capped (pure)."""
+    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+
+
+@dataclass
+class _Attempt:
+    message: SubtaskMessage
+    worker: str
+    started_at: datetime
+    attempts: int
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the claim while the agent runs and caches the batch's cancel mode."""
+
+    def __init__(self, store: StateStore, msg: SubtaskMessage, worker: str, settings: Settings):
+        super().__init__(name=f"batchq-heartbeat-{msg.seq}", daemon=True)
+        self.store, self.msg, self.worker, self.settings = store, msg, worker, settings
+        self.stop_event = threading.Event()
+        self.terminate = False
+
+    def run(self) -> None:
+        last_renew = time.monotonic()
+        while not self.stop_event.wait(0.5):
+            try:
+                if self.store.cancel_mode(self.msg.run_id, self.msg.batch) == "terminate":
+                    self.terminate = True
+                if time.monotonic() - last_renew >= self.settings.heartbeat_s:
+                    self.store.renew_claim(
+                        self.msg.run_id, self.msg.seq, self.worker, self.settings.claim_ttl_s
+                    )
+                    last_renew = time.monotonic()
+            except Exception:  # Redis blip: keep the agent running, retry next tick
+                continue
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)
+
+
+def _result(
+    attempt: _Attempt,
+    state: ResultState,
+    *,
+    error: str | None = None,
+    error_type: str | None = None,
+    summary: str = "",
+    output: str = "",
+    deliverables: list[DeliverableCheck] | None = None,
+    log_path: Path | None = None,
+    settings: Settings,
+) -> SubtaskResult:
+    msg = attempt.message
+    finished = datetime.now(UTC)
+    return SubtaskResult(
+        feature=msg.feature,
+        run_id=msg.run_id,
+        batch=msg.batch,
+        seq=msg.seq,
+        title=msg.subtask.title,
+        result=state,
+        summary=summary[:SUMMARY_LIMIT],
+        deliverables=deliverables or [],
+        attempts=attempt.attempts,
+        worker=attempt.worker,
+        started_at=attempt.started_at,
+        finished_at=finished,
+        duration_s=round((finished - attempt.started_at).total_seconds(), 3),
+        error_type=error_type,
+        error=error,
+        output_tail=output[-settings.output_tail_chars :] if settings.output_tail_chars else "",
+        log_path=str(log_path) if log_path else None,
+    )
+
+
+def _finish(
+    store: StateStore, result: SubtaskResult, msg: SubtaskMessage, worker: str
+) -> SubtaskResult:
+    """Record the result once; on a failure, apply the batch's failure policy at once."""
+    if not store.record_result(result, msg.feature_key, worker):
+        recorded = store.result(msg.run_id, msg.seq)
+        return recorded or result
+    if not result.ok and result.result is not ResultState.CANCELLED:
+        if msg.policy is not FailurePolicy.CONTINUE:
+            store.cancel(msg.run_id, msg.batch, msg.policy.value)
+        store.emit(msg.run_id, "failed_fast", msg.batch, msg.seq, error=result.error or "")
+    return result
+
+
+def _claim(
+    store: StateStore, msg: SubtaskMessage, worker: str, task_id: str, settings: Settings
+) -> SubtaskResult | None:
+    """Wait for the right to run. Returns a final result instead when there is one."""
+    while True:
+        decision = store.begin(
+            msg.run_id,
+            msg.seq,
+            worker,
+            task_id,
+            claim_ttl_s=settings.claim_ttl_s,
+            max_starts=settings.max_starts,
+        )
+        if decision == "run":
+            return None
+        if decision == "done":
+            recorded = store.result(msg.run_id, msg.seq)
+            if recorded is not None:
+                return recorded
+        if decision == "capped":
+            return _capped(store, msg, worker, settings)
+        time.sleep(BUSY_POLL_S)  # "busy": another copy runs; its result will be ours
+
+
+def _capped(
+    store: StateStore, msg: SubtaskMessage, worker: str, settings: Settings
+) -> SubtaskResult:
+    info = store.subtask_info(msg.run_id, msg.seq)
+    starts = int(info.get("starts", "0"))
+    attempt = _Attempt(msg, worker, datetime.now(UTC), starts)
+    result = _result(
+        attempt,
+        ResultState.FAILED,
+        error=(
+            f"the worker was lost {starts} times while running this subtask "
+            f"(cap: BATCHQ_MAX_STARTS={settings.max_starts}); it is not started again"
+        ),
+        error_type="WorkerLost",
+        settings=settings,
+    )
+    return _finish(store, result, msg, worker)
+
+
+def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Heartbeat) -> AgentOutcome:
+    try:
+        return agent.run(delegation, lambda: heartbeat.terminate)
+    except BatchqError as exc:
+        return AgentOutcome(ok=False, error=str(exc), error_type=type(exc).__name__)
+    except Exception as exc:
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            return AgentOutcome(ok=False, timed_out=True, error="soft time limit exceeded")
+        return AgentOutcome(
+            ok=False,
+            error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
+            output=traceback.format_exc()[-4000:],
+        )
+
+
+def execute(
+    msg: SubtaskMessage,
+    store: StateStore,
+    settings: Settings,
+    *,
+    task_id: str = "",
+    retries_done: int = 0,
+) -> SubtaskResult:
+    """Run one subtask to a recorded result, or raise :class:`RetryLater`."""
+    worker = worker_id()
+    root = Path(msg.root)
+    if (
+        store.cancel_mode(msg.run_id, msg.batch) is not None
+        and store.result(msg.run_id, msg.seq) is None
+    ):
+        attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done)
+        reason = "cancelled before start: a sibling failed or the batch was cancelled"
+        return _finish(
+            store,
+            _result(attempt, ResultState.CANCELLED, error=reason, settings=settings),
+            msg,
+            worker,
+        )
+    final = _claim(store, msg, worker, task_id, settings)
+    if final is not None:
+        return final
+    attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
+    log_path = log_path_for(root, msg.feature, msg.run_id, msg.seq)
+
+    def fail(
+        state: ResultState,
+        error: str,
+        error_type: str,
+        *,
+        output: str = "",
+        deliverables: list[DeliverableCheck] | None = None,
+        log: Path | None = None,
+    ) -> SubtaskResult:
+        result = _result(
+            attempt,
+            state,
+            error=error,
+            error_type=error_type,
+            output=output,
+            deliverables=deliverables,
+            log_path=log,
+            settings=settings,
+        )
+        return _finish(store, result, msg, worker)
+
+    token_file = token_path(root, msg.feature, msg.run_id)
+    try:
+        found = token_file.read_text().strip()
+    except OSError:
+        found = ""
+    if found != msg.token:
+        return fail(
+            ResultState.FAILED,
+            f"workspace not found on this worker: {token_file} is missing or belongs to "
+            "another run (workers need the feature's files at the same path)",
+            "WorkspaceMissing",
+        )
+    try:
+        agent = agent_for(msg.subtask, settings)
+    except BatchqError as exc:
+        return fail(ResultState.FAILED, str(exc), type(exc).__name__)
+
+    store.emit(
+        msg.run_id,
+        "started",
+        msg.batch,
+        msg.seq,
+        worker=worker,
+        started_at=attempt.started_at.isoformat(),
+        attempt=attempt.attempts,
+    )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    delegation = Delegation(
+        feature=msg.feature,
+        run_id=msg.run_id,
+        batch=msg.batch,
+        subtask=msg.subtask,
+        workspace=root,
+        context=store.context(msg.run_id),
+        log_path=log_path,
+        timeout_s=msg.subtask.timeout_s,
+    )
+    heartbeat = _Heartbeat(store, msg, worker, settings)
+    heartbeat.start()
+    try:
+        outcome = _run_agent(agent, delegation, heartbeat)
+        checks: list[DeliverableCheck] = []
+        if outcome.ok:
+            checks = verify_deliverables(msg.subtask, root)
+            missing = [c.path for c in checks if not c.verified]
+            if missing:
+                outcome.ok = False
+                outcome.error = "deliverable missing: " + ", ".join(missing)
+                outcome.error_type = "DeliverableMissing"
+            else:
+                verified = run_verify(
+                    msg.subtask,
+                    root,
+                    dict(msg.subtask.execution.env if msg.subtask.execution else {}),
+                    msg.subtask.timeout_s,
+                    lambda: heartbeat.terminate,
+                    log_path,
+                )
+                if verified is not None and not verified.ok:
+                    outcome.ok = False
+                    outcome.error = f"verify failed (exit {verified.exit_code})"
+                    outcome.error_type = "VerifyFailed"
+                    outcome.output += verified.output
+    finally:
+        heartbeat.stop()
+
+    if outcome.ok:
+        return _finish(
+            store,
+            _result(
+                attempt,
+                ResultState.COMPLETED,
+                summary=outcome.summary,
+                output=outcome.output,
+                deliverables=checks,
+                log_path=log_path,
+                settings=settings,
+            ),
+            msg,
+            worker,
+        )
+    if outcome.cancelled or heartbeat.terminate:
+        return fail(
+            ResultState.CANCELLED,
+            outcome.error or "terminated: a sibling failed",
+            "Cancelled",
+            output=outcome.output,
+            log=log_path,
+        )
+    retries = msg.subtask.execution.retries if msg.subtask.execution else 0
+    if (outcome.temporary or outcome.timed_out) and attempt.attempts <= retries:
+        store.end_attempt(msg.run_id, msg.seq)
+        store.release_claim(msg.run_id, msg.seq, worker)
+        raise RetryLater(
+            backoff_s(attempt.attempts, settings.retry_backoff_s, settings.retry_backoff_max_s),
+            outcome.error or "temporary failure",
+        )
+    state = ResultState.TIMED_OUT if outcome.timed_out else ResultState.FAILED
+    error = outcome.error or (
+        f"timed out after {msg.subtask.timeout_s:g}s"
+        if outcome.timed_out
+        else f"agent exited with {outcome.exit_code}"
+    )
+    return fail(
+        state,
+        error,
+        outcome.error_type or ("Timeout" if outcome.timed_out else "AgentFailed"),
+        output=outcome.output,
+        deliverables=checks,
+        log=log_path,
+    )

@@ -1,0 +1,496 @@
+"""Run state in Redis: the one key schema, its TTLs, and every atomic transition.
+
+All keys start with ``Settings.key_prefix`` (default ``batchq:``). ``F`` is a feature
+key (feature name plus a hash of its root, so two checkouts never share state), ``R``
+a run id, ``N`` a batch number, ``S`` a seq. Every key expires after
+``Settings.state_ttl_s`` (default 7 days) unless noted.
+
+============================  ======  ==============================================
+key                           type    content
+============================  ======  ==============================================
+``run:R``                     hash    feature, feature_key, root, token, policy, created_at
+``ctx:R``                     string  the shared session context (1 MiB cap)
+``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
+                                      state (running|reported|forced)
+``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
+                                      started_at, result (final JSON, written once)
+``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
+                                      renewed by the worker's heartbeat
+``cancel:R:N``                string  graceful | terminate
+``report:R:N``                string  the BatchReport JSON
+``late:R:N``                  list    results that arrived after a forced report
+``events:R``                  stream  progress events (see :data:`EVENT_KINDS`)
+``lock:F``                    string  orchestrator holding F; TTL = lease, renewed
+``durations:F``               hash    seq -> last measured duration in seconds
+``reports:F``                 list    ``R:N`` of the newest reports, newest first (100)
+``runs:F``                    list    the newest run ids of F, newest first (20)
+============================  ======  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import redis
+
+from batchq.errors import BrokerUnavailable, InputError
+from batchq.models import BatchReport, SubtaskResult
+
+__all__ = [
+    "CONTEXT_LIMIT",
+    "EVENT_KINDS",
+    "Event",
+    "Keys",
+    "StartDecision",
+    "StateStore",
+    "feature_key",
+    "redis_py_url",
+]
+
+CONTEXT_LIMIT = 1024 * 1024
+EVENT_KINDS = ("started", "finished", "failed_fast", "batch_reported", "batch_forced", "late")
+STREAM_MAXLEN = 100_000
+
+StartDecision = Literal["run", "done", "busy", "capped"]
+
+
+def feature_key(name: str, root: Path) -> str:
+    """A feature's identity across runs: its name plus a short hash of its root."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
+    return f"{name}@{digest}"
+
+
+def redis_py_url(url: str) -> str:
+    """kombu spells Unix sockets ``redis+socket://``; redis-py wants ``unix://``."""
+    for prefix in ("redis+socket://", "socket://"):
+        if url.startswith(prefix):
+            return "unix://" + url[len(prefix) :]
+    return url
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Keys:
+    """Key names, built in one place."""
+
+    def __init__(self, prefix: str = "batchq:") -> None:
+        self.p = prefix
+
+    def run(self, run_id: str) -> str:
+        return f"{self.p}run:{run_id}"
+
+    def context(self, run_id: str) -> str:
+        return f"{self.p}ctx:{run_id}"
+
+    def batch(self, run_id: str, n: int) -> str:
+        return f"{self.p}batch:{run_id}:{n}"
+
+    def subtask(self, run_id: str, seq: str) -> str:
+        return f"{self.p}sub:{run_id}:{seq}"
+
+    def claim(self, run_id: str, seq: str) -> str:
+        return f"{self.p}claim:{run_id}:{seq}"
+
+    def cancel(self, run_id: str, n: int) -> str:
+        return f"{self.p}cancel:{run_id}:{n}"
+
+    def report(self, run_id: str, n: int) -> str:
+        return f"{self.p}report:{run_id}:{n}"
+
+    def late(self, run_id: str, n: int) -> str:
+        return f"{self.p}late:{run_id}:{n}"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.p}events:{run_id}"
+
+    def lock(self, fkey: str) -> str:
+        return f"{self.p}lock:{fkey}"
+
+    def durations(self, fkey: str) -> str:
+        return f"{self.p}durations:{fkey}"
+
+    def reports(self, fkey: str) -> str:
+        return f"{self.p}reports:{fkey}"
+
+    def runs(self, fkey: str) -> str:
+        return f"{self.p}runs:{fkey}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a run's progress stream."""
+
+    id: str
+    kind: str
+    batch: int
+    seq: str
+    data: dict[str, Any]
+
+
+# Start of an attempt: never rerun a recorded completion, never run two copies at
+# once, and count starts so a subtask that kills its worker every time is capped.
+_START = """
+local sub, claim = KEYS[1], KEYS[2]
+if redis.call('HEXISTS', sub, 'result') == 1 then return 'done' end
+local starts = tonumber(redis.call('HGET', sub, 'starts') or '0')
+local finishes = tonumber(redis.call('HGET', sub, 'finishes') or '0')
+if starts - finishes >= tonumber(ARGV[4]) then return 'capped' end
+if not redis.call('SET', claim, ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy' end
+redis.call('HINCRBY', sub, 'starts', 1)
+redis.call('HSET', sub, 'worker', ARGV[1], 'started_at', ARGV[3], 'task_id', ARGV[5])
+redis.call('EXPIRE', sub, ARGV[6])
+return 'run'
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Completion is recorded exactly once: the first result wins, later ones are ignored.
+_RECORD = """
+local sub, claim, events, durations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+redis.call('HINCRBY', sub, 'finishes', 1)
+if redis.call('HSETNX', sub, 'result', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', sub, 'attempts', ARGV[5])
+redis.call('EXPIRE', sub, ARGV[6])
+if redis.call('GET', claim) == ARGV[2] then redis.call('DEL', claim) end
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[7], '*', 'kind', 'finished',
+  'batch', ARGV[3], 'seq', ARGV[4], 'result', ARGV[8], 'data', ARGV[1])
+redis.call('EXPIRE', events, ARGV[6])
+if ARGV[8] == 'completed' then
+  redis.call('HSET', durations, ARGV[4], ARGV[9])
+  redis.call('EXPIRE', durations, ARGV[6])
+end
+return 1
+"""
+
+# A report is stored once per batch; a result after a forced report is "late".
+_REPORT = """
+local batch, report, events, reports, late = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state = redis.call('HGET', batch, 'state')
+if state == 'reported' or state == 'forced' then
+  redis.call('RPUSH', late, ARGV[1])
+  redis.call('EXPIRE', late, ARGV[3])
+  redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'late', 'batch', ARGV[4],
+    'seq', '', 'data', '')
+  return 0
+end
+redis.call('HSET', batch, 'state', ARGV[2])
+redis.call('SET', report, ARGV[1], 'EX', ARGV[3])
+redis.call('LPUSH', reports, ARGV[5])
+redis.call('LTRIM', reports, 0, 99)
+redis.call('EXPIRE', reports, ARGV[3])
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'batch_' .. ARGV[2],
+  'batch', ARGV[4], 'seq', '', 'data', '')
+return 1
+"""
+
+
+class StateStore:
+    """The only code that talks to Redis about run state."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "batchq:", ttl_s: int = 604800):
+        self.r = client
+        self.keys = Keys(prefix)
+        self.ttl = ttl_s
+        self._start = client.register_script(_START)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._record = client.register_script(_RECORD)
+        self._report = client.register_script(_REPORT)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "batchq:", ttl_s: int = 604800, timeout_s: float = 10.0
+    ) -> StateStore:
+        client = redis.Redis.from_url(
+            redis_py_url(url),
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=25,
+        )
+        return cls(client, prefix=prefix, ttl_s=ttl_s)
+
+    def ping(self, url: str = "") -> None:
+        """Fail fast with exit code 3 and the masked URL when Redis is unreachable."""
+        try:
+            self.r.ping()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(url or "<configured url>", str(exc)) from exc
+
+    def close(self) -> None:
+        self.r.close()
+
+    # --- runs and batches -----------------------------------------------------
+
+    def create_run(self, run_id: str, fields: Mapping[str, str], context: str) -> None:
+        raw = context.encode()
+        if len(raw) > CONTEXT_LIMIT:
+            raise InputError(
+                f"--context: the session context is {len(raw)} bytes; the limit is {CONTEXT_LIMIT}"
+            )
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.run(run_id), mapping=cast(Any, dict(fields)))
+        pipe.expire(self.keys.run(run_id), self.ttl)
+        pipe.set(self.keys.context(run_id), context, ex=self.ttl)
+        if "feature_key" in fields:
+            runs = self.keys.runs(fields["feature_key"])
+            pipe.lpush(runs, run_id)
+            pipe.ltrim(runs, 0, 19)
+            pipe.expire(runs, self.ttl)
+        pipe.execute()
+
+    def recent_runs(self, fkey: str, count: int = 20) -> list[str]:
+        return cast(list[str], self.r.lrange(self.keys.runs(fkey), 0, count - 1))
+
+    def run_info(self, run_id: str) -> dict[str, str]:
+        return cast(dict[str, str], self.r.hgetall(self.keys.run(run_id)))
+
+    def context(self, run_id: str) -> str:
+        value = self.r.get(self.keys.context(run_id))
+        return cast(str, value) if value is not None else ""
+
+    def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> None:
+        key = self.keys.batch(run_id, n)
+        pipe = self.r.pipeline()
+        pipe.hset(
+            key,
+            mapping={
+                "expected": json.dumps(list(expected)),
+                "policy": policy,
+                "submitted_at": now_iso(),
+                "state": "running",
+            },
+        )
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def batch_state(self, run_id: str, n: int) -> str | None:
+        return cast(str | None, self.r.hget(self.keys.batch(run_id, n), "state"))
+
+    # --- subtask transitions ----------------------------------------------------
+
+    def begin(
+        self,
+        run_id: str,
+        seq: str,
+        worker: str,
+        task_id: str,
+        *,
+        claim_ttl_s: float,
+        max_starts: int,
+    ) -> StartDecision:
+        decision = self._start(
+            keys=[self.keys.subtask(run_id, seq), self.keys.claim(run_id, seq)],
+            args=[worker, int(claim_ttl_s * 1000), now_iso(), max_starts, task_id, self.ttl],
+        )
+        return cast(StartDecision, decision)
+
+    def renew_claim(self, run_id: str, seq: str, worker: str, claim_ttl_s: float) -> bool:
+        key = self.keys.claim(run_id, seq)
+        return bool(self._renew(keys=[key], args=[worker, int(claim_ttl_s * 1000)]))
+
+    def release_claim(self, run_id: str, seq: str, worker: str) -> None:
+        self._release(keys=[self.keys.claim(run_id, seq)], args=[worker])
+
+    def end_attempt(self, run_id: str, seq: str) -> None:
+        """An attempt ended without a final result (it will be retried)."""
+        self.r.hincrby(self.keys.subtask(run_id, seq), "finishes", 1)
+
+    def emit(self, run_id: str, kind: str, batch: int, seq: str, **data: Any) -> None:
+        key = self.keys.events(run_id)
+        pipe = self.r.pipeline()
+        pipe.xadd(
+            key,
+            {"kind": kind, "batch": str(batch), "seq": seq, "data": json.dumps(data)},
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def record_result(self, result: SubtaskResult, fkey: str, worker: str) -> bool:
+        """Record the final result of a subtask; False if one was already recorded."""
+        payload = result.model_dump_json()
+        written = self._record(
+            keys=[
+                self.keys.subtask(result.run_id, result.seq),
+                self.keys.claim(result.run_id, result.seq),
+                self.keys.events(result.run_id),
+                self.keys.durations(fkey),
+            ],
+            args=[
+                payload,
+                worker,
+                result.batch,
+                result.seq,
+                result.attempts,
+                self.ttl,
+                STREAM_MAXLEN,
+                result.result.value,
+                f"{result.duration_s:.3f}",
+            ],
+        )
+        return bool(written)
+
+    def result(self, run_id: str, seq: str) -> SubtaskResult | None:
+        raw = self.r.hget(self.keys.subtask(run_id, seq), "result")
+        return SubtaskResult.model_validate_json(cast(str, raw)) if raw else None
+
+    def results(self, run_id: str, seqs: Iterable[str]) -> dict[str, SubtaskResult]:
+        seqs = list(seqs)
+        pipe = self.r.pipeline()
+        for seq in seqs:
+            pipe.hget(self.keys.subtask(run_id, seq), "result")
+        out: dict[str, SubtaskResult] = {}
+        for seq, raw in zip(seqs, pipe.execute(), strict=True):
+            if raw:
+                out[seq] = SubtaskResult.model_validate_json(raw)
+        return out
+
+    def subtask_info(self, run_id: str, seq: str) -> dict[str, str]:
+        return cast(dict[str, str], self.r.hgetall(self.keys.subtask(run_id, seq)))
+
+    def live_claims(self, run_id: str, seqs: Iterable[str]) -> list[str]:
+        """Seqs whose claim is still held, i.e. a worker heartbeat is alive."""
+        seqs = list(seqs)
+        pipe = self.r.pipeline()
+        for seq in seqs:
+            pipe.exists(self.keys.claim(run_id, seq))
+        return [seq for seq, alive in zip(seqs, pipe.execute(), strict=True) if alive]
+
+    # --- cancellation -------------------------------------------------------------
+
+    def cancel(self, run_id: str, n: int, mode: str) -> None:
+        """Set the cooperative cancel flag; ``terminate`` is never downgraded."""
+        key = self.keys.cancel(run_id, n)
+        if mode == "terminate":
+            self.r.set(key, mode, ex=self.ttl)
+        else:
+            self.r.set(key, mode, ex=self.ttl, nx=True)
+
+    def cancel_mode(self, run_id: str, n: int) -> str | None:
+        return cast(str | None, self.r.get(self.keys.cancel(run_id, n)))
+
+    # --- reports --------------------------------------------------------------------
+
+    def store_report(self, report: BatchReport, fkey: str) -> bool:
+        """Store the batch's report once; False (and a ``late`` entry) if one exists."""
+        state = "forced" if report.forced else "reported"
+        stored = self._report(
+            keys=[
+                self.keys.batch(report.run_id, report.batch),
+                self.keys.report(report.run_id, report.batch),
+                self.keys.events(report.run_id),
+                self.keys.reports(fkey),
+                self.keys.late(report.run_id, report.batch),
+            ],
+            args=[
+                report.model_dump_json(),
+                state,
+                self.ttl,
+                report.batch,
+                f"{report.run_id}:{report.batch}",
+                STREAM_MAXLEN,
+            ],
+        )
+        return bool(stored)
+
+    def overwrite_report(self, report: BatchReport) -> None:
+        """Replace a stored report with its checked version (discrepancies added)."""
+        self.r.set(
+            self.keys.report(report.run_id, report.batch), report.model_dump_json(), ex=self.ttl
+        )
+
+    def report(self, run_id: str, n: int) -> BatchReport | None:
+        raw = self.r.get(self.keys.report(run_id, n))
+        return BatchReport.model_validate_json(cast(str, raw)) if raw else None
+
+    def late_reports(self, run_id: str, n: int) -> list[BatchReport]:
+        raws = cast(list[str], self.r.lrange(self.keys.late(run_id, n), 0, -1))
+        return [BatchReport.model_validate_json(raw) for raw in raws]
+
+    def report_refs(self, fkey: str, count: int = 100) -> list[tuple[str, int]]:
+        refs = cast(list[str], self.r.lrange(self.keys.reports(fkey), 0, count - 1))
+        out: list[tuple[str, int]] = []
+        for ref in refs:
+            run_id, _, n = ref.rpartition(":")
+            out.append((run_id, int(n)))
+        return out
+
+    # --- events ------------------------------------------------------------------------
+
+    def events(
+        self, run_id: str, after: str = "0-0", *, block_ms: int | None = None, count: int = 1000
+    ) -> list[Event]:
+        reply: Any = self.r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
+        out: list[Event] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                data = fields.get("data") or "{}"
+                out.append(
+                    Event(
+                        id=entry_id,
+                        kind=fields.get("kind", ""),
+                        batch=int(fields.get("batch") or 0),
+                        seq=fields.get("seq", ""),
+                        data=json.loads(data) if data.startswith("{") else {},
+                    )
+                )
+        return out
+
+    def last_event_id(self, run_id: str) -> str:
+        """The newest entry of the run's stream, so a waiter reads only what follows."""
+        entries = self.r.xrevrange(self.keys.events(run_id), count=1)
+        return cast(str, entries[0][0]) if entries else "0-0"
+
+    # --- feature lock and learned durations ---------------------------------------------
+
+    def acquire_lock(self, fkey: str, holder: str, lease_s: float) -> str | None:
+        """Take the orchestrator lease; returns the current holder if someone has it."""
+        key = self.keys.lock(fkey)
+        if self.r.set(key, holder, nx=True, px=int(lease_s * 1000)):
+            return None
+        current = self.r.get(key)
+        return cast(str, current) if current else "another orchestrator"
+
+    def renew_lock(self, fkey: str, holder: str, lease_s: float) -> bool:
+        return bool(self._renew(keys=[self.keys.lock(fkey)], args=[holder, int(lease_s * 1000)]))
+
+    def release_lock(self, fkey: str, holder: str) -> None:
+        self._release(keys=[self.keys.lock(fkey)], args=[holder])
+
+    def lock_holder(self, fkey: str) -> str | None:
+        return cast(str | None, self.r.get(self.keys.lock(fkey)))
+
+    def durations(self, fkey: str) -> dict[str, float]:
+        raw = cast(dict[str, str], self.r.hgetall(self.keys.durations(fkey)))
+        return {seq: float(v) for seq, v in raw.items()}
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or the timeout passes (used by tests and ``watch``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -1,0 +1,94 @@
+"""The two Celery tasks, kept thin: decode, delegate to plain functions, map retries.
+
+``run_subtask`` returns a result for every subtask outcome and never raises for the
+subtask's own failure, so the chord callback always fires (TRAPS: a failed member
+fails the whole chord). One task name for every subtask keeps Flower's Prometheus
+labels bounded; the feature, batch, seq and title are in the argument summary.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from batchq import report
+from batchq.app import AGGREGATE_TASK, RUN_TASK
+from batchq.models import PlannedBatch, SubtaskMessage, SubtaskResult
+from batchq.runner import RetryLater, execute
+from batchq.settings import Settings
+from batchq.state import StateStore
+
+__all__ = ["register"]
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register batchq's tasks on ``app`` (called by :func:`batchq.app.create_app`)."""
+
+    @cache
+    def store() -> StateStore:
+        # One connection pool per worker process, opened on first use, not at import.
+        return StateStore.from_url(
+            settings.redis_url or "",
+            prefix=settings.key_prefix,
+            ttl_s=settings.state_ttl_s,
+            timeout_s=settings.socket_timeout_s,
+        )
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+    )
+    def run_subtask(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+        msg = SubtaskMessage.model_validate(message)
+        try:
+            result = execute(
+                msg,
+                store(),
+                settings,
+                task_id=self.request.id or "",
+                retries_done=self.request.retries,
+            )
+        except RetryLater as later:
+            raise self.retry(countdown=later.countdown, max_retries=None) from later
+        except SoftTimeLimitExceeded:  # pragma: no cover - mapped inside execute()
+            raise
+        return result.model_dump(mode="json")
+
+    @app.task(name=AGGREGATE_TASK, acks_late=True)  # type: ignore[untyped-decorator]
+    def aggregate_batch(
+        results: list[dict[str, Any]],
+        meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        built = aggregate(store(), results, meta)
+        return built
+
+    del run_subtask, aggregate_batch
+
+
+def aggregate(
+    store: StateStore, results: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Chord callback body: build the report with the one pure function and store it."""
+    parsed = [SubtaskResult.model_validate(r) for r in results if isinstance(r, dict)]
+    next_batch = PlannedBatch.model_validate(meta["next_batch"]) if meta.get("next_batch") else None
+    built = report.build(
+        feature=meta["feature"],
+        run_id=meta["run_id"],
+        batch=int(meta["batch"]),
+        results=parsed,
+        expected=list(meta["expected"]),
+        next_batch=next_batch,
+        submitted_at=datetime.fromisoformat(meta["submitted_at"]),
+        finished_at=_now(),
+    )
+    store.store_report(built, meta["feature_key"])
+    return built.model_dump(mode="json")
+
+
+def _now() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)

@@ -1,0 +1,15 @@
+"""Celery's ``-A`` target for worker processes: ``celery -A batchq.worker worker``.
+
+Settings come from the environment (and ``batchq.toml`` in the working directory)
+when the worker starts; building the app connects to nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchq.app import create_app
+from batchq.settings import load_settings
+
+settings = load_settings(Path.cwd())
+app = create_app(settings)

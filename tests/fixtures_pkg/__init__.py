@@ -1,0 +1,1 @@
+"""Importable callables for the python agent's tests (put ``tests/`` on sys.path)."""

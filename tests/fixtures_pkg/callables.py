@@ -1,0 +1,51 @@
+"""Callables the python agent's tests delegate to."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from batchq.models import Subtask
+
+not_callable = 3
+
+
+def write_deliverable(subtask: Subtask, context: Any) -> str:
+    target = context.workspace / subtask.deliverables[0]
+    target.write_text(f"{context.feature}/{context.seq}: {context}")
+    print(f"wrote {subtask.deliverables[0]}")
+    return f"wrote {subtask.deliverables[0]} for {subtask.title}"
+
+
+def prints_only(subtask: Subtask, context: str) -> None:
+    print("first line")
+    print("the last line", file=sys.stderr)
+
+
+def returns_dict(subtask: Subtask, context: str) -> dict[str, Any]:
+    return {"summary": "from a dict", "other": 1}
+
+
+def reports_failure(subtask: Subtask, context: str) -> dict[str, Any]:
+    return {"ok": False, "error": "nothing to do"}
+
+
+def raises(subtask: Subtask, context: str) -> None:
+    print("about to fail")
+    raise ValueError("boom")
+
+
+def exits_temporarily(subtask: Subtask, context: str) -> None:
+    sys.exit(75)
+
+
+def hits_soft_time_limit(subtask: Subtask, context: str) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+class Steps:
+    @staticmethod
+    def nested(subtask: Subtask, context: str) -> str:
+        return "nested ok"

@@ -1,0 +1,170 @@
+"""Format-preserving JSON documents and atomic replacement."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchq.jsonfile import JsonReadError, read_document, same_json, write_atomic
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_equal_data_renders_nothing_so_the_file_is_not_rewritten(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path / "a.json", '{"a": [1, 2.50, 1e3], "b": "\\u00e9"}'))
+    assert doc.render(copy.deepcopy(doc.data)) is None
+
+
+def test_json_equality_tells_numbers_booleans_and_key_order_apart() -> None:
+    assert same_json({"a": 1, "b": [True]}, {"a": 1, "b": [True]})
+    assert not same_json({"a": 1}, {"a": 1.0})
+    assert not same_json({"a": 1}, {"a": True})
+    assert not same_json({"a": 1, "b": 2}, {"b": 2, "a": 1})
+    assert same_json([1, [2]], ([1, (2,)]))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a":1,"b":[1,2]}', '{"a":2,"b":[1,2],"c":[true]}'),
+        ('{"a": 1, "b": [1,2]}', '{"a": 2, "b": [1,2], "c": [true]}'),
+    ],
+    ids=["javascript-compact", "python-compact"],
+)
+def test_single_line_files_stay_on_one_line_with_their_separators(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    doc = read_document(write(tmp_path / "a.json", text))
+    new = copy.deepcopy(doc.data)
+    new["a"] = 2
+    new["c"] = [True]
+    assert doc.render(new) == expected
+
+
+def test_a_byte_order_mark_and_crlf_newlines_are_kept(tmp_path: Path) -> None:
+    text = '\ufeff{\r\n    "a": 1,\r\n    "b": {\r\n        "c": 2\r\n    }\r\n}\r\n'
+    doc = read_document(write(tmp_path / "a.json", text))
+    new = copy.deepcopy(doc.data)
+    new["a"] = {"x": None}
+    assert doc.render(new) == (
+        '\ufeff{\r\n    "a": {\r\n        "x": null\r\n    },\r\n'
+        '    "b": {\r\n        "c": 2\r\n    }\r\n}\r\n'
+    )
+
+
+def test_an_empty_object_gets_two_space_indentation(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path / "a.json", "{}"))
+    assert doc.render({"k": ["v"]}) == '{\n  "k": [\n    "v"\n  ]\n}'
+
+
+def test_unchanged_items_of_a_changed_list_keep_their_text(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path / "a.json", '{\n  "l": [1e2, {"k": "v"}]\n}\n'))
+    new = copy.deepcopy(doc.data)
+    new["l"].append("é")
+    assert doc.render(new) == '{\n  "l": [\n    1e2,\n    {"k": "v"},\n    "é"\n  ]\n}\n'
+
+
+def test_a_value_json_cannot_hold_is_refused(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path / "a.json", '{"a": 1}'))
+    with pytest.raises(ValueError, match="set"):
+        doc.render({"a": {1, 2}})
+    with pytest.raises(ValueError):
+        doc.render({"a": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\xef\xbb\xbf" + b"[]", "got an array"),
+        (b'"text"', "got a string"),
+        (b'{"a": Infinity}', "malformed JSON: Infinity is not valid JSON"),
+        (b'{"a": 1,}', "malformed JSON at line 1 column 9"),
+        (b'{"a": "\xc3"}', "not valid UTF-8: byte 0xc3 at offset 7"),
+        (b"", "malformed JSON at line 1 column 1"),
+    ],
+)
+def test_unreadable_content_gives_a_one_line_reason(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    (tmp_path / "a.json").write_bytes(content)
+    with pytest.raises(JsonReadError) as caught:
+        read_document(tmp_path / "a.json")
+    assert reason in caught.value.reason
+    assert "\n" not in caught.value.reason
+
+
+def test_a_file_over_the_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_bytes(b'{"a": "' + b"x" * 100 + b'"}')
+    with pytest.raises(JsonReadError, match="file is 109 bytes; the limit is 50 bytes"):
+        read_document(tmp_path / "a.json", max_bytes=50)
+
+
+def test_atomic_write_replaces_the_file_and_keeps_its_permissions(tmp_path: Path) -> None:
+    target = write(tmp_path / "a.json", "old")
+    target.chmod(0o640)
+    write_atomic(target, "néw")
+    assert target.read_bytes() == "néw".encode()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_a_failed_atomic_write_leaves_the_original_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = write(tmp_path / "a.json", "old")
+
+    def broken_replace(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, min_size=1, max_size=6)
+
+
+@given(
+    data=json_objects,
+    indent=st.sampled_from([2, 4, "\t"]),
+    tail=st.sampled_from(["", "\n"]),
+    extra=json_values,
+)
+def test_any_object_round_trips_and_an_edit_matches_a_fresh_dump(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: dict[str, Any],
+    indent: int | str,
+    tail: str,
+    extra: Any,
+) -> None:
+    path = tmp_path_factory.mktemp("prop") / "a.json"
+    write(path, json.dumps(data, indent=indent, ensure_ascii=False) + tail)
+    doc = read_document(path)
+    assert doc.render(copy.deepcopy(doc.data)) is None
+    new = copy.deepcopy(doc.data)
+    new["\x00added"] = extra
+    assert doc.render(new) == json.dumps(new, indent=indent, ensure_ascii=False) + tail

@@ -1,0 +1,370 @@
+"""The renderers alone: Markdown seed format, Rich table, JSON, plan preview."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from batchq import report
+from batchq.cli.render import (
+    format_duration,
+    render_json,
+    render_markdown,
+    render_plan,
+    render_table,
+)
+from batchq.models import (
+    BatchReport,
+    DeliverableCheck,
+    Feature,
+    Plan,
+    PlannedBatch,
+    ResultState,
+    Subtask,
+    SubtaskResult,
+    TaskFile,
+)
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+LOG = ".tmp/tasks/auth-system/.batchq/logs/r1/02.log"
+
+
+def result(seq: str, title: str, state: ResultState, **kw: Any) -> SubtaskResult:
+    return SubtaskResult(
+        feature="auth-system", run_id="r1", batch=1, seq=seq, title=title, result=state, **kw
+    )
+
+
+def partial_failure(**kw: Any) -> BatchReport:
+    results = [
+        result(
+            "01",
+            "Setup project structure",
+            ResultState.COMPLETED,
+            summary="Created project layout",
+            deliverables=[
+                DeliverableCheck(path="src/", verified=True),
+                DeliverableCheck(path="package.json", verified=True),
+            ],
+            duration_s=2.1,
+            worker="batchq-1@host",
+        ),
+        result(
+            "02",
+            "Configure database",
+            ResultState.FAILED,
+            error="deliverable missing: src/db.ts",
+            deliverables=[DeliverableCheck(path="src/db.ts", verified=False)],
+            output_tail="".join(f"line {i}\n" for i in range(30)),
+            log_path=LOG,
+            duration_s=3.5,
+            worker="batchq-2@host",
+        ),
+        result("03", "Install dependencies", ResultState.COMPLETED, duration_s=4.2),
+    ]
+    return report.build(
+        feature="auth-system",
+        run_id="r1",
+        batch=1,
+        results=results,
+        expected=["01", "02", "03"],
+        next_batch=PlannedBatch(number=2, level=1, seqs=["04"], parallel=False, after=1),
+        submitted_at=T0,
+        finished_at=T0 + timedelta(seconds=4.2),
+        **kw,
+    )
+
+
+def all_completed() -> BatchReport:
+    return report.build(
+        feature="auth-system",
+        run_id="r1",
+        batch=1,
+        results=[result("01", "Setup project structure", ResultState.COMPLETED, duration_s=1.0)],
+        expected=["01"],
+        next_batch=PlannedBatch(number=2, level=1, seqs=["03"], parallel=True, after=1),
+        submitted_at=T0,
+        finished_at=T0 + timedelta(seconds=1),
+    )
+
+
+def section(md: str, header: str) -> list[str]:
+    """The non-empty lines under a ``### header`` up to the next header."""
+    lines = md.splitlines()
+    start = lines.index(header) + 1
+    out: list[str] = []
+    for line in lines[start:]:
+        if line.startswith("##"):
+            break
+        if line:
+            out.append(line)
+    return out
+
+
+# --- markdown ------------------------------------------------------------------------
+
+
+def test_markdown_opens_with_the_seed_header_lines() -> None:
+    md = render_markdown(partial_failure())
+    assert md.splitlines()[:4] == [
+        "## Batch 1 Execution Complete",
+        "",
+        "Feature: auth-system",
+        "Status: ❌ PARTIAL FAILURE",
+    ]
+
+
+def test_markdown_of_a_completed_batch_says_all_completed_and_the_next_batch_is_ready() -> None:
+    md = render_markdown(all_completed())
+    assert "Status: ✅ ALL COMPLETED" in md.splitlines()
+    assert section(md, "### Next Steps:") == ["- ✅ Batch 2 (03) is ready: dependencies satisfied"]
+
+
+def test_markdown_statistics_are_the_seed_lines() -> None:
+    md = render_markdown(partial_failure())
+    assert section(md, "### Batch Statistics:") == [
+        "- Total: 3",
+        "- Completed: 2",
+        "- Failed: 1",
+        "- Success rate: 66.7%",
+        "- Wall time: 4.2s · Summed subtask time: 9.8s · Parallel speed-up: 2.3×",
+    ]
+
+
+def test_markdown_has_the_sections_in_seed_order_and_no_trailing_newline() -> None:
+    md = render_markdown(partial_failure())
+    headers = [line for line in md.splitlines() if line.startswith("##")]
+    assert headers == [
+        "## Batch 1 Execution Complete",
+        "### Individual Results:",
+        "### Batch Statistics:",
+        "### Next Steps:",
+    ]
+    assert not md.endswith("\n")
+
+
+def test_markdown_shows_a_completed_subtask_block_in_the_seed_shape() -> None:
+    md = render_markdown(partial_failure())
+    lines = md.splitlines()
+    start = lines.index("✅ Subtask 01 - Setup project structure")
+    assert lines[start : start + 6] == [
+        "✅ Subtask 01 - Setup project structure",
+        "   Status: completed",
+        "   Deliverables: src/, package.json",
+        "   Summary: Created project layout",
+        "   Duration: 2.1s · Worker: batchq-1@host",
+        "",
+    ]
+
+
+def test_markdown_shows_a_failed_subtask_with_its_error_tail_and_log() -> None:
+    md = render_markdown(partial_failure())
+    lines = md.splitlines()
+    start = lines.index("❌ Subtask 02 - Configure database")
+    block = lines[start : lines.index("", start)]
+    assert block[1:5] == [
+        "   Status: failed",
+        "   Deliverables: ✗ src/db.ts",
+        "   Error: deliverable missing: src/db.ts",
+        "   Output (tail):",
+    ]
+    tail = [line for line in block if line.startswith("     line ")]
+    assert len(tail) == 20
+    assert tail[-1] == "     line 29"
+    assert block[-1] == f"   Log: {LOG}"
+
+
+def test_markdown_next_steps_of_a_failure_name_the_subtask_to_fix() -> None:
+    md = render_markdown(partial_failure())
+    assert section(md, "### Next Steps:")[0] == (
+        "- ❌ Fix the failed subtask(s) 02 first, then rerun `batchq run auth-system`"
+    )
+
+
+def test_markdown_of_the_last_batch_says_all_batches_complete() -> None:
+    rep = report.build(
+        feature="auth-system",
+        run_id="r1",
+        batch=1,
+        results=[result("01", "Setup", ResultState.COMPLETED)],
+        expected=["01"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0,
+    )
+    assert section(render_markdown(rep), "### Next Steps:") == ["- ✅ All batches complete"]
+
+
+def test_markdown_of_a_forced_report_warns_and_lists_the_missing_member() -> None:
+    rep = report.build(
+        feature="auth-system",
+        run_id="r1",
+        batch=1,
+        results=[result("01", "Setup", ResultState.COMPLETED)],
+        expected=["01", "04"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0,
+        forced=True,
+    )
+    md = render_markdown(rep)
+    assert "⚠ Forced report: no result from 04 (stalled)" in md.splitlines()
+    assert "⚠ Subtask 04" in md.splitlines()
+    assert "- Not completed: 1 missing" in md.splitlines()
+
+
+def test_markdown_uses_distinct_icons_for_timed_out_and_cancelled() -> None:
+    rep = report.build(
+        feature="f",
+        run_id="r1",
+        batch=1,
+        results=[
+            SubtaskResult(
+                feature="f", run_id="r1", batch=1, seq="01", title="a", result=ResultState.TIMED_OUT
+            ),
+            SubtaskResult(
+                feature="f", run_id="r1", batch=1, seq="02", title="b", result=ResultState.CANCELLED
+            ),
+        ],
+        expected=["01", "02"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0,
+    )
+    lines = render_markdown(rep).splitlines()
+    assert "⏱ Subtask 01 - a" in lines
+    assert "⊘ Subtask 02 - b" in lines
+    assert "- Not completed: 1 timed out, 1 cancelled" in lines
+
+
+def test_markdown_has_a_discrepancies_section_only_when_there_are_some() -> None:
+    assert "### Discrepancies:" not in render_markdown(partial_failure())
+    md = render_markdown(partial_failure(discrepancies=["04: late result"]))
+    assert section(md, "### Discrepancies:") == ["- 04: late result"]
+
+
+def test_durations_read_as_seconds_minutes_or_hours() -> None:
+    assert format_duration(2.14) == "2.1s"
+    assert format_duration(252) == "4m 12s"
+    assert format_duration(3725) == "1h 02m"
+
+
+# --- table and json --------------------------------------------------------------------
+
+
+def test_the_table_renders_every_member_with_statistics_in_the_caption() -> None:
+    console = Console(record=True, width=120)
+    console.print(render_table(partial_failure(discrepancies=["x"])))
+    text = console.export_text()
+    for seq in ("01", "02", "03"):
+        assert seq in text
+    assert "Configure database" in text
+    assert "Success 66.7%" in text
+
+
+def test_the_table_shows_worker_text_literally_not_as_markup() -> None:
+    rep = report.build(
+        feature="f",
+        run_id="r1",
+        batch=1,
+        results=[
+            SubtaskResult(
+                feature="f",
+                run_id="r1",
+                batch=1,
+                seq="01",
+                title="[bold]x[/bold]",
+                result=ResultState.FAILED,
+                error="bad [red]thing",
+            )
+        ],
+        expected=["01", "02"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0,
+        forced=True,
+    )
+    console = Console(record=True, width=120)
+    console.print(render_table(rep))
+    text = console.export_text()
+    assert "[bold]x[/bold]" in text
+    assert "bad [red]thing" in text
+    assert "missing" in text
+
+
+def test_json_round_trips_into_the_report_model() -> None:
+    rep = partial_failure(forced=True, discrepancies=["d"])
+    assert BatchReport.model_validate_json(render_json(rep)) == rep
+
+
+# --- plan -------------------------------------------------------------------------------
+
+
+def feature(tmp_path: Path) -> Feature:
+    subs = [
+        Subtask(
+            id=f"auth-system-{seq}",
+            seq=seq,
+            title=title,
+            acceptance_criteria=["works"],
+            deliverables=[f"{seq}.txt"],
+        )
+        for seq, title in [("01", "Setup"), ("02", "DB"), ("03", "Deps"), ("04", "Auth")]
+    ]
+    return Feature(
+        name="auth-system",
+        root=tmp_path,
+        path=tmp_path / ".tmp/tasks/auth-system",
+        task=TaskFile(id="auth-system", name="Auth"),
+        subtasks=subs,
+    )
+
+
+def test_the_plan_lists_batches_with_reasons_then_what_is_blocked(tmp_path: Path) -> None:
+    plan = Plan(
+        feature="auth-system",
+        batches=[
+            PlannedBatch(
+                number=1,
+                level=0,
+                seqs=["01", "02"],
+                parallel=True,
+                reasons={"01": "no dependencies", "02": "no dependencies"},
+            ),
+            PlannedBatch(
+                number=2, level=1, seqs=["03"], parallel=False, after=1, reasons={"03": "needs 01"}
+            ),
+        ],
+        blocked={"04": "blocked: waiting on a human"},
+    )
+    assert render_plan(plan, feature(tmp_path)).splitlines() == [
+        "Batch 1 (Ready now): 01, 02",
+        "  01: no dependencies",
+        "  02: no dependencies",
+        "Batch 2 (After Batch 1): 03",
+        "  03: needs 01",
+        "",
+        "Blocked:",
+        "  04: blocked: waiting on a human",
+    ]
+
+
+def test_a_plan_member_without_a_reason_is_shown_with_its_title(tmp_path: Path) -> None:
+    plan = Plan(
+        feature="auth-system",
+        batches=[PlannedBatch(number=1, level=0, seqs=["02"], parallel=False)],
+    )
+    assert render_plan(plan, feature(tmp_path)).splitlines() == [
+        "Batch 1 (Ready now): 02",
+        "  02: DB",
+    ]
+
+
+def test_an_empty_plan_says_there_is_nothing_to_run(tmp_path: Path) -> None:
+    plan = Plan(feature="auth-system", completed=["01", "02", "03", "04"])
+    assert render_plan(plan, feature(tmp_path)) == (
+        "[auth-system] Nothing to run: 4/4 subtasks completed"
+    )

@@ -1,0 +1,576 @@
+"""Task files: tolerant loading, precise refusals, format-preserving locked rewrites."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchq.errors import SpecError, UsageError
+from batchq.models import BatchqBlock, ResultState, SubtaskStatus, TaskStatus
+from batchq.taskfiles import (
+    archive_feature,
+    complete_subtask,
+    feature_dir,
+    find_root,
+    list_features,
+    load_feature,
+    load_raw,
+    mark_blocked,
+    mark_completed,
+    mark_in_progress,
+    mark_pending,
+    tasks_dir,
+    update_subtasks,
+    utc_timestamp,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "features"
+REPO = Path(__file__).resolve().parents[2]
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def subtask_doc(name: str, seq: str, **fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": f"{name}-{seq}",
+        "seq": seq,
+        "title": f"Subtask {seq}",
+        "status": "pending",
+        "depends_on": [],
+        "parallel": True,
+        "suggested_agent": "shell",
+        "context_files": [],
+        "reference_files": [],
+        "acceptance_criteria": ["it works"],
+        "deliverables": [f"out/{seq}.txt"],
+    }
+    doc.update(fields)
+    return doc
+
+
+def write_json(path: Path, data: Any, indent: int | str | None = 2, tail: str = "\n") -> None:
+    text = json.dumps(data, indent=indent, ensure_ascii=False) + tail
+    path.write_text(text, encoding="utf-8", newline="")
+
+
+def make_feature(root: Path, name: str = "feat", count: int = 3, **task: Any) -> Path:
+    folder = root / ".tmp" / "tasks" / name
+    folder.mkdir(parents=True)
+    header = {"id": name, "name": f"Feature {name}", "status": "active", "objective": "o"}
+    header.update(task)
+    write_json(folder / "task.json", header)
+    for number in range(1, count + 1):
+        seq = f"{number:02d}"
+        write_json(folder / f"subtask_{seq}.json", subtask_doc(name, seq))
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".batchq" not in p.parts
+    }
+
+
+def copy_fixture(root: Path, name: str = "auth-system") -> Path:
+    target = root / ".tmp" / "tasks" / name
+    shutil.copytree(DATA / name, target)
+    return target
+
+
+# --- locations -------------------------------------------------------------------
+
+
+def test_root_is_the_nearest_folder_with_git(tmp_path: Path) -> None:
+    (tmp_path / "proj" / ".git").mkdir(parents=True)
+    nested = tmp_path / "proj" / "src" / "deep"
+    nested.mkdir(parents=True)
+    assert find_root(nested) == (tmp_path / "proj").resolve()
+
+
+def test_root_is_the_nearest_folder_with_package_json(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "package.json").write_text("{}")
+    (tmp_path / "web" / "lib").mkdir()
+    assert find_root(tmp_path / "web" / "lib") == (tmp_path / "web").resolve()
+
+
+def test_an_explicit_root_wins_over_discovery(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert find_root(tmp_path, root=other) == other.resolve()
+
+
+def test_an_explicit_root_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not an existing folder"):
+        find_root(root=tmp_path / "missing")
+
+
+def test_no_root_found_suggests_the_root_option(tmp_path: Path) -> None:
+    if any((p / m).exists() for p in tmp_path.parents for m in (".git", "package.json")):
+        pytest.skip("a folder above the temp dir is itself a project root")
+    with pytest.raises(UsageError, match="--root"):
+        find_root(tmp_path)
+
+
+def test_root_discovery_starts_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert find_root() == tmp_path.resolve()
+
+
+def test_only_active_features_are_listed(tmp_path: Path) -> None:
+    make_feature(tmp_path, "beta")
+    make_feature(tmp_path, "alpha")
+    (tasks_dir(tmp_path) / "completed" / "old").mkdir(parents=True)
+    write_json(tasks_dir(tmp_path) / "completed" / "old" / "task.json", {"id": "old", "name": "o"})
+    (tasks_dir(tmp_path) / "no-task-json").mkdir()
+    assert list_features(tmp_path) == ["alpha", "beta"]
+    assert list_features(tmp_path / "nowhere") == []
+
+
+@pytest.mark.parametrize("name", ["", "..", ".batchq", "completed", "a/b"])
+def test_a_name_that_is_not_a_feature_folder_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UsageError):
+        feature_dir(tmp_path, name)
+
+
+# --- tolerant loading ---------------------------------------------------------------
+
+
+def test_a_feature_written_by_the_established_tools_loads(tmp_path: Path) -> None:
+    copy_fixture(tmp_path)
+    feature = load_feature(tmp_path, "auth-system")
+    assert feature.task.name == "Authentication System Implementation"
+    assert [s.seq for s in feature.subtasks] == ["01", "02", "03", "04"]
+    assert feature.subtasks[1].context_files[0].lines == "10-50"  # type: ignore[union-attr]
+    assert feature.subtasks[1].agent_id is None
+    assert feature.subtasks[2].execution is not None
+    assert feature.subtasks[2].execution.timeout_s == 600
+    assert feature.warnings == []
+
+
+def test_missing_optional_progress_fields_load_as_none(tmp_path: Path) -> None:
+    make_feature(tmp_path, count=1)
+    sub = load_feature(tmp_path, "feat").subtasks[0]
+    assert (sub.agent_id, sub.started_at, sub.completed_at, sub.completion_summary) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_long_existing_summary_loads_with_a_warning(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    doc = subtask_doc("feat", "01", status="completed", completion_summary="x" * 250)
+    write_json(folder / "subtask_01.json", doc)
+    feature = load_feature(tmp_path, "feat")
+    assert feature.subtasks[0].completion_summary == "x" * 250
+    assert len(feature.warnings) == 1
+    assert "subtask_01.json" in feature.warnings[0] and "250" in feature.warnings[0]
+
+
+def test_subtasks_are_ordered_numerically_past_99(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=0)
+    for seq in ("100", "10", "02", "99"):
+        write_json(folder / f"subtask_{seq}.json", subtask_doc("feat", seq))
+    (folder / ".batchq").mkdir()
+    write_json(folder / ".batchq" / "subtask_50.json", subtask_doc("feat", "50"))
+    assert [s.seq for s in load_feature(tmp_path, "feat").subtasks] == ["02", "10", "99", "100"]
+
+
+def test_duplicate_seqs_load_and_are_both_kept(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    write_json(folder / "subtask_001.json", subtask_doc("feat", "01", title="twin"))
+    feature = load_feature(tmp_path, "feat")
+    assert [(s.seq, s.title) for s in feature.subtasks] == [("01", "Subtask 01"), ("01", "twin")]
+
+
+def test_load_raw_keeps_key_order_and_reports_the_layout(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    data, layout = load_raw(folder / "subtask_01.json")
+    assert list(data)[:3] == ["id", "seq", "title"]
+    assert (layout.indent, layout.tail) == ("  ", "\n")
+
+
+def test_an_unknown_feature_names_the_known_ones(tmp_path: Path) -> None:
+    make_feature(tmp_path, "alpha")
+    make_feature(tmp_path, "beta")
+    with pytest.raises(UsageError, match="unknown feature 'gamma'; known features: alpha, beta"):
+        load_feature(tmp_path, "gamma")
+
+
+# --- refusals -------------------------------------------------------------------
+
+
+def _break(folder: Path, file: str, content: bytes) -> None:
+    (folder / file).write_bytes(content)
+
+
+def _sub(**fields: Any) -> bytes:
+    doc = subtask_doc("feat", "02")
+    doc.update(fields)
+    return json.dumps(doc, indent=2).encode()
+
+
+def _without(key: str) -> bytes:
+    doc = subtask_doc("feat", "02")
+    del doc[key]
+    return json.dumps(doc).encode()
+
+
+BROKEN: list[tuple[str, str, bytes, str | None, str]] = [
+    ("oversize", "subtask_02.json", b" " * (1024 * 1024) + _sub(), None, "1 MiB"),
+    ("not-utf8", "subtask_02.json", _sub(title="caf\xe9").replace(b"caf", b"\xff"), None, "UTF-8"),
+    ("malformed", "subtask_02.json", b'{\n  "id": "feat-02",\n  "seq": 02\n}', None, "line 3"),
+    ("nan", "subtask_02.json", b'{"id": NaN}', None, "malformed JSON"),
+    ("array", "subtask_02.json", b"[1, 2]", None, "JSON object"),
+    ("no-deliverables", "subtask_02.json", _without("deliverables"), "deliverables", "missing"),
+    ("empty-deliverables", "subtask_02.json", _sub(deliverables=[]), "deliverables", "at least"),
+    ("bad-status", "subtask_02.json", _sub(status="done"), "status", "'pending'"),
+    ("bad-seq", "subtask_02.json", _sub(seq="2"), "seq", "pattern"),
+    ("seq-mismatch", "subtask_02.json", _sub(seq="03"), "seq", "match the file name"),
+    ("bad-dep", "subtask_02.json", _sub(depends_on=[1]), "depends_on.0", "string"),
+    (
+        "bad-timeout",
+        "subtask_02.json",
+        _sub(execution={"timeout_s": "soon"}),
+        "execution.timeout_s",
+        "number",
+    ),
+    (
+        "bad-callable",
+        "subtask_02.json",
+        _sub(execution={"callable": "not a callable"}),
+        "execution.callable",
+        "expected 'package.module:function'; got",
+    ),
+    (
+        "ref-without-path",
+        "subtask_02.json",
+        _sub(context_files=["a.py", {"lines": "1-2"}]),
+        "context_files.1.path",
+        "missing",
+    ),
+    ("ref-number", "subtask_02.json", _sub(reference_files=[7]), "reference_files.0", "path"),
+    ("bad-name", "subtask_2.json", _sub(seq="02"), None, "subtask_NN.json"),
+    ("task-no-name", "task.json", b'{"id": "feat"}', "name", "missing"),
+    (
+        "task-count",
+        "task.json",
+        b'{"id": "feat", "name": "n", "subtask_count": "x"}',
+        "subtask_count",
+        "integer",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "field", "expected"),
+    [case[1:] for case in BROKEN],
+    ids=[case[0] for case in BROKEN],
+)
+def test_a_broken_file_is_refused_naming_file_and_field(
+    tmp_path: Path, file: str, content: bytes, field: str | None, expected: str
+) -> None:
+    folder = make_feature(tmp_path)
+    _break(folder, file, content)
+    before = snapshot(folder)
+    with pytest.raises(SpecError) as caught:
+        load_feature(tmp_path, "feat")
+    error = caught.value
+    assert error.path == folder / file
+    assert error.field == field
+    assert expected in error.expected
+    assert "\n" not in str(error)
+    assert str(error).startswith(str(folder / file))
+    with pytest.raises(SpecError):
+        complete_subtask(tmp_path, "feat", "01", "done")
+    assert snapshot(folder) == before
+
+
+def test_an_invalid_mutation_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path)
+    before = snapshot(folder)
+
+    def fail(data: dict[str, Any]) -> None:
+        data["status"] = "failed"
+
+    with pytest.raises(SpecError) as caught:
+        update_subtasks(tmp_path, "feat", {"01": mark_completed("ok", utc_timestamp()), "02": fail})
+    assert caught.value.field == "status"
+    assert caught.value.path == folder / "subtask_02.json"
+    assert snapshot(folder) == before
+
+
+def test_a_mutation_may_not_move_a_subtask_to_another_seq(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path)
+
+    def renumber(data: dict[str, Any]) -> None:
+        data["seq"] = "07"
+
+    before = snapshot(folder)
+    with pytest.raises(SpecError) as caught:
+        update_subtasks(tmp_path, "feat", {"01": renumber})
+    assert caught.value.field == "seq"
+    assert snapshot(folder) == before
+
+
+# --- format-preserving rewrites -----------------------------------------------------
+
+LAYOUTS = [
+    pytest.param(2, "\n", id="two-spaces"),
+    pytest.param(4, "\n", id="four-spaces"),
+    pytest.param("\t", "\n", id="tabs"),
+    pytest.param(2, "", id="no-trailing-newline"),
+    pytest.param(4, "\n\n", id="two-trailing-newlines"),
+]
+
+
+@pytest.mark.parametrize(("indent", "tail"), LAYOUTS)
+def test_an_untouched_file_round_trips_byte_for_byte(
+    tmp_path: Path, indent: int | str, tail: str
+) -> None:
+    folder = make_feature(tmp_path, count=2)
+    doc = subtask_doc("feat", "02", notes="Größe — 日本語 ✓", extra={"nested": [1, 2.5, None]})
+    write_json(folder / "subtask_02.json", doc, indent, tail)
+    before = (folder / "subtask_02.json").read_bytes()
+    update_subtasks(tmp_path, "feat", {"01": mark_in_progress("w1", utc_timestamp())})
+    update_subtasks(tmp_path, "feat", {"02": lambda data: None})
+    assert (folder / "subtask_02.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(("indent", "tail"), LAYOUTS)
+def test_a_rewrite_keeps_the_files_own_layout(tmp_path: Path, indent: int | str, tail: str) -> None:
+    folder = make_feature(tmp_path, count=1)
+    doc = subtask_doc("feat", "01", notes="naïve café ✓")
+    write_json(folder / "subtask_01.json", doc, indent, tail)
+    update_subtasks(tmp_path, "feat", {"01": mark_in_progress("w1", "2026-01-01T00:00:00.000Z")})
+    expected = dict(doc, status="in_progress", agent_id="w1")
+    expected["started_at"] = "2026-01-01T00:00:00.000Z"
+    text = (folder / "subtask_01.json").read_bytes().decode("utf-8")
+    assert text == json.dumps(expected, indent=indent, ensure_ascii=False) + tail
+
+
+def test_crlf_files_keep_their_line_endings(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    text = json.dumps(subtask_doc("feat", "01"), indent=2).replace("\n", "\r\n") + "\r\n"
+    (folder / "subtask_01.json").write_bytes(text.encode())
+    update_subtasks(tmp_path, "feat", {"01": mark_in_progress("w1", "t")})
+    raw = (folder / "subtask_01.json").read_bytes()
+    assert raw.count(b"\n") == raw.count(b"\r\n")
+    assert raw.endswith(b"}\r\n")
+
+
+def test_unknown_fields_stay_in_place_and_new_keys_are_appended(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    doc = {"custom_first": {"keep": True}, **subtask_doc("feat", "01"), "zz_last": "é"}
+    write_json(folder / "subtask_01.json", doc)
+    update_subtasks(tmp_path, "feat", {"01": mark_completed("done", "2026-01-01T00:00:00.000Z")})
+    data, _ = load_raw(folder / "subtask_01.json")
+    assert list(data) == [*doc, "completed_at", "completion_summary"]
+    assert data["custom_first"] == {"keep": True}
+    assert data["status"] == "completed"
+    assert "é" in (folder / "subtask_01.json").read_text(encoding="utf-8")
+
+
+def test_unchanged_values_are_copied_verbatim_from_the_original_text(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path)
+    path = folder / "subtask_02.json"
+    original = path.read_text(encoding="utf-8")
+    path.write_text(original.replace('"notes"', '"weird": 1e3,\n  "esc": "caf\\u00e9",\n  "notes"'))
+    update_subtasks(tmp_path, "auth-system", {"02": mark_in_progress("w1", "t")})
+    text = path.read_text(encoding="utf-8")
+    assert '"depends_on": ["01"],' in text
+    assert '"reference_files": ["docs/db.md"],' in text
+    assert '"weird": 1e3,' in text and '"esc": "caf\\u00e9",' in text
+    assert '"notes": "Postgres 16 — keep the migration idempotent",' in text
+    assert text.endswith('"agent_id": "w1",\n  "started_at": "t"\n}\n')
+
+
+def test_absent_optional_fields_stay_absent(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    block = BatchqBlock(result=ResultState.FAILED, error="exit 1", attempts=2, run_id="r1", log="l")
+    update_subtasks(tmp_path, "feat", {"01": mark_blocked(block)})
+    data, _ = load_raw(folder / "subtask_01.json")
+    assert not {"agent_id", "started_at", "completed_at", "completion_summary"} & set(data)
+    assert data["status"] == "blocked"
+    assert data["batchq"] == {
+        "result": "failed",
+        "error": "exit 1",
+        "attempts": 2,
+        "run_id": "r1",
+        "log": "l",
+    }
+
+
+def test_mark_pending_clears_the_stale_claim_and_records_the_cancellation(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    update_subtasks(tmp_path, "feat", {"01": mark_in_progress("w1", "t")})
+    block = BatchqBlock(result=ResultState.CANCELLED, attempts=1, run_id="r1")
+    update_subtasks(tmp_path, "feat", {"01": mark_pending(block)})
+    data, _ = load_raw(folder / "subtask_01.json")
+    assert (data["status"], data["agent_id"], data["started_at"]) == ("pending", None, None)
+    assert data["batchq"]["result"] == "cancelled"
+
+
+def test_mark_completed_truncates_long_summaries_to_200_characters(tmp_path: Path) -> None:
+    make_feature(tmp_path, count=1)
+    feature = update_subtasks(tmp_path, "feat", {"01": mark_completed("y" * 500, "t")})
+    summary = feature.subtasks[0].completion_summary
+    assert summary is not None and len(summary) == 200 and summary.endswith("…")
+
+
+# --- complete, counts, archive ------------------------------------------------------
+
+
+def test_complete_marks_the_subtask_and_refreshes_the_counts(tmp_path: Path) -> None:
+    folder = copy_fixture(tmp_path)
+    feature = complete_subtask(tmp_path, "auth-system", "02", "Configured Postgres")
+    sub = feature.by_seq()["02"]
+    assert sub.status is SubtaskStatus.COMPLETED
+    assert sub.completion_summary == "Configured Postgres"
+    assert sub.completed_at is not None and TIMESTAMP.match(sub.completed_at)
+    task, _ = load_raw(folder / "task.json")
+    assert (task["subtask_count"], task["completed_count"], task["status"]) == (4, 2, "active")
+    assert list(task)[-1] == "owner"
+
+
+def test_completing_the_last_subtask_completes_the_feature(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=2)
+    complete_subtask(tmp_path, "feat", "01", "one")
+    feature = complete_subtask(tmp_path, "feat", "2", "two")
+    assert feature.task.status is TaskStatus.COMPLETED
+    assert feature.task.completed_at is not None and TIMESTAMP.match(feature.task.completed_at)
+    task, _ = load_raw(folder / "task.json")
+    assert (task["subtask_count"], task["completed_count"]) == (2, 2)
+    feature = update_subtasks(tmp_path, "feat", {"02": mark_pending()})
+    assert (feature.task.status, feature.task.completed_at) == (TaskStatus.ACTIVE, None)
+
+
+def test_a_summary_over_200_characters_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path)
+    before = snapshot(folder)
+    with pytest.raises(UsageError, match="summary is 201 characters; the limit is 200"):
+        complete_subtask(tmp_path, "feat", "01", "s" * 201)
+    assert snapshot(folder) == before
+
+
+def test_an_unknown_seq_is_a_usage_error_naming_the_known_ones(tmp_path: Path) -> None:
+    make_feature(tmp_path, count=2)
+    with pytest.raises(UsageError, match="no subtask '07'; its subtasks: 01, 02"):
+        complete_subtask(tmp_path, "feat", "07", "done")
+
+
+def test_an_ambiguous_seq_is_refused(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=1)
+    write_json(folder / "subtask_001.json", subtask_doc("feat", "01"))
+    with pytest.raises(UsageError, match="ambiguous"):
+        complete_subtask(tmp_path, "feat", "01", "done")
+
+
+def test_archive_moves_the_feature_out_of_the_active_list(tmp_path: Path) -> None:
+    make_feature(tmp_path, "feat")
+    make_feature(tmp_path, "other")
+    target = archive_feature(tmp_path, "feat")
+    assert target == tasks_dir(tmp_path) / "completed" / "feat"
+    assert (target / "task.json").is_file() and (target / "subtask_03.json").is_file()
+    assert list_features(tmp_path) == ["other"]
+    with pytest.raises(UsageError, match="archived"):
+        load_feature(tmp_path, "feat")
+
+
+def test_archive_refuses_to_overwrite_an_earlier_archive(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, "feat")
+    (tasks_dir(tmp_path) / "completed" / "feat").mkdir(parents=True)
+    with pytest.raises(UsageError, match="already exists"):
+        archive_feature(tmp_path, "feat")
+    assert (folder / "task.json").is_file()
+
+
+def test_timestamps_follow_javascripts_iso_format() -> None:
+    assert TIMESTAMP.match(utc_timestamp())
+
+
+# --- real concurrent processes -------------------------------------------------------
+
+# Only batchq.taskfiles and what it imports are loaded in the children: registering a
+# bare `batchq` package skips batchq/__init__.py, whose public API may pull in Celery,
+# so the test measures file locking rather than interpreter start-up. The children wait
+# at a gate (a shared flock the test holds exclusively) so they start together without
+# burning the CPU the slower ones still need for their imports.
+CHILD = """
+import fcntl, sys, types
+from pathlib import Path
+package = types.ModuleType("batchq")
+package.__path__ = [sys.argv[1]]
+sys.modules["batchq"] = package
+from batchq.taskfiles import complete_subtask
+root, seq, gate = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+Path(sys.argv[5]).touch()
+with open(gate) as handle:
+    fcntl.flock(handle, fcntl.LOCK_SH)
+complete_subtask(root, "feat", seq, "completed by process " + seq)
+"""
+
+
+@pytest.mark.parametrize("count", [12, 100])
+def test_concurrent_completions_from_real_processes_are_all_recorded(
+    tmp_path: Path, count: int
+) -> None:
+    folder = make_feature(tmp_path, count=count)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    gate_path = tmp_path / "gate"
+    gate_path.touch()
+    child = [sys.executable, "-c", CHILD, str(REPO / "batchq"), str(tmp_path)]
+    with gate_path.open() as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        procs = [
+            subprocess.Popen(
+                [*child, f"{n:02d}", str(gate_path), str(ready / str(n))],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for n in range(1, count + 1)
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while len(os.listdir(ready)) < count and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in procs):
+                    break
+                time.sleep(0.02)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    assert [p.returncode for p in procs] == [0] * count, "\n".join(e for e in errors if e)
+
+    for file in folder.glob("*.json"):
+        json.loads(file.read_text(encoding="utf-8"))
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    feature = load_feature(tmp_path, "feat")
+    assert all(s.status is SubtaskStatus.COMPLETED for s in feature.subtasks)
+    assert len(feature.subtasks) == count
+    task, _ = load_raw(folder / "task.json")
+    assert (task["subtask_count"], task["completed_count"]) == (count, count)
+    assert task["status"] == "completed"
