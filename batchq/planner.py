@@ -148,7 +148,8 @@ class _Analysis:
 
 
 def problems(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> list[Problem]:
-    """Every semantic problem of the feature, in file order; empty when it is sound."""
+    """Every semantic problem (seqs, then dependencies, cycles and paths); empty when
+    the feature is sound. The read-only views print these after their own output."""
     return _analyse(feature, protected).problems
 
 
@@ -388,7 +389,7 @@ def plan(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> Plan
     level's ``parallel: true`` subtasks fill batches greedily by seq; one whose
     deliverables overlap the current batch opens the next. Each ``parallel: false``
     subtask then runs alone. ``blocked`` subtasks, and everything waiting on one, are
-    left out with the reason in ``Plan.blocked``.
+    left out with the reason in ``Plan.blocked``. ``PlannedBatch.level`` counts from 1.
     """
     found = _checked(feature, protected)
     by_seq, graph = found.by_seq, found.graph

@@ -31,7 +31,7 @@ from batchq.models import (
 from batchq.settings import Settings
 from batchq.state import StateStore
 from batchq.taskfiles import feature_dir
-from batchq.verify import run_verify, verify_deliverables
+from batchq.verify import verify_delegation
 
 __all__ = [
     "RetryLater",
@@ -310,26 +310,15 @@ def execute(
         outcome = _run_agent(agent, delegation, heartbeat)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
-            checks = verify_deliverables(msg.subtask, root)
-            missing = [c.path for c in checks if not c.verified]
-            if missing:
+            verification = verify_delegation(delegation, lambda: heartbeat.terminate)
+            checks = verification.deliverables
+            if verification.failure is not None:
                 outcome.ok = False
-                outcome.error = "deliverable missing: " + ", ".join(missing)
-                outcome.error_type = "DeliverableMissing"
-            else:
-                verified = run_verify(
-                    msg.subtask,
-                    root,
-                    dict(msg.subtask.execution.env if msg.subtask.execution else {}),
-                    msg.subtask.timeout_s,
-                    lambda: heartbeat.terminate,
-                    log_path,
-                )
-                if verified is not None and not verified.ok:
-                    outcome.ok = False
-                    outcome.error = f"verify failed (exit {verified.exit_code})"
-                    outcome.error_type = "VerifyFailed"
-                    outcome.output += verified.output
+                outcome.error = verification.failure
+                missing = any(not c.verified for c in checks)
+                outcome.error_type = "DeliverableMissing" if missing else "VerifyFailed"
+                if verification.verify is not None:
+                    outcome.output += verification.verify.output
     finally:
         heartbeat.stop()
 

@@ -39,7 +39,12 @@ def register(app: Celery, settings: Settings) -> None:
         )
 
     @app.task(  # type: ignore[untyped-decorator]
-        name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+        name=RUN_TASK,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
     )
     def run_subtask(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         msg = SubtaskMessage.model_validate(message)
@@ -57,7 +62,7 @@ def register(app: Celery, settings: Settings) -> None:
             raise
         return result.model_dump(mode="json")
 
-    @app.task(name=AGGREGATE_TASK, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=AGGREGATE_TASK, shared=False, acks_late=True)  # type: ignore[untyped-decorator]
     def aggregate_batch(
         results: list[dict[str, Any]],
         meta: dict[str, Any],

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Hypothesis' 200 ms deadline is a timed assertion on a loaded 2-core machine (TRAPS).
@@ -15,3 +20,86 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# --- feature folders ------------------------------------------------------------------
+
+
+def subtask(
+    seq: str,
+    *,
+    title: str | None = None,
+    command: str | None = None,
+    callable_: str | None = None,
+    deliverables: list[str] | None = None,
+    depends_on: list[str] | None = None,
+    parallel: bool = True,
+    agent: str | None = None,
+    status: str = "pending",
+    **execution: Any,
+) -> dict[str, Any]:
+    """A subtask file's content in the established format, with an execution block."""
+    block: dict[str, Any] = dict(execution)
+    if command is not None:
+        block["command"] = command
+        agent = agent or "shell"
+    if callable_ is not None:
+        block["callable"] = callable_
+        agent = agent or "python"
+    data: dict[str, Any] = {
+        "id": f"feat-{seq}",
+        "seq": seq,
+        "title": title or f"Subtask {seq}",
+        "status": status,
+        "depends_on": depends_on or [],
+        "parallel": parallel,
+        "suggested_agent": agent,
+        "context_files": [],
+        "reference_files": [],
+        "acceptance_criteria": ["it is done"],
+        "deliverables": deliverables or [f"out/{seq}.txt"],
+    }
+    if block:
+        data["execution"] = block
+    return data
+
+
+MakeFeature = Callable[..., Path]
+
+
+@pytest.fixture
+def make_feature(tmp_path: Path) -> MakeFeature:
+    """Factory: ``make_feature([subtask(...), ...], name="feat")`` -> the project root.
+
+    The root gets a ``.git`` folder so root discovery stops there.
+    """
+
+    def make(subtasks: list[dict[str, Any]], name: str = "feat", root: Path | None = None) -> Path:
+        root = root or tmp_path / "project"
+        (root / ".git").mkdir(parents=True, exist_ok=True)
+        folder = root / ".tmp" / "tasks" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        task = {
+            "id": name,
+            "name": f"Feature {name}",
+            "status": "active",
+            "objective": "test",
+            "context_files": [],
+            "reference_files": [],
+            "exit_criteria": ["all done"],
+            "subtask_count": len(subtasks),
+            "completed_count": 0,
+            "created_at": "2026-01-01T00:00:00.000Z",
+        }
+        (folder / "task.json").write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")
+        for data in subtasks:
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+            (folder / f"subtask_{data['seq']}.json").write_text(text, encoding="utf-8")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def subtask_data() -> Callable[..., dict[str, Any]]:
+    return subtask

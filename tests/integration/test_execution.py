@@ -1,0 +1,396 @@
+"""Running features end to end on a real redis-server and real prefork workers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchq.app import create_app
+from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
+from batchq.errors import LockedError, PolicyError, UnsafeBatchError
+from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus
+from batchq.orchestrator import Orchestrator, RunOptions, RunResult
+from batchq.producer import new_run, submit, wait
+from batchq.settings import Settings, load_settings
+from batchq.state import StateStore
+from batchq.taskfiles import load_feature
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_ENV = {
+    "BATCHQ_SHELL_ALLOW": "*",
+    "BATCHQ_PYTHON_ALLOW": "tests.fixtures_pkg",
+    "BATCHQ_RETRY_BACKOFF_S": "0.2",
+    "BATCHQ_HEARTBEAT_S": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One prefork worker with 4 slots for the whole module; strict-ish allow-lists."""
+    group = LocalWorkers(
+        redis_target.url,
+        count=1,
+        concurrency=4,
+        queues=DEFAULT_QUEUES,
+        env=WORKER_ENV,
+        log_dir=tmp_path_factory.mktemp("workers"),
+        cwd=REPO_ROOT,
+    )
+    group.start()
+    try:
+        group.wait_ready(60)
+        yield redis_target.url
+    finally:
+        group.stop(grace_s=5)
+
+
+Runner = Callable[..., RunResult]
+
+
+@pytest.fixture
+def settings_for(stack: str) -> Callable[..., Settings]:
+    def make(root: Path, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": stack,
+            "shell_allow": ["*"],
+            "python_allow": ["tests.fixtures_pkg"],
+            "stall_s": 30.0,
+        }
+        values.update(overrides)
+        return load_settings(root, **values)
+
+    return make
+
+
+@pytest.fixture
+def orchestrator(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., Orchestrator]]:
+    stores: list[StateStore] = []
+
+    def make(root: Path, name: str = "feat", **overrides: Any) -> Orchestrator:
+        settings = settings_for(root, **overrides)
+        store = StateStore.from_url(settings.redis_url or "", prefix=settings.key_prefix)
+        stores.append(store)
+        return Orchestrator(root, name, settings, create_app(settings), store)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def statuses(root: Path, name: str = "feat") -> dict[str, str]:
+    return {s.seq: s.status.value for s in load_feature(root, name).subtasks}
+
+
+def raw(root: Path, seq: str, name: str = "feat") -> dict[str, Any]:
+    path = root / ".tmp" / "tasks" / name / f"subtask_{seq}.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def write(seq: str, extra: str = "") -> str:
+    return f"{extra}mkdir -p out && echo done-{seq} > out/{seq}.txt && echo wrote {seq}"
+
+
+def test_a_feature_runs_batch_after_batch_to_all_completed(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01")),
+            subtask_data("02", command=write("02")),
+            subtask_data(
+                "03",
+                callable_="tests.fixtures_pkg.callables:write_deliverable",
+                deliverables=["03.txt"],
+            ),
+            subtask_data("04", command=write("04"), depends_on=["01", "02", "03"]),
+        ]
+    )
+    result = orchestrator(root).run()
+    assert result.ok, result.reports
+    assert [r.batch for r in result.reports] == [1, 2]
+    first = result.reports[0]
+    assert first.status is BatchStatus.COMPLETED
+    assert (first.total, first.completed, first.failed, first.success_rate) == (3, 3, 0, 100.0)
+    assert first.next.batch == 2 and first.next.seqs == ["04"]
+    assert first.next.dependencies_satisfied
+    assert all(r.worker for r in first.results)
+    assert all(d.verified for r in first.results for d in r.deliverables)
+    assert statuses(root) == dict.fromkeys(["01", "02", "03", "04"], "completed")
+    assert (root / "out" / "04.txt").read_text() == "done-04\n"
+    task = json.loads((root / ".tmp/tasks/feat/task.json").read_text())
+    assert task["status"] == "completed" and task["completed_count"] == 4
+    assert raw(root, "01")["completion_summary"] == "wrote 01"
+    assert raw(root, "01")["batchq"]["result"] == "completed"
+    saved = sorted((root / ".tmp/tasks/feat/.batchq/reports").glob("*.json"))
+    assert len(saved) == 2
+
+
+def test_a_failed_subtask_blocks_the_next_batch_and_keeps_sibling_results(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01")),
+            subtask_data("02", command="echo about to fail; echo boom >&2; exit 3"),
+            subtask_data("03", command=write("03", "sleep 0.5 && ")),
+            subtask_data("04", command=write("04"), depends_on=["01", "02", "03"]),
+        ]
+    )
+    result = orchestrator(root).run()
+    assert not result.ok
+    assert len(result.reports) == 1
+    report = result.reports[0]
+    assert report.status is BatchStatus.PARTIAL_FAILURE
+    by_seq = {r.seq: r for r in report.results}
+    assert by_seq["02"].result is ResultState.FAILED
+    assert "boom" in by_seq["02"].output_tail
+    assert "exit" in (by_seq["02"].error or "") or "3" in (by_seq["02"].error or "")
+    assert by_seq["01"].result in (ResultState.COMPLETED, ResultState.CANCELLED)
+    assert not report.next.dependencies_satisfied
+    files = statuses(root)
+    assert files["02"] == "blocked"
+    assert files["04"] == "pending"
+    block = raw(root, "02")["batchq"]
+    assert block["result"] == "failed" and block["run_id"] == result.run_id
+    assert Path(block["log"]).is_file()
+    assert "boom" in Path(block["log"]).read_text()
+
+
+def test_a_missing_deliverable_fails_the_subtask_with_the_path(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature([subtask_data("01", command="echo I forgot", deliverables=["src/a.py"])])
+    result = orchestrator(root).run()
+    (only,) = result.reports[0].results
+    assert only.result is ResultState.FAILED
+    assert only.error == "deliverable missing: src/a.py"
+    assert statuses(root)["01"] == "blocked"
+
+
+def test_a_failing_verify_command_fails_the_subtask(make_feature, subtask_data, orchestrator):
+    root = make_feature([subtask_data("01", command=write("01"), verify="grep nope out/01.txt")])
+    (only,) = orchestrator(root).run().reports[0].results
+    assert only.result is ResultState.FAILED
+    assert (only.error or "").startswith("verify failed")
+
+
+def test_a_subtask_past_its_timeout_is_timed_out(make_feature, subtask_data, orchestrator):
+    root = make_feature([subtask_data("01", command="sleep 30", timeout_s=1)])
+    (only,) = orchestrator(root).run().reports[0].results
+    assert only.result is ResultState.TIMED_OUT
+    assert raw(root, "01")["batchq"]["result"] == "timed_out"
+    assert statuses(root)["01"] == "blocked"
+
+
+def test_a_temporary_failure_is_retried_until_it_succeeds(make_feature, subtask_data, orchestrator):
+    command = "test -f out/marker || { mkdir -p out; touch out/marker; exit 75; }; " + write("01")
+    root = make_feature([subtask_data("01", command=command, retries=2)])
+    (only,) = orchestrator(root).run().reports[0].results
+    assert only.result is ResultState.COMPLETED
+    assert only.attempts == 2
+
+
+def _policy_feature(make_feature: Any, subtask_data: Any) -> Path:
+    return make_feature(
+        [
+            subtask_data("01", command="exit 1"),
+            subtask_data("02", command=write("02", "sleep 3 && ")),
+            subtask_data("03", command=write("03", "sleep 3 && ")),
+            subtask_data("04", command=write("04", "sleep 3 && ")),
+            subtask_data("05", command=write("05", "sleep 3 && ")),
+            subtask_data("06", command=write("06", "sleep 3 && ")),
+        ]
+    )
+
+
+def test_graceful_lets_running_siblings_finish_and_cancels_the_rest(
+    make_feature, subtask_data, orchestrator
+):
+    root = _policy_feature(make_feature, subtask_data)
+    report = orchestrator(root).run(RunOptions(policy=FailurePolicy.GRACEFUL)).reports[0]
+    by_seq = {r.seq: r for r in report.results}
+    assert by_seq["01"].result is ResultState.FAILED
+    siblings = [by_seq[s] for s in ("02", "03", "04", "05", "06")]
+    assert {r.result for r in siblings} <= {ResultState.COMPLETED, ResultState.CANCELLED}
+    # Four slots: at least two members were still queued when 01 failed.
+    assert any(r.result is ResultState.CANCELLED for r in siblings)
+    for r in siblings:
+        if r.result is ResultState.CANCELLED:
+            assert "before start" in (r.error or "")
+    files = statuses(root)
+    for r in siblings:
+        expected = "completed" if r.result is ResultState.COMPLETED else "pending"
+        assert files[r.seq] == expected
+
+
+def test_terminate_stops_running_siblings(make_feature, subtask_data, orchestrator):
+    root = make_feature(
+        [
+            subtask_data("01", command="sleep 1; exit 1"),
+            subtask_data("02", command=write("02", "sleep 60 && ")),
+        ]
+    )
+    report = orchestrator(root).run(RunOptions(policy=FailurePolicy.TERMINATE)).reports[0]
+    by_seq = {r.seq: r for r in report.results}
+    assert by_seq["01"].result is ResultState.FAILED
+    assert by_seq["02"].result is ResultState.CANCELLED
+    assert not (root / "out" / "02.txt").exists()
+
+
+def test_continue_runs_the_whole_batch(make_feature, subtask_data, orchestrator):
+    root = _policy_feature(make_feature, subtask_data)
+    report = orchestrator(root).run(RunOptions(policy=FailurePolicy.CONTINUE)).reports[0]
+    results = {r.seq: r.result for r in report.results}
+    assert results.pop("01") is ResultState.FAILED
+    assert set(results.values()) == {ResultState.COMPLETED}
+    assert report.status is BatchStatus.PARTIAL_FAILURE
+    assert (report.completed, report.failed) == (5, 1)
+
+
+def _untouched(root: Path) -> dict[str, bytes]:
+    folder = root / ".tmp" / "tasks" / "feat"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
+
+
+def test_an_unknown_agent_is_refused_before_anything_is_enqueued(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature([subtask_data("01", command=write("01"), agent="NoSuchAgent")])
+    before = _untouched(root)
+    orch = orchestrator(root)
+    with pytest.raises(PolicyError, match="unknown agent 'NoSuchAgent'"):
+        orch.run()
+    assert _untouched(root) == before
+    assert orch.store.recent_runs("feat") == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["echo hi; rm -rf x", "echo hi && rm -rf x", "echo hi | sh", "echo $(rm -rf x)"],
+)
+def test_a_command_outside_the_allow_list_is_refused(
+    make_feature, subtask_data, orchestrator, command
+):
+    root = make_feature([subtask_data("01", command=command)])
+    before = _untouched(root)
+    with pytest.raises(PolicyError, match=r"not allowed|refused"):
+        orchestrator(root, shell_allow=["echo *"]).run()
+    assert _untouched(root) == before
+
+
+def test_a_worker_refuses_a_callable_its_own_allow_list_does_not_cover(
+    make_feature, subtask_data, orchestrator
+):
+    # The producer allows everything; the worker only allows tests.fixtures_pkg.
+    root = make_feature([subtask_data("01", callable_="os:getcwd")])
+    (only,) = orchestrator(root, python_allow=["*"]).run().reports[0].results
+    assert only.result is ResultState.FAILED
+    assert only.error_type == "PolicyError"
+    assert "not allowed" in (only.error or "")
+
+
+def test_an_unsafe_explicit_batch_runs_nothing(make_feature, subtask_data, orchestrator):
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01"), deliverables=["src/"]),
+            subtask_data("02", command=write("02"), deliverables=["src/a.py"], depends_on=["01"]),
+        ]
+    )
+    before = _untouched(root)
+    with pytest.raises(UnsafeBatchError) as info:
+        orchestrator(root).run_batch(["01", "02"])
+    kinds = {v.kind for v in info.value.violations}
+    assert {"dependency_in_batch", "overlap"} <= kinds
+    assert _untouched(root) == before
+
+
+def test_an_explicit_batch_runs_just_its_members(make_feature, subtask_data, orchestrator):
+    root = make_feature([subtask_data(s, command=write(s)) for s in ("01", "02", "03")])
+    result = orchestrator(root).run_batch(["01", "03"])
+    assert result.ok
+    assert statuses(root) == {"01": "completed", "02": "pending", "03": "completed"}
+
+
+def test_a_rerun_resumes_by_resetting_its_own_failed_subtasks(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01")),
+            subtask_data("02", command="test -f flag && " + write("02")),
+            subtask_data("03", command=write("03"), depends_on=["02"]),
+        ]
+    )
+    first = orchestrator(root).run()
+    assert not first.ok
+    assert statuses(root) == {"01": "completed", "02": "blocked", "03": "pending"}
+    (root / "flag").write_text("go")
+    second = orchestrator(root).run()
+    assert second.ok
+    assert [r.results[0].seq for r in second.reports] == ["02", "03"]
+    assert statuses(root) == dict.fromkeys(["01", "02", "03"], "completed")
+
+
+def test_no_retry_failed_keeps_failed_subtasks_out(make_feature, subtask_data, orchestrator):
+    root = make_feature([subtask_data("01", command="exit 1")])
+    orchestrator(root).run()
+    again = orchestrator(root).run(RunOptions(retry_failed=False))
+    assert again.reports == []
+    assert statuses(root)["01"] == "blocked"
+
+
+def test_a_second_orchestrator_of_the_same_feature_is_refused(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature([subtask_data("01", command=write("01"))])
+    first, second = orchestrator(root), orchestrator(root)
+    with first.exclusive(), pytest.raises(LockedError, match="already being run"):
+        second.run()
+
+
+def test_a_worker_without_the_workspace_fails_the_subtask(make_feature, subtask_data, settings_for):
+    root = make_feature([subtask_data("01", command=write("01"))])
+    settings = settings_for(root)
+    store = StateStore.from_url(settings.redis_url or "")
+    try:
+        feature = load_feature(root, "feat")
+        run = new_run(store, feature, FailurePolicy.GRACEFUL)
+        (feature.state_dir / "runs" / f"{run.run_id}.token").unlink()
+        from batchq.planner import plan
+
+        batch = plan(feature).batches[0]
+        submission = submit(create_app(settings), store, run, feature, batch, None, settings)
+        report = wait(store, submission, settings)
+    finally:
+        store.close()
+    (only,) = report.results
+    assert only.result is ResultState.FAILED
+    assert only.error_type == "WorkspaceMissing"
+    assert "workspace not found" in (only.error or "")
+
+
+def test_reports_are_kept_in_redis_and_in_the_feature_folder(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature(
+        [subtask_data("01", command=write("01")), subtask_data("02", command=write("02"))]
+    )
+    orch = orchestrator(root)
+    result = orch.run()
+    report = result.reports[0]
+    stored = orch.store.report(result.run_id, 1)
+    assert stored is not None and stored.results == report.results
+    saved = json.loads(
+        (root / ".tmp/tasks/feat/.batchq/reports" / f"{result.run_id}-001.json").read_text()
+    )
+    assert saved["status"] == "completed" and saved["total"] == 2
+    assert report.wall_s > 0 and report.work_s > 0
+    assert report.discrepancies == []
+    assert SubtaskStatus.COMPLETED.value == statuses(root)["02"]
