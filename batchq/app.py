@@ -7,6 +7,7 @@ any allowed subtask, bounded socket waits. Creating the app opens no connection.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -52,6 +53,22 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _tls_options(broker: str, backend: str) -> dict[str, Any]:
+    """``rediss://`` without ``ssl_cert_reqs``: verify the server's certificate.
+
+    Celery's result backend refuses a ``rediss://`` URL that does not say how to check
+    certificates; the safe answer (what redis-py does by default) is to require one.
+    An explicit ``?ssl_cert_reqs=...`` in the URL still wins.
+    """
+    options: dict[str, Any] = {}
+    required = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if broker.startswith("rediss://") and "ssl_cert_reqs" not in broker:
+        options["broker_use_ssl"] = dict(required)
+    if backend.startswith("rediss://") and "ssl_cert_reqs" not in backend:
+        options["redis_backend_use_ssl"] = dict(required)
+    return options
+
+
 def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
     """Build the Celery app for these settings and register batchq's tasks on it."""
     broker = settings.redis_url or "redis://127.0.0.1:6379/0"
@@ -61,6 +78,7 @@ def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
         "rediss": "batchq.backend:RedisBackend",
     }
     transport = _transport_options(settings)
+    app.conf.update(_tls_options(broker, settings.result_url or broker))
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -82,6 +82,7 @@ def connect(
         queues=all_queues(settings),
         env=env,
         cwd=root,
+        redis_binary=embedded.redis_server_binary(override=settings.redis_server),
     ) as stack:
         conn = _open(settings, stack.url, embedded=True)
         try:

@@ -11,6 +11,7 @@ import fcntl
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from batchq.taskfiles import (
 __all__ = ["Orchestrator", "RunOptions", "RunResult"]
 
 LEASE_S = 60.0
+MIRROR_EVERY_S = 0.5
 RESETTABLE = {ResultState.FAILED, ResultState.TIMED_OUT, ResultState.CANCELLED}
 
 EventsHandler = Callable[[list[Event]], None]
@@ -93,6 +95,42 @@ class _Lease(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join(timeout=5)
+
+
+class _Mirror:
+    """Mirrors progress events into the task files, coalesced: the latest state of each
+    subtask is written at most every ``MIRROR_EVERY_S`` seconds in one locked rewrite,
+    so a batch of thousands of quick subtasks costs a few rewrites, not thousands."""
+
+    def __init__(self, root: Path, name: str, run_id: str, forward: EventsHandler | None) -> None:
+        self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
+        self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self.finished: set[str] = set()
+        self.written: set[str] = set()
+        self.last_flush = time.monotonic()
+
+    def __call__(self, events: list[Event]) -> None:
+        for event in events:
+            if event.kind == "started":
+                self.pending[event.seq] = mark_in_progress(
+                    str(event.data.get("worker", "")),
+                    _timestamp(str(event.data.get("started_at", ""))),
+                )
+            elif event.kind == "finished" and event.data:
+                result = SubtaskResult.model_validate(event.data)
+                self.pending[event.seq] = _final_change(result, self.run_id)
+                self.finished.add(event.seq)
+        if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
+            self.flush()
+        if self.forward is not None:
+            self.forward(events)
+
+    def flush(self) -> None:
+        if self.pending:
+            changes, self.pending = self.pending, {}
+            update_subtasks(self.root, self.name, changes)
+            self.written |= self.finished & set(changes)
+        self.last_flush = time.monotonic()
 
 
 class Orchestrator:
@@ -212,31 +250,22 @@ class Orchestrator:
         if options.on_submit is not None:
             options.on_submit(submission)
 
-        def mirror(events: list[Event]) -> None:
-            started: dict[str, Callable[[dict[str, Any]], None]] = {}
-            for event in events:
-                if event.kind == "started":
-                    started[event.seq] = mark_in_progress(
-                        str(event.data.get("worker", "")),
-                        _timestamp(str(event.data.get("started_at", ""))),
-                    )
-            if started:
-                update_subtasks(self.root, self.name, started)
-            if options.on_events is not None:
-                options.on_events(events)
-
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events)
         built = wait(self.store, submission, self.settings, mirror)
-        built = self._settle(run, built)
+        mirror.flush()
+        built = self._settle(run, built, mirror.written)
         if options.on_report is not None:
             options.on_report(built)
         return built
 
-    def _settle(self, run: Run, built: BatchReport) -> BatchReport:
-        """Mirror the final states into the files, then check store and files agree."""
+    def _settle(self, run: Run, built: BatchReport, written: set[str]) -> BatchReport:
+        """Mirror the final states not yet mirrored (``written`` came from the progress
+        stream), then check that store and files agree with the report."""
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
-            changes[seq] = _final_change(res, run.run_id)
+            if seq not in written:
+                changes[seq] = _final_change(res, run.run_id)
         for seq in built.missing:
             block = BatchqBlock(
                 result=ResultState.FAILED,
@@ -244,17 +273,19 @@ class Orchestrator:
                 run_id=run.run_id,
             )
             changes[seq] = mark_blocked(block)
-        feature = update_subtasks(self.root, self.name, changes) if changes else None
+        if changes:
+            feature = update_subtasks(self.root, self.name, changes)
+        else:
+            feature = load_feature(self.root, self.name)
         recorded_store = {
             seq: r.result.value
             for seq, r in self.store.results(run.run_id, list(by_seq) + built.missing).items()
         }
         found = report.discrepancies(built, recorded_store, source="store")
-        if feature is not None:
-            files = {
-                s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
-            }
-            found += report.discrepancies(built, files, source="files")
+        files = {
+            s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
+        }
+        found += report.discrepancies(built, files, source="files")
         for late in self.store.late_reports(run.run_id, built.batch):
             found.append(f"a report arrived after the forced report: {late.status.value}")
         if found:
@@ -269,6 +300,7 @@ class Orchestrator:
         write_atomic(
             folder / f"{built.run_id}-{built.batch:03d}.json",
             built.model_dump_json(indent=2) + "\n",
+            durable=False,
         )
 
 

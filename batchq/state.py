@@ -44,6 +44,7 @@ from batchq.errors import BrokerUnavailable, InputError
 from batchq.models import BatchReport, SubtaskResult
 
 __all__ = [
+    "CONNECTION_ERRORS",
     "CONTEXT_LIMIT",
     "EVENT_KINDS",
     "Event",
@@ -57,8 +58,11 @@ __all__ = [
 CONTEXT_LIMIT = 1024 * 1024
 EVENT_KINDS = ("started", "finished", "failed_fast", "batch_reported", "batch_forced", "late")
 STREAM_MAXLEN = 100_000
+# What a Redis restart or network blip raises; callers that must ride one out
+# (the producer's wait) catch these and retry instead of crashing.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
-StartDecision = Literal["run", "done", "busy", "capped"]
+StartDecision = Literal["run", "done", "busy", "capped", "cancelled"]
 
 
 def feature_key(name: str, root: Path) -> str:
@@ -139,8 +143,9 @@ class Event:
 # Start of an attempt: never rerun a recorded completion, never run two copies at
 # once, and count starts so a subtask that kills its worker every time is capped.
 _START = """
-local sub, claim = KEYS[1], KEYS[2]
+local sub, claim, cancel, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HEXISTS', sub, 'result') == 1 then return 'done' end
+if redis.call('EXISTS', cancel) == 1 then return 'cancelled' end
 local starts = tonumber(redis.call('HGET', sub, 'starts') or '0')
 local finishes = tonumber(redis.call('HGET', sub, 'finishes') or '0')
 if starts - finishes >= tonumber(ARGV[4]) then return 'capped' end
@@ -148,6 +153,9 @@ if not redis.call('SET', claim, ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy'
 redis.call('HINCRBY', sub, 'starts', 1)
 redis.call('HSET', sub, 'worker', ARGV[1], 'started_at', ARGV[3], 'task_id', ARGV[5])
 redis.call('EXPIRE', sub, ARGV[6])
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[7], '*', 'kind', 'started',
+  'batch', ARGV[8], 'seq', ARGV[9], 'data', ARGV[10])
+redis.call('EXPIRE', events, ARGV[6])
 return 'run'
 """
 
@@ -291,16 +299,42 @@ class StateStore:
     def begin(
         self,
         run_id: str,
+        batch: int,
         seq: str,
         worker: str,
         task_id: str,
         *,
         claim_ttl_s: float,
         max_starts: int,
+        attempt: int = 1,
     ) -> StartDecision:
+        """Decide, in one round trip, whether this copy may run the subtask now.
+
+        ``done``: a result is recorded (never rerun); ``cancelled``: the batch's cancel
+        flag is up; ``capped``: too many starts died; ``busy``: another copy holds the
+        claim; ``run``: the claim is ours and the ``started`` event is emitted.
+        """
+        started_at = now_iso()
+        data = json.dumps({"worker": worker, "started_at": started_at, "attempt": attempt})
         decision = self._start(
-            keys=[self.keys.subtask(run_id, seq), self.keys.claim(run_id, seq)],
-            args=[worker, int(claim_ttl_s * 1000), now_iso(), max_starts, task_id, self.ttl],
+            keys=[
+                self.keys.subtask(run_id, seq),
+                self.keys.claim(run_id, seq),
+                self.keys.cancel(run_id, batch),
+                self.keys.events(run_id),
+            ],
+            args=[
+                worker,
+                int(claim_ttl_s * 1000),
+                started_at,
+                max_starts,
+                task_id,
+                self.ttl,
+                STREAM_MAXLEN,
+                batch,
+                seq,
+                data,
+            ],
         )
         return cast(StartDecision, decision)
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from batchq.errors import SpecError, UsageError
-from batchq.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_atomic
+from batchq.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
 from batchq.locking import feature_lock
 from batchq.models import (
     SUMMARY_LIMIT,
@@ -186,8 +186,7 @@ def _load(root: Path, name: str) -> _Loaded:
     for file in sorted(path.glob("subtask_*.json")):
         if not file.is_file():
             continue
-        doc = _read(file)
-        sub = _check_subtask(doc.path, _validate(Subtask, doc))
+        sub, doc = _subtask_file(file)
         subtasks.append((sub, doc))
         if sub.completion_summary is not None and len(sub.completion_summary) > SUMMARY_LIMIT:
             warnings.append(
@@ -204,6 +203,30 @@ def _load(root: Path, name: str) -> _Loaded:
         warnings=warnings,
     )
     return _Loaded(feature, task_doc, subtasks)
+
+
+_PARSED: dict[Path, tuple[tuple[int, int, int], Subtask, JsonDocument]] = {}
+_PARSED_LIMIT = 200_000
+
+
+def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument]:
+    """Parse and validate a subtask file, reusing the last parse while the file is the
+    same one (inode, size and mtime): a run mirrors statuses many times, and every
+    rewrite is an ``os.replace`` that gives the file a new inode."""
+    try:
+        st = file.stat()
+    except OSError as exc:
+        raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _PARSED.get(file)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    doc = _read(file)
+    sub = _check_subtask(doc.path, _validate(Subtask, doc))
+    if len(_PARSED) >= _PARSED_LIMIT:
+        _PARSED.clear()
+    _PARSED[file] = (key, sub, doc)
+    return sub, doc
 
 
 def _read(path: Path) -> JsonDocument:
@@ -336,18 +359,18 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
         task_new = _refresh_task(loaded.task.data, statuses)
         _validate(TaskFile, loaded.task, task_new)
         _render_into(texts, loaded.task, task_new)
-        for file, text in texts:
-            try:
-                write_atomic(file, text)
-            except OSError as exc:
-                raise SpecError(file, None, f"cannot write: {exc.strerror or exc}") from exc
+        try:
+            write_many(texts)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else path
+            raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         return _load(root, name).feature
 
 
 def _resolve(loaded: _Loaded, seq: str) -> JsonDocument:
     """The file of ``seq``; ``2`` finds ``02`` when that is unambiguous."""
     exact = [doc for sub, doc in loaded.subtasks if sub.seq == seq]
-    if not exact and seq.isdigit():
+    if not exact and seq.isascii() and seq.isdigit():
         exact = [doc for sub, doc in loaded.subtasks if sub.number == int(seq)]
     name = loaded.feature.name
     if not exact:

@@ -4,6 +4,10 @@
 subtask's own failure, so the chord callback always fires (TRAPS: a failed member
 fails the whole chord). One task name for every subtask keeps Flower's Prometheus
 labels bounded; the feature, batch, seq and title are in the argument summary.
+
+Both tasks ignore their Celery result: the chord still collects member results (the
+Redis backend's chord list does not depend on stored results), and batchq keeps its
+own record in :mod:`batchq.state`, so a stored copy would only cost a write per task.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def register(app: Celery, settings: Settings) -> None:
         name=RUN_TASK,
         bind=True,
         shared=False,
+        ignore_result=True,
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=None,
@@ -62,7 +67,7 @@ def register(app: Celery, settings: Settings) -> None:
             raise
         return result.model_dump(mode="json")
 
-    @app.task(name=AGGREGATE_TASK, shared=False, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=AGGREGATE_TASK, shared=False, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
     def aggregate_batch(
         results: list[dict[str, Any]],
         meta: dict[str, Any],

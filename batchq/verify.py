@@ -139,7 +139,8 @@ def verify_delegation(
     subtask's timeout."""
     checks = verify_deliverables(delegation.subtask, delegation.workspace)
     result = Verification(deliverables=checks)
-    if all(check.verified for check in checks):
+    command = delegation.subtask.execution.verify if delegation.subtask.execution else None
+    if command and all(check.verified for check in checks):
         result.verify = run_verify(
             delegation.subtask,
             delegation.workspace,

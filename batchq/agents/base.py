@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar
@@ -94,8 +95,12 @@ class Agent(abc.ABC):
         return config.max_concurrency if config else None
 
 
+@cache
 def registered_agents() -> dict[str, type[Agent]]:
-    """Agent classes from the ``batchq.agents`` entry point group, by name."""
+    """Agent classes from the ``batchq.agents`` entry point group, by name.
+
+    Cached: scanning installed distributions costs milliseconds, and the producer
+    and every worker ask once per subtask."""
     found: dict[str, type[Agent]] = {}
     for ep in entry_points(group="batchq.agents"):
         cls = ep.load()

@@ -1,29 +1,34 @@
 """The commands that execute or observe runs: run, batch, report, watch, cancel,
-worker, flower, up, down."""
+worker, flower, up, down.
+
+Celery, kombu and redis are imported inside the commands that need them, never at
+module level: every ``batchq`` process registers these commands, and the task-file
+commands (``status``, ``complete``...) must start without paying for them.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from batchq import planner
-from batchq.app import CONTROL_QUEUE, agent_queue
 from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
-from batchq.connection import all_queues, connect
 from batchq.errors import ExecutionFailed, InputError, UsageError
 from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
-from batchq.orchestrator import Orchestrator, RunOptions, RunResult, saved_reports
-from batchq.producer import Submission, check_agents
-from batchq.state import Event, feature_key
+from batchq.settings import Settings
+
+if TYPE_CHECKING:
+    from batchq.orchestrator import RunResult
+    from batchq.producer import Submission
+    from batchq.state import Event
 
 __all__ = ["register"]
 
@@ -76,12 +81,20 @@ def _read_context(path: Path | None) -> str:
 
 class _Live:
     """Renders progress events: a bar per batch and a line per finished subtask, or
-    newline-delimited JSON events with ``--json``."""
+    newline-delimited JSON events with ``--json``.
 
-    def __init__(self, as_json: bool) -> None:
+    ``run`` opens each batch's bar when it submits the batch; ``watch`` (``follow``)
+    joins a run from its event stream alone, so it opens a bar, of unknown length, at
+    a batch's first event.
+    """
+
+    def __init__(self, as_json: bool, *, follow: bool = False) -> None:
         self.as_json = as_json
+        self.follow = follow
         self.progress: Progress | None = None
         self.task: Any = None
+        self.batch: int | None = None
+        self.reported: set[int] = set()
 
     def submitted(self, sub: Submission) -> None:
         if self.as_json:
@@ -94,8 +107,11 @@ class _Live:
                 }
             )
             return
+        self._open(sub.batch.number, sub.expected)
+
+    def _open(self, batch: int, seqs: list[str] | None) -> None:
         self.close()
-        out.print(f"▶ Batch {sub.batch.number}: {', '.join(sub.expected)}", markup=False)
+        out.print(f"▶ Batch {batch}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
         self.progress = Progress(
             TextColumn("  Batch {task.fields[batch]}"),
             BarColumn(),
@@ -105,7 +121,9 @@ class _Live:
             transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task("batch", total=len(sub.expected), batch=sub.batch.number)
+        total = len(seqs) if seqs else None
+        self.task = self.progress.add_task("batch", total=total, batch=batch)
+        self.batch = batch
 
     def events(self, events: list[Event]) -> None:
         for event in events:
@@ -119,6 +137,13 @@ class _Live:
                     }
                 )
                 continue
+            if (
+                self.follow
+                and event.kind in ("started", "finished")
+                and event.batch != self.batch
+                and event.batch not in self.reported
+            ):
+                self._open(event.batch, None)
             if event.kind == "finished":
                 data = event.data
                 state = ResultState(data.get("result", "failed"))
@@ -138,6 +163,7 @@ class _Live:
                 )
 
     def report(self, report: BatchReport) -> None:
+        self.reported.add(report.batch)
         self.close()
         if self.as_json:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
@@ -149,6 +175,7 @@ class _Live:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        self.batch = None
 
     @staticmethod
     def _json(data: dict[str, Any]) -> None:
@@ -167,6 +194,10 @@ def _execute(
     as_json: bool,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
+    from batchq.connection import connect
+    from batchq.orchestrator import Orchestrator, RunOptions
+    from batchq.producer import check_agents
+
     f = ctx.feature(feature)
     planner.validate(f, ctx.settings.protected_paths)
     todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
@@ -194,6 +225,8 @@ def _execute(
 
 
 def _interrupted(conn: Any, name: str, root: Path) -> None:
+    from batchq.state import feature_key
+
     if conn.embedded:
         for run_id in conn.store.recent_runs(feature_key(name, root), 1):
             for n in range(1, 10_000):
@@ -223,6 +256,10 @@ def _conclude(result: RunResult, as_json: bool) -> None:
 
 
 def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[BatchReport]:
+    from batchq.connection import connect
+    from batchq.orchestrator import saved_reports
+    from batchq.state import feature_key
+
     f = ctx.feature(feature)
     fkey = feature_key(f.name, f.root)
     try:
@@ -302,33 +339,47 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def watch(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
         """Follow the progress events of the feature's latest run until it ends."""
+        from batchq.connection import connect
+        from batchq.state import feature_key
+
         ctx = Context(root)
         f = ctx.feature(feature)
         fkey = feature_key(f.name, f.root)
-        live = _Live(as_json)
+        live = _Live(as_json, follow=True)
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             runs = conn.store.recent_runs(fkey, 1)
             if not runs:
                 raise UsageError(f"no run of {feature} is recorded in Redis")
+            run_id = runs[0]
+            if as_json:
+                live._json({"event": "watching", "run_id": run_id, "feature": f.name})
+            else:
+                out.print(f"Following run {run_id} of {f.name}", markup=False)
             last, quiet = "0-0", 0.0
-            while True:
-                events = conn.store.events(runs[0], last, block_ms=1000)
-                if events:
-                    last, quiet = events[-1].id, 0.0
-                    live.events(events)
-                    for e in events:
-                        if e.kind in ("batch_reported", "batch_forced"):
-                            r = conn.store.report(runs[0], e.batch)
-                            if r is not None:
-                                live.report(r)
-                else:
-                    quiet += 1.0
-                if conn.store.lock_holder(fkey) is None and quiet >= 2.0:
-                    break
+            try:
+                while True:
+                    events = conn.store.events(run_id, last, block_ms=1000)
+                    if events:
+                        last, quiet = events[-1].id, 0.0
+                        live.events(events)
+                        for e in events:
+                            if e.kind in ("batch_reported", "batch_forced"):
+                                r = conn.store.report(run_id, e.batch)
+                                if r is not None:
+                                    live.report(r)
+                    else:
+                        quiet += 1.0
+                    if conn.store.lock_holder(fkey) is None and quiet >= 2.0:
+                        break
+            finally:
+                live.close()
 
     @app.command()
     def cancel(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
         """Stop the feature's running batch (terminate: running agents are killed)."""
+        from batchq.connection import connect
+        from batchq.state import feature_key
+
         ctx = Context(root)
         f = ctx.feature(feature)
         cancelled: list[str] = []
@@ -358,6 +409,7 @@ def register(app: typer.Typer) -> None:
         root: RootOpt = None,
     ) -> None:
         """Start a Celery worker for batchq (always consumes batchq.control)."""
+        from batchq.app import CONTROL_QUEUE, agent_queue
         from batchq.embedded import worker_argv
 
         settings = Context(root).settings if root else _settings_here()
@@ -384,49 +436,69 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def flower(
         address: Annotated[str | None, typer.Option("--address")] = None,
-        port: Annotated[int | None, typer.Option("--port")] = None,
+        port: Annotated[int | None, typer.Option("--port", help="0: any free port.")] = None,
         root: RootOpt = None,
     ) -> None:
         """Start Flower on the batchq app (basic auth required beyond loopback)."""
+        from batchq.flower import flower_command
+
         settings = Context(root).settings if root else _settings_here()
-        argv, env = flower_command(settings, address, port)
+        url = settings.redis_url or _stack_url(root)
+        argv, env = flower_command(settings, address, port, redis_url=url)
         os.execvpe(argv[0], argv, env)
 
     @app.command()
     def up(
         workers: Annotated[int, typer.Option("--workers")] = 1,
-        flower_: Annotated[bool, typer.Option("--flower")] = False,
+        flower_: Annotated[
+            bool, typer.Option("--flower", help="Also start Flower (BATCHQ_FLOWER_* settings).")
+        ] = False,
         root: RootOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Start a persistent local stack (Redis + workers) that later commands use."""
+        """Start a persistent local stack (Redis + workers, optionally Flower) that later
+        commands use."""
         from batchq import embedded
+        from batchq.flower import check_bind, flower_env, local_url, wait_healthy
 
         ctx = Context(root)
         if embedded.live_stack_url(ctx.root):
             raise UsageError("a local stack is already running: `batchq down` first")
+        settings = ctx.settings
         env = {k: v for k, v in os.environ.items() if k.startswith("BATCHQ_")}
+        if flower_:
+            check_bind(settings, settings.flower_address)  # before anything starts
+            # Flower gets the stack's worker environment; add what Flower reads.
+            env.update({k: v for k, v in flower_env(settings).items() if k.startswith("FLOWER_")})
         stack = embedded.EmbeddedStack(
             workers=workers,
-            concurrency=ctx.settings.worker_concurrency or os.cpu_count() or 2,
-            queues=all_queues(ctx.settings),
+            concurrency=settings.worker_concurrency or os.cpu_count() or 2,
+            queues=all_queues(settings),
             env=env,
             cwd=ctx.root,
             aof=True,
+            redis_binary=embedded.redis_server_binary(override=settings.redis_server),
+            flower_port=settings.flower_port if flower_ else None,
+            flower_address=settings.flower_address,
         )
         stack.start()
+        try:
+            if stack.flower is not None:
+                wait_healthy(stack.flower, local_url(settings.flower_address, settings.flower_port))
+        except BaseException:
+            stack.stop()
+            raise
         stack.detach()
         path = embedded.write_stack_file(ctx.root, stack)
         if as_json:
-            emit_json({"url": stack.url, "stack_file": str(path)})
-        else:
-            emit(
-                [
-                    f"✓ batchq stack up: {stack.url}",
-                    f"  recorded in {path}",
-                    "  stop it with `batchq down`",
-                ]
-            )
+            emit_json({"url": stack.url, "stack_file": str(path), "flower_url": stack.flower_url})
+            return
+        lines = [f"✓ batchq stack up: {stack.url}", f"  recorded in {path}"]
+        if stack.flower_url:
+            auth = f"user {settings.flower_user}" if settings.flower_user else "no auth"
+            lines.append(f"  Flower: {stack.flower_url} ({auth}; /metrics for Prometheus)")
+        lines.append("  stop it with `batchq down`")
+        emit(lines)
 
     @app.command()
     def down(root: RootOpt = None, as_json: JsonOpt = False) -> None:
@@ -441,48 +513,25 @@ def register(app: typer.Typer) -> None:
             emit(["✓ batchq stack stopped" if record else "No local stack is running."])
 
 
+def all_queues(settings: Settings) -> list[str]:
+    """:func:`batchq.connection.all_queues`, imported on first use (it pulls in celery)."""
+    from batchq.connection import all_queues as queues
+
+    return queues(settings)
+
+
 def _settings_here() -> Any:
     from batchq.settings import load_settings
 
     return load_settings(Path.cwd())
 
 
-def flower_command(
-    settings: Any, address: str | None, port: int | None
-) -> tuple[list[str], dict[str, str]]:
-    """Flower's argv and env; refuses a non-loopback bind without basic auth."""
-    address = address or settings.flower_address
-    port = port or settings.flower_port
-    env = dict(os.environ)
-    auth = settings.flower_user and settings.flower_password
-    if not auth and not _loopback(address):
-        raise UsageError(
-            f"refusing to expose Flower on {address} without auth: set BATCHQ_FLOWER_USER and "
-            "BATCHQ_FLOWER_PASSWORD (note /metrics and /healthcheck never need auth)"
-        )
-    if auth:
-        env["FLOWER_BASIC_AUTH"] = (
-            f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-        )
-    if settings.redis_url:
-        env["BATCHQ_REDIS_URL"] = settings.redis_url
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "batchq.worker",
-        "flower",
-        f"--address={address}",
-        f"--port={port}",
-    ]
-    return argv, env
+def _stack_url(root: Path | None) -> str | None:
+    """The Redis of a stack `batchq up` started here, if one runs (for `flower`)."""
+    from batchq import embedded
+    from batchq.errors import BatchqError
 
-
-def _loopback(address: str) -> bool:
-    if address in ("localhost", ""):
-        return address == "localhost"
     try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+        return embedded.live_stack_url(Context(root).root)
+    except BatchqError:  # not inside a project: no recorded stack to find
+        return None

@@ -59,8 +59,16 @@ class Context:
 
 
 def emit(lines: Sequence[str]) -> None:
-    for line in lines:
-        out.print(line, markup=False)
+    """Print established-format lines verbatim: no Rich markup, emoji codes or tab
+    expansion may touch a title an orchestrator will parse."""
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
+
+
+def error_line(message: str) -> None:
+    """One ``error: ...`` line on stderr, whatever the message holds."""
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
 
 
 def emit_json(data: Any) -> None:
@@ -88,7 +96,7 @@ def _loaded(
 
 def _finish_view(bad: list[SpecError]) -> None:
     for exc in bad:
-        err.print(f"error: {exc}", markup=False)
+        error_line(str(exc))
     if bad:
         raise typer.Exit(2)
 
@@ -129,7 +137,7 @@ def status(
                 emit([""])
             emit(views.format_status(f, p))
         if not loaded and not bad:
-            emit(["No active features."])
+            emit([views.NO_FEATURES])
     _finish_view(bad)
 
 
@@ -185,9 +193,27 @@ def deps(feature: str, seq: str, root: RootOpt = None, as_json: JsonOpt = False)
     f = ctx.feature(feature)
     problems = ctx.problems(f)
     if as_json:
+        tree = planner.dependency_tree(f, seq)
         emit_json(
             {
-                "tree": planner.dependency_tree(f, seq).model_dump(mode="json"),
+                "feature": f.name,
+                "seq": tree.seq,
+                "title": tree.title,
+                "status": tree.status,
+                # Flat, in print order: a nested tree thousands deep cannot be dumped.
+                "dependencies": [
+                    {
+                        "seq": row.node.seq,
+                        "parent": row.parent,
+                        "depth": row.depth,
+                        "title": row.node.title,
+                        "status": row.node.status,
+                        "missing": row.node.missing,
+                        "cycle": row.node.cycle,
+                        "repeated": row.node.repeated,
+                    }
+                    for row in views.dep_rows(tree)
+                ],
                 "problems": [str(p) for p in problems],
             }
         )
@@ -233,11 +259,7 @@ def complete(
     if not text:
         raise UsageError("complete needs a summary: batchq complete <feature> <seq> <summary...>")
     updated = taskfiles.complete_subtask(ctx.root, feature, seq, text)
-    real_seq = (
-        next((s.seq for s in updated.subtasks if s.seq == seq or s.number == int(seq)), seq)
-        if seq.isdigit()
-        else seq
-    )
+    real_seq = _written_seq(updated, seq)
     if as_json:
         emit_json(
             {
@@ -250,6 +272,15 @@ def complete(
         )
     else:
         emit(views.format_complete(updated, real_seq, text))
+
+
+def _written_seq(feature: Feature, seq: str) -> str:
+    """The seq as the file writes it: ``complete feat 2`` completes ``02``."""
+    if any(sub.seq == seq for sub in feature.subtasks):
+        return seq
+    if seq.isascii() and seq.isdigit():
+        return next((sub.seq for sub in feature.subtasks if sub.number == int(seq)), seq)
+    return seq
 
 
 @app.command()
@@ -278,8 +309,9 @@ def validate(
 
 @app.command()
 def archive(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
-    """Move a feature to .tmp/tasks/completed/."""
+    """Move a feature to .tmp/tasks/completed/ (refused while a file is malformed)."""
     ctx = Context(root)
+    ctx.feature(feature)
     target = taskfiles.archive_feature(ctx.root, feature)
     if as_json:
         emit_json({"feature": feature, "archived_to": str(target)})
@@ -322,10 +354,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except BatchqError as exc:
-        err.print(f"error: {exc}", markup=False)
+        error_line(str(exc))
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Abort:
-        err.print("aborted", markup=False)
+        error_line("aborted")
         raise SystemExit(130) from None
     except click.ClickException as exc:
         exc.show()

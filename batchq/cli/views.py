@@ -7,12 +7,16 @@ additions always come after them. Nothing here prints or reads files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from batchq import planner
 from batchq.models import Feature, Plan, Subtask, SubtaskStatus
 
 __all__ = [
     "ICONS",
+    "NO_FEATURES",
+    "DepRow",
+    "dep_rows",
     "format_blocked",
     "format_complete",
     "format_deps",
@@ -23,6 +27,10 @@ __all__ = [
     "format_validate",
     "progress_percent",
 ]
+
+NO_FEATURES = "No active features found."
+
+_BLOCKED = SubtaskStatus.BLOCKED
 
 ICONS = {
     SubtaskStatus.COMPLETED: "✓",
@@ -82,8 +90,8 @@ def format_next(features: Sequence[tuple[Feature, Sequence[object]]]) -> list[st
             continue
         lines.append(f"[{feature.name}]")
         for sub in ready:
-            suffix = "  [parallel]" if sub.parallel else ""
-            lines.append(f"  {sub.seq} - {sub.title}{suffix}")
+            kind = "[parallel]" if sub.parallel else "[sequential]"
+            lines.append(f"  {sub.seq} - {sub.title}  {kind}")
         lines.extend(format_problems(problems))
         lines.append("")
     return lines
@@ -95,38 +103,75 @@ def format_parallel(
     lines = ["=== Parallelizable Tasks Ready Now ===", ""]
     for feature, problems, plan in features:
         ready = [s for s in planner.ready(feature) if s.parallel]
+        batches = plan.batches if plan is not None else []
         if ready:
             lines.append(f"[{feature.name}] - {len(ready)} parallel tasks:")
             lines.extend(f"  {sub.seq} - {sub.title}" for sub in ready)
-        if plan is not None and plan.batches:
+        elif batches or problems:
+            lines.append(f"[{feature.name}]")
+        if batches:
             lines.append("  Projected batches:")
-            for batch in plan.batches:
+            for batch in batches:
                 when = "Ready now" if batch.after is None else f"After Batch {batch.after}"
                 lines.append(f"    Batch {batch.number} ({when}): {', '.join(batch.seqs)}")
         lines.extend(format_problems(problems))
-        if ready or problems or (plan is not None and plan.batches):
+        if ready or problems or batches:
             lines.append("")
     return lines
 
 
-def _tree_lines(node: planner.DepNode, prefix: str) -> list[str]:
-    out: list[str] = []
-    for i, child in enumerate(node.children):
-        last = i == len(node.children) - 1
-        branch = "└── " if last else "├── "
-        if child.missing:
-            text = f"? {child.seq} - (unknown subtask)"
-        else:
-            icon = ICONS[child.status] if child.status else "?"
-            status = child.status.value if child.status else "unknown"
-            text = f"{icon} {child.seq} - {child.title} [{status}]"
-            if child.cycle:
-                text += " (cycle)"
-            elif child.repeated:
-                text += " (see above)"
-        out.append(f"{prefix}{branch}{text}")
-        out.extend(_tree_lines(child, prefix + ("    " if last else "│   ")))
-    return out
+@dataclass(frozen=True)
+class DepRow:
+    """One dependency of a ``deps`` tree, flattened: ``depth`` 1 is a direct
+    dependency, ``parent`` the seq it hangs under, ``last`` whether it closes its
+    parent's list (for the branch glyph)."""
+
+    node: planner.DepNode
+    depth: int
+    parent: str
+    last: bool
+    prefix: str
+
+
+def dep_rows(tree: planner.DepNode, prefix: str = "  ") -> list[DepRow]:
+    """The tree below ``tree`` in print order, without recursion: a chain thousands of
+    subtasks deep must neither exhaust the stack nor be cut short."""
+    rows: list[DepRow] = []
+    stack: list[tuple[planner.DepNode, int, str, int]] = [(tree, 0, prefix, 1)]
+    while stack:
+        parent, index, indent, depth = stack.pop()
+        if index >= len(parent.children):
+            continue
+        stack.append((parent, index + 1, indent, depth))
+        child = parent.children[index]
+        last = index == len(parent.children) - 1
+        rows.append(DepRow(child, depth, parent.seq, last, indent))
+        if child.children:
+            stack.append((child, 0, indent + ("    " if last else "│   "), depth + 1))
+    return rows
+
+
+def _node_text(node: planner.DepNode, by_seq: dict[str, Subtask]) -> str:
+    # The established tool prints "? 09 - NOT FOUND" and repeats a shared dependency
+    # in full; batchq expands it once and marks later copies "(see above)" only when
+    # it has dependencies of its own to elide, so leaf lines stay byte-identical.
+    if node.missing:
+        return f"? {node.seq} - NOT FOUND"
+    icon = ICONS[node.status] if node.status else "?"
+    status = node.status.value if node.status else "unknown"
+    text = f"{icon} {node.seq} - {node.title} [{status}]"
+    if node.cycle:
+        text += " (cycle)"
+    elif node.repeated and by_seq[node.seq].depends_on:
+        text += " (see above)"
+    return text
+
+
+def _tree_lines(tree: planner.DepNode, prefix: str, by_seq: dict[str, Subtask]) -> list[str]:
+    return [
+        f"{row.prefix}{'└── ' if row.last else '├── '}{_node_text(row.node, by_seq)}"
+        for row in dep_rows(tree, prefix)
+    ]
 
 
 def format_deps(feature: Feature, seq: str, problems: Sequence[object] = ()) -> list[str]:
@@ -137,26 +182,36 @@ def format_deps(feature: Feature, seq: str, problems: Sequence[object] = ()) -> 
         "",
         f"{tree.seq} - {tree.title} [{status}]",
     ]
-    lines.extend(_tree_lines(tree, "  "))
+    if tree.children:
+        lines.extend(_tree_lines(tree, "  ", feature.by_seq()))
+    else:
+        lines.append("  └── (no dependencies)")
     return lines + format_problems(problems)
 
 
 def format_blocked(features: Sequence[tuple[Feature, Sequence[object]]]) -> list[str]:
     lines = ["=== Blocked Tasks ===", ""]
     for feature, problems in features:
-        waiting = planner.blocked_view(feature)
-        stuck = [s for s in feature.subtasks if s.status is SubtaskStatus.BLOCKED]
-        if not waiting and not stuck and not problems:
+        rows = [(sub, f"waiting: {', '.join(deps)}") for sub, deps in planner.blocked_view(feature)]
+        rows += [(s, _blocked_reason(s)) for s in feature.subtasks if s.status is _BLOCKED]
+        if not rows and not problems:
             continue
         lines.append(f"[{feature.name}]")
-        for sub, deps in waiting:
-            lines.append(f"  {sub.seq} - {sub.title} (waiting: {', '.join(deps)})")
-        for sub in stuck:
-            why = sub.batchq.error if sub.batchq and sub.batchq.error else "status blocked"
-            lines.append(f"  {sub.seq} - {sub.title} (blocked: {why.splitlines()[0][:160]})")
+        rows.sort(key=lambda row: planner.seq_key(row[0].seq))
+        lines.extend(f"  {sub.seq} - {sub.title} ({why})" for sub, why in rows)
         lines.extend(format_problems(problems))
         lines.append("")
     return lines
+
+
+def _blocked_reason(sub: Subtask) -> str:
+    """``explicitly blocked`` as the established tool says, or batchq's own reason."""
+    block = sub.batchq
+    if block is None:
+        return "explicitly blocked"
+    detail = f"{block.result.value}: {block.error}" if block.error else block.result.value
+    lines = detail.splitlines()
+    return (lines[0] if lines else detail)[:160]
 
 
 def format_complete(feature: Feature, seq: str, summary: str) -> list[str]:

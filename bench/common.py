@@ -1,0 +1,186 @@
+"""Shared harness: private Redis, worker processes, feature folders, statistics.
+
+Every scenario measures batchq and bare Celery in the same run, on the same
+redis-server binary and the same worker shape (count, pool, concurrency), one after
+the other so they never compete for the two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchq.app import create_app
+from batchq.embedded import LocalWorkers, RedisServer
+from batchq.orchestrator import Orchestrator
+from batchq.settings import load_settings
+from batchq.state import StateStore
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHQ_QUEUES = ("batchq.control", "batchq.python", "batchq.shell")
+
+
+@dataclass
+class Stats:
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def lo(self) -> float:
+        return min(self.values)
+
+    @property
+    def hi(self) -> float:
+        return max(self.values)
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.values)
+        index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+        return ordered[index]
+
+    def fmt(self, unit: str = "s") -> str:
+        return f"{self.median:.3f}{unit} ({self.lo:.3f}–{self.hi:.3f})"
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@contextmanager
+def workers(
+    url: str,
+    app: str,
+    *,
+    count: int = 1,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalWorkers]:
+    queues = ("bare",) if app == "bench.bare" else BATCHQ_QUEUES
+    base = {"BATCHQ_PYTHON_ALLOW": "bench", "BATCHQ_LOG_FORMAT": "text"}
+    group = LocalWorkers(
+        url,
+        count=count,
+        concurrency=concurrency,
+        queues=queues,
+        pool=pool,  # type: ignore[arg-type]
+        env={**base, **(env or {})},
+        cwd=REPO,
+        app=app,
+    )
+    group.start()
+    try:
+        group.wait_ready(90)
+        yield group
+    finally:
+        group.stop(grace_s=10)
+
+
+def bare_app(url: str, tuned: bool = False) -> Any:
+    """Import bench.bare for this URL (the module reads it at import)."""
+    os.environ["BATCHQ_REDIS_URL"] = url
+    os.environ["BENCH_BARE_TUNED"] = "1" if tuned else "0"
+    for name in ("bench.bare",):
+        sys.modules.pop(name, None)
+    import bench.bare as bare
+
+    return bare
+
+
+def write_feature(root: Path, name: str, subtasks: Sequence[dict[str, Any]]) -> None:
+    """Write a feature folder quickly (setup, not timed)."""
+    (root / ".git").mkdir(parents=True, exist_ok=True)
+    folder = root / ".tmp" / "tasks" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    task = {
+        "id": name,
+        "name": name,
+        "status": "active",
+        "subtask_count": len(subtasks),
+        "completed_count": 0,
+    }
+    (folder / "task.json").write_text(json.dumps(task, indent=2) + "\n")
+    for sub in subtasks:
+        (folder / f"subtask_{sub['seq']}.json").write_text(json.dumps(sub, indent=2) + "\n")
+
+
+def python_subtask(seq: str, callable_: str, deliverable: str, **execution: Any) -> dict[str, Any]:
+    return {
+        "id": f"bench-{seq}",
+        "seq": seq,
+        "title": f"bench {seq}",
+        "status": "pending",
+        "depends_on": [],
+        "parallel": True,
+        "suggested_agent": "python",
+        "acceptance_criteria": ["runs"],
+        "deliverables": [deliverable],
+        "execution": {"callable": callable_, "timeout_s": 600, **execution},
+    }
+
+
+def noop_feature(root: Path, name: str, n: int) -> None:
+    width = max(2, len(str(n)))
+    subs = []
+    out = root / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        seq = str(i).zfill(width)
+        (out / f"{seq}.txt").touch()
+        subs.append(python_subtask(seq, "bench.tasks:noop", f"out/{seq}.txt"))
+    write_feature(root, name, subs)
+
+
+class BatchqClient:
+    """The producer side of batchq for one Redis: builds an Orchestrator per run."""
+
+    def __init__(self, url: str, **overrides: Any) -> None:
+        self.url = url
+        self.overrides = overrides
+        self.store = StateStore.from_url(url)
+
+    def orchestrator(self, root: Path, name: str) -> Orchestrator:
+        settings = load_settings(root, redis_url=self.url, python_allow=["bench"], **self.overrides)
+        return Orchestrator(root, name, settings, create_app(settings), self.store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

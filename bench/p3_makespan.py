@@ -1,0 +1,133 @@
+"""P3 makespan: 64 subtasks sleeping 0.1–2 s (fixed seed) on 4 workers × 4 slots.
+
+Reference figures computed from the durations: the lower bound
+max(total work / slots, longest subtask), the ideal duration-blind dispatcher (greedy
+list scheduling in submission order) and longest-first (LPT). Measured: bare Celery
+with defaults and with prefetch 1 + acks_late, batchq on a first run, and batchq on
+a second run of the same feature, when it dispatches longest first from the
+durations it recorded in Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from celery import group
+
+from bench.common import (
+    BatchqClient,
+    bare_app,
+    python_subtask,
+    redis,
+    timed,
+    tmpdir,
+    workers,
+    write_feature,
+)
+
+WORKERS, SLOTS = 4, 4
+
+
+def durations(n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.1, 2.0), 3) for _ in range(n)]
+
+
+def list_schedule(tasks: Sequence[float], slots: int) -> float:
+    """Makespan of greedy list scheduling: each task, in order, to the first free slot."""
+    free = [0.0] * slots
+    heapq.heapify(free)
+    for d in tasks:
+        heapq.heappush(free, heapq.heappop(free) + d)
+    return max(free)
+
+
+def references(ds: Sequence[float], slots: int) -> dict[str, float]:
+    return {
+        "lower_bound": max(sum(ds) / slots, max(ds)),
+        "ideal_blind": list_schedule(ds, slots),
+        "lpt": list_schedule(sorted(ds, reverse=True), slots),
+    }
+
+
+def _feature(root: Path, ds: Sequence[float]) -> None:
+    out = root / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    subs = []
+    for i, d in enumerate(ds, start=1):
+        seq = f"{i:02d}"
+        (out / f"{seq}.txt").touch()
+        subs.append(
+            python_subtask(
+                seq, "bench.tasks:sleep", f"out/{seq}.txt", env={"BENCH_SLEEP_S": str(d)}
+            )
+        )
+    write_feature(root, "p3", subs)
+
+
+def run_bare(url: str, ds: Sequence[float], tuned: bool) -> float:
+    bare = bare_app(url, tuned=tuned)
+    env = {"BENCH_BARE_TUNED": "1" if tuned else "0"}
+    with workers(url, "bench.bare", count=WORKERS, concurrency=SLOTS, pool="threads", env=env):
+        return timed(lambda: group(bare.sleep.s(d) for d in ds).apply_async().get(timeout=300))
+
+
+def run_batchq(url: str, ds: Sequence[float]) -> tuple[float, float]:
+    client = BatchqClient(url)
+    root = tmpdir("bench-p3-")
+    try:
+        with workers(url, "batchq.worker", count=WORKERS, concurrency=SLOTS, pool="threads"):
+            _feature(root, ds)
+            first = timed(lambda: _ok(client.orchestrator(root, "p3").run()))
+            shutil.rmtree(root / ".tmp" / "tasks" / "p3")
+            _feature(root, ds)  # same feature, same root: the learned durations apply
+            second = timed(lambda: _ok(client.orchestrator(root, "p3").run()))
+    finally:
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return first, second
+
+
+def _ok(result: Any) -> None:
+    assert result.ok, [r.status for r in result.reports]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
+    args = parser.parse_args(argv)
+    ds = [d * args.scale for d in durations(args.n, args.seed)]
+    refs = references(ds, WORKERS * SLOTS)
+    with redis() as server:
+        bare_default = run_bare(server.url, ds, tuned=False)
+        bare_tuned = run_bare(server.url, ds, tuned=True)
+        first, second = run_batchq(server.url, ds)
+    row = {
+        **refs,
+        "bare_default": bare_default,
+        "bare_tuned": bare_tuned,
+        "batchq_first": first,
+        "batchq_second": second,
+    }
+    lb, blind = refs["lower_bound"], refs["ideal_blind"]
+    print(
+        f"P3 makespan (bound {lb:.2f}s, ideal blind {blind:.2f}s = ×{blind / lb:.2f}, "
+        f"LPT ×{refs['lpt'] / lb:.2f}): bare ×{bare_default / lb:.2f}, "
+        f"bare prefetch1+acks_late ×{bare_tuned / lb:.2f}, batchq 1st ×{first / lb:.2f} "
+        f"(= ×{first / blind:.2f} of ideal blind), batchq 2nd ×{second / lb:.2f}",
+        flush=True,
+    )
+    return row
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
