@@ -1,10 +1,14 @@
 # Two commands on a fresh machine: `make run` and `make test`.
+# Needs only Python 3.11+, make and a C compiler (see README: Requirements).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make up`: the project the compose services mount at /workspace.
+WORKSPACE_DIR ?= .tmp/workspace
+export WORKSPACE_DIR
 
-.PHONY: install run test lint typecheck pytest bench worker flower up down clean
+.PHONY: install run run-broken run-auth test lint typecheck pytest bench worker flower up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +20,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The demo runs on a fresh copy, so the committed example stays pending.
+# Examples run on a fresh copy under .tmp/, so the committed files stay pending.
 run: install
 	rm -rf .tmp/demo && mkdir -p .tmp && cp -R examples/demo .tmp/demo
 	$(BIN)/batchq run demo --root .tmp/demo
+
+# Fails on purpose (exit 1) to show the PARTIAL FAILURE report; any other exit is an error.
+run-broken: install
+	rm -rf .tmp/broken && mkdir -p .tmp && cp -R examples/broken .tmp/broken
+	$(BIN)/batchq run broken --root .tmp/broken; status=$$?; \
+	  if [ $$status -eq 1 ]; then echo "(exit 1: the broken example failed, as intended)"; \
+	  else exit $$status; fi
+
+run-auth: install
+	rm -rf .tmp/auth-system && mkdir -p .tmp && cp -R examples/auth-system .tmp/auth-system
+	$(BIN)/batchq run auth-system --root .tmp/auth-system
 
 lint: install
 	$(BIN)/ruff check batchq tests bench workers
@@ -36,13 +51,23 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python -m bench
 
+# A worker and Flower for a Redis you run yourself: set BATCHQ_REDIS_URL first.
 worker: install
 	$(BIN)/batchq worker
 
 flower: install
 	$(BIN)/batchq flower
 
-up:
+# docker compose (needs Docker): .env from workers/.env.example with a random Flower
+# password, and a copy of examples/auth-system as the default workspace.
+.env:
+	sed "s/^BATCHQ_FLOWER_PASSWORD=.*/BATCHQ_FLOWER_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')/" \
+	  workers/.env.example > .env
+	@echo "wrote .env (Flower user/password inside)"
+
+up: .env
+	@if [ "$(WORKSPACE_DIR)" = ".tmp/workspace" ] && [ ! -d .tmp/workspace ]; then \
+	  mkdir -p .tmp && cp -R examples/auth-system .tmp/workspace; fi
 	docker compose up -d --build
 
 down:
@@ -50,3 +75,14 @@ down:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	rm -rf .tmp/demo .tmp/broken .tmp/auth-system
+
+# Debian's Chromium for tests/integration/test_browser.py (Playwright drives it and never
+# downloads a browser of its own). Needs root and apt; a no-op once chromium is installed.
+.PHONY: browser-deps
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "browser-deps: /usr/bin/chromium is installed"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi

@@ -93,7 +93,12 @@ def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
         result_backend_transport_options=dict(transport),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.socket_timeout_s,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Not True: on a broker blip Celery would terminate every running subtask and
+        # mark it revoked in the (same, unreachable) backend, and a revoked member fails
+        # the whole chord (TRAPS). Running subtasks go on; their unacked messages come
+        # back after the visibility timeout and find the recorded result (claim, record
+        # once), so nothing is lost or run twice to completion.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         redis_socket_timeout=settings.socket_timeout_s,
         redis_socket_connect_timeout=settings.socket_timeout_s,
         redis_backend_health_check_interval=25,

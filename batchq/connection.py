@@ -42,9 +42,7 @@ def all_queues(settings: Settings) -> list[str]:
 
 
 def _open(settings: Settings, url: str, embedded: bool) -> Connection:
-    settings = settings.model_copy(
-        update={"redis_url": url, "result_url": settings.result_url or url}
-    )
+    settings = settings.model_copy(update={"redis_url": url})
     store = StateStore.from_url(
         url,
         prefix=settings.key_prefix,

@@ -153,8 +153,9 @@ def submit(
         )
         options: dict[str, object] = {
             "queue": agent_queue(agents[sub.seq]),
-            "argsrepr": f"feature={run.feature} batch={batch.number} seq={sub.seq} "
-            f"title={sub.title!r}",
+            # seq and title first: Flower's args column shows about 45 characters.
+            "argsrepr": f"seq={sub.seq} title={sub.title!r} feature={run.feature} "
+            f"batch={batch.number}",
             "kwargsrepr": "{}",
         }
         if agents[sub.seq] == "python":
@@ -200,7 +201,13 @@ def _publish(
         "next_batch": next_batch.model_dump(mode="json") if next_batch else None,
         "submitted_at": submitted_at.isoformat(),
     }
-    callback = app.signature(AGGREGATE_TASK, kwargs={"meta": meta}, queue=CONTROL_QUEUE)
+    callback = app.signature(
+        AGGREGATE_TASK,
+        kwargs={"meta": meta},
+        queue=CONTROL_QUEUE,
+        argsrepr=f"feature={run.feature} batch={batch.number} members={len(signatures)}",
+        kwargsrepr="{}",
+    )
     chord(group(signatures), callback).apply_async(producer=producer)
 
 

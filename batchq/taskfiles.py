@@ -205,7 +205,7 @@ def _load(root: Path, name: str) -> _Loaded:
     return _Loaded(feature, task_doc, subtasks)
 
 
-_PARSED: dict[Path, tuple[tuple[int, int, int], Subtask, JsonDocument]] = {}
+_PARSED: dict[Path, tuple[tuple[int, int, int, int], Subtask, JsonDocument]] = {}
 _PARSED_LIMIT = 200_000
 
 
@@ -217,7 +217,7 @@ def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument]:
         st = file.stat()
     except OSError as exc:
         raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _PARSED.get(file)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]

@@ -17,14 +17,14 @@ from functools import cache
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq import report
 from batchq.app import AGGREGATE_TASK, RUN_TASK
 from batchq.models import PlannedBatch, SubtaskMessage, SubtaskResult
 from batchq.runner import RetryLater, execute
 from batchq.settings import Settings
-from batchq.state import StateStore
+from batchq.state import CONNECTION_ERRORS, StateStore
 
 __all__ = ["register"]
 
@@ -63,6 +63,14 @@ def register(app: Celery, settings: Settings) -> None:
             )
         except RetryLater as later:
             raise self.retry(countdown=later.countdown, max_retries=None) from later
+        except CONNECTION_ERRORS as exc:
+            # Redis went away under us (restart, failover). Raising would record a
+            # failure and fail the batch's chord; rejecting with requeue leaves the
+            # unacked message to come back (at once, or after the visibility timeout
+            # if Redis is still down), and the claim and record-once rules decide.
+            raise Reject(
+                f"Redis unreachable, subtask left for redelivery: {exc}", requeue=True
+            ) from exc
         except SoftTimeLimitExceeded:  # pragma: no cover - mapped inside execute()
             raise
         return result.model_dump(mode="json")

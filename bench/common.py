@@ -8,17 +8,15 @@ the other so they never compete for the two cores.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batchq.app import create_app
 from batchq.embedded import LocalWorkers, RedisServer
@@ -27,6 +25,7 @@ from batchq.settings import load_settings
 from batchq.state import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 BATCHQ_QUEUES = ("batchq.control", "batchq.python", "batchq.shell")
 
 
@@ -56,9 +55,14 @@ class Stats:
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    return measure(fn)[0]
+
+
+def measure(fn: Callable[[], T]) -> tuple[float, T]:
+    """Wall time of ``fn()`` and its value."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    value = fn()
+    return time.perf_counter() - start, value
 
 
 @contextmanager
@@ -98,14 +102,18 @@ def workers(
 
 
 def bare_app(url: str, tuned: bool = False) -> Any:
-    """Import bench.bare for this URL (the module reads it at import)."""
-    os.environ["BATCHQ_REDIS_URL"] = url
-    os.environ["BENCH_BARE_TUNED"] = "1" if tuned else "0"
-    for name in ("bench.bare",):
-        sys.modules.pop(name, None)
-    import bench.bare as bare
+    """The bare Celery app for this Redis, with ``noop``/``sleep``/``done`` tasks."""
+    from bench.bare import make_app
 
-    return bare
+    return BareTasks(make_app(url, tuned))
+
+
+class BareTasks:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.noop = app.tasks["bare.noop"]
+        self.sleep = app.tasks["bare.sleep"]
+        self.done = app.tasks["bare.done"]
 
 
 def write_feature(root: Path, name: str, subtasks: Sequence[dict[str, Any]]) -> None:

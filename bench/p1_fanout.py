@@ -16,7 +16,17 @@ from typing import Any
 
 from celery import chord, group
 
-from bench.common import BatchqClient, Stats, bare_app, noop_feature, redis, timed, tmpdir, workers
+from bench.common import (
+    BatchqClient,
+    Stats,
+    bare_app,
+    measure,
+    noop_feature,
+    redis,
+    timed,
+    tmpdir,
+    workers,
+)
 
 
 def run_bare(url: str, n: int, reps: int) -> Stats:
@@ -43,14 +53,12 @@ def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float]:
             for _ in range(reps):
                 root = tmpdir("bench-p1-")
                 noop_feature(root, "p1", n)
-                orch = client.orchestrator(root, "p1")
-                result: dict[str, Any] = {}
-                values.append(timed(lambda: result.setdefault("r", orch.run())))
-                run = result["r"]
+                elapsed, run = measure(client.orchestrator(root, "p1").run)
+                values.append(elapsed)
                 assert run.ok and run.reports[0].completed == n, run.reports[0].status
                 shutil.rmtree(root, ignore_errors=True)
-            from bench.common import proc_peak_mb
             from batchq.procs import child_pids
+            from bench.common import proc_peak_mb
 
             for child in group_.children:
                 peak = max(

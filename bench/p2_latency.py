@@ -15,7 +15,17 @@ from typing import Any
 
 from celery import chord, group
 
-from bench.common import BatchqClient, Stats, bare_app, noop_feature, redis, timed, tmpdir, workers
+from bench.common import (
+    BatchqClient,
+    Stats,
+    bare_app,
+    measure,
+    noop_feature,
+    redis,
+    timed,
+    tmpdir,
+    workers,
+)
 
 SIZE = 4
 
@@ -44,10 +54,8 @@ def run_batchq(url: str, runs: int) -> Stats:
             for i in range(runs + 1):
                 root = tmpdir("bench-p2-")
                 noop_feature(root, "p2", SIZE)
-                orch = client.orchestrator(root, "p2")
-                result: dict[str, Any] = {}
-                elapsed = timed(lambda: result.setdefault("r", orch.run()))
-                assert result["r"].ok
+                elapsed, result = measure(client.orchestrator(root, "p2").run)
+                assert result.ok
                 if i:  # the first run warms the worker processes
                     values.append(elapsed)
                 shutil.rmtree(root, ignore_errors=True)
@@ -64,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         bare = run_bare(server.url, args.runs)
         ours = run_batchq(server.url, args.runs)
     print(
-        f"P2 batch of {SIZE}: bare p50 {bare.median * 1000:.1f} ms p95 {bare.pct(95) * 1000:.1f} ms; "
+        f"P2 batch of {SIZE}: bare p50 {bare.median * 1000:.1f} ms "
+        f"p95 {bare.pct(95) * 1000:.1f} ms; "
         f"batchq p50 {ours.median * 1000:.1f} ms p95 {ours.pct(95) * 1000:.1f} ms; "
         f"ratio p50 ×{ours.median / bare.median:.2f}",
         flush=True,

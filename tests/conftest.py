@@ -19,6 +19,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", deadline=None, max_examples=50)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests start from a clean batchq environment: a developer's exported settings
+    (a Redis URL, allow-lists) must not leak into what the suite checks. Only the
+    test-control variables (``BATCHQ_TEST_*``) pass."""
+    for name in list(os.environ):
+        if name.startswith("BATCHQ_") and not name.startswith("BATCHQ_TEST_"):
+            del os.environ[name]
+
+
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

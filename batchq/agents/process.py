@@ -23,10 +23,13 @@ from what goes wrong with subprocesses on workers (TRAPS):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -162,6 +165,7 @@ def run_process(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             reason = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
@@ -175,6 +179,33 @@ def run_process(
     finally:
         if log is not None:
             log.close()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the worker process dies.
+
+    A SIGKILLed pool child cannot kill its agent's process group, and the redelivered
+    copy must not run beside an orphan still writing the same deliverables. Resolved
+    before fork (``_PRCTL``) so the child only makes one system call."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _supervise(

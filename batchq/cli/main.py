@@ -66,8 +66,8 @@ def emit(lines: Sequence[str]) -> None:
 
 
 def error_line(message: str) -> None:
-    """One ``error: ...`` line on stderr, whatever the message holds."""
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    """One ``error: ...`` line on stderr, whatever line breaks the message holds."""
+    sys.stderr.write(f"error: {' '.join(message.splitlines())}\n")
     sys.stderr.flush()
 
 

@@ -1,0 +1,172 @@
+"""``python -m bench`` (``make bench``): every scenario, a table, docs/benchmarks.md.
+
+Each figure is batchq's against bare Celery measured in the same run, on the same
+redis-server and the same worker shape. ``--quick`` runs tiny sizes (what the test
+suite does, so the bench cannot rot); figures from a quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import p1_fanout, p2_latency, p3_makespan
+from bench.common import REPO, Stats, peak_rss_mb
+
+
+def _machine() -> list[str]:
+    redis_version = "?"
+    try:
+        from batchq.embedded import redis_server_binary
+
+        out = subprocess.run(
+            [str(redis_server_binary()), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        redis_version = out.split("v=")[1].split()[0] if "v=" in out else out.strip()
+    except Exception:  # the table still prints without it
+        pass
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return [
+        f"- Machine: {os.cpu_count()} cores ({cpu}), "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, celery {version('celery')}, "
+        f"kombu {version('kombu')}, redis-py {version('redis')}, Redis server {redis_version}",
+        f"- Run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average before: "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+    ]
+
+
+def _fmt(s: Stats) -> str:
+    return f"{s.median:.3f} s ({s.lo:.3f}–{s.hi:.3f})"
+
+
+def render(
+    p1: dict[str, Any] | None,
+    p2: dict[str, Any] | None,
+    p3: dict[str, Any] | None,
+    reps: int,
+    orchestrator_peak_mb: float,
+) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (`python -m bench`). Every ratio "
+        "compares batchq with bare Celery measured in the same run (median of the "
+        f"repetitions, min–max in brackets; {reps} repetitions per size).",
+        "",
+    ]
+    lines += [*_machine(), ""]
+    if p1:
+        lines += [
+            "## P1 fan-out/fan-in (submit to report, no-op subtasks, 1 worker × 2 prefork)",
+            "",
+            "| N | bare chord().get() | batchq run | speed-up | batchq per subtask |",
+            "|---|---|---|---|---|",
+        ]
+        first = None
+        for n, row in p1.items():
+            per = row["batchq"].median / int(n) * 1000
+            first = first or per
+            lines.append(
+                f"| {n} | {_fmt(row['bare'])} | {_fmt(row['batchq'])} | "
+                f"×{row['bare'].median / row['batchq'].median:.2f} | {per:.2f} ms "
+                f"(×{per / first:.2f} of the smallest) |"
+            )
+        last = list(p1.values())[-1]
+        lines += [
+            "",
+            f"Peak memory at N={list(p1)[-1]}: orchestrator process "
+            f"{orchestrator_peak_mb:.0f} MiB, one worker (largest of main and pool "
+            f"processes) {last['worker_peak_mb']:.0f} MiB.",
+            "",
+        ]
+    if p2:
+        bare, ours = p2["bare"], p2["batchq"]
+        lines += [
+            "## P2 small-batch latency (batch of 4 no-op subtasks, submit to report)",
+            "",
+            "| | p50 | p95 | runs |",
+            "|---|---|---|---|",
+            f"| bare chord().get() | {bare.median * 1000:.1f} ms | {bare.pct(95) * 1000:.1f} ms"
+            f" | {len(bare.values)} |",
+            f"| batchq run | {ours.median * 1000:.1f} ms | {ours.pct(95) * 1000:.1f} ms | "
+            f"{len(ours.values)} |",
+            "",
+            f"p50 ratio batchq / bare: ×{ours.median / bare.median:.2f}",
+            "",
+        ]
+    if p3:
+        lb = p3["lower_bound"]
+        lines += [
+            "## P3 makespan (64 subtasks sleeping 0.1–2 s, seed 42, 4 workers × 4 threads)",
+            "",
+            "| | makespan | × lower bound |",
+            "|---|---|---|",
+        ]
+        for key, label in [
+            ("lower_bound", "lower bound max(work/slots, longest)"),
+            ("ideal_blind", "ideal duration-blind list scheduling"),
+            ("lpt", "longest-first (LPT), computed"),
+            ("bare_default", "bare Celery, defaults"),
+            ("bare_tuned", "bare Celery, prefetch 1 + acks_late"),
+            ("batchq_first", "batchq, first run"),
+            ("batchq_second", "batchq, second run (learned durations, LPT)"),
+        ]:
+            lines.append(f"| {label} | {p3[key]:.2f} s | ×{p3[key] / lb:.2f} |")
+        lines += [
+            "",
+            f"batchq first run / ideal duration-blind: "
+            f"×{p3['batchq_first'] / p3['ideal_blind']:.2f}",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; figures meaningless")
+    parser.add_argument("--only", default="p1,p2,p3")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    reps = 1 if args.quick else args.reps
+    p1 = p2 = p3 = None
+    if "p1" in only:
+        sizes = "5,20" if args.quick else "500,2000,5000"
+        p1 = p1_fanout.main(["--sizes", sizes, "--reps", str(reps)])
+    orchestrator_peak = peak_rss_mb()
+    if "p2" in only:
+        p2 = p2_latency.main(["--runs", "3" if args.quick else "50"])
+    if "p3" in only:
+        p3 = p3_makespan.main(["--n", "8", "--scale", "0.05"] if args.quick else [])
+    text = render(p1, p2, p3, reps, orchestrator_peak)
+    print(text)
+    if not args.quick:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

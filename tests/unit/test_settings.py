@@ -1,0 +1,173 @@
+"""Settings: ``BATCHQ_*`` environment, ``batchq.toml``, and which one wins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from batchq.embedded import redis_server_binary
+from batchq.errors import InfrastructureError, SpecError
+from batchq.settings import DEFAULT_PROTECTED, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from no ``BATCHQ_*`` variable at all."""
+    for name in list(os.environ):
+        if name.startswith("BATCHQ_"):
+            monkeypatch.delenv(name)
+
+
+def write_toml(root: Path, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "batchq.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_what_a_new_user_gets() -> None:
+    settings = load_settings()
+    assert settings.redis_url is None
+    assert settings.embedded
+    assert settings.redis_server is None
+    assert settings.stall_s == 120.0
+    assert settings.shell_allow == []
+    assert settings.protected_paths == list(DEFAULT_PROTECTED)
+
+
+def test_variables_are_read_only_with_the_batchq_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHQ_STALL_S", "7.5")
+    monkeypatch.setenv("STALL_S", "99")
+    monkeypatch.setenv("REDIS_URL", "redis://not-ours:6379/0")
+    settings = load_settings()
+    assert settings.stall_s == 7.5
+    assert settings.redis_url is None
+
+
+def test_comma_lists_are_split_and_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "ls *, echo * ,,pytest *")
+    monkeypatch.setenv("BATCHQ_PYTHON_ALLOW", "myproject.steps")
+    settings = load_settings()
+    assert settings.shell_allow == ["ls *", "echo *", "pytest *"]
+    assert settings.allow_for("shell") == ["ls *", "echo *", "pytest *"]
+    assert settings.allow_for("python") == ["myproject.steps"]
+
+
+def test_batchq_toml_agent_tables_configure_allow_lists_and_cli_agents(tmp_path: Path) -> None:
+    write_toml(
+        tmp_path,
+        """
+[agents.shell]
+allow = ["make *", "pytest *"]
+
+[agents.python]
+allow = ["myproject"]
+
+[agents.CoderAgent]
+command = "opencode run --agent {agent} --prompt-file {prompt_file}"
+max_concurrency = 3
+""",
+    )
+    settings = load_settings(tmp_path)
+    assert settings.allow_for("shell") == ["make *", "pytest *"]
+    assert settings.allow_for("python") == ["myproject"]
+    coder = settings.agents["CoderAgent"]
+    assert coder.command == "opencode run --agent {agent} --prompt-file {prompt_file}"
+    assert coder.max_concurrency == 3
+    assert settings.allow_for("CoderAgent") == []
+
+
+def test_the_environment_beats_batchq_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_toml(tmp_path, 'stall_s = 30\n[agents.shell]\nallow = ["make *"]\n')
+    monkeypatch.setenv("BATCHQ_STALL_S", "5")
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "pytest *")
+    settings = load_settings(tmp_path)
+    assert settings.stall_s == 5.0
+    assert settings.allow_for("shell") == ["pytest *"]
+
+
+def test_batchq_toml_applies_where_the_environment_is_silent(tmp_path: Path) -> None:
+    write_toml(tmp_path, "stall_s = 30\n")
+    assert load_settings(tmp_path).stall_s == 30.0
+
+
+def test_keyword_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHQ_STALL_S", "5")
+    assert load_settings(stall_s=9).stall_s == 9.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://:s3cret@redis.example.com:6380/0",
+        "rediss://user:s3cret@redis.example.com:6380/1?ssl_cert_reqs=required",
+        "redis+socket:///run/redis/redis.sock",
+    ],
+)
+def test_redis_urls_including_tls_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("BATCHQ_REDIS_URL", url)
+    settings = load_settings()
+    assert settings.redis_url == url
+    assert settings.result_url == url  # the result backend defaults to the broker
+    assert not settings.embedded
+
+
+def test_a_separate_result_url_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHQ_REDIS_URL", "redis://broker:6379/0")
+    monkeypatch.setenv("BATCHQ_RESULT_URL", "rediss://results:6380/2")
+    assert load_settings().result_url == "rediss://results:6380/2"
+
+
+def test_invalid_toml_is_a_spec_error_naming_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[agents.shell\nallow = [\n")
+    with pytest.raises(SpecError) as caught:
+        load_settings(tmp_path)
+    assert caught.value.path == path
+    assert str(path) in str(caught.value)
+    assert "invalid TOML" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_a_wrongly_typed_toml_value_is_a_spec_error_naming_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'stall_s = "soon"\n')
+    with pytest.raises(SpecError) as caught:
+        load_settings(tmp_path)
+    assert caught.value.path == path
+    assert "stall_s" in str(caught.value)
+
+
+def test_the_redis_server_choice_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATCHQ_REDIS_SERVER", "path")
+    assert load_settings().redis_server == "path"
+
+
+def test_a_redis_server_path_that_is_not_executable_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-redis-server"
+    with pytest.raises(InfrastructureError, match="not an executable file"):
+        redis_server_binary(override=str(missing))
+
+
+def test_a_redis_server_path_that_is_executable_is_used(tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    assert redis_server_binary(override=str(fake)) == fake
+
+
+def test_every_field_can_be_set_from_its_batchq_variable() -> None:
+    """The env table in the README and .env.example rely on this naming rule."""
+    assert Settings.model_config.get("env_prefix") == "BATCHQ_"
+    assert "redis_server" in Settings.model_fields
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    missing = [
+        f"BATCHQ_{n.upper()}" for n in Settings.model_fields if f"BATCHQ_{n.upper()}" not in readme
+    ]
+    assert missing == []
