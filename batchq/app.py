@@ -72,13 +72,13 @@ def _tls_options(broker: str, backend: str) -> dict[str, Any]:
 def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
     """Build the Celery app for these settings and register batchq's tasks on it."""
     broker = settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery(main, broker=broker, backend=settings.result_url or broker, set_as_current=False)
+    app = Celery(main, broker=broker, backend=settings.backend_url or broker, set_as_current=False)
     app.loader.override_backends = {
         "redis": "batchq.backend:RedisBackend",
         "rediss": "batchq.backend:RedisBackend",
     }
     transport = _transport_options(settings)
-    app.conf.update(_tls_options(broker, settings.result_url or broker))
+    app.conf.update(_tls_options(broker, settings.backend_url or broker))
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

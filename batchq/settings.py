@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         return list(config.allow) if config else []
 
     @property
+    def backend_url(self) -> str | None:
+        """Where Celery stores results: ``result_url``, else the broker's Redis."""
+        return self.result_url or self.redis_url
+
+    @property
     def embedded(self) -> bool:
         """True when no Redis URL is configured and batchq must start its own."""
         return self.redis_url is None

@@ -133,7 +133,7 @@ def test_masking_covers_every_redis_scheme():
 
 def test_tls_redis_urls_are_accepted_and_verify_certificates_by_default():
     settings = Settings(redis_url="rediss://:pw@redis.example:6380/0")
-    assert settings.redis_url is not None and settings.result_url == settings.redis_url
+    assert settings.redis_url is not None and settings.backend_url == settings.redis_url
     app = create_app(settings)  # connects to nothing
     assert app.backend.connparams["ssl_cert_reqs"] == 2  # ssl.CERT_REQUIRED
     assert app.conf.broker_use_ssl == {"ssl_cert_reqs": 2}

@@ -111,7 +111,7 @@ def test_redis_urls_including_tls_are_accepted(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("BATCHQ_REDIS_URL", url)
     settings = load_settings()
     assert settings.redis_url == url
-    assert settings.result_url == url  # the result backend defaults to the broker
+    assert settings.backend_url == url  # the result backend defaults to the broker
     assert not settings.embedded
 
 
