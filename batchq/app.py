@@ -45,7 +45,6 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.socket_timeout_s,
         "socket_connect_timeout": settings.socket_timeout_s,
         "health_check_interval": 25,
-        "retry_on_timeout": True,
     }
     if settings.unacked_restore_interval_s is not None:
         options["unacked_restore_interval"] = settings.unacked_restore_interval_s

@@ -377,7 +377,8 @@ def execute(
     except BatchqError as exc:
         return fail(ResultState.FAILED, str(exc), type(exc).__name__)
 
-    log.info(
+    # Celery already logs the task's receipt at INFO; the start is detail.
+    log.debug(
         "subtask %s started: %s (agent %s, attempt %d)",
         msg.seq,
         msg.subtask.title,

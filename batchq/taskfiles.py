@@ -343,8 +343,11 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
     with feature_lock(path):
         loaded = _load(root, name)
         pending: dict[Path, tuple[JsonDocument, dict[str, Any]]] = {}
+        index: dict[str, list[JsonDocument]] = {}
+        for sub, doc in loaded.subtasks:
+            index.setdefault(sub.seq, []).append(doc)
         for seq, mutate in changes.items():
-            doc = _resolve(loaded, seq)
+            doc = _resolve(loaded, seq, index)
             if doc.path not in pending:
                 pending[doc.path] = (doc, copy.deepcopy(doc.data))
             mutate(pending[doc.path][1])
@@ -367,9 +370,10 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
         return _load(root, name).feature
 
 
-def _resolve(loaded: _Loaded, seq: str) -> JsonDocument:
-    """The file of ``seq``; ``2`` finds ``02`` when that is unambiguous."""
-    exact = [doc for sub, doc in loaded.subtasks if sub.seq == seq]
+def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]]) -> JsonDocument:
+    """The file of ``seq``; ``2`` finds ``02`` when that is unambiguous. ``index``
+    maps seqs to files, so a rewrite of thousands of subtasks stays linear."""
+    exact = list(index.get(seq, ()))
     if not exact and seq.isascii() and seq.isdigit():
         exact = [doc for sub, doc in loaded.subtasks if sub.number == int(seq)]
     name = loaded.feature.name

@@ -21,7 +21,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq import report
 from batchq.app import AGGREGATE_TASK, RUN_TASK
-from batchq.models import PlannedBatch, SubtaskMessage, SubtaskResult
+from batchq.models import PlannedBatch, SubtaskMessage
 from batchq.runner import RetryLater, execute
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, StateStore
@@ -73,7 +73,9 @@ def register(app: Celery, settings: Settings) -> None:
             ) from exc
         except SoftTimeLimitExceeded:  # pragma: no cover - mapped inside execute()
             raise
-        return result.model_dump(mode="json")
+        # The full result is recorded in Redis; the chord only needs to count members,
+        # and a small value keeps Celery's repr for the task-succeeded event cheap.
+        return {"seq": result.seq, "result": result.result.value}
 
     @app.task(name=AGGREGATE_TASK, shared=False, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
     def aggregate_batch(
@@ -89,21 +91,33 @@ def register(app: Celery, settings: Settings) -> None:
 def aggregate(
     store: StateStore, results: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """Chord callback body: build the report with the one pure function and store it."""
-    parsed = [SubtaskResult.model_validate(r) for r in results if isinstance(r, dict)]
+    """Chord callback body: build the report from the recorded results with the one
+    pure function, and store it. A member whose chord value disagrees with its
+    record (a redelivered copy, say) is named as a discrepancy."""
+    run_id, expected = meta["run_id"], list(meta["expected"])
+    recorded = store.results(run_id, expected)
+    discrepancies = [
+        f"{r.get('seq')}: the chord got {r.get('result')}, the store recorded "
+        f"{recorded[str(r.get('seq'))].result.value}"
+        for r in results
+        if isinstance(r, dict)
+        and str(r.get("seq")) in recorded
+        and recorded[str(r.get("seq"))].result.value != r.get("result")
+    ]
     next_batch = PlannedBatch.model_validate(meta["next_batch"]) if meta.get("next_batch") else None
     built = report.build(
         feature=meta["feature"],
-        run_id=meta["run_id"],
+        run_id=run_id,
         batch=int(meta["batch"]),
-        results=parsed,
-        expected=list(meta["expected"]),
+        results=list(recorded.values()),
+        expected=expected,
         next_batch=next_batch,
         submitted_at=datetime.fromisoformat(meta["submitted_at"]),
         finished_at=_now(),
+        discrepancies=discrepancies,
     )
     store.store_report(built, meta["feature_key"])
-    return built.model_dump(mode="json")
+    return {"batch": built.batch, "status": built.status.value}
 
 
 def _now() -> datetime:
