@@ -152,11 +152,7 @@ def submit(
             subtask=sub,
         )
         options: dict[str, object] = {
-            # The default exchange routes by queue name without a binding lookup: one
-            # Redis round trip less per message, and a message for an agent whose
-            # workers are not up yet waits in its queue instead of being dropped.
-            "exchange": "",
-            "routing_key": agent_queue(agents[sub.seq]),
+            "queue": agent_queue(agents[sub.seq]),
             # seq and title first: Flower's args column shows about 45 characters.
             "argsrepr": f"seq={sub.seq} title={sub.title!r} feature={run.feature} "
             f"batch={batch.number}",

@@ -377,8 +377,7 @@ def execute(
     except BatchqError as exc:
         return fail(ResultState.FAILED, str(exc), type(exc).__name__)
 
-    # Celery already logs the task's receipt at INFO; the start is detail.
-    log.debug(
+    log.info(
         "subtask %s started: %s (agent %s, attempt %d)",
         msg.seq,
         msg.subtask.title,

@@ -394,3 +394,37 @@ def test_reports_are_kept_in_redis_and_in_the_feature_folder(
     assert report.wall_s > 0 and report.work_s > 0
     assert report.discrepancies == []
     assert SubtaskStatus.COMPLETED.value == statuses(root)["02"]
+
+
+def test_each_subtask_is_published_to_its_agents_queue(make_feature, subtask_data, tmp_path):
+    """Routing is what lets `batchq worker --agents` serve a subset: no worker runs
+    here, so the messages stay where the producer put them."""
+    from batchq.embedded import RedisServer
+    from batchq.planner import plan
+
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01")),
+            subtask_data("02", callable_="tests.fixtures_pkg.callables:write_deliverable"),
+        ]
+    )
+    with RedisServer() as server:
+        settings = load_settings(
+            root, redis_url=server.url, shell_allow=["*"], python_allow=["tests"]
+        )
+        store = StateStore.from_url(server.url)
+        try:
+            feature = load_feature(root, "feat")
+            run = new_run(store, feature, FailurePolicy.GRACEFUL)
+            submit(
+                create_app(settings), store, run, feature, plan(feature).batches[0], None, settings
+            )
+            client = server.client()
+            try:
+                assert client.llen("batchq.shell") == 1
+                assert client.llen("batchq.python") == 1
+                assert client.llen("batchq.control") == 0
+            finally:
+                client.close()
+        finally:
+            store.close()
