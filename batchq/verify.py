@@ -22,10 +22,9 @@ from pathlib import Path
 
 from batchq.agents.base import Delegation
 from batchq.agents.process import ProcessResult, last_line, run_process
-from batchq.agents.shell import agent_env, check_env, check_line
+from batchq.agents.shell import agent_env, check_verify
 from batchq.models import DeliverableCheck, Subtask
 from batchq.paths import PathError, normalise
-from batchq.settings import Settings
 
 __all__ = [
     "Verification",
@@ -55,17 +54,6 @@ def verify_deliverables(subtask: Subtask, workspace: Path) -> list[DeliverableCh
         found = target.is_dir() if name.endswith("/") else target.is_file()
         checks.append(DeliverableCheck(path=item, verified=inside and found))
     return checks
-
-
-def check_verify(subtask: Subtask, settings: Settings) -> None:
-    """Raise :class:`~batchq.errors.PolicyError` unless ``execution.verify`` passes the
-    shell allow-list and ``execution.env`` (its environment) sets nothing forbidden;
-    :func:`batchq.agents.agent_for` applies it to every agent, third-party ones too."""
-    if subtask.execution and subtask.execution.verify:
-        check_line(
-            subtask.seq, "execution.verify", subtask.execution.verify, settings.allow_for("shell")
-        )
-        check_env(subtask)
 
 
 def run_verify(

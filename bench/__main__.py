@@ -139,7 +139,45 @@ def render(
             f"×{p3['batchq_first'] / p3['ideal_blind']:.2f}",
             "",
         ]
+    lines += _goals(p1, p2, p3)
     return "\n".join(lines) + "\n"
+
+
+def _goals(
+    p1: dict[str, Any] | None, p2: dict[str, Any] | None, p3: dict[str, Any] | None
+) -> list[str]:
+    """The goals of issue 7, each with its measured figure and whether it is met."""
+    out = ["## Goals", ""]
+
+    def goal(text: str, value: float, limit: float, *, at_least: bool = False) -> None:
+        met = value >= limit if at_least else value <= limit
+        out.append(
+            f"- {'✅' if met else '❌'} {text}: ×{value:.2f} (goal "
+            f"{'≥' if at_least else '≤'} ×{limit:.2f})"
+        )
+
+    if p1:
+        sizes = list(p1)
+        big, small = p1[sizes[-1]], p1[sizes[0]]
+        goal(
+            f"P1 speed-up over the bare chord at N={sizes[-1]}",
+            big["bare"].median / big["batchq"].median,
+            3.0,
+            at_least=True,
+        )
+        per_big = big["batchq"].median / int(sizes[-1])
+        per_small = small["batchq"].median / int(sizes[0])
+        goal(f"P1 per-subtask cost at N={sizes[-1]} vs N={sizes[0]}", per_big / per_small, 1.3)
+    if p2:
+        goal("P2 p50 latency vs the bare chord", p2["batchq"].median / p2["bare"].median, 1.5)
+    if p3:
+        goal(
+            "P3 first run vs the ideal duration-blind dispatcher",
+            p3["batchq_first"] / p3["ideal_blind"],
+            1.05,
+        )
+        goal("P3 second run vs the lower bound", p3["batchq_second"] / p3["lower_bound"], 1.10)
+    return [*out, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def agent_for(subtask: Subtask, settings: Settings) -> Agent:
     agent.check(subtask)
     # execution.verify runs with bash whichever agent did the work, so the shell
     # allow-list applies to it for third-party agents too.
-    from batchq.verify import check_verify
+    from batchq.agents.shell import check_verify
 
     check_verify(subtask, settings)
     return agent

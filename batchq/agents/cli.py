@@ -29,7 +29,7 @@ from typing import ClassVar
 
 from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.process import run_process
-from batchq.agents.shell import agent_env, check_env, check_line, outcome_from_process
+from batchq.agents.shell import agent_env, check_env, check_verify, outcome_from_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
 from batchq.prompt import render_prompt
@@ -92,13 +92,7 @@ class CliAgent(Agent):
         except ValueError as exc:
             raise PolicyError(self.name, f"{where}: {exc}") from exc
         check_env(subtask)
-        if subtask.execution and subtask.execution.verify:
-            check_line(
-                subtask.seq,
-                "execution.verify",
-                subtask.execution.verify,
-                self.settings.allow_for("shell"),
-            )
+        check_verify(subtask, self.settings)
 
     def run(self, delegation: Delegation, should_stop: StopCheck) -> AgentOutcome:
         sub = delegation.subtask

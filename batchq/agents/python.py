@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
 from batchq.agents.process import DEFAULT_TAIL_BYTES, last_line
-from batchq.agents.shell import check_env, check_line
+from batchq.agents.shell import check_env, check_verify
 from batchq.errors import PolicyError
 from batchq.models import SUMMARY_LIMIT, Subtask
 
@@ -125,13 +125,7 @@ class PythonAgent(Agent):
                 f"(modules: {shown})",
             )
         check_env(subtask)
-        if subtask.execution and subtask.execution.verify:
-            check_line(
-                subtask.seq,
-                "execution.verify",
-                subtask.execution.verify,
-                self.settings.allow_for("shell"),
-            )
+        check_verify(subtask, self.settings)
 
     def run(self, delegation: Delegation, should_stop: StopCheck) -> AgentOutcome:
         sub = delegation.subtask

@@ -36,6 +36,7 @@ from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
 from batchq.agents.process import ProcessResult, last_line, run_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
+from batchq.settings import Settings
 
 __all__ = [
     "ParsedLine",
@@ -229,6 +230,18 @@ def check_line(seq: str, field_name: str, line: str, patterns: Sequence[str]) ->
                 f"{where}: {command!r} is not allowed by the shell allow-list "
                 f"(patterns: {_patterns_text(patterns)})",
             )
+
+
+def check_verify(subtask: Subtask, settings: Settings) -> None:
+    """Raise :class:`~batchq.errors.PolicyError` unless ``execution.verify`` passes the
+    shell allow-list and ``execution.env`` (its environment) sets nothing forbidden;
+    every agent applies it in ``check``, and
+    :func:`batchq.agents.agent_for` for third-party agents too."""
+    if subtask.execution and subtask.execution.verify:
+        check_line(
+            subtask.seq, "execution.verify", subtask.execution.verify, settings.allow_for("shell")
+        )
+        check_env(subtask)
 
 
 def check_env(subtask: Subtask) -> None:

@@ -132,10 +132,13 @@ def status(
     if as_json:
         emit_json([_feature_json(f, p) for f, p in loaded])
     else:
+        from batchq.live import live_lines
+
         for i, (f, p) in enumerate(loaded):
             if i:
                 emit([""])
             emit(views.format_status(f, p))
+            emit(live_lines(f, ctx.settings))
         if not loaded and not bad:
             emit([views.NO_FEATURES])
     _finish_view(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ from batchq.taskfiles import load_feature
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SERIAL_AGENT = {"command": "bash {workspace}/record.sh {seq}", "max_concurrency": 1}
 WORKER_ENV = {
+    "BATCHQ_AGENTS": json.dumps({"OneAtATime": SERIAL_AGENT}),
     "BATCHQ_SHELL_ALLOW": "*",
     "BATCHQ_PYTHON_ALLOW": "tests.fixtures_pkg",
     "BATCHQ_RETRY_BACKOFF_S": "0.2",
@@ -37,7 +40,7 @@ def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         redis_target.url,
         count=1,
         concurrency=4,
-        queues=DEFAULT_QUEUES,
+        queues=(*DEFAULT_QUEUES, "batchq.OneAtATime"),
         env=WORKER_ENV,
         log_dir=tmp_path_factory.mktemp("workers"),
         cwd=REPO_ROOT,
@@ -428,3 +431,51 @@ def test_each_subtask_is_published_to_its_agents_queue(make_feature, subtask_dat
                 client.close()
         finally:
             store.close()
+
+
+RECORD = """#!/usr/bin/env bash
+# A stand-in coding-agent CLI: notes when it runs, then writes its deliverable.
+set -e
+mkdir -p times out
+python3 -c 'import time; print(time.time())' >> "times/$1"
+sleep 0.4
+echo "done $1" > "out/$1.txt"
+python3 -c 'import time; print(time.time())' >> "times/$1"
+echo "wrote out/$1.txt"
+"""
+
+
+def test_a_cli_agents_max_concurrency_holds_across_worker_slots(
+    make_feature, subtask_data, orchestrator
+):
+    """Four worker slots, four parallel subtasks, max_concurrency 1: they run one at a
+    time. Checked on the intervals the agent itself recorded, not on durations."""
+    root = make_feature([subtask_data(s, agent="OneAtATime") for s in ("01", "02", "03", "04")])
+    (root / "record.sh").write_text(RECORD)
+    result = orchestrator(root, agents={"OneAtATime": SERIAL_AGENT}).run()
+    assert result.ok, result.reports
+    intervals = sorted(
+        tuple(float(x) for x in (root / "times" / s).read_text().split())
+        for s in ("01", "02", "03", "04")
+    )
+    assert len(intervals) == 4
+    for (_, end), (start, _) in itertools.pairwise(intervals):
+        assert end <= start, intervals
+    prompt = next((root / ".tmp/tasks/feat/.batchq/logs" / result.run_id).glob("01.prompt.md"))
+    assert "Subtask 01" in prompt.read_text()
+
+
+def test_status_adds_a_live_line_when_redis_is_configured(
+    make_feature, subtask_data, orchestrator, stack, monkeypatch, capsys
+):
+    from batchq.cli.main import main
+
+    root = make_feature([subtask_data("01", command=write("01"))])
+    run_id = orchestrator(root).run().run_id
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    with pytest.raises(SystemExit) as info:
+        main(["status", "feat", "--root", str(root)])
+    assert info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3] == "  ✓ 01 - Subtask 01 [completed]"
+    assert lines[4] == f"  ⟳ live: run {run_id} batch 1 reported: 1/1 reported, 0 running"
