@@ -39,6 +39,7 @@ import redis
 
 from batchq import procs
 from batchq.errors import InfrastructureError
+from batchq.flower import flower_argv
 
 # The `up`/`down` record lives in batchq.stack; re-exported here for existing callers.
 from batchq.stack import (
@@ -311,20 +312,6 @@ def worker_argv(
         "--without-mingle",
         "-P",
         pool,
-    ]
-
-
-def flower_argv(port: int, address: str = "127.0.0.1", *, app: str = "batchq.worker") -> list[str]:
-    """The command line of the stack's Flower (``batchq up --flower``)."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        app,
-        "flower",
-        f"--address={address}",
-        f"--port={port}",
     ]
 
 

@@ -211,10 +211,15 @@ def _publish(
     chord(group(signatures), callback).apply_async(producer=producer)
 
 
-def _forced(store: StateStore, sub: Submission, reason: str) -> BatchReport:
-    """Build and store the deadline report from whatever results were recorded."""
+def _report_from_store(
+    store: StateStore, sub: Submission, forced_reason: str | None = None
+) -> BatchReport:
+    """Build and store the report from the recorded results: the batch-of-one path,
+    and the deadline path (``forced_reason``), which also stops members not yet
+    started. The report stored first wins; a later one is kept as ``late``."""
     run = sub.run
-    store.cancel(run.run_id, sub.batch.number, "graceful")
+    if forced_reason is not None:
+        store.cancel(run.run_id, sub.batch.number, "graceful")
     results = store.results(run.run_id, sub.expected)
     built = report.build(
         feature=run.feature,
@@ -225,26 +230,8 @@ def _forced(store: StateStore, sub: Submission, reason: str) -> BatchReport:
         next_batch=sub.next_batch,
         submitted_at=sub.submitted_at,
         finished_at=datetime.now(UTC),
-        forced=True,
-        discrepancies=[reason],
-    )
-    store.store_report(built, run.feature_key)
-    return store.report(run.run_id, sub.batch.number) or built
-
-
-def _single(store: StateStore, sub: Submission) -> BatchReport:
-    """The batch-of-one path: the producer builds the report from the one result."""
-    run = sub.run
-    results = store.results(run.run_id, sub.expected)
-    built = report.build(
-        feature=run.feature,
-        run_id=run.run_id,
-        batch=sub.batch.number,
-        results=list(results.values()),
-        expected=sub.expected,
-        next_batch=sub.next_batch,
-        submitted_at=sub.submitted_at,
-        finished_at=datetime.now(UTC),
+        forced=forced_reason is not None,
+        discrepancies=[forced_reason] if forced_reason else [],
     )
     store.store_report(built, run.feature_key)
     return store.report(run.run_id, sub.batch.number) or built
@@ -282,7 +269,7 @@ def wait(
                     if stored is not None:
                         return stored
                 if single and event.kind == "finished":
-                    return _single(store, sub)
+                    return _report_from_store(store, sub)
             if events:  # only once handled: a blip above rereads them
                 last_id = events[-1].id
             now = time.monotonic()
@@ -290,9 +277,11 @@ def wait(
                 if store.live_claims(run.run_id, sub.expected):
                     last_progress = now
                 else:
-                    return _forced(store, sub, _stall_reason(store, sub, settings))
+                    return _report_from_store(store, sub, _stall_reason(store, sub, settings))
             if now - start >= sub.hard_cap_s:
-                return _forced(store, sub, f"hard deadline of {sub.hard_cap_s:g}s passed")
+                return _report_from_store(
+                    store, sub, f"hard deadline of {sub.hard_cap_s:g}s passed"
+                )
         except CONNECTION_ERRORS as exc:
             now = time.monotonic()
             outage_since = outage_since if outage_since is not None else now

@@ -33,12 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-class Policy(StrEnum):
-    graceful = "graceful"
-    terminate = "terminate"
-    continue_ = "continue"
-
-
 class PoolName(StrEnum):
     prefork = "prefork"
     threads = "threads"
@@ -46,7 +40,7 @@ class PoolName(StrEnum):
 
 
 OnFailure = Annotated[
-    Policy,
+    FailurePolicy,
     typer.Option("--on-failure", help="graceful (default), terminate or continue."),
 ]
 ContextOpt = Annotated[
@@ -187,7 +181,7 @@ def _execute(
     ctx: Context,
     feature: str,
     seqs: list[str] | None,
-    policy: Policy,
+    policy: FailurePolicy,
     retry_failed: bool,
     context: Path | None,
     workers: int | None,
@@ -205,7 +199,7 @@ def _execute(
     text = _read_context(context)
     live = _Live(as_json)
     options = RunOptions(
-        policy=FailurePolicy(policy.value),
+        policy=policy,
         retry_failed=retry_failed,
         context=text,
         on_events=live.events,
@@ -287,7 +281,7 @@ def register(app: typer.Typer) -> None:
     def run(
         feature: str,
         root: RootOpt = None,
-        on_failure: OnFailure = Policy.graceful,
+        on_failure: OnFailure = FailurePolicy.GRACEFUL,
         no_retry_failed: Annotated[bool, typer.Option("--no-retry-failed")] = False,
         context: ContextOpt = None,
         workers: WorkersOpt = None,
@@ -305,7 +299,7 @@ def register(app: typer.Typer) -> None:
         feature: str,
         seqs: Annotated[list[str], typer.Argument()],
         root: RootOpt = None,
-        on_failure: OnFailure = Policy.graceful,
+        on_failure: OnFailure = FailurePolicy.GRACEFUL,
         context: ContextOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
