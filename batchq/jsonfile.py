@@ -289,6 +289,10 @@ def write_atomic(path: Path, text: str, *, durable: bool = True) -> None:
     write_many([(path, text)], durable=durable)
 
 
+SEQUENTIAL_UP_TO = 8
+"""Below this many files, starting threads costs more than the fsyncs they overlap."""
+
+
 def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> None:
     """:func:`write_atomic` for several files at once.
 
@@ -303,8 +307,16 @@ def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> No
     """
     if not items:
         return
-    if len(items) == 1:
-        staged = [_stage(*items[0], durable)]
+    if len(items) <= SEQUENTIAL_UP_TO or not durable:
+        staged = []
+        try:
+            for path, text in items:
+                staged.append(_stage(path, text, durable))
+        except BaseException:
+            for _path, tmp in staged:
+                with suppress(FileNotFoundError):
+                    tmp.unlink()
+            raise
     else:
         with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
             futures = [pool.submit(_stage, path, text, durable) for path, text in items]

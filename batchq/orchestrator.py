@@ -38,6 +38,7 @@ from batchq.producer import Run, Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
 from batchq.state import Event, StateStore, feature_key
 from batchq.taskfiles import (
+    feature_dir,
     load_feature,
     mark_blocked,
     mark_completed,
@@ -295,7 +296,7 @@ class Orchestrator:
         return built
 
     def _save(self, built: BatchReport) -> None:
-        folder = load_feature(self.root, self.name).state_dir / "reports"
+        folder = feature_dir(self.root, self.name) / ".batchq" / "reports"
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(
             folder / f"{built.run_id}-{built.batch:03d}.json",

@@ -245,12 +245,16 @@ def wait(
 ) -> BatchReport:
     """Block until the batch's report exists, forcing one at the stall deadline.
 
+    The report is built here as soon as every member's result is recorded, which
+    spares a batch the latency of the chord callback's own dispatch; whichever of
+    the two stores it first wins, and they build it from the same records.
+
     A Redis blip (restart, failover, network) is ridden out: the loop retries until
     Redis answers again, and gives up with :class:`BrokerUnavailable` (exit 3) only
     when it stays unreachable for ``stall_s``.
     """
     run, n = sub.run, sub.batch.number
-    single = len(sub.expected) == 1
+    waiting = set(sub.expected)
     last_id = sub.stream_from
     start = last_progress = time.monotonic()
     outage_since: float | None = None
@@ -268,8 +272,10 @@ def wait(
                     stored = store.report(run.run_id, n)
                     if stored is not None:
                         return stored
-                if single and event.kind == "finished":
-                    return _report_from_store(store, sub)
+                if event.kind == "finished":
+                    waiting.discard(event.seq)
+                    if not waiting:  # every member recorded: no need to wait for
+                        return _report_from_store(store, sub)  # the chord callback hop
             if events:  # only once handled: a blip above rereads them
                 last_id = events[-1].id
             now = time.monotonic()

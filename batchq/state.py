@@ -215,11 +215,14 @@ end
 return 1
 """
 
-# A report is stored once per batch; a result after a forced report is "late".
+# A report is stored once per batch: the producer and the chord callback may both
+# build it from the same recorded results, and the first wins. A report arriving
+# after a *forced* one is "late" (a member the deadline gave up on came back).
 _REPORT = """
 local batch, report, events, reports, late = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state = redis.call('HGET', batch, 'state')
-if state == 'reported' or state == 'forced' then
+if state == 'reported' then return 0 end
+if state == 'forced' then
   redis.call('RPUSH', late, ARGV[1])
   redis.call('EXPIRE', late, ARGV[3])
   redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'late', 'batch', ARGV[4],
@@ -470,7 +473,8 @@ class StateStore:
     # --- reports --------------------------------------------------------------------
 
     def store_report(self, report: BatchReport, fkey: str) -> bool:
-        """Store the batch's report once; False (and a ``late`` entry) if one exists."""
+        """Store the batch's report once; False if one exists (and, after a forced
+        report, keep this one as a ``late`` entry)."""
         state = "forced" if report.forced else "reported"
         stored = self._report(
             keys=[

@@ -351,23 +351,24 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
             if doc.path not in pending:
                 pending[doc.path] = (doc, copy.deepcopy(doc.data))
             mutate(pending[doc.path][1])
-        statuses: list[SubtaskStatus] = []
+        subtasks: list[Subtask] = []
         texts: list[tuple[Path, str]] = []
         for sub, doc in loaded.subtasks:
             if doc.path in pending:
                 new = pending[doc.path][1]
                 sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
                 _render_into(texts, doc, new)
-            statuses.append(sub.status)
-        task_new = _refresh_task(loaded.task.data, statuses)
-        _validate(TaskFile, loaded.task, task_new)
+            subtasks.append(sub)
+        task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
+        task = _validate(TaskFile, loaded.task, task_new)
         _render_into(texts, loaded.task, task_new)
         try:
             write_many(texts)
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else path
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
-        return _load(root, name).feature
+        # What was just validated and written, without parsing it back.
+        return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
 
 
 def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]]) -> JsonDocument:

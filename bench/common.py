@@ -167,10 +167,15 @@ class BatchqClient:
         self.url = url
         self.overrides = overrides
         self.store = StateStore.from_url(url)
+        self.app: Any = None
 
     def orchestrator(self, root: Path, name: str) -> Orchestrator:
+        """One app for the client's life, as a long-lived orchestrator keeps one (the
+        bare baseline reuses its app too)."""
         settings = load_settings(root, redis_url=self.url, python_allow=["bench"], **self.overrides)
-        return Orchestrator(root, name, settings, create_app(settings), self.store)
+        if self.app is None:
+            self.app = create_app(settings)
+        return Orchestrator(root, name, settings, self.app, self.store)
 
     def close(self) -> None:
         self.store.close()
