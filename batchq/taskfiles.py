@@ -258,12 +258,13 @@ def _validate(
         raise _spec_error(doc.path, exc) from exc
 
 
-_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "FileRef"})
 
 
 def _is_tag(part: str | int) -> bool:
-    """Pydantic names union branches in error locations (``str``, ``FileRef``)."""
-    return isinstance(part, str) and (part in _SCALAR_TAGS or part[:1].isupper() or "[" in part)
+    """Pydantic names union branches in error locations (``str``, ``FileRef``). Only
+    those names: a user's key (``execution.env.MODE``) is a field, not a branch."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
 
 
 def _spec_error(path: Path, exc: ValidationError) -> SpecError:

@@ -574,3 +574,24 @@ def test_concurrent_completions_from_real_processes_are_all_recorded(
     task, _ = load_raw(folder / "task.json")
     assert (task["subtask_count"], task["completed_count"]) == (count, count)
     assert task["status"] == "completed"
+
+
+def test_an_env_value_of_the_wrong_type_names_the_env_key(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / ".git").mkdir()
+    folder = root / ".tmp" / "tasks" / "feat"
+    folder.mkdir(parents=True)
+    (folder / "task.json").write_text('{"id": "feat", "name": "Feat"}\n')
+    sub = {
+        "id": "feat-01",
+        "seq": "01",
+        "title": "t",
+        "acceptance_criteria": ["a"],
+        "deliverables": ["a.txt"],
+        "execution": {"command": "echo", "env": {"MODE": 3}},
+    }
+    (folder / "subtask_01.json").write_text(json.dumps(sub) + "\n")
+    with pytest.raises(SpecError) as info:
+        load_feature(root, "feat")
+    assert info.value.field == "execution.env.MODE"
+    assert "got 3" in str(info.value) or "string" in str(info.value)
