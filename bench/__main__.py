@@ -95,7 +95,8 @@ def render(
         last = list(p1.values())[-1]
         lines += [
             "",
-            f"Peak memory at N={list(p1)[-1]}: orchestrator process "
+            f"Peak memory at N={list(p1)[-1]}: the bench process, which runs both the bare "
+            "producer and batchq's orchestrator (a high-water mark of the two), "
             f"{orchestrator_peak_mb:.0f} MiB, one worker (largest of main and pool "
             f"processes) {last['worker_peak_mb']:.0f} MiB.",
             "",
