@@ -1,0 +1,97 @@
+"""batchq: run batches of subtask delegations in parallel on Celery workers.
+
+The typed Python API the CLI is built on. Loading, validating and planning never
+touch Celery or Redis; the names that do (``Orchestrator``, ``connect``) are imported
+on first use, so ``import batchq`` stays cheap for tools that only read task files.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from batchq.errors import (
+    BatchqError,
+    BrokerUnavailable,
+    ExecutionFailed,
+    InfrastructureError,
+    InputError,
+    LockedError,
+    PlanError,
+    PolicyError,
+    SpecError,
+    UnsafeBatchError,
+    UsageError,
+)
+from batchq.models import (
+    BatchReport,
+    FailurePolicy,
+    Feature,
+    Plan,
+    PlannedBatch,
+    ResultState,
+    Subtask,
+    SubtaskResult,
+    SubtaskStatus,
+)
+from batchq.planner import check_batch, plan, validate
+from batchq.settings import Settings, load_settings
+from batchq.taskfiles import complete_subtask, find_root, list_features, load_feature
+
+if TYPE_CHECKING:
+    from batchq.connection import Connection, connect
+    from batchq.orchestrator import Orchestrator, RunOptions, RunResult
+
+__all__ = [
+    "BatchReport",
+    "BatchqError",
+    "BrokerUnavailable",
+    "Connection",
+    "ExecutionFailed",
+    "FailurePolicy",
+    "Feature",
+    "InfrastructureError",
+    "InputError",
+    "LockedError",
+    "Orchestrator",
+    "Plan",
+    "PlanError",
+    "PlannedBatch",
+    "PolicyError",
+    "ResultState",
+    "RunOptions",
+    "RunResult",
+    "Settings",
+    "SpecError",
+    "Subtask",
+    "SubtaskResult",
+    "SubtaskStatus",
+    "UnsafeBatchError",
+    "UsageError",
+    "check_batch",
+    "complete_subtask",
+    "connect",
+    "find_root",
+    "list_features",
+    "load_feature",
+    "load_settings",
+    "plan",
+    "validate",
+]
+
+_LAZY = {
+    "Connection": "batchq.connection",
+    "connect": "batchq.connection",
+    "Orchestrator": "batchq.orchestrator",
+    "RunOptions": "batchq.orchestrator",
+    "RunResult": "batchq.orchestrator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the execution side (Celery, Redis) only when it is asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchq' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
