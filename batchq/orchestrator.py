@@ -227,6 +227,8 @@ class Orchestrator:
         check_agents(todo, self.settings)
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         recent = self.store.recent_runs(feature_key(feature.name, feature.root))
+        if recent:
+            self._refuse_if_still_running(recent[0])
         for sub in todo:
             block = sub.batchq
             ours = block is not None and block.result in RESETTABLE
@@ -238,6 +240,28 @@ class Orchestrator:
         if changes:
             feature = update_subtasks(self.root, self.name, changes)
         return feature
+
+    def _refuse_if_still_running(self, run_id: str) -> None:
+        """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
+        workers; starting another would run its queued members twice. It counts as
+        alive while a member holds a claim or its stream moved within ``stall_s``."""
+        last = 0
+        while self.store.batch_state(run_id, last + 1) is not None:
+            last += 1
+        if not last or self.store.batch_state(run_id, last) != "running":
+            return
+        members = self.store.batch_members(run_id, last)
+        recorded = self.store.results(run_id, members)
+        missing = [seq for seq in members if seq not in recorded]
+        if not missing:
+            return
+        quiet_s = self.store.seconds_since_last_event(run_id)
+        if self.store.live_claims(run_id, missing) or quiet_s < self.settings.stall_s:
+            raise LockedError(
+                self.name,
+                f"run {run_id} on the workers (batch {last}: {len(recorded)}/{len(members)} "
+                "reported)",
+            )
 
     def _run_one(
         self,

@@ -538,6 +538,13 @@ class StateStore:
                 )
         return out
 
+    def seconds_since_last_event(self, run_id: str) -> float:
+        """Age of the run's newest progress event (stream ids are millisecond times)."""
+        newest = self.last_event_id(run_id)
+        if newest == "0-0":
+            return float("inf")
+        return max(0.0, time.time() - int(newest.split("-")[0]) / 1000)
+
     def last_event_id(self, run_id: str) -> str:
         """The newest entry of the run's stream, so a waiter reads only what follows."""
         entries = self.r.xrevrange(self.keys.events(run_id), count=1)

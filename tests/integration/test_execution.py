@@ -479,3 +479,32 @@ def test_status_adds_a_live_line_when_redis_is_configured(
     lines = capsys.readouterr().out.splitlines()
     assert lines[3] == "  ✓ 01 - Subtask 01 [completed]"
     assert lines[4] == f"  ⟳ live: run {run_id} batch 1 reported: 1/1 reported, 0 running"
+
+
+def test_a_run_still_going_on_the_workers_is_not_started_twice(
+    make_feature, subtask_data, orchestrator
+):
+    """The orchestrator went away (Ctrl-C with a Redis URL) but its batch still runs:
+    a new `run` is refused until it ends, is cancelled, or goes quiet past stall_s."""
+    root = make_feature([subtask_data("01", command=write("01"))])
+    orch = orchestrator(root)
+    feature = load_feature(root, "feat")
+    old = new_run(orch.store, feature, FailurePolicy.GRACEFUL)
+    orch.store.start_batch(old.run_id, 1, ["01"], "graceful")
+    orch.store.emit(old.run_id, "started", 1, "01", worker="elsewhere")
+    with pytest.raises(LockedError, match=f"run {old.run_id} on the workers"):
+        orch.run()
+    assert statuses(root) == {"01": "pending"}
+    # Once the old run's member is recorded, the feature is free again.
+    from batchq.models import SubtaskResult
+
+    done = SubtaskResult(
+        feature="feat",
+        run_id=old.run_id,
+        batch=1,
+        seq="01",
+        title="t",
+        result=ResultState.CANCELLED,
+    )
+    assert orch.store.record_result(done, old.feature_key, "elsewhere")
+    assert orch.run().ok
