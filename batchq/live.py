@@ -31,12 +31,11 @@ def live_lines(feature: Feature, settings: Settings) -> list[str]:
         if not runs:
             return []
         run_id = runs[0]
-        last = 0
-        while store.batch_state(run_id, last + 1) is not None:
-            last += 1
-        if not last:
+        states = store.batch_states(run_id)
+        if not states:
             return [f"  ⟳ live: run {run_id} has not submitted a batch yet"]
-        state = store.batch_state(run_id, last)
+        last = max(states)
+        state = states[last]
         members = store.batch_members(run_id, last)
         done = len(store.results(run_id, members))
         running = len(store.live_claims(run_id, members))

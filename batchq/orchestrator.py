@@ -245,10 +245,9 @@ class Orchestrator:
         """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
         workers; starting another would run its queued members twice. It counts as
         alive while a member holds a claim or its stream moved within ``stall_s``."""
-        last = 0
-        while self.store.batch_state(run_id, last + 1) is not None:
-            last += 1
-        if not last or self.store.batch_state(run_id, last) != "running":
+        states = self.store.batch_states(run_id)
+        last = max(states, default=0)
+        if not last or states[last] != "running":
             return
         members = self.store.batch_members(run_id, last)
         recorded = self.store.results(run_id, members)

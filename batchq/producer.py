@@ -37,6 +37,8 @@ from batchq.state import CONNECTION_ERRORS, Event, StateStore, feature_key
 __all__ = ["Run", "Submission", "check_agents", "new_run", "submit", "wait"]
 
 EventHandler = Callable[[list[Event]], None]
+"""Called with each new slice of the batch's events, and with none at least every
+second, so a handler can do periodic work (the orchestrator's coalesced mirroring)."""
 OUTAGE_POLL_S = 0.5
 PUBLISH_BATCH = 1000
 
@@ -265,8 +267,8 @@ def wait(
             mine = [e for e in events if e.batch == n]
             if mine:
                 last_progress = time.monotonic()
-                if on_event is not None:
-                    on_event(mine)
+            if on_event is not None:  # also called empty: a tick for periodic work
+                on_event(mine)
             for event in mine:
                 if event.kind in ("batch_reported", "batch_forced"):
                     stored = store.report(run.run_id, n)

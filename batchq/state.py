@@ -321,6 +321,13 @@ class StateStore:
         pipe.expire(key, self.ttl)
         pipe.execute()
 
+    def batch_states(self, run_id: str) -> dict[int, str]:
+        """Every batch a run has submitted, numbered from 1, with its state."""
+        states: dict[int, str] = {}
+        while (state := self.batch_state(run_id, len(states) + 1)) is not None:
+            states[len(states) + 1] = state
+        return states
+
     def batch_members(self, run_id: str, n: int) -> list[str]:
         raw = self.r.hget(self.keys.batch(run_id, n), "expected")
         return list(json.loads(cast(str, raw))) if raw else []

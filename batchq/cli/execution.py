@@ -223,9 +223,7 @@ def _interrupted(conn: Any, name: str, root: Path) -> None:
 
     if conn.embedded:
         for run_id in conn.store.recent_runs(feature_key(name, root), 1):
-            for n in range(1, 10_000):
-                if conn.store.batch_state(run_id, n) is None:
-                    break
+            for n in conn.store.batch_states(run_id):
                 conn.store.cancel(run_id, n, "terminate")
         err.print("interrupted: cancelled the run and stopped the embedded stack", markup=False)
     else:
@@ -379,10 +377,7 @@ def register(app: typer.Typer) -> None:
         cancelled: list[str] = []
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             for run_id in conn.store.recent_runs(feature_key(f.name, f.root), 5):
-                for n in range(1, 10_000):
-                    state = conn.store.batch_state(run_id, n)
-                    if state is None:
-                        break
+                for n, state in conn.store.batch_states(run_id).items():
                     if state == "running":
                         conn.store.cancel(run_id, n, "terminate")
                         cancelled.append(f"{run_id}:{n}")

@@ -508,3 +508,29 @@ def test_a_run_still_going_on_the_workers_is_not_started_twice(
     )
     assert orch.store.record_result(done, old.feature_key, "elsewhere")
     assert orch.run().ok
+
+
+def test_batchq_cancel_stops_the_running_batch(
+    make_feature, subtask_data, orchestrator, stack, monkeypatch, capsys
+):
+    import threading
+
+    from batchq.cli.main import main
+    from batchq.state import wait_until
+
+    root = make_feature([subtask_data(s, command=write(s, "sleep 60 && ")) for s in ("01", "02")])
+    orch = orchestrator(root)
+    outcome: dict[str, RunResult] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("r", orch.run()))
+    runner.start()
+    assert wait_until(lambda: statuses(root) == {"01": "in_progress", "02": "in_progress"}, 60)
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    with pytest.raises(SystemExit) as info:
+        main(["cancel", "feat", "--root", str(root)])
+    assert info.value.code == 0
+    assert "Cancelled batch" in capsys.readouterr().out
+    runner.join(90)
+    assert not runner.is_alive()
+    (report,) = outcome["r"].reports
+    assert {r.result for r in report.results} == {ResultState.CANCELLED}
+    assert statuses(root) == {"01": "pending", "02": "pending"}
