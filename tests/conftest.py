@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +114,21 @@ def make_feature(tmp_path: Path) -> MakeFeature:
 @pytest.fixture
 def subtask_data() -> Callable[..., dict[str, Any]]:
     return subtask
+
+
+# --- real processes -----------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Last line of defence: no child process group outlives the test session."""
+    from batchq import procs
+
+    procs.reap_all()
+
+
+@pytest.fixture(scope="session")
+def redis_target() -> Iterator[Any]:
+    """The session's Redis (see :mod:`tests.servers`), started on first use."""
+    from tests.servers import session_redis
+
+    yield from session_redis()

@@ -338,20 +338,14 @@ def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> Non
     try:
         if not _group_alive(pgid):
             return
-        _signal_group(pgid, signal.SIGTERM)
-        until = time.monotonic() + grace_s
-        while time.monotonic() < until:
-            proc.poll()
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.02)
-        _signal_group(pgid, signal.SIGKILL)
-        until = time.monotonic() + grace_s
-        while time.monotonic() < until:
-            proc.poll()
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.02)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            _signal_group(pgid, sig)
+            until = time.monotonic() + grace_s
+            while time.monotonic() < until:
+                proc.poll()
+                if not _group_alive(pgid):
+                    return
+                time.sleep(0.02)
     finally:
         # The leader is dead or dying by now; reap it for its exit status.
         with contextlib.suppress(subprocess.TimeoutExpired):

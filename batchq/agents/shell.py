@@ -341,8 +341,7 @@ class ShellAgent(Agent):
             )
         check_line(subtask.seq, "execution.command", command, self.patterns)
         check_env(subtask)
-        if subtask.execution and subtask.execution.verify:
-            check_line(subtask.seq, "execution.verify", subtask.execution.verify, self.patterns)
+        check_verify(subtask, self.settings)
 
     def run(self, delegation: Delegation, should_stop: StopCheck) -> AgentOutcome:
         sub = delegation.subtask

@@ -11,52 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from batchq import procs
-from batchq.embedded import LocalWorkers, RedisServer, redis_py_url
+from batchq.embedded import LocalWorkers
+from tests.servers import RedisTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """The Redis the session's tests use: ours (``server``) or an external URL."""
-
-    url: str
-    """For kombu and Celery (broker and result backend)."""
-    redis_py_url: str
-    """For ``redis.Redis.from_url``."""
-    server: RedisServer | None
-
-    @property
-    def external(self) -> bool:
-        """True when the server is not ours: no restart, kill or unasked FLUSHDB."""
-        return self.server is None
-
-    def skip_if_external(self) -> None:
-        if self.external:
-            pytest.skip("BATCHQ_TEST_REDIS_URL points at a server we must not disrupt")
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Last line of defence: no child process group outlives the test session."""
-    procs.reap_all()
-
-
-@pytest.fixture(scope="session")
-def redis_target() -> Iterator[RedisTarget]:
-    external = os.environ.get("BATCHQ_TEST_REDIS_URL")
-    if external:
-        yield RedisTarget(url=external, redis_py_url=redis_py_url(external), server=None)
-        return
-    with RedisServer() as server:
-        yield RedisTarget(url=server.url, redis_py_url=server.redis_py_url, server=server)
 
 
 @pytest.fixture(scope="session")

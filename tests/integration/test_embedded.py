@@ -37,7 +37,8 @@ from batchq.embedded import (
 from batchq.errors import InfrastructureError, SpecError
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import RedisTarget, WorkersFactory
+    from tests.integration.conftest import WorkersFactory
+    from tests.servers import RedisTarget
 
 pytestmark = pytest.mark.integration
 

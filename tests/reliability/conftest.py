@@ -8,43 +8,25 @@ tests that restart Redis or delete messages from its queues then skip. Set
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchq import procs
 from batchq.app import create_app
-from batchq.embedded import RedisServer, redis_py_url
+from batchq.embedded import RedisServer
 from batchq.orchestrator import Orchestrator
 from batchq.state import StateStore
 from tests.reliability.faults import (
     FAULT_ENV,
     REPO_ROOT,
     NamedWorkers,
-    RedisTarget,
     fault_settings,
 )
+from tests.servers import RedisTarget
 
 WorkerFactory = Callable[..., NamedWorkers]
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Last line of defence: no worker or redis-server group outlives the session."""
-    procs.reap_all()
-
-
-@pytest.fixture(scope="session")
-def redis_target() -> Iterator[RedisTarget]:
-    """The session's Redis for tests that do not disrupt it (an external one if set)."""
-    external = os.environ.get("BATCHQ_TEST_REDIS_URL")
-    if external:
-        yield RedisTarget(external, redis_py_url(external), None)
-        return
-    with RedisServer() as server:
-        yield RedisTarget(server.url, server.redis_py_url, server)
 
 
 @pytest.fixture

@@ -16,11 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from batchq import procs
-from batchq.embedded import LocalWorkers, RedisServer
+from batchq.embedded import LocalWorkers
 from batchq.settings import Settings, load_settings
 from batchq.state import wait_until
 
@@ -43,23 +42,6 @@ FAULT_ENV = {
     "BATCHQ_MAX_STARTS": "3",
     "BATCHQ_RETRY_BACKOFF_S": "0.2",
 }
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """The session's Redis: ours (``server``) or an external URL we must not disrupt."""
-
-    url: str
-    redis_py_url: str
-    server: RedisServer | None
-
-    @property
-    def external(self) -> bool:
-        return self.server is None
-
-    def skip_if_external(self) -> None:
-        if self.external:
-            pytest.skip("BATCHQ_TEST_REDIS_URL points at a server we must not disrupt")
 
 
 def client_for(redis_py_url: str) -> redis.Redis:

@@ -26,7 +26,6 @@ from tests.reliability.faults import (
     FAST_TIMEOUT_S,
     Fleet,
     NamedWorkers,
-    RedisTarget,
     audit,
     client_for,
     json_files_valid,
@@ -36,6 +35,7 @@ from tests.reliability.faults import (
     record_figures,
     wait_drained,
 )
+from tests.servers import RedisTarget
 
 pytestmark = pytest.mark.reliability
 
