@@ -301,17 +301,21 @@ class Orchestrator:
             feature = update_subtasks(self.root, self.name, changes)
         else:
             feature = load_feature(self.root, self.name)
-        recorded_store = {
-            seq: r.result.value
-            for seq, r in self.store.results(run.run_id, list(by_seq) + built.missing).items()
-        }
-        found = report.discrepancies(built, recorded_store, source="store")
+        found: list[str] = []
+        if built.forced or built.missing:
+            # A complete report was built from records, which are written once and
+            # never change: only a forced one can disagree with the store (late results).
+            recorded_store = {
+                seq: r.result.value
+                for seq, r in self.store.results(run.run_id, list(by_seq) + built.missing).items()
+            }
+            found += report.discrepancies(built, recorded_store, source="store")
+            for late in self.store.late_reports(run.run_id, built.batch):
+                found.append(f"a report arrived after the forced report: {late.status.value}")
         files = {
             s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
         }
         found += report.discrepancies(built, files, source="files")
-        for late in self.store.late_reports(run.run_id, built.batch):
-            found.append(f"a report arrived after the forced report: {late.status.value}")
         if found:
             built = built.model_copy(update={"discrepancies": [*built.discrepancies, *found]})
             self.store.overwrite_report(built)

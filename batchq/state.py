@@ -59,7 +59,17 @@ __all__ = [
 ]
 
 CONTEXT_LIMIT = 1024 * 1024
-EVENT_KINDS = ("started", "finished", "failed_fast", "batch_reported", "batch_forced", "late")
+EVENT_KINDS = (
+    "started",
+    "finished",
+    "failed_fast",
+    "batch_reported",
+    "batch_forced",
+    "late",
+    "aggregated",
+)
+"""``aggregated`` comes from the chord callback on a worker (``stored``: whether its
+report was the first); the producer usually stores the report before it."""
 STREAM_MAXLEN = 100_000
 # What a Redis restart or network blip raises; callers that must ride one out
 # (the producer's wait) catch these and retry instead of crashing.
@@ -279,7 +289,9 @@ class StateStore:
 
     # --- runs and batches -----------------------------------------------------
 
-    def create_run(self, run_id: str, fields: Mapping[str, str], context: str) -> None:
+    def create_run(self, run_id: str, fields: Mapping[str, str], context: str) -> dict[str, float]:
+        """Record a run; returns its feature's learned durations (see :meth:`durations`),
+        read in the same round trip."""
         raw = context.encode()
         if len(raw) > CONTEXT_LIMIT:
             raise InputError(
@@ -294,7 +306,10 @@ class StateStore:
             pipe.lpush(runs, run_id)
             pipe.ltrim(runs, 0, 19)
             pipe.expire(runs, self.ttl)
-        pipe.execute()
+            pipe.hgetall(self.keys.durations(fields["feature_key"]))
+        replies = pipe.execute()
+        learned = replies[-1] if "feature_key" in fields else {}
+        return {seq: float(v) for seq, v in cast(dict[str, str], learned).items()}
 
     def recent_runs(self, fkey: str, count: int = 20) -> list[str]:
         return cast(list[str], self.r.lrange(self.keys.runs(fkey), 0, count - 1))
@@ -306,9 +321,12 @@ class StateStore:
         value = self.r.get(self.keys.context(run_id))
         return cast(str, value) if value is not None else ""
 
-    def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> None:
+    def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> str:
+        """Register a batch's members; returns the run stream's newest entry id, read in
+        the same round trip, so the waiter reads only this batch's events."""
         key = self.keys.batch(run_id, n)
         pipe = self.r.pipeline()
+        pipe.xrevrange(self.keys.events(run_id), count=1)
         pipe.hset(
             key,
             mapping={
@@ -319,7 +337,8 @@ class StateStore:
             },
         )
         pipe.expire(key, self.ttl)
-        pipe.execute()
+        newest = pipe.execute()[0]
+        return cast(str, newest[0][0]) if newest else "0-0"
 
     def batch_states(self, run_id: str) -> dict[int, str]:
         """Every batch a run has submitted, numbered from 1, with its state."""
@@ -575,10 +594,6 @@ class StateStore:
 
     def lock_holder(self, fkey: str) -> str | None:
         return cast(str | None, self.r.get(self.keys.lock(fkey)))
-
-    def durations(self, fkey: str) -> dict[str, float]:
-        raw = cast(dict[str, str], self.r.hgetall(self.keys.durations(fkey)))
-        return {seq: float(v) for seq, v in raw.items()}
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

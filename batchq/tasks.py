@@ -116,7 +116,8 @@ def aggregate(
         finished_at=_now(),
         discrepancies=discrepancies,
     )
-    store.store_report(built, meta["feature_key"])
+    stored = store.store_report(built, meta["feature_key"])
+    store.emit(run_id, "aggregated", built.batch, "", stored=stored, status=built.status.value)
     return {"batch": built.batch, "status": built.status.value}
 
 

@@ -534,3 +534,35 @@ def test_batchq_cancel_stops_the_running_batch(
     (report,) = outcome["r"].reports
     assert {r.result for r in report.results} == {ResultState.CANCELLED}
     assert statuses(root) == {"01": "pending", "02": "pending"}
+
+
+def test_the_chord_callback_aggregates_the_batch_on_a_worker(
+    make_feature, subtask_data, settings_for
+):
+    """The producer usually builds the report first; the chord callback must still run
+    (its header is published on the producer's batch, not through chord.apply_async)."""
+    from batchq.planner import plan
+
+    root = make_feature(
+        [subtask_data("01", command=write("01")), subtask_data("02", command=write("02"))]
+    )
+    settings = settings_for(root)
+    store = StateStore.from_url(settings.redis_url or "")
+    app = create_app(settings)
+    try:
+        feature = load_feature(root, "feat")
+        run = new_run(store, feature, FailurePolicy.GRACEFUL)
+        submission = submit(app, store, run, feature, plan(feature).batches[0], None, settings)
+        report = wait(store, submission, settings)
+        aggregated = []
+        for _ in range(600):  # the callback's own hop comes after the members
+            aggregated = [
+                e for e in store.events(run.run_id, "0", block_ms=100) if e.kind == "aggregated"
+            ]
+            if aggregated:
+                break
+    finally:
+        store.close()
+    assert report.completed == 2
+    (event,) = aggregated
+    assert event.batch == 1 and event.data["status"] == "completed"
