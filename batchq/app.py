@@ -114,7 +114,9 @@ def create_app(settings: Settings, *, main: str = "batchq") -> Celery:
         worker_disable_rate_limits=True,
         batchq_settings=settings,
     )
+    from batchq.events import BatchedEvents
     from batchq.tasks import register
 
+    app.steps["consumer"].add(BatchedEvents)
     register(app, settings)
     return app
