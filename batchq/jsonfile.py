@@ -98,8 +98,7 @@ class JsonDocument:
         if same_json(new, self.data):
             return None
         if self._tree is None:
-            start = len(self.format.head)
-            _, self._tree, _ = _parse(self.text, start)
+            self._tree = _node_at(self.text, len(self.format.head))
         body = _render(new, self.data, self._tree, 0, self.format, self.text)
         return self.format.head + body + self.format.tail
 
@@ -178,7 +177,7 @@ def _detect(text: str, start: int, head: str, tail: str) -> JsonFormat:
     if "\n" in lead:
         indent = lead.rsplit("\n", 1)[1]
         return JsonFormat(indent, newline, key_sep, ", ", head, tail)
-    _, _, value_end = _parse(text, value_start)
+    value_end = _node_at(text, value_start).end
     item_sep = ", "
     after = _skip(text, value_end)
     if text[after] == ",":
@@ -193,43 +192,44 @@ def _skip(text: str, i: int) -> int:
     return match.end() if match else i
 
 
-def _parse(text: str, i: int) -> tuple[Any, _Node, int]:
-    """Parse already-validated JSON at ``i``, recording where every value sits."""
-    char = text[i]
-    if char == "{":
-        obj: dict[str, Any] = {}
+def _node_at(text: str, i: int) -> _Node:
+    """The value at ``i`` (already-validated JSON), its children not yet located:
+    the C decoder finds its end, and :func:`_children` maps one level on demand, so a
+    rewrite that changes two top-level keys never walks the rest of the file."""
+    _, end = _DECODER.raw_decode(text, i)
+    return _Node(i, end)
+
+
+def _children(node: _Node, text: str) -> dict[str, _Node] | list[_Node] | None:
+    """Where ``node``'s members or items sit (None for a scalar), located once."""
+    if node.children is not None or text[node.start] not in "{[":
+        return node.children
+    j = _skip(text, node.start + 1)
+    if text[node.start] == "{":
         members: dict[str, _Node] = {}
-        j = _skip(text, i + 1)
-        if text[j] == "}":
-            return obj, _Node(i, j + 1, members), j + 1
-        while True:
+        node.children = members
+        while text[j] != "}":
             key, j = _DECODER.raw_decode(text, j)
             j = _skip(text, _skip(text, j) + 1)
-            obj[key], members[key], j = _parse(text, j)
-            j = _skip(text, j)
-            if text[j] == "}":
-                return obj, _Node(i, j + 1, members), j + 1
+            members[key] = child = _node_at(text, j)
+            j = _skip(text, child.end)
+            if text[j] == ",":
+                j = _skip(text, j + 1)
+        return members
+    items: list[_Node] = []
+    node.children = items
+    while text[j] != "]":
+        items.append(child := _node_at(text, j))
+        j = _skip(text, child.end)
+        if text[j] == ",":
             j = _skip(text, j + 1)
-    if char == "[":
-        arr: list[Any] = []
-        items: list[_Node] = []
-        j = _skip(text, i + 1)
-        if text[j] == "]":
-            return arr, _Node(i, j + 1, items), j + 1
-        while True:
-            value, node, j = _parse(text, j)
-            arr.append(value)
-            items.append(node)
-            j = _skip(text, j)
-            if text[j] == "]":
-                return arr, _Node(i, j + 1, items), j + 1
-            j = _skip(text, j + 1)
-    value, end = _DECODER.raw_decode(text, i)
-    return value, _Node(i, end), end
+    return items
 
 
 def same_json(a: Any, b: Any) -> bool:
     """Equal as JSON: unlike ``==``, ``1``, ``1.0`` and ``true`` differ, and key order counts."""
+    if a is b:  # a rewrite shares every untouched value with the parsed original
+        return True
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return list(a.keys()) == list(b.keys()) and all(same_json(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
@@ -242,7 +242,8 @@ def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat,
     if node is not None and same_json(new, old):
         return text[node.start : node.end]
     if isinstance(new, Mapping):
-        members = node.children if node is not None and isinstance(node.children, dict) else {}
+        found = _children(node, text) if node is not None else None
+        members = found if isinstance(found, dict) else {}
         old_obj = old if isinstance(old, dict) else {}
         parts = []
         for key, value in new.items():
@@ -253,7 +254,8 @@ def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat,
             parts.append(_leaf(key) + fmt.key_sep + rendered)
         return _wrap("{", "}", parts, depth, fmt)
     if isinstance(new, list | tuple):
-        items = node.children if node is not None and isinstance(node.children, list) else []
+        listed = _children(node, text) if node is not None else None
+        items = listed if isinstance(listed, list) else []
         old_arr = old if isinstance(old, list) else []
         parts = []
         for index, value in enumerate(new):

@@ -140,7 +140,13 @@ def submit(
     members = [by_seq[seq] for seq in batch.seqs]
     agents = check_agents(members, settings)
     members = _order(members, run.learned)
-    stream_from = store.start_batch(run.run_id, batch.number, batch.seqs, run.policy.value)
+    stream_from = store.start_batch(
+        run.run_id,
+        batch.number,
+        batch.seqs,
+        run.policy.value,
+        next_batch.model_dump_json() if next_batch else None,
+    )
     submitted_at = datetime.now(UTC)
     signatures = []
     for sub in members:
@@ -170,7 +176,7 @@ def submit(
     # One pipelined round trip per 1,000 Redis commands instead of two per subtask
     # (the message and its task-sent event): kombu's publish batch.
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-        _publish(app, signatures, producer, run, batch, next_batch, submitted_at)
+        _publish(app, signatures, producer, run, batch, submitted_at)
     hard_cap = sum(_budget_s(s, settings) for s in members) + settings.stall_s
     return Submission(
         run=run,
@@ -190,7 +196,6 @@ def _publish(
     producer: Any,
     run: Run,
     batch: PlannedBatch,
-    next_batch: PlannedBatch | None,
     submitted_at: datetime,
 ) -> None:
     if len(signatures) == 1:
@@ -201,8 +206,6 @@ def _publish(
         "feature_key": run.feature_key,
         "run_id": run.run_id,
         "batch": batch.number,
-        "expected": list(batch.seqs),
-        "next_batch": next_batch.model_dump(mode="json") if next_batch else None,
         "submitted_at": submitted_at.isoformat(),
     }
     callback = app.signature(

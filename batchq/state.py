@@ -321,9 +321,19 @@ class StateStore:
         value = self.r.get(self.keys.context(run_id))
         return cast(str, value) if value is not None else ""
 
-    def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> str:
-        """Register a batch's members; returns the run stream's newest entry id, read in
-        the same round trip, so the waiter reads only this batch's events."""
+    def start_batch(
+        self,
+        run_id: str,
+        n: int,
+        expected: Sequence[str],
+        policy: str,
+        following: str | None = None,
+    ) -> str:
+        """Register a batch's members and the plan's next batch (JSON), which the chord
+        callback reads here rather than from its message: every member's message
+        carries the callback, so anything in it would be published N times.
+        Returns the run stream's newest entry id, read in the same round trip, so the
+        waiter reads only this batch's events."""
         key = self.keys.batch(run_id, n)
         pipe = self.r.pipeline()
         pipe.xrevrange(self.keys.events(run_id), count=1)
@@ -334,6 +344,7 @@ class StateStore:
                 "policy": policy,
                 "submitted_at": now_iso(),
                 "state": "running",
+                "next": following or "",
             },
         )
         pipe.expire(key, self.ttl)
@@ -346,6 +357,13 @@ class StateStore:
         while (state := self.batch_state(run_id, len(states) + 1)) is not None:
             states[len(states) + 1] = state
         return states
+
+    def batch_plan(self, run_id: str, n: int) -> tuple[list[str], str | None]:
+        """A batch's members and the next batch's JSON, as :meth:`start_batch` stored them."""
+        raw, following = cast(
+            list[str | None], self.r.hmget(self.keys.batch(run_id, n), ["expected", "next"])
+        )
+        return (list(json.loads(raw)) if raw else []), (following or None)
 
     def batch_members(self, run_id: str, n: int) -> list[str]:
         raw = self.r.hget(self.keys.batch(run_id, n), "expected")

@@ -15,10 +15,10 @@ that is what the established tools write. Nothing here prints.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,7 +68,11 @@ ROOT_MARKERS = (".git", "package.json")
 SUBTASK_RE = re.compile(r"^subtask_(\d{2,})\.json$")
 
 Mutation = Callable[[dict[str, Any]], None]
-"""Changes one subtask's raw JSON dict in place; applied under the feature lock."""
+"""Changes one subtask's raw JSON dict in place; applied under the feature lock.
+
+It may only set or delete top-level keys (``data["batchq"] = {...}``), never change a
+nested value in place: it gets a shallow copy of the parsed file, whose nested values
+are shared with the parse cache (a deep copy cost more than the render)."""
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
@@ -183,10 +187,11 @@ def _load(root: Path, name: str) -> _Loaded:
     if task.id != name:
         warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
     subtasks: list[tuple[Subtask, JsonDocument]] = []
-    for file in sorted(path.glob("subtask_*.json")):
-        if not file.is_file():
+    for file in path.glob("subtask_*.json"):  # sorted below, by number
+        parsed = _subtask_file(file)
+        if parsed is None:
             continue
-        sub, doc = _subtask_file(file)
+        sub, doc = parsed
         subtasks.append((sub, doc))
         if sub.completion_summary is not None and len(sub.completion_summary) > SUMMARY_LIMIT:
             warnings.append(
@@ -209,14 +214,17 @@ _PARSED: dict[Path, tuple[tuple[int, int, int, int], Subtask, JsonDocument]] = {
 _PARSED_LIMIT = 200_000
 
 
-def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument]:
+def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
     """Parse and validate a subtask file, reusing the last parse while the file is the
     same one (inode, size and mtime): a run mirrors statuses many times, and every
-    rewrite is an ``os.replace`` that gives the file a new inode."""
+    rewrite is an ``os.replace`` that gives the file a new inode. None for a folder
+    or other non-file that happens to match the name pattern."""
     try:
         st = file.stat()
     except OSError as exc:
         raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        return None
     key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _PARSED.get(file)
     if cached is not None and cached[0] == key:
@@ -350,7 +358,7 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
         for seq, mutate in changes.items():
             doc = _resolve(loaded, seq, index)
             if doc.path not in pending:
-                pending[doc.path] = (doc, copy.deepcopy(doc.data))
+                pending[doc.path] = (doc, dict(doc.data))
             mutate(pending[doc.path][1])
         subtasks: list[Subtask] = []
         texts: list[tuple[Path, str]] = []
@@ -398,7 +406,7 @@ def _render_into(texts: list[tuple[Path, str]], doc: JsonDocument, new: dict[str
 
 
 def _refresh_task(data: dict[str, Any], statuses: list[SubtaskStatus]) -> dict[str, Any]:
-    new = copy.deepcopy(data)
+    new = dict(data)
     done = sum(1 for status in statuses if status is SubtaskStatus.COMPLETED)
     new["subtask_count"] = len(statuses)
     new["completed_count"] = done

@@ -94,7 +94,8 @@ def aggregate(
     """Chord callback body: build the report from the recorded results with the one
     pure function, and store it. A member whose chord value disagrees with its
     record (a redelivered copy, say) is named as a discrepancy."""
-    run_id, expected = meta["run_id"], list(meta["expected"])
+    run_id, batch = meta["run_id"], int(meta["batch"])
+    expected, following = store.batch_plan(run_id, batch)
     recorded = store.results(run_id, expected)
     discrepancies = [
         f"{r.get('seq')}: the chord got {r.get('result')}, the store recorded "
@@ -104,11 +105,11 @@ def aggregate(
         and str(r.get("seq")) in recorded
         and recorded[str(r.get("seq"))].result.value != r.get("result")
     ]
-    next_batch = PlannedBatch.model_validate(meta["next_batch"]) if meta.get("next_batch") else None
+    next_batch = PlannedBatch.model_validate_json(following) if following else None
     built = report.build(
         feature=meta["feature"],
         run_id=run_id,
-        batch=int(meta["batch"]),
+        batch=batch,
         results=list(recorded.values()),
         expected=expected,
         next_batch=next_batch,
