@@ -27,6 +27,7 @@ import json
 import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,51 +76,60 @@ def digest(value: Any) -> str:
     return _sha(text.encode("utf-8"))
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path: str) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _hash_folder(folder: Path, root: Path, protected: Sequence[str]) -> str:
+def _hash_folder(folder: str, root: str, protected: Sequence[str]) -> str:
     entries: list[tuple[str, str]] = []
     for here, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            path = Path(here) / name
-            rel = path.relative_to(root).as_posix()
-            if is_protected(rel, protected):
+            path = os.path.join(here, name)
+            if is_protected(os.path.relpath(path, root).replace(os.sep, "/"), protected):
                 continue
-            entries.append((path.relative_to(folder).as_posix(), _hash_path(path)))
+            inner = os.path.relpath(path, folder).replace(os.sep, "/")
+            entries.append((inner, _hash_path(path, root, protected)))
     return digest(entries)
 
 
-def _hash_path(path: Path) -> str:
+def _hash_path(path: str, root: str, protected: Sequence[str]) -> str:
+    """Open first and stat only on failure: a file, the common case, costs one open."""
     try:
         return _hash_file(path)
     except FileNotFoundError:
         return MISSING
+    except IsADirectoryError:
+        return _hash_folder(path, root, protected)
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
 
 
-def _hash_one(name: str, root: Path, protected: Sequence[str]) -> str:
+def _hash_one(name: str, root: str, protected: Sequence[str]) -> str:
+    """Never read what a prompt would not: protected paths, by name or by where a
+    symlink leads, and anything outside the project."""
     try:
         rel = normalise(name)
         if is_protected(rel, protected):
             return PROTECTED
     except PathError:
         return OUTSIDE
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root):
+    path = os.path.realpath(os.path.join(root, rel))
+    if not path.startswith(root + os.sep):
         return OUTSIDE
-    if path != root and is_protected(path.relative_to(root).as_posix(), protected):
+    real = path[len(root) + 1 :].replace(os.sep, "/")
+    if real != rel.rstrip("/") and is_protected(real, protected):
         return PROTECTED
-    if path.is_dir():
-        return _hash_folder(path, root, protected)
-    return _hash_path(path)
+    return _hash_path(path, root, protected)
+
+
+@lru_cache(maxsize=64)
+def _real_root(root: Path) -> str:
+    return os.path.realpath(root)
 
 
 def hash_file_set(
@@ -131,12 +141,12 @@ def hash_file_set(
     """Path (as written) -> content hash for a set of files or folders in ``root``.
 
     The one place files are hashed, for inputs and outputs alike."""
-    root = root.resolve()
+    real_root = _real_root(root)
     cache = {} if cache is None else cache
     out: dict[str, str] = {}
     for name in paths:
         if name not in cache:
-            cache[name] = _hash_one(name, root, protected)
+            cache[name] = _hash_one(name, real_root, protected)
         out[name] = cache[name]
     return out
 
@@ -155,10 +165,16 @@ def _agent(subtask: Subtask, settings: Settings) -> dict[str, Any]:
 
 
 def inputs(
-    subtask: Subtask, feature: Feature, settings: Settings, cache: HashCache | None = None
+    subtask: Subtask,
+    feature: Feature,
+    settings: Settings,
+    cache: HashCache | None = None,
+    by_seq: Mapping[str, Subtask] | None = None,
 ) -> dict[str, str]:
-    """The fingerprint parts of ``subtask`` as the files are now."""
+    """The fingerprint parts of ``subtask`` as the files are now. Callers doing many
+    subtasks pass one ``cache`` and ``by_seq`` (``feature.by_seq()``) for all."""
     cache = {} if cache is None else cache
+    by_seq = feature.by_seq() if by_seq is None else by_seq
     protected = settings.protected_paths
     parts = {
         "definition": digest(_definition(subtask)),
@@ -170,7 +186,6 @@ def inputs(
     ):
         hashed = hash_file_set(feature.root, [file_path(e) for e in entries], protected, cache)
         parts.update({f"{kind}:{path}": value for path, value in hashed.items()})
-    by_seq = feature.by_seq()
     for dep in subtask.depends_on:
         dependency = by_seq.get(dep)
         if dependency is None:
@@ -260,11 +275,12 @@ def stale(
     """Completed subtasks (all, or those in ``seqs``) whose fingerprint or outputs
     changed since their completion, with why; in seq order."""
     cache: HashCache = {}
+    by_seq = feature.by_seq()
     found: dict[str, list[Change]] = {}
     for sub in feature.subtasks:
         if sub.status is not SubtaskStatus.COMPLETED or (seqs is not None and sub.seq not in seqs):
             continue
-        current_in = inputs(sub, feature, settings, cache)
+        current_in = inputs(sub, feature, settings, cache, by_seq)
         current_out = outputs(sub, feature.root, settings.protected_paths, cache)
         why = changes(sub.batchq, current_in, current_out)
         if why:
@@ -289,7 +305,7 @@ class Recorder:
         rec = cls(feature.root, tuple(settings.protected_paths))
         for seq in seqs:
             sub = by_seq[seq]
-            rec.parts[seq] = inputs(sub, feature, settings, cache)
+            rec.parts[seq] = inputs(sub, feature, settings, cache, by_seq)
             rec.deliverables[seq] = list(sub.deliverables)
         return rec
 
