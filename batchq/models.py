@@ -14,7 +14,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 __all__ = [
     "SEQ_PATTERN",
@@ -130,6 +137,26 @@ class BatchqBlock(_Tolerant):
     attempts: int = 0
     run_id: str | None = None
     log: str | None = None
+    fingerprint: str | None = None
+    """sha256 of ``inputs`` (see :mod:`batchq.fingerprint`), recorded at completion."""
+    inputs: dict[str, str] | None = None
+    """Fingerprint parts as submitted: part -> hash, so a rerun can say what changed."""
+    outputs: dict[str, str] | None = None
+    """Deliverable -> content hash as it was at completion."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_fingerprint(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Files written before fingerprints, and failed results, keep the block's
+        established shape: the fingerprint keys appear only when there is one."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in _FINGERPRINT_KEYS:
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
+
+
+_FINGERPRINT_KEYS = ("fingerprint", "inputs", "outputs")
 
 
 Seq = Annotated[str, Field(pattern=SEQ_PATTERN)]

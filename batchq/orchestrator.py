@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Celery
 
-from batchq import planner, report
+from batchq import fingerprint, planner, report
 from batchq.errors import LockedError, UnsafeBatchError, UsageError
 from batchq.jsonfile import write_atomic
 from batchq.models import (
@@ -57,6 +57,9 @@ RESETTABLE = {ResultState.FAILED, ResultState.TIMED_OUT, ResultState.CANCELLED}
 EventsHandler = Callable[[list[Event]], None]
 ReportHandler = Callable[[BatchReport], None]
 StartHandler = Callable[[Submission], None]
+RerunHandler = Callable[[dict[str, list[str]]], None]
+"""Called with the completed subtasks a ``changed`` run resets to pending (seq ->
+reasons): once before planning, then after each batch for rechecked dependents."""
 
 
 @dataclass
@@ -67,6 +70,9 @@ class RunOptions:
     on_events: EventsHandler | None = None
     on_report: ReportHandler | None = None
     on_submit: StartHandler | None = None
+    changed: bool = False
+    """Also rerun completed subtasks whose fingerprint or outputs changed (``--changed``)."""
+    on_rerun: RerunHandler | None = None
 
 
 @dataclass
@@ -74,6 +80,8 @@ class RunResult:
     run_id: str
     feature: Feature
     reports: list[BatchReport] = field(default_factory=list)
+    reruns: dict[str, list[str]] = field(default_factory=dict)
+    """Completed subtasks this run reset to rerun, with why (``changed`` runs only)."""
 
     @property
     def ok(self) -> bool:
@@ -103,8 +111,16 @@ class _Mirror:
     subtask is written at most every ``MIRROR_EVERY_S`` seconds in one locked rewrite,
     so a batch of thousands of quick subtasks costs a few rewrites, not thousands."""
 
-    def __init__(self, root: Path, name: str, run_id: str, forward: EventsHandler | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        run_id: str,
+        forward: EventsHandler | None,
+        recorder: fingerprint.Recorder,
+    ) -> None:
         self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
+        self.recorder = recorder
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: set[str] = set()
         self.written: set[str] = set()
@@ -119,7 +135,7 @@ class _Mirror:
                 )
             elif event.kind == "finished" and event.data:
                 result = SubtaskResult.model_validate(event.data)
-                self.pending[event.seq] = _final_change(result, self.run_id)
+                self.pending[event.seq] = _final_change(result, self.run_id, self.recorder)
                 self.finished.add(event.seq)
         if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
             self.flush()
@@ -178,9 +194,11 @@ class Orchestrator:
         """Run every remaining batch until done or one fails (SPEC 3)."""
         options = options or RunOptions()
         with self.exclusive():
-            feature = self._prepare(options)
+            feature, reruns = self._prepare(options)
             run = new_run(self.store, feature, options.policy, options.context)
             result = RunResult(run.run_id, feature)
+            self._announce(result, reruns, options)
+            done: set[str] = set()
             while True:
                 plan = planner.plan(feature, self.settings.protected_paths)
                 if not plan.batches:
@@ -196,6 +214,9 @@ class Orchestrator:
                 built = self._run_one(run, feature, batch, following, options)
                 result.reports.append(built)
                 feature = load_feature(self.root, self.name)
+                if built.ok and options.changed:
+                    done.update(r.seq for r in built.results if r.ok)
+                    feature = self.recheck_dependents(feature, done, result, options)
                 result.feature = feature
                 if not built.ok:
                     break
@@ -219,17 +240,61 @@ class Orchestrator:
             result.feature = load_feature(self.root, self.name)
             return result
 
-    def _prepare(self, options: RunOptions) -> Feature:
-        """Validate everything, refuse bad agents up front, and reset what we may rerun."""
+    def recheck_dependents(
+        self, feature: Feature, done: Collection[str], result: RunResult, options: RunOptions
+    ) -> Feature:
+        """Early cutoff for ``changed`` runs: after dependencies completed again in this
+        run (``done``), reset to pending the completed subtasks depending on one of them
+        whose fingerprint now differs; one whose dependencies produced identical
+        deliverables stays completed. A subtask completed in this run is never rechecked,
+        so each runs at most once per run. Call it whenever members complete (batch
+        mode: after each batch)."""
+        candidates = [
+            s.seq
+            for s in feature.subtasks
+            if s.status is SubtaskStatus.COMPLETED
+            and s.seq not in done
+            and any(dep in done for dep in s.depends_on)
+        ]
+        if not candidates:
+            return feature
+        found = fingerprint.stale(feature, self.settings, candidates)
+        if not found:
+            return feature
+        check_agents([feature.by_seq()[seq] for seq in found], self.settings)
+        feature = update_subtasks(self.root, self.name, _rerun_changes(feature, found))
+        self._announce(result, found, options)
+        return feature
+
+    @staticmethod
+    def _announce(
+        result: RunResult, found: dict[str, list[fingerprint.Change]], options: RunOptions
+    ) -> None:
+        if not found:
+            return
+        reasons = {seq: [str(c) for c in why] for seq, why in found.items()}
+        result.reruns.update(reasons)
+        if options.on_rerun is not None:
+            options.on_rerun(reasons)
+
+    def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
+        """Validate everything, refuse bad agents up front, and reset what we may rerun:
+        failed and orphaned subtasks, and under ``changed`` the completed ones whose
+        fingerprint or outputs changed."""
         feature = load_feature(self.root, self.name)
         planner.validate(feature, self.settings.protected_paths)
-        todo = [s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED]
+        found = fingerprint.stale(feature, self.settings) if options.changed else {}
+        todo = [
+            s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED or s.seq in found
+        ]
         check_agents(todo, self.settings)
-        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        changes: dict[str, Callable[[dict[str, Any]], None]] = _rerun_changes(feature, found)
         recent = self.store.recent_runs(feature_key(feature.name, feature.root))
         if recent:
             self._refuse_if_still_running(recent[0])
         for sub in todo:
+            if sub.seq in found:
+                continue
             block = sub.batchq
             ours = block is not None and block.result in RESETTABLE
             if sub.status is SubtaskStatus.IN_PROGRESS:
@@ -239,7 +304,7 @@ class Orchestrator:
                 changes[sub.seq] = mark_pending(block)
         if changes:
             feature = update_subtasks(self.root, self.name, changes)
-        return feature
+        return feature, found
 
     def _refuse_if_still_running(self, run_id: str) -> None:
         """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
@@ -270,26 +335,30 @@ class Orchestrator:
         following: PlannedBatch | None,
         options: RunOptions,
     ) -> BatchReport:
+        # Inputs as submitted: what the members are made from, once per batch.
+        recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
         submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
         if options.on_submit is not None:
             options.on_submit(submission)
 
-        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events)
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
         built = wait(self.store, submission, self.settings, mirror)
         mirror.flush()
-        built = self._settle(run, built, mirror.written)
+        built = self._settle(run, built, mirror.written, recorder)
         if options.on_report is not None:
             options.on_report(built)
         return built
 
-    def _settle(self, run: Run, built: BatchReport, written: set[str]) -> BatchReport:
+    def _settle(
+        self, run: Run, built: BatchReport, written: set[str], recorder: fingerprint.Recorder
+    ) -> BatchReport:
         """Mirror the final states not yet mirrored (``written`` came from the progress
         stream), then check that store and files agree with the report."""
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
             if seq not in written:
-                changes[seq] = _final_change(res, run.run_id)
+                changes[seq] = _final_change(res, run.run_id, recorder)
         for seq in built.missing:
             block = BatchqBlock(
                 result=ResultState.FAILED,
@@ -340,7 +409,9 @@ def _timestamp(iso: str) -> str:
         return utc_timestamp()
 
 
-def _final_change(res: SubtaskResult, run_id: str) -> Callable[[dict[str, Any]], None]:
+def _final_change(
+    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder
+) -> Callable[[dict[str, Any]], None]:
     block = BatchqBlock(
         result=res.result,
         error=res.error,
@@ -348,12 +419,29 @@ def _final_change(res: SubtaskResult, run_id: str) -> Callable[[dict[str, Any]],
         run_id=run_id,
         log=res.log_path,
     )
+    if res.result is ResultState.COMPLETED:
+        block = recorder.stamp(res.seq, block)
     finished = utc_timestamp(res.finished_at or datetime.now(UTC))
     if res.result is ResultState.COMPLETED:
         return mark_completed(res.summary or res.title, finished, block)
     if res.result is ResultState.CANCELLED:
         return mark_pending(block)
     return mark_blocked(block)
+
+
+def _rerun_changes(
+    feature: Feature, found: Collection[str]
+) -> dict[str, Callable[[dict[str, Any]], None]]:
+    """Back to pending for a rerun; the stale fingerprint goes, so a subtask completed
+    by hand afterwards is not mistaken for one batchq completed from these inputs."""
+    by_seq = feature.by_seq()
+    changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+    for seq in found:
+        block = by_seq[seq].batchq
+        if block is not None:
+            block = block.model_copy(update={"fingerprint": None, "inputs": None, "outputs": None})
+        changes[seq] = mark_pending(block)
+    return changes
 
 
 _STATUS_FOR = {

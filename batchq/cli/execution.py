@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from batchq import planner
 from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
+from batchq.cli.views import format_reruns
 from batchq.errors import ExecutionFailed, InputError, UsageError
 from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
 from batchq.settings import Settings
@@ -156,6 +157,15 @@ class _Live:
                     markup=False,
                 )
 
+    def reruns(self, reasons: dict[str, list[str]]) -> None:
+        """Completed subtasks a ``--changed`` run resets, with why, before they run."""
+        if self.as_json:
+            for seq, why in reasons.items():
+                self._json({"event": "rerun", "seq": seq, "reasons": why})
+            return
+        for line in format_reruns(reasons):
+            (self.progress.console if self.progress else out).print(line, markup=False)
+
     def report(self, report: BatchReport) -> None:
         self.reported.add(report.batch)
         self.close()
@@ -186,6 +196,7 @@ def _execute(
     context: Path | None,
     workers: int | None,
     as_json: bool,
+    changed: bool = False,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     from batchq.connection import connect
@@ -205,6 +216,8 @@ def _execute(
         on_events=live.events,
         on_report=live.report,
         on_submit=live.submitted,
+        changed=changed,
+        on_rerun=live.reruns,
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
@@ -284,11 +297,19 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
+        changed: Annotated[
+            bool,
+            typer.Option(
+                "--changed",
+                help="Also rerun completed subtasks whose inputs or deliverables changed "
+                "(see `batchq changed`).",
+            ),
+        ] = False,
     ) -> None:
         """Run the feature batch after batch until done or a batch fails."""
         ctx = Context(root)
         result = _execute(
-            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json
+            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json, changed
         )
         _conclude(result, as_json)
 

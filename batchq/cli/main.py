@@ -343,6 +343,21 @@ def plan(
         emit([render_plan(schedule, f)])
 
 
+@app.command()
+def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Completed subtasks whose fingerprint or deliverables changed since completion:
+    what `run --changed` would rerun, and why. Reads files only."""
+    from batchq.fingerprint import stale
+
+    ctx = Context(root)
+    f = ctx.feature(feature)
+    reruns = {seq: [str(c) for c in why] for seq, why in stale(f, ctx.settings).items()}
+    if as_json:
+        emit_json({"feature": f.name, "reruns": reruns})
+    else:
+        emit(views.format_changed(f, reruns))
+
+
 def _register_execution_commands() -> None:
     from batchq.cli import execution
 

@@ -6,7 +6,7 @@ additions always come after them. Nothing here prints or reads files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from batchq import planner
@@ -18,11 +18,13 @@ __all__ = [
     "DepRow",
     "dep_rows",
     "format_blocked",
+    "format_changed",
     "format_complete",
     "format_deps",
     "format_next",
     "format_parallel",
     "format_problems",
+    "format_reruns",
     "format_status",
     "format_validate",
     "progress_percent",
@@ -233,3 +235,19 @@ def format_validate(results: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
             lines.append("  ✓ All checks passed")
         lines.append("")
     return lines
+
+
+def format_reruns(reruns: Mapping[str, Sequence[str]]) -> list[str]:
+    """One line per completed subtask that reruns, with every reason:
+    ``↻ 02 reruns: context file docs/api.md changed; definition changed``."""
+    return [f"↻ {seq} reruns: {'; '.join(reasons)}" for seq, reasons in reruns.items()]
+
+
+def format_changed(feature: Feature, reruns: Mapping[str, Sequence[str]]) -> list[str]:
+    """``batchq changed``: what ``run --changed`` would rerun before planning."""
+    if not reruns:
+        return [f"Nothing changed: every completed subtask of {feature.name} is up to date."]
+    return [
+        *format_reruns(reruns),
+        "  (their completed dependents are rechecked when they complete again)",
+    ]

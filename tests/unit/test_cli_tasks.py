@@ -125,7 +125,8 @@ def test_status_and_complete_run_without_importing_celery(appendix: Path) -> Non
         from batchq.cli.main import main
         root = ["--root", {str(appendix)!r}]
         done = ["complete", "auth-system", "02", "done"]
-        for argv in (["status"], done, ["plan", "auth-system"], ["deps", "auth-system", "04"]):
+        views = (["plan", "auth-system"], ["deps", "auth-system", "04"], ["changed", "auth-system"])
+        for argv in (["status"], done, *views):
             try:
                 main([*argv, *root])
             except SystemExit as exc:
@@ -555,3 +556,33 @@ def test_an_error_message_is_printed_on_one_line(capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().err == (
         "error: subtask_01.json: title: bad second line third fourth\n"
     )
+
+
+# --- changed (fingerprint resume, read-only) -------------------------------------------
+
+
+NO_FINGERPRINT = "no fingerprint recorded (completed before fingerprints or by hand)"
+
+
+def test_changed_lists_subtasks_completed_without_a_fingerprint(cli: Cli, appendix: Path) -> None:
+    result = cli(appendix, "changed", "auth-system")
+    assert result.code == 0
+    assert result.lines[0] == f"↻ 01 reruns: {NO_FINGERPRINT}"
+    data = json.loads(cli(appendix, "changed", "auth-system", "--json").out)
+    assert data == {"feature": "auth-system", "reruns": {"01": [NO_FINGERPRINT]}}
+
+
+def test_changed_of_a_feature_with_nothing_completed_lists_nothing(
+    cli: Cli, make_feature: MakeFeature, subtask_data: SubtaskData
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    result = cli(root, "changed", "feat")
+    assert (result.code, result.out) == (
+        0,
+        "Nothing changed: every completed subtask of feat is up to date.\n",
+    )
+
+
+def test_changed_of_an_unknown_feature_exits_2_with_a_message(cli: Cli, appendix: Path) -> None:
+    result = cli(appendix, "changed", "nope")
+    assert result.code == 2 and "unknown feature 'nope'" in result.err
