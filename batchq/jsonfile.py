@@ -12,6 +12,7 @@ raised here into a :class:`~batchq.errors.SpecError` naming the file and field.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -251,7 +252,7 @@ def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat,
                 raise ValueError(f"object key {key!r} is not a string")
             child = members.get(key)
             rendered = _render(value, old_obj.get(key), child, depth + 1, fmt, text)
-            parts.append(_leaf(key) + fmt.key_sep + rendered)
+            parts.append(_key_text(key) + fmt.key_sep + rendered)
         return _wrap("{", "}", parts, depth, fmt)
     if isinstance(new, list | tuple):
         listed = _children(node, text) if node is not None else None
@@ -264,6 +265,12 @@ def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat,
             parts.append(_render(value, before, child, depth + 1, fmt, text))
         return _wrap("[", "]", parts, depth, fmt)
     return _leaf(new)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_text(key: str) -> str:
+    """Object keys repeat in every file of a feature: encode each once."""
+    return _leaf(key)
 
 
 def _leaf(value: Any) -> str:

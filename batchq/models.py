@@ -25,6 +25,7 @@ from pydantic import (
 
 __all__ = [
     "SEQ_PATTERN",
+    "STATE_DIR",
     "BatchReport",
     "BatchStatus",
     "BatchqBlock",
@@ -50,6 +51,8 @@ SEQ_PATTERN = r"^\d{2,}$"
 _SEQ_RE = re.compile(SEQ_PATTERN)
 SUMMARY_LIMIT = 200
 DEFAULT_TIMEOUT_S = 3600.0
+STATE_DIR = ".batchq"
+"""batchq's own folder inside each feature folder (see :attr:`Feature.state_dir`)."""
 
 
 class SubtaskStatus(StrEnum):
@@ -234,7 +237,7 @@ class Feature(BaseModel):
     @property
     def state_dir(self) -> Path:
         """batchq's own per-feature files: reports, logs, run tokens."""
-        return self.path / ".batchq"
+        return self.path / STATE_DIR
 
 
 # --- planning ---------------------------------------------------------------

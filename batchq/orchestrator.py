@@ -25,6 +25,7 @@ from batchq import fingerprint, planner, report
 from batchq.errors import LockedError, UnsafeBatchError, UsageError
 from batchq.jsonfile import write_atomic
 from batchq.models import (
+    STATE_DIR,
     BatchqBlock,
     BatchReport,
     FailurePolicy,
@@ -38,6 +39,7 @@ from batchq.producer import Run, Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
 from batchq.state import Event, StateStore, feature_key
 from batchq.taskfiles import (
+    existing_feature_dir,
     feature_dir,
     load_feature,
     mark_blocked,
@@ -165,10 +167,10 @@ class Orchestrator:
     @contextmanager
     def exclusive(self) -> Iterator[str]:
         """Hold this feature for one orchestrator; yields the feature key."""
-        feature = load_feature(self.root, self.name)
-        fkey = feature_key(feature.name, feature.root)
-        feature.state_dir.mkdir(exist_ok=True)
-        fd = os.open(feature.state_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        state_dir = existing_feature_dir(self.root, self.name) / STATE_DIR
+        fkey = feature_key(self.name, self.root)
+        state_dir.mkdir(exist_ok=True)
+        fd = os.open(state_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

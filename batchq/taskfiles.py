@@ -46,6 +46,7 @@ __all__ = [
     "Mutation",
     "archive_feature",
     "complete_subtask",
+    "existing_feature_dir",
     "feature_dir",
     "feature_lock",
     "find_root",
@@ -140,7 +141,9 @@ def _check_name(name: str) -> None:
         raise UsageError(f"{name!r} is not a feature name")
 
 
-def _existing_feature(root: Path, name: str) -> Path:
+def existing_feature_dir(root: Path, name: str) -> Path:
+    """The folder of an active feature; a :class:`UsageError` naming the known ones
+    (or the archive) otherwise."""
     path = feature_dir(root, name)
     if (path / TASK_FILE).is_file():
         return path
@@ -180,7 +183,7 @@ def load_feature(root: Path, name: str) -> Feature:
 
 
 def _load(root: Path, name: str) -> _Loaded:
-    path = _existing_feature(root, name)
+    path = existing_feature_dir(root, name)
     task_doc = _read(path / TASK_FILE)
     task = _validate(TaskFile, task_doc)
     warnings: list[str] = []
@@ -235,6 +238,18 @@ def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
         _PARSED.clear()
     _PARSED[file] = (key, sub, doc)
     return sub, doc
+
+
+def _remember(file: Path, sub: Subtask, doc: JsonDocument) -> None:
+    """Cache what was just written under the lock, so the next load does not read and
+    validate it back (every rewrite is a new inode, which the cache would miss)."""
+    try:
+        st = file.stat()
+    except OSError:
+        return
+    if st.st_size != len(doc.text.encode("utf-8")):
+        return  # rewritten by someone else meanwhile: let the next load read it
+    _PARSED[file] = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), sub, doc)
 
 
 def _read(path: Path) -> JsonDocument:
@@ -348,7 +363,7 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
     nothing. ``task.json`` gets correct ``subtask_count``/``completed_count``, and
     ``status: completed`` with ``completed_at`` once every subtask is completed.
     """
-    path = _existing_feature(root, name)
+    path = existing_feature_dir(root, name)
     with feature_lock(path):
         loaded = _load(root, name)
         pending: dict[Path, tuple[JsonDocument, dict[str, Any]]] = {}
@@ -362,11 +377,13 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
             mutate(pending[doc.path][1])
         subtasks: list[Subtask] = []
         texts: list[tuple[Path, str]] = []
+        written: dict[Path, tuple[Subtask, JsonDocument, dict[str, Any]]] = {}
         for sub, doc in loaded.subtasks:
             if doc.path in pending:
                 new = pending[doc.path][1]
                 sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
                 _render_into(texts, doc, new)
+                written[doc.path] = (sub, doc, new)
             subtasks.append(sub)
         task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
         task = _validate(TaskFile, loaded.task, task_new)
@@ -376,6 +393,10 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else path
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
+        for file, text in texts:
+            if file in written:
+                sub, doc, new = written[file]
+                _remember(file, sub, JsonDocument(file, new, text, doc.format))
         # What was just validated and written, without parsing it back.
         return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
 
@@ -493,7 +514,7 @@ def archive_feature(root: Path, name: str) -> Path:
     under the feature lock so no rewrite is half-way through when the folder moves;
     a writer that was waiting then finds the feature gone (UsageError), not a ghost.
     """
-    path = _existing_feature(root, name)
+    path = existing_feature_dir(root, name)
     target = tasks_dir(root) / ARCHIVE_DIR / name
     with feature_lock(path):
         if not (path / TASK_FILE).is_file():

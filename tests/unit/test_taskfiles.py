@@ -595,3 +595,25 @@ def test_an_env_value_of_the_wrong_type_names_the_env_key(tmp_path: Path) -> Non
         load_feature(root, "feat")
     assert info.value.field == "execution.env.MODE"
     assert "got 3" in str(info.value) or "string" in str(info.value)
+
+
+def test_what_a_rewrite_caches_is_what_a_fresh_read_finds(tmp_path: Path) -> None:
+    """update_subtasks remembers the files it wrote instead of reading them back; the
+    next rewrite must render from that exactly as from a fresh parse."""
+    import batchq.taskfiles as taskfiles
+
+    folder = make_feature(tmp_path, count=3)
+    block = BatchqBlock(result=ResultState.COMPLETED, attempts=1, run_id="r1")
+    update_subtasks(tmp_path, "feat", {"01": mark_in_progress("w1", utc_timestamp())})
+    update_subtasks(tmp_path, "feat", {"01": mark_completed("done", utc_timestamp(), block)})
+    cached = load_feature(tmp_path, "feat")
+    raw_cached = load_raw(folder / "subtask_01.json")
+    update_subtasks(tmp_path, "feat", {"02": mark_blocked(block)})
+    after_cached = snapshot(folder)
+
+    taskfiles._PARSED.clear()
+    assert load_feature(tmp_path, "feat").subtasks[0] == cached.subtasks[0]
+    assert load_raw(folder / "subtask_01.json") == raw_cached
+    update_subtasks(tmp_path, "feat", {"02": mark_blocked(block)})  # no change: no write
+    assert snapshot(folder) == after_cached
+    assert json.loads((folder / "subtask_01.json").read_text())["batchq"]["run_id"] == "r1"
