@@ -23,6 +23,7 @@ from celery import Celery
 
 from batchq import planner, report
 from batchq.errors import LockedError, UnsafeBatchError, UsageError
+from batchq.flowrun import run_flow
 from batchq.jsonfile import write_atomic
 from batchq.models import (
     BatchqBlock,
@@ -31,6 +32,7 @@ from batchq.models import (
     Feature,
     PlannedBatch,
     ResultState,
+    RunMode,
     SubtaskResult,
     SubtaskStatus,
 )
@@ -62,6 +64,7 @@ StartHandler = Callable[[Submission], None]
 @dataclass
 class RunOptions:
     policy: FailurePolicy = FailurePolicy.GRACEFUL
+    mode: RunMode = RunMode.BATCH
     retry_failed: bool = True
     context: str = ""
     on_events: EventsHandler | None = None
@@ -175,8 +178,11 @@ class Orchestrator:
     # --- runs -------------------------------------------------------------------------
 
     def run(self, options: RunOptions | None = None) -> RunResult:
-        """Run every remaining batch until done or one fails (SPEC 3)."""
+        """Run every remaining batch until done or one fails (SPEC 3); in flow mode,
+        every subtask as soon as its own dependencies are completed."""
         options = options or RunOptions()
+        if options.mode is RunMode.FLOW:
+            return self._run_flow(options)
         with self.exclusive():
             feature = self._prepare(options)
             run = new_run(self.store, feature, options.policy, options.context)
@@ -199,6 +205,31 @@ class Orchestrator:
                 result.feature = feature
                 if not built.ok:
                     break
+            return result
+
+    def _run_flow(self, options: RunOptions) -> RunResult:
+        """Plan once, then let :mod:`batchq.flowrun` publish each subtask when it is
+        ready; each planned batch is settled and saved as it closes."""
+        with self.exclusive():
+            feature = self._prepare(options)
+            run = new_run(self.store, feature, options.policy, options.context)
+            result = RunResult(run.run_id, feature)
+            plan = planner.plan(feature, self.settings.protected_paths)
+            if not plan.batches:
+                return result
+            mirror = _Mirror(self.root, self.name, run.run_id, options.on_events)
+
+            def reported(built: BatchReport) -> None:
+                mirror.flush()
+                built = self._settle(run, built, mirror.written)
+                result.reports.append(built)
+                if options.on_report is not None:
+                    options.on_report(built)
+
+            run_flow(self.app, self.store, run, feature, plan, self.settings, mirror, reported)
+            mirror.flush()
+            result.reports.sort(key=lambda r: r.batch)
+            result.feature = load_feature(self.root, self.name)
             return result
 
     def run_batch(self, seqs: list[str], options: RunOptions | None = None) -> RunResult:
@@ -245,11 +276,11 @@ class Orchestrator:
         """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
         workers; starting another would run its queued members twice. It counts as
         alive while a member holds a claim or its stream moved within ``stall_s``."""
-        states = self.store.batch_states(run_id)
-        last = max(states, default=0)
-        if not last or states[last] != "running":
+        running = [n for n, state in self.store.batch_states(run_id).items() if state == "running"]
+        if not running:
             return
-        members = self.store.batch_members(run_id, last)
+        # Batch mode has one running batch; flow mode may have several at once.
+        members = [seq for n in running for seq in self.store.batch_members(run_id, n)]
         recorded = self.store.results(run_id, members)
         missing = [seq for seq in members if seq not in recorded]
         if not missing:
@@ -258,8 +289,8 @@ class Orchestrator:
         if self.store.live_claims(run_id, missing) or quiet_s < self.settings.stall_s:
             raise LockedError(
                 self.name,
-                f"run {run_id} on the workers (batch {last}: {len(recorded)}/{len(members)} "
-                "reported)",
+                f"run {run_id} on the workers (batch {', '.join(map(str, running))}: "
+                f"{len(recorded)}/{len(members)} reported)",
             )
 
     def _run_one(
@@ -297,6 +328,11 @@ class Orchestrator:
                 run_id=run.run_id,
             )
             changes[seq] = mark_blocked(block)
+        for skip in built.skipped:
+            block = BatchqBlock(
+                result=ResultState.CANCELLED, error=f"skipped: {skip.reason}", run_id=run.run_id
+            )
+            changes[skip.seq] = mark_pending(block)
         if changes:
             feature = update_subtasks(self.root, self.name, changes)
         else:

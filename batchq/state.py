@@ -307,18 +307,24 @@ class StateStore:
         return cast(str, value) if value is not None else ""
 
     def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> None:
-        key = self.keys.batch(run_id, n)
+        self.start_batches(run_id, {n: expected}, policy)
+
+    def start_batches(self, run_id: str, batches: Mapping[int, Sequence[str]], policy: str) -> None:
+        """Record batches as running, in one round trip (flow mode registers the whole
+        plan at once: its batches overlap in time)."""
         pipe = self.r.pipeline()
-        pipe.hset(
-            key,
-            mapping={
-                "expected": json.dumps(list(expected)),
-                "policy": policy,
-                "submitted_at": now_iso(),
-                "state": "running",
-            },
-        )
-        pipe.expire(key, self.ttl)
+        for n, expected in batches.items():
+            key = self.keys.batch(run_id, n)
+            pipe.hset(
+                key,
+                mapping={
+                    "expected": json.dumps(list(expected)),
+                    "policy": policy,
+                    "submitted_at": now_iso(),
+                    "state": "running",
+                },
+            )
+            pipe.expire(key, self.ttl)
         pipe.execute()
 
     def batch_states(self, run_id: str) -> dict[int, str]:

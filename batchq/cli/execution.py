@@ -22,7 +22,7 @@ from batchq import planner
 from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.errors import ExecutionFailed, InputError, UsageError
-from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
+from batchq.models import BatchReport, FailurePolicy, ResultState, RunMode, SubtaskStatus
 from batchq.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ class PoolName(StrEnum):
 OnFailure = Annotated[
     FailurePolicy,
     typer.Option("--on-failure", help="graceful (default), terminate or continue."),
+]
+ModeOpt = Annotated[
+    RunMode,
+    typer.Option(
+        "--mode",
+        help="batch (default): batch after batch; flow: each subtask as soon as its own "
+        "dependencies are completed.",
+    ),
 ]
 ContextOpt = Annotated[
     Path | None, typer.Option("--context", help="Shared session context file for every agent.")
@@ -79,12 +87,14 @@ class _Live:
 
     ``run`` opens each batch's bar when it submits the batch; ``watch`` (``follow``)
     joins a run from its event stream alone, so it opens a bar, of unknown length, at
-    a batch's first event.
+    a batch's first event. In flow mode batches overlap, so one bar follows the whole
+    run and each batch's report is printed above it as the batch closes.
     """
 
-    def __init__(self, as_json: bool, *, follow: bool = False) -> None:
+    def __init__(self, as_json: bool, *, follow: bool = False, flow: bool = False) -> None:
         self.as_json = as_json
         self.follow = follow
+        self.flow = flow
         self.progress: Progress | None = None
         self.task: Any = None
         self.batch: int | None = None
@@ -103,11 +113,12 @@ class _Live:
             return
         self._open(sub.batch.number, sub.expected)
 
-    def _open(self, batch: int, seqs: list[str] | None) -> None:
+    def _open(self, batch: int | str, seqs: list[str] | None) -> None:
         self.close()
-        out.print(f"▶ Batch {batch}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
+        label = batch if isinstance(batch, str) else f"Batch {batch}"
+        out.print(f"▶ {label}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
         self.progress = Progress(
-            TextColumn("  Batch {task.fields[batch]}"),
+            TextColumn("  {task.fields[batch]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -116,10 +127,12 @@ class _Live:
         )
         self.progress.start()
         total = len(seqs) if seqs else None
-        self.task = self.progress.add_task("batch", total=total, batch=batch)
-        self.batch = batch
+        self.task = self.progress.add_task("batch", total=total, batch=label)
+        self.batch = batch if isinstance(batch, int) else None
 
     def events(self, events: list[Event]) -> None:
+        if self.flow and self.progress is None and not self.as_json and events:
+            self._open("Flow", None)
         for event in events:
             if self.as_json:
                 self._json(
@@ -158,12 +171,14 @@ class _Live:
 
     def report(self, report: BatchReport) -> None:
         self.reported.add(report.batch)
-        self.close()
+        if not self.flow:
+            self.close()
         if self.as_json:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
         else:
-            out.print(render_markdown(report), markup=False)
-            out.print("", markup=False)
+            console = self.progress.console if self.progress is not None else out
+            console.print(render_markdown(report), markup=False)
+            console.print("", markup=False)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -186,6 +201,7 @@ def _execute(
     context: Path | None,
     workers: int | None,
     as_json: bool,
+    mode: RunMode = RunMode.BATCH,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     from batchq.connection import connect
@@ -197,9 +213,10 @@ def _execute(
     todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
     check_agents(todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings)
     text = _read_context(context)
-    live = _Live(as_json)
+    live = _Live(as_json, flow=mode is RunMode.FLOW)
     options = RunOptions(
         policy=policy,
+        mode=mode,
         retry_failed=retry_failed,
         context=text,
         on_events=live.events,
@@ -283,12 +300,14 @@ def register(app: typer.Typer) -> None:
         no_retry_failed: Annotated[bool, typer.Option("--no-retry-failed")] = False,
         context: ContextOpt = None,
         workers: WorkersOpt = None,
+        mode: ModeOpt = RunMode.BATCH,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run the feature batch after batch until done or a batch fails."""
+        """Run the feature batch after batch until done or a batch fails (--mode flow:
+        each subtask as soon as its dependencies are completed)."""
         ctx = Context(root)
         result = _execute(
-            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json
+            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json, mode
         )
         _conclude(result, as_json)
 
