@@ -107,7 +107,12 @@ def test_longest_first_among_simultaneously_ready_subtasks() -> None:
 
 def test_a_failure_skips_exactly_the_transitive_dependents_with_reasons() -> None:
     flow = schedule(
-        sub("01"), sub("02"), sub("03", "01"), sub("04", "03"), sub("05", "02"), sub("06", "04", "05")
+        sub("01"),
+        sub("02"),
+        sub("03", "01"),
+        sub("04", "03"),
+        sub("05", "02"),
+        sub("06", "04", "05"),
     )
     start(flow)
     skips = flow.finished("01", ResultState.FAILED)
