@@ -35,6 +35,7 @@ from batchq.producer import (
     publish_each,
     report_from_store,
     signature,
+    weights,
 )
 from batchq.settings import Settings
 from batchq.state import Event, StateStore
@@ -61,14 +62,8 @@ class _FlowRun:
         by_seq = feature.by_seq()
         members = [by_seq[s] for b in plan.batches for s in b.seqs]
         self.agents = check_agents(members, settings)
-        durations = store.durations(run.feature_key)
-        weights = {
-            s.seq: s.execution.estimate_s
-            if s.execution and s.execution.estimate_s is not None
-            else durations.get(s.seq, 0.0)
-            for s in members
-        }
-        self.schedule = FlowSchedule(feature, plan, weights)
+        learned = weights(members, store.durations(run.feature_key))
+        self.schedule = FlowSchedule(feature, plan, learned)
         self.by_seq = by_seq
         self.batches = {b.number: b for b in plan.batches}
         self.following = {

@@ -212,7 +212,7 @@ class Orchestrator:
         ready; each planned batch is settled and saved as it closes."""
         with self.exclusive():
             feature = self._prepare(options)
-            run = new_run(self.store, feature, options.policy, options.context)
+            run = new_run(self.store, feature, options.policy, options.context, RunMode.FLOW)
             result = RunResult(run.run_id, feature)
             plan = planner.plan(feature, self.settings.protected_paths)
             if not plan.batches:

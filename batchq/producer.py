@@ -28,6 +28,7 @@ from batchq.models import (
     FailurePolicy,
     Feature,
     PlannedBatch,
+    RunMode,
     Subtask,
     SubtaskMessage,
 )
@@ -41,12 +42,12 @@ __all__ = [
     "check_agents",
     "follow",
     "new_run",
-    "order",
     "publish_each",
     "report_from_store",
     "signature",
     "submit",
     "wait",
+    "weights",
 ]
 
 EventHandler = Callable[[list[Event]], None]
@@ -103,8 +104,15 @@ def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, s
     return agents
 
 
-def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context: str = "") -> Run:
-    """Create a run: its token file in the workspace and its record and context in Redis."""
+def new_run(
+    store: StateStore,
+    feature: Feature,
+    policy: FailurePolicy,
+    context: str = "",
+    mode: RunMode = RunMode.BATCH,
+) -> Run:
+    """Create a run: its token file in the workspace and its record and context in Redis
+    (``mode`` is recorded so ``watch`` knows whether batches overlap)."""
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
     token = secrets.token_hex(16)
     fkey = feature_key(feature.name, feature.root)
@@ -118,6 +126,7 @@ def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context:
             "feature_key": fkey,
             "root": str(feature.root),
             "policy": policy.value,
+            "mode": mode.value,
             "created_at": datetime.now(UTC).isoformat(),
         },
         context,
@@ -125,16 +134,23 @@ def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context:
     return Run(run_id, feature.name, fkey, feature.root, token, policy)
 
 
-def order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
-    """Longest first when durations are known (estimate or learned): with prefetch 1
-    the publish order is the dispatch order, and LPT shortens the makespan."""
+def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
+    """Each member's expected duration: its ``estimate_s``, else the last measured
+    one, else 0 (unknown). Both modes order simultaneously ready work by it."""
 
     def weight(sub: Subtask) -> float:
         if sub.execution and sub.execution.estimate_s is not None:
             return sub.execution.estimate_s
         return learned.get(sub.seq, 0.0)
 
-    return sorted(members, key=lambda s: (-weight(s), s.number))
+    return {sub.seq: weight(sub) for sub in members}
+
+
+def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
+    """Longest first when durations are known (estimate or learned): with prefetch 1
+    the publish order is the dispatch order, and LPT shortens the makespan."""
+    known = weights(members, learned)
+    return sorted(members, key=lambda s: (-known[s.seq], s.number))
 
 
 def submit(
@@ -150,7 +166,7 @@ def submit(
     by_seq = feature.by_seq()
     members = [by_seq[seq] for seq in batch.seqs]
     agents = check_agents(members, settings)
-    members = order(members, store.durations(run.feature_key))
+    members = _order(members, store.durations(run.feature_key))
     stream_from = store.last_event_id(run.run_id)
     store.start_batch(run.run_id, batch.number, batch.seqs, run.policy.value)
     submitted_at = datetime.now(UTC)

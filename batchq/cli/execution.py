@@ -146,6 +146,7 @@ class _Live:
                 continue
             if (
                 self.follow
+                and not self.flow
                 and event.kind in ("started", "finished")
                 and event.batch != self.batch
                 and event.batch not in self.reported
@@ -164,10 +165,12 @@ class _Live:
                 if self.progress is not None:
                     self.progress.advance(self.task)
             elif event.kind == "failed_fast" and self.progress is not None:
-                self.progress.console.print(
-                    f"  ! {event.seq} failed: the batch will not be followed by the next one",
-                    markup=False,
+                then = (
+                    "what depends on it is skipped"
+                    if self.flow
+                    else "the batch will not be followed by the next one"
                 )
+                self.progress.console.print(f"  ! {event.seq} failed: {then}", markup=False)
 
     def report(self, report: BatchReport) -> None:
         self.reported.add(report.batch)
@@ -356,12 +359,13 @@ def register(app: typer.Typer) -> None:
         ctx = Context(root)
         f = ctx.feature(feature)
         fkey = feature_key(f.name, f.root)
-        live = _Live(as_json, follow=True)
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             runs = conn.store.recent_runs(fkey, 1)
             if not runs:
                 raise UsageError(f"no run of {feature} is recorded in Redis")
             run_id = runs[0]
+            flow = conn.store.run_info(run_id).get("mode") == RunMode.FLOW.value
+            live = _Live(as_json, follow=True, flow=flow)
             if as_json:
                 live._json({"event": "watching", "run_id": run_id, "feature": f.name})
             else:
