@@ -22,6 +22,7 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    NextStep,
     Plan,
     ResultState,
 )
@@ -66,10 +67,6 @@ class _FlowRun:
         self.schedule = FlowSchedule(feature, plan, learned)
         self.by_seq = by_seq
         self.batches = {b.number: b for b in plan.batches}
-        self.following = {
-            b.number: plan.batches[i + 1] if i + 1 < len(plan.batches) else None
-            for i, b in enumerate(plan.batches)
-        }
         self.submissions: dict[int, Submission] = {}
         self.hard_cap_s = sum(budget_s(s, settings) for s in members) + settings.stall_s
         self.stream_from = store.last_event_id(run.run_id)
@@ -110,7 +107,7 @@ class _FlowRun:
                 run=self.run,
                 batch=batch,
                 expected=list(batch.seqs),
-                next_batch=self.following[n],
+                next_batch=None,
                 submitted_at=datetime.now(UTC),
                 stream_from=self.stream_from,
                 hard_cap_s=self.hard_cap_s,
@@ -126,6 +123,8 @@ class _FlowRun:
         for event in events:
             if event.kind != "finished" or not event.data:
                 continue
+            if event.seq not in self.schedule.in_flight:
+                continue  # a repeat (at-least-once, or reread after a Redis blip)
             state = ResultState(str(event.data.get("result", "failed")))
             skips = self.schedule.finished(event.seq, state)
             if state is not ResultState.COMPLETED:
@@ -162,7 +161,15 @@ class _FlowRun:
             skipped = {
                 s: self.schedule.skipped[s] for s in batch.seqs if s in self.schedule.skipped
             }
-            built = report_from_store(self.store, self._submission(n), forced, skipped)
+            still = [str(b) for b in self.batches if b not in self.reported]
+            going_on = NextStep(
+                dependencies_satisfied=True,
+                recommendation=f"Flow mode: batch {', '.join(still)} go on as their own "
+                "dependencies complete",
+            )
+            built = report_from_store(
+                self.store, self._submission(n), forced, skipped, going_on if still else None
+            )
             self.on_report(built)
 
     def give_up(self, reason: str | None) -> bool:

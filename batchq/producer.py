@@ -27,6 +27,7 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    NextStep,
     PlannedBatch,
     RunMode,
     Subtask,
@@ -262,6 +263,7 @@ def report_from_store(
     sub: Submission,
     forced_reason: str | None = None,
     skipped: Mapping[str, str] | None = None,
+    next_if_ok: NextStep | None = None,
 ) -> BatchReport:
     """Build and store the report from the recorded results: the batch-of-one path,
     and the deadline path (``forced_reason``), which also stops members not yet
@@ -283,6 +285,8 @@ def report_from_store(
         discrepancies=[forced_reason] if forced_reason else [],
         skipped=skipped,
     )
+    if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
+        built = built.model_copy(update={"next": next_if_ok})
     store.store_report(built, run.feature_key)
     return store.report(run.run_id, sub.batch.number) or built
 

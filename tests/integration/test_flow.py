@@ -116,6 +116,12 @@ def test_a_diamond_and_a_chain_complete_with_every_dependency_finished_first(
     # One report per plan batch, holding exactly that batch's members.
     assert {r.batch: [x.seq for x in r.results] for r in result.reports} == plan
     assert all(r.status is BatchStatus.COMPLETED for r in result.reports)
+    # No "next batch" to wait for: a report says what goes on, the last one is the end.
+    by_close = sorted(result.reports, key=lambda r: r.finished_at or 0)
+    assert by_close[-1].next.recommendation == "All batches complete"
+    for early in by_close[:-1]:
+        assert early.next.recommendation.startswith("Flow mode: batch")
+        assert early.next.batch is None
     # Mirrored into the files and saved per batch.
     assert set(statuses(root).values()) == {"completed"}
     assert raw(root, "04")["batchq"]["run_id"] == result.run_id
@@ -258,3 +264,36 @@ def test_the_cli_runs_in_flow_mode_and_exits_1_on_a_failure(
     assert "## Batch 1 Execution Complete" in out and "## Batch 2 Execution Complete" in out
     assert "⏭ Subtask 02" in out and "skipped — depends on 01, which failed" in out
     assert statuses(root)["03"] == "completed"
+
+
+def test_batchq_cancel_stops_a_flow_run_and_skips_what_never_started(
+    make_feature, subtask_data, run_flow, stack, monkeypatch, capsys
+):
+    import threading
+
+    from batchq.cli.main import main
+    from batchq.state import wait_until
+
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01", "sleep 60 && ")),
+            subtask_data("02", command=write("02"), depends_on=["01"]),
+        ]
+    )
+    outcome: dict[str, RunResult] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("r", run_flow(root)))
+    runner.start()
+    assert wait_until(lambda: statuses(root)["01"] == "in_progress", 60)
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    with pytest.raises(SystemExit) as info:
+        main(["cancel", "feat", "--root", str(root)])
+    assert info.value.code == 0
+    assert "Cancelled batch" in capsys.readouterr().out
+    runner.join(90)
+    assert not runner.is_alive()
+    result = outcome["r"]
+    assert not result.ok
+    assert results(result)["01"].result is ResultState.CANCELLED
+    skipped = {s.seq: s.reason for r in result.reports for s in r.skipped}
+    assert skipped == {"02": "depends on 01, which was cancelled"}
+    assert statuses(root) == {"01": "pending", "02": "pending"}
