@@ -47,6 +47,8 @@ ReportHandler = Callable[[BatchReport], None]
 
 
 class _FlowRun:
+    """One flow-mode run: the schedule, what was published, which batches reported."""
+
     def __init__(
         self,
         app: Celery,
@@ -129,7 +131,7 @@ class _FlowRun:
             skips = self.schedule.finished(event.seq, state)
             if state is not ResultState.COMPLETED:
                 skips += self._apply_policy(event.seq, state)
-            touched.add(self.schedule.batch_of.get(event.seq, 0))
+            touched.add(self.schedule.batch_of[event.seq])
             touched.update(self.schedule.batch_of[s.seq] for s in skips)
         self.publish_ready()
         self.close(touched)
