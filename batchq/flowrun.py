@@ -158,12 +158,11 @@ class _FlowRun:
                 continue
             if forced is None and self.schedule.members_left(n):
                 continue
-            self.reported.add(n)
             batch = self.batches[n]
             skipped = {
                 s: self.schedule.skipped[s] for s in batch.seqs if s in self.schedule.skipped
             }
-            still = [str(b) for b in self.batches if b not in self.reported]
+            still = [str(b) for b in self.batches if b not in self.reported and b != n]
             going_on = NextStep(
                 dependencies_satisfied=True,
                 recommendation=f"Flow mode: batch {', '.join(still)} go on as their own "
@@ -173,6 +172,8 @@ class _FlowRun:
                 self.store, self._submission(n), forced, skipped, going_on if still else None
             )
             self.on_report(built)
+            # Only now: a Redis blip above makes the loop reread the events and retry.
+            self.reported.add(n)
 
     def give_up(self, reason: str | None) -> bool:
         """The stall deadline or the hard cap: skip what never started and force a

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from celery import Celery, chord, group
+from kombu.exceptions import OperationalError
 
 from batchq import report
 from batchq.agents.base import agent_for
@@ -55,6 +56,9 @@ EventHandler = Callable[[list[Event]], None]
 """Called with each new slice of the batch's events, and with none at least every
 second, so a handler can do periodic work (the orchestrator's coalesced mirroring)."""
 OUTAGE_POLL_S = 0.5
+RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
+"""What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
+``step`` (flow mode) finds the broker down past kombu's own retries."""
 T = TypeVar("T")
 PUBLISH_BATCH = 1000
 
@@ -381,7 +385,7 @@ def follow(
                     return give_up(None)
             if now - start >= hard_cap_s:
                 return give_up(f"hard deadline of {hard_cap_s:g}s passed")
-        except CONNECTION_ERRORS as exc:
+        except RIDE_OUT as exc:
             now = time.monotonic()
             outage_since = outage_since if outage_since is not None else now
             if now - outage_since >= settings.stall_s:
