@@ -59,8 +59,11 @@ def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def run_flow(stack: str) -> Iterator[Callable[..., RunResult]]:
     stores: list[StateStore] = []
 
-    def run(root: Path, policy: FailurePolicy = FailurePolicy.GRACEFUL) -> RunResult:
-        settings = load_settings(root, redis_url=stack, shell_allow=["*"], stall_s=60.0)
+    def run(
+        root: Path, policy: FailurePolicy = FailurePolicy.GRACEFUL, **overrides: Any
+    ) -> RunResult:
+        values: dict[str, Any] = {"redis_url": stack, "shell_allow": ["*"], "stall_s": 60.0}
+        settings = load_settings(root, **{**values, **overrides})
         store = StateStore.from_url(stack, prefix=settings.key_prefix)
         stores.append(store)
         orch = Orchestrator(root, "feat", settings, create_app(settings), store)
@@ -297,3 +300,28 @@ def test_batchq_cancel_stops_a_flow_run_and_skips_what_never_started(
     skipped = {s.seq: s.reason for r in result.reports for s in r.skipped}
     assert skipped == {"02": "depends on 01, which was cancelled"}
     assert statuses(root) == {"01": "pending", "02": "pending"}
+
+
+def test_a_stalled_flow_run_gets_forced_reports_and_skips_what_never_started(
+    make_feature, subtask_data, run_flow
+):
+    """01 goes to a queue no worker consumes: nothing moves for stall_s, so the run
+    ends with forced reports naming 01 instead of hanging."""
+    root = make_feature(
+        [
+            subtask_data("01", agent="Nobody"),
+            subtask_data("02", command=write("02"), depends_on=["01"]),
+            subtask_data("03", command=write("03")),
+        ]
+    )
+    nobody = {"Nobody": {"command": "true"}}
+    result = run_flow(root, stall_s=3.0, agents=nobody)
+    assert not result.ok
+    first, second = result.reports
+    assert first.forced and first.missing == ["01"]
+    assert "stalled" in " ".join(first.discrepancies)
+    assert [r.seq for r in first.results] == ["03"] and first.results[0].ok
+    assert [s.seq for s in second.skipped] == ["02"]
+    assert second.skipped[0].reason.startswith("not started: stalled")
+    assert statuses(root) == {"01": "blocked", "02": "pending", "03": "completed"}
+    assert "no result before the batch deadline" in raw(root, "01")["batchq"]["error"]
