@@ -300,14 +300,19 @@ class Recorder:
 
     @classmethod
     def for_batch(cls, feature: Feature, seqs: Iterable[str], settings: Settings) -> Recorder:
+        rec = cls(feature.root, tuple(settings.protected_paths))
+        rec.take(feature, seqs, settings)
+        return rec
+
+    def take(self, feature: Feature, seqs: Iterable[str], settings: Settings) -> None:
+        """Take the inputs of members about to be enqueued (flow mode calls this as
+        each becomes ready: its dependencies' deliverables are final only then)."""
         cache: HashCache = {}
         by_seq = feature.by_seq()
-        rec = cls(feature.root, tuple(settings.protected_paths))
         for seq in seqs:
             sub = by_seq[seq]
-            rec.parts[seq] = inputs(sub, feature, settings, cache, by_seq)
-            rec.deliverables[seq] = list(sub.deliverables)
-        return rec
+            self.parts[seq] = inputs(sub, feature, settings, cache, by_seq)
+            self.deliverables[seq] = list(sub.deliverables)
 
     def stamp(self, seq: str, block: BatchqBlock) -> BatchqBlock:
         """``block`` with the fingerprint of a member that just completed: its inputs as

@@ -38,6 +38,8 @@ __all__ = [
     "Plan",
     "PlannedBatch",
     "ResultState",
+    "RunMode",
+    "SkippedSubtask",
     "Subtask",
     "SubtaskMessage",
     "SubtaskResult",
@@ -84,6 +86,14 @@ class FailurePolicy(StrEnum):
     GRACEFUL = "graceful"
     TERMINATE = "terminate"
     CONTINUE = "continue"
+
+
+class RunMode(StrEnum):
+    """``batch``: each planned batch waits for the previous one (the default).
+    ``flow``: a subtask starts as soon as its own dependencies are completed."""
+
+    BATCH = "batch"
+    FLOW = "flow"
 
 
 class BatchStatus(StrEnum):
@@ -318,6 +328,13 @@ class NextStep(_Wire):
     recommendation: str = ""
 
 
+class SkippedSubtask(_Wire):
+    """A member flow mode never enqueued (a dependency failed, or the run stopped)."""
+
+    seq: str
+    reason: str
+
+
 class BatchReport(_Wire):
     """The aggregated result of one batch, built by :func:`batchq.report.build`."""
 
@@ -338,6 +355,7 @@ class BatchReport(_Wire):
     speedup: float = 0.0
     forced: bool = False
     missing: list[str] = Field(default_factory=list)
+    skipped: list[SkippedSubtask] = Field(default_factory=list)
     discrepancies: list[str] = Field(default_factory=list)
 
     @property

@@ -23,6 +23,7 @@ from celery import Celery
 
 from batchq import fingerprint, planner, report
 from batchq.errors import LockedError, UnsafeBatchError, UsageError
+from batchq.flowrun import run_flow
 from batchq.jsonfile import write_atomic
 from batchq.models import (
     STATE_DIR,
@@ -30,8 +31,10 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    Plan,
     PlannedBatch,
     ResultState,
+    RunMode,
     SubtaskResult,
     SubtaskStatus,
 )
@@ -67,6 +70,7 @@ reasons): once before planning, then after each batch for rechecked dependents."
 @dataclass
 class RunOptions:
     policy: FailurePolicy = FailurePolicy.GRACEFUL
+    mode: RunMode = RunMode.BATCH
     retry_failed: bool = True
     context: str = ""
     on_events: EventsHandler | None = None
@@ -193,8 +197,11 @@ class Orchestrator:
     # --- runs -------------------------------------------------------------------------
 
     def run(self, options: RunOptions | None = None) -> RunResult:
-        """Run every remaining batch until done or one fails (SPEC 3)."""
+        """Run every remaining batch until done or one fails (SPEC 3); in flow mode,
+        every subtask as soon as its own dependencies are completed."""
         options = options or RunOptions()
+        if options.mode is RunMode.FLOW:
+            return self._run_flow(options)
         with self.exclusive():
             feature, reruns = self._prepare(options)
             run = new_run(self.store, feature, options.policy, options.context)
@@ -223,6 +230,66 @@ class Orchestrator:
                 if not built.ok:
                     break
             return result
+
+    def _run_flow(self, options: RunOptions) -> RunResult:
+        """Plan once, then let :mod:`batchq.flowrun` publish each subtask when it is
+        ready; each planned batch is settled and saved as it closes. Under ``changed``
+        the completed dependents of what completed are rechecked when the flow drains,
+        and a further flow runs the ones that must rerun (batch numbers go on)."""
+        with self.exclusive():
+            feature, reruns = self._prepare(options)
+            run = new_run(self.store, feature, options.policy, options.context, RunMode.FLOW)
+            result = RunResult(run.run_id, feature)
+            self._announce(result, reruns, options)
+            done: set[str] = set()
+            while True:
+                plan = _renumbered(
+                    planner.plan(feature, self.settings.protected_paths), len(result.reports)
+                )
+                if not plan.batches:
+                    break
+                passed = self._flow_pass(run, feature, plan, options, result)
+                feature = load_feature(self.root, self.name)
+                result.feature = feature
+                if not all(r.ok for r in passed) or not options.changed:
+                    break
+                done.update(r.seq for built in passed for r in built.results if r.ok)
+                feature = self.recheck_dependents(feature, done, result, options)
+                result.feature = feature
+            result.reports.sort(key=lambda r: r.batch)
+            return result
+
+    def _flow_pass(
+        self, run: Run, feature: Feature, plan: Plan, options: RunOptions, result: RunResult
+    ) -> list[BatchReport]:
+        recorder = fingerprint.Recorder(feature.root, tuple(self.settings.protected_paths))
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
+        passed: list[BatchReport] = []
+
+        def reported(built: BatchReport) -> None:
+            mirror.flush()
+            built = self._settle(run, built, mirror.written, recorder)
+            passed.append(built)
+            result.reports.append(built)
+            if options.on_report is not None:
+                options.on_report(built)
+
+        def publishing(seqs: list[str]) -> None:
+            recorder.take(feature, seqs, self.settings)
+
+        run_flow(
+            self.app,
+            self.store,
+            run,
+            feature,
+            plan,
+            self.settings,
+            mirror,
+            reported,
+            publishing,
+        )
+        mirror.flush()
+        return passed
 
     def run_batch(self, seqs: list[str], options: RunOptions | None = None) -> RunResult:
         """Run one explicit batch after the BatchExecutor safety check (SPEC 2)."""
@@ -312,11 +379,11 @@ class Orchestrator:
         """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
         workers; starting another would run its queued members twice. It counts as
         alive while a member holds a claim or its stream moved within ``stall_s``."""
-        states = self.store.batch_states(run_id)
-        last = max(states, default=0)
-        if not last or states[last] != "running":
+        running = [n for n, state in self.store.batch_states(run_id).items() if state == "running"]
+        if not running:
             return
-        members = self.store.batch_members(run_id, last)
+        # Batch mode has one running batch; flow mode may have several at once.
+        members = [seq for n in running for seq in self.store.batch_members(run_id, n)]
         recorded = self.store.results(run_id, members)
         missing = [seq for seq in members if seq not in recorded]
         if not missing:
@@ -325,8 +392,8 @@ class Orchestrator:
         if self.store.live_claims(run_id, missing) or quiet_s < self.settings.stall_s:
             raise LockedError(
                 self.name,
-                f"run {run_id} on the workers (batch {last}: {len(recorded)}/{len(members)} "
-                "reported)",
+                f"run {run_id} on the workers (batch {', '.join(map(str, running))}: "
+                f"{len(recorded)}/{len(members)} reported)",
             )
 
     def _run_one(
@@ -368,6 +435,11 @@ class Orchestrator:
                 run_id=run.run_id,
             )
             changes[seq] = mark_blocked(block)
+        for skip in built.skipped:
+            block = BatchqBlock(
+                result=ResultState.CANCELLED, error=f"skipped: {skip.reason}", run_id=run.run_id
+            )
+            changes[skip.seq] = mark_pending(block)
         if changes:
             feature = update_subtasks(self.root, self.name, changes)
         else:
@@ -401,6 +473,22 @@ class Orchestrator:
             built.model_dump_json(indent=2) + "\n",
             durable=False,
         )
+
+
+def _renumbered(plan: Plan, offset: int) -> Plan:
+    """A later flow pass's plan, numbered after the batches already reported."""
+    if not offset:
+        return plan
+    batches = [
+        b.model_copy(
+            update={
+                "number": b.number + offset,
+                "after": None if b.after is None else b.after + offset,
+            }
+        )
+        for b in plan.batches
+    ]
+    return plan.model_copy(update={"batches": batches})
 
 
 def _timestamp(iso: str) -> str:

@@ -44,6 +44,7 @@ from batchq.settings import DEFAULT_PROTECTED
 
 __all__ = [
     "DepNode",
+    "PathIndex",
     "Problem",
     "ProblemKind",
     "ViolationKind",
@@ -353,7 +354,7 @@ def _keys(path: str) -> tuple[str, tuple[str, ...]]:
     return "/".join(comps), ancestors
 
 
-class _PathIndex:
+class PathIndex:
     """The deliverables of one batch, indexed so testing a path costs O(its depth)
     rather than O(batch size): equal paths share a key, a folder is found among the
     new path's ancestors, and a new folder finds the paths filed under it."""
@@ -451,7 +452,7 @@ def _cut_level(
 
     members: list[str] = []
     reasons: dict[str, str] = {}
-    index = _PathIndex()
+    index = PathIndex()
     for seq in seqs:
         sub = by_seq[seq]
         if not sub.parallel:
@@ -459,7 +460,7 @@ def _cut_level(
         clash = next(index.clashes(sub.deliverables), None)
         if clash is not None:
             yield members, True, reasons
-            members, reasons, index = [], {}, _PathIndex()
+            members, reasons, index = [], {}, PathIndex()
         members.append(seq)
         reasons[seq] = why(seq)
         if clash is not None:
@@ -505,7 +506,7 @@ def check_batch(
 
     inside = {sub.seq for sub in members}
     patterns = tuple(protected)
-    index = _PathIndex()
+    index = PathIndex()
     for sub in members:
         out.extend(_member_violations(sub, by_seq, inside, len(members)))
         for problem in _subtask_path_problems(sub, patterns):

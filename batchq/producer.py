@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery, group
 from celery.utils import uuid
+from kombu.exceptions import OperationalError
 
 from batchq import report
 from batchq.agents.base import agent_for
@@ -27,19 +28,38 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    NextStep,
     PlannedBatch,
+    RunMode,
     Subtask,
     SubtaskMessage,
 )
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, Event, StateStore, feature_key
 
-__all__ = ["Run", "Submission", "check_agents", "new_run", "submit", "wait"]
+__all__ = [
+    "Run",
+    "Submission",
+    "budget_s",
+    "check_agents",
+    "follow",
+    "new_run",
+    "publish_each",
+    "report_from_store",
+    "signature",
+    "submit",
+    "wait",
+    "weights",
+]
 
 EventHandler = Callable[[list[Event]], None]
 """Called with each new slice of the batch's events, and with none at least every
 second, so a handler can do periodic work (the orchestrator's coalesced mirroring)."""
 OUTAGE_POLL_S = 0.5
+RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
+"""What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
+``step`` (flow mode) finds the broker down past kombu's own retries."""
+T = TypeVar("T")
 PUBLISH_BATCH = 1000
 
 
@@ -69,7 +89,7 @@ class Submission:
     titles: dict[str, str] = field(default_factory=dict)
 
 
-def _budget_s(sub: Subtask, settings: Settings) -> float:
+def budget_s(sub: Subtask, settings: Settings) -> float:
     retries = sub.execution.retries if sub.execution else 0
     return sub.timeout_s * (retries + 1) + settings.retry_backoff_max_s * retries
 
@@ -81,18 +101,25 @@ def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, s
     limit = max_subtask_budget_s(settings)
     for sub in subtasks:
         agents[sub.seq] = agent_for(sub, settings).name
-        if _budget_s(sub, settings) > limit:
+        if budget_s(sub, settings) > limit:
             raise PolicyError(
                 sub.seq,
                 f"subtask {sub.seq}: execution.timeout_s: {sub.timeout_s:g}s with its retries "
-                f"needs {_budget_s(sub, settings):g}s, over the {limit:g}s the broker's "
+                f"needs {budget_s(sub, settings):g}s, over the {limit:g}s the broker's "
                 "visibility timeout allows; raise BATCHQ_VISIBILITY_TIMEOUT_S or lower it",
             )
     return agents
 
 
-def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context: str = "") -> Run:
-    """Create a run: its token file in the workspace and its record and context in Redis."""
+def new_run(
+    store: StateStore,
+    feature: Feature,
+    policy: FailurePolicy,
+    context: str = "",
+    mode: RunMode = RunMode.BATCH,
+) -> Run:
+    """Create a run: its token file in the workspace and its record and context in Redis
+    (``mode`` is recorded so ``watch`` knows whether batches overlap)."""
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
     token = secrets.token_hex(16)
     fkey = feature_key(feature.name, feature.root)
@@ -107,6 +134,7 @@ def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context:
             "feature_key": fkey,
             "root": str(feature.root),
             "policy": policy.value,
+            "mode": mode.value,
             "created_at": datetime.now(UTC).isoformat(),
         },
         context,
@@ -114,16 +142,23 @@ def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context:
     return Run(run_id, feature.name, fkey, feature.root, token, policy, learned)
 
 
-def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
-    """Longest first when durations are known (estimate or learned): with prefetch 1
-    the publish order is the dispatch order, and LPT shortens the makespan."""
+def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
+    """Each member's expected duration: its ``estimate_s``, else the last measured
+    one, else 0 (unknown). Both modes order simultaneously ready work by it."""
 
     def weight(sub: Subtask) -> float:
         if sub.execution and sub.execution.estimate_s is not None:
             return sub.execution.estimate_s
         return learned.get(sub.seq, 0.0)
 
-    return sorted(members, key=lambda s: (-weight(s), s.number))
+    return {sub.seq: weight(sub) for sub in members}
+
+
+def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
+    """Longest first when durations are known (estimate or learned): with prefetch 1
+    the publish order is the dispatch order, and LPT shortens the makespan."""
+    known = weights(members, learned)
+    return sorted(members, key=lambda s: (-known[s.seq], s.number))
 
 
 def submit(
@@ -148,36 +183,14 @@ def submit(
         next_batch.model_dump_json() if next_batch else None,
     )
     submitted_at = datetime.now(UTC)
-    signatures = []
-    for sub in members:
-        msg = SubtaskMessage(
-            feature=run.feature,
-            feature_key=run.feature_key,
-            run_id=run.run_id,
-            batch=batch.number,
-            root=str(run.root),
-            token=run.token,
-            policy=run.policy,
-            agent=agents[sub.seq],
-            subtask=sub,
-        )
-        options: dict[str, object] = {
-            "queue": agent_queue(agents[sub.seq]),
-            # seq and title first: Flower's args column shows about 45 characters.
-            "argsrepr": f"seq={sub.seq} title={sub.title!r} feature={run.feature} "
-            f"batch={batch.number}",
-            "kwargsrepr": "{}",
-        }
-        if agents[sub.seq] == "python":
-            options["soft_time_limit"] = sub.timeout_s
-        signatures.append(
-            app.signature(RUN_TASK, args=(msg.model_dump(mode="json", by_alias=True),), **options)
-        )
+    signatures = [
+        signature(app, run, sub, agents[sub.seq], batch.number, run.policy) for sub in members
+    ]
     # One pipelined round trip per 1,000 Redis commands instead of two per subtask
     # (the message and its task-sent event): kombu's publish batch.
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
         _publish(app, signatures, producer, run, batch, submitted_at)
-    hard_cap = sum(_budget_s(s, settings) for s in members) + settings.stall_s
+    hard_cap = sum(budget_s(s, settings) for s in members) + settings.stall_s
     return Submission(
         run=run,
         batch=batch,
@@ -188,6 +201,42 @@ def submit(
         hard_cap_s=hard_cap,
         titles={s.seq: s.title for s in members},
     )
+
+
+def signature(
+    app: Celery, run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePolicy
+) -> Any:
+    """One subtask's ``run_subtask`` signature, routed to its agent's queue.
+
+    ``policy`` is what the worker applies to the batch's siblings on a failure; flow
+    mode passes ``continue`` because its orchestrator applies the policy itself."""
+    msg = SubtaskMessage(
+        feature=run.feature,
+        feature_key=run.feature_key,
+        run_id=run.run_id,
+        batch=batch,
+        root=str(run.root),
+        token=run.token,
+        policy=policy,
+        agent=agent,
+        subtask=sub,
+    )
+    options: dict[str, object] = {
+        "queue": agent_queue(agent),
+        # seq and title first: Flower's args column shows about 45 characters.
+        "argsrepr": f"seq={sub.seq} title={sub.title!r} feature={run.feature} batch={batch}",
+        "kwargsrepr": "{}",
+    }
+    if agent == "python":
+        options["soft_time_limit"] = sub.timeout_s
+    return app.signature(RUN_TASK, args=(msg.model_dump(mode="json", by_alias=True),), **options)
+
+
+def publish_each(app: Celery, signatures: Sequence[Any]) -> None:
+    """Publish single tasks (flow mode), pipelined like a chord's members."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
+        for sig in signatures:
+            sig.apply_async(producer=producer)
 
 
 def _publish(
@@ -238,8 +287,12 @@ def _apply_chord(app: Celery, header: list[Any], body: Any, producer: Any) -> No
     members.apply_async(producer=producer, task_id=group_id)
 
 
-def _report_from_store(
-    store: StateStore, sub: Submission, forced_reason: str | None = None
+def report_from_store(
+    store: StateStore,
+    sub: Submission,
+    forced_reason: str | None = None,
+    skipped: Mapping[str, str] | None = None,
+    next_if_ok: NextStep | None = None,
 ) -> BatchReport:
     """Build and store the report from the recorded results: the batch-of-one path,
     and the deadline path (``forced_reason``), which also stops members not yet
@@ -259,7 +312,10 @@ def _report_from_store(
         finished_at=datetime.now(UTC),
         forced=forced_reason is not None,
         discrepancies=[forced_reason] if forced_reason else [],
+        skipped=skipped,
     )
+    if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
+        built = built.model_copy(update={"next": next_if_ok})
     if store.store_report(built, run.feature_key):
         return built
     return store.report(run.run_id, sub.batch.number) or built
@@ -276,47 +332,86 @@ def wait(
     The report is built here as soon as every member's result is recorded, which
     spares a batch the latency of the chord callback's own dispatch; whichever of
     the two stores it first wins, and they build it from the same records.
-
-    A Redis blip (restart, failover, network) is ridden out: the loop retries until
-    Redis answers again, and gives up with :class:`BrokerUnavailable` (exit 3) only
-    when it stays unreachable for ``stall_s``.
     """
     run, n = sub.run, sub.batch.number
     waiting = set(sub.expected)
-    last_id = sub.stream_from
+
+    def step(mine: list[Event]) -> BatchReport | None:
+        if on_event is not None:  # also called empty: a tick for periodic work
+            on_event(mine)
+        for event in mine:
+            if event.kind in ("batch_reported", "batch_forced"):
+                stored = store.report(run.run_id, n)
+                if stored is not None:
+                    return stored
+            if event.kind == "finished":
+                waiting.discard(event.seq)
+                if not waiting:  # every member recorded: no need to wait for
+                    return report_from_store(store, sub)  # the chord callback hop
+        return None
+
+    return follow(
+        store,
+        run.run_id,
+        sub.stream_from,
+        settings,
+        hard_cap_s=sub.hard_cap_s,
+        mine=lambda event: event.batch == n,
+        step=step,
+        in_flight=lambda: sub.expected,
+        give_up=lambda reason: report_from_store(
+            store, sub, reason or _stall_reason(store, sub, settings)
+        ),
+    )
+
+
+def follow(
+    store: StateStore,
+    run_id: str,
+    after: str,
+    settings: Settings,
+    *,
+    hard_cap_s: float,
+    mine: Callable[[Event], bool],
+    step: Callable[[list[Event]], T | None],
+    in_flight: Callable[[], Sequence[str]],
+    give_up: Callable[[str | None], T],
+) -> T:
+    """Read the run's progress stream after ``after`` until ``step`` returns a value.
+
+    ``step`` gets the events ``mine`` selects (and an empty list at least every
+    second). No such event and no live claim among ``in_flight()`` for ``stall_s``
+    seconds calls ``give_up(None)`` (a stall); past ``hard_cap_s`` it calls
+    ``give_up`` with the reason. Both batch mode and flow mode wait here.
+
+    A Redis blip (restart, failover, network) is ridden out: the loop retries until
+    Redis answers again (``step`` sees the same events again, so it must tolerate
+    repeats), and gives up with :class:`BrokerUnavailable` (exit 3) only when Redis
+    stays unreachable for ``stall_s``.
+    """
     start = last_progress = time.monotonic()
     outage_since: float | None = None
     while True:
         try:
-            events = store.events(run.run_id, last_id, block_ms=1000)
+            events = store.events(run_id, after, block_ms=1000)
             outage_since = None
-            mine = [e for e in events if e.batch == n]
-            if mine:
+            selected = [e for e in events if mine(e)]
+            if selected:
                 last_progress = time.monotonic()
-            if on_event is not None:  # also called empty: a tick for periodic work
-                on_event(mine)
-            for event in mine:
-                if event.kind in ("batch_reported", "batch_forced"):
-                    stored = store.report(run.run_id, n)
-                    if stored is not None:
-                        return stored
-                if event.kind == "finished":
-                    waiting.discard(event.seq)
-                    if not waiting:  # every member recorded: no need to wait for
-                        return _report_from_store(store, sub)  # the chord callback hop
+            done = step(selected)
+            if done is not None:
+                return done
             if events:  # only once handled: a blip above rereads them
-                last_id = events[-1].id
+                after = events[-1].id
             now = time.monotonic()
             if now - last_progress >= settings.stall_s:
-                if store.live_claims(run.run_id, sub.expected):
+                if store.live_claims(run_id, in_flight()):
                     last_progress = now
                 else:
-                    return _report_from_store(store, sub, _stall_reason(store, sub, settings))
-            if now - start >= sub.hard_cap_s:
-                return _report_from_store(
-                    store, sub, f"hard deadline of {sub.hard_cap_s:g}s passed"
-                )
-        except CONNECTION_ERRORS as exc:
+                    return give_up(None)
+            if now - start >= hard_cap_s:
+                return give_up(f"hard deadline of {hard_cap_s:g}s passed")
+        except RIDE_OUT as exc:
             now = time.monotonic()
             outage_since = outage_since if outage_since is not None else now
             if now - outage_since >= settings.stall_s:

@@ -31,6 +31,7 @@ from batchq.models import (
     BatchStatus,
     NextStep,
     PlannedBatch,
+    SkippedSubtask,
     SubtaskResult,
 )
 
@@ -147,6 +148,7 @@ def build(
     finished_at: datetime,
     forced: bool = False,
     discrepancies: Sequence[str] = (),
+    skipped: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Aggregate one batch's results into its report.
 
@@ -155,7 +157,10 @@ def build(
     ``missing``. Results that are not for this feature, run, batch or membership are
     left out and noted, as are duplicate copies of one seq. ``discrepancies`` passed in
     (e.g. a late result noticed by the caller) come first in the report's list.
+    ``skipped`` (flow mode: seq -> reason) are members never enqueued; they count
+    as not completed but are not ``missing``, since nothing was lost.
     """
+    skipped = dict(skipped or {})
     notes: list[str] = list(discrepancies)
     members = set(expected)
     accepted: list[SubtaskResult] = []
@@ -171,7 +176,7 @@ def build(
     kept = _dedupe(accepted, notes)
     ordered = [kept[seq] for seq in sorted(kept, key=seq_key)]
     expected_sorted = sorted(dict.fromkeys(expected), key=seq_key)
-    missing = [seq for seq in expected_sorted if seq not in kept]
+    missing = [seq for seq in expected_sorted if seq not in kept and seq not in skipped]
     not_completed = [seq for seq in expected_sorted if seq not in kept or not kept[seq].ok]
 
     total = len(expected_sorted)
@@ -200,6 +205,11 @@ def build(
         speedup=round(speedup, 3),
         forced=forced,
         missing=missing,
+        skipped=[
+            SkippedSubtask(seq=seq, reason=skipped[seq])
+            for seq in expected_sorted
+            if seq in skipped and seq not in kept
+        ],
         discrepancies=notes,
     )
 

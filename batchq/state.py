@@ -334,20 +334,32 @@ class StateStore:
         carries the callback, so anything in it would be published N times.
         Returns the run stream's newest entry id, read in the same round trip, so the
         waiter reads only this batch's events."""
-        key = self.keys.batch(run_id, n)
+        return self.start_batches(run_id, {n: expected}, policy, {n: following or ""})
+
+    def start_batches(
+        self,
+        run_id: str,
+        batches: Mapping[int, Sequence[str]],
+        policy: str,
+        following: Mapping[int, str] | None = None,
+    ) -> str:
+        """Record batches as running, in one round trip (flow mode registers the whole
+        plan at once: its batches overlap in time); see :meth:`start_batch`."""
         pipe = self.r.pipeline()
         pipe.xrevrange(self.keys.events(run_id), count=1)
-        pipe.hset(
-            key,
-            mapping={
-                "expected": json.dumps(list(expected)),
-                "policy": policy,
-                "submitted_at": now_iso(),
-                "state": "running",
-                "next": following or "",
-            },
-        )
-        pipe.expire(key, self.ttl)
+        for n, expected in batches.items():
+            key = self.keys.batch(run_id, n)
+            pipe.hset(
+                key,
+                mapping={
+                    "expected": json.dumps(list(expected)),
+                    "policy": policy,
+                    "submitted_at": now_iso(),
+                    "state": "running",
+                    "next": (following or {}).get(n, ""),
+                },
+            )
+            pipe.expire(key, self.ttl)
         newest = pipe.execute()[0]
         return cast(str, newest[0][0]) if newest else "0-0"
 

@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import p1_fanout, p2_latency, p3_makespan
+from bench import p1_fanout, p2_latency, p3_makespan, p4_flow
 from bench.common import REPO, Stats, peak_rss_mb
 
 
@@ -66,6 +66,7 @@ def render(
     p3: dict[str, Any] | None,
     reps: int,
     orchestrator_peak_mb: float,
+    p4: dict[int, dict[str, float]] | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -140,12 +141,41 @@ def render(
             f"×{p3['batchq_first'] / p3['ideal_blind']:.2f}",
             "",
         ]
-    lines += _goals(p1, p2, p3)
+    if p4:
+        lines += _p4_section(p4)
+    lines += _goals(p1, p2, p3, p4)
     return "\n".join(lines) + "\n"
 
 
+def _p4_section(p4: dict[int, dict[str, float]]) -> list[str]:
+    lines = [
+        "## P4 flow mode (random DAGs of 60 subtasks sleeping 0.1–2 s, 2 workers × 4 threads)",
+        "",
+        "Makespan = first subtask start to last subtask finish (recorded times). Ideal = "
+        "zero-overhead list scheduler on the same DAG (FIFO by readiness), without and "
+        "with batch barriers.",
+        "",
+        "| seed | bound | ideal flow | ideal batch | flow mode | batch mode | "
+        "flow / ideal | batch / bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, r in p4.items():
+        lb = r["lower_bound"]
+        lines.append(
+            f"| {seed} | {lb:.2f} s | {r['ideal_flow']:.2f} s (×{r['ideal_flow'] / lb:.2f}) | "
+            f"{r['ideal_batch']:.2f} s (×{r['ideal_batch'] / lb:.2f}) | "
+            f"{r['flow']:.2f} s (×{r['flow'] / lb:.2f}) | {r['batch']:.2f} s "
+            f"(×{r['batch'] / lb:.2f}) | ×{r['flow'] / r['ideal_flow']:.2f} | "
+            f"×{r['batch'] / lb:.2f} |"
+        )
+    return [*lines, ""]
+
+
 def _goals(
-    p1: dict[str, Any] | None, p2: dict[str, Any] | None, p3: dict[str, Any] | None
+    p1: dict[str, Any] | None,
+    p2: dict[str, Any] | None,
+    p3: dict[str, Any] | None,
+    p4: dict[int, dict[str, float]] | None = None,
 ) -> list[str]:
     """The goals of issue 7, each with its measured figure and whether it is met."""
     out = ["## Goals", ""]
@@ -178,13 +208,16 @@ def _goals(
             1.05,
         )
         goal("P3 second run vs the lower bound", p3["batchq_second"] / p3["lower_bound"], 1.10)
+    if p4:
+        worst = max(r["flow"] / r["ideal_flow"] for r in p4.values())
+        goal("P4 flow within 1.10 × simulated ideal on every seed (worst seed)", worst, 1.10)
     return [*out, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes; figures meaningless")
-    parser.add_argument("--only", default="p1,p2,p3")
+    parser.add_argument("--only", default="p1,p2,p3,p4")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -199,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p2 = p2_latency.main(["--runs", "3" if args.quick else "50"])
     if "p3" in only:
         p3 = p3_makespan.main(["--n", "8", "--scale", "0.05"] if args.quick else [])
-    text = render(p1, p2, p3, reps, orchestrator_peak)
+    p4 = None
+    if "p4" in only:
+        p4 = p4_flow.main(["--n", "10", "--seeds", "1", "--scale", "0.05"] if args.quick else [])
+    text = render(p1, p2, p3, reps, orchestrator_peak, p4)
     print(text)
     if not args.quick:
         Path(args.out).write_text(text, encoding="utf-8")

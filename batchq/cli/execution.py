@@ -23,7 +23,7 @@ from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
 from batchq.errors import ExecutionFailed, InputError, UsageError
-from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
+from batchq.models import BatchReport, FailurePolicy, ResultState, RunMode, SubtaskStatus
 from batchq.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +43,14 @@ class PoolName(StrEnum):
 OnFailure = Annotated[
     FailurePolicy,
     typer.Option("--on-failure", help="graceful (default), terminate or continue."),
+]
+ModeOpt = Annotated[
+    RunMode,
+    typer.Option(
+        "--mode",
+        help="batch (default): batch after batch; flow: each subtask as soon as its own "
+        "dependencies are completed.",
+    ),
 ]
 ContextOpt = Annotated[
     Path | None, typer.Option("--context", help="Shared session context file for every agent.")
@@ -80,12 +88,14 @@ class _Live:
 
     ``run`` opens each batch's bar when it submits the batch; ``watch`` (``follow``)
     joins a run from its event stream alone, so it opens a bar, of unknown length, at
-    a batch's first event.
+    a batch's first event. In flow mode batches overlap, so one bar follows the whole
+    run and each batch's report is printed above it as the batch closes.
     """
 
-    def __init__(self, as_json: bool, *, follow: bool = False) -> None:
+    def __init__(self, as_json: bool, *, follow: bool = False, flow: bool = False) -> None:
         self.as_json = as_json
         self.follow = follow
+        self.flow = flow
         self.progress: Progress | None = None
         self.task: Any = None
         self.batch: int | None = None
@@ -104,11 +114,12 @@ class _Live:
             return
         self._open(sub.batch.number, sub.expected)
 
-    def _open(self, batch: int, seqs: list[str] | None) -> None:
+    def _open(self, batch: int | str, seqs: list[str] | None) -> None:
         self.close()
-        out.print(f"▶ Batch {batch}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
+        label = batch if isinstance(batch, str) else f"Batch {batch}"
+        out.print(f"▶ {label}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
         self.progress = Progress(
-            TextColumn("  Batch {task.fields[batch]}"),
+            TextColumn("  {task.fields[batch]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -117,10 +128,12 @@ class _Live:
         )
         self.progress.start()
         total = len(seqs) if seqs else None
-        self.task = self.progress.add_task("batch", total=total, batch=batch)
-        self.batch = batch
+        self.task = self.progress.add_task("batch", total=total, batch=label)
+        self.batch = batch if isinstance(batch, int) else None
 
     def events(self, events: list[Event]) -> None:
+        if self.flow and self.progress is None and not self.as_json and events:
+            self._open("Flow", None)
         for event in events:
             if self.as_json:
                 self._json(
@@ -134,6 +147,7 @@ class _Live:
                 continue
             if (
                 self.follow
+                and not self.flow
                 and event.kind in ("started", "finished")
                 and event.batch != self.batch
                 and event.batch not in self.reported
@@ -152,10 +166,12 @@ class _Live:
                 if self.progress is not None:
                     self.progress.advance(self.task)
             elif event.kind == "failed_fast" and self.progress is not None:
-                self.progress.console.print(
-                    f"  ! {event.seq} failed: the batch will not be followed by the next one",
-                    markup=False,
+                then = (
+                    "what depends on it is skipped"
+                    if self.flow
+                    else "the batch will not be followed by the next one"
                 )
+                self.progress.console.print(f"  ! {event.seq} failed: {then}", markup=False)
 
     def reruns(self, reasons: dict[str, list[str]]) -> None:
         """Completed subtasks a ``--changed`` run resets, with why, before they run."""
@@ -168,12 +184,14 @@ class _Live:
 
     def report(self, report: BatchReport) -> None:
         self.reported.add(report.batch)
-        self.close()
+        if not self.flow:
+            self.close()
         if self.as_json:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
         else:
-            out.print(render_markdown(report), markup=False)
-            out.print("", markup=False)
+            console = self.progress.console if self.progress is not None else out
+            console.print(render_markdown(report), markup=False)
+            console.print("", markup=False)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -197,6 +215,7 @@ def _execute(
     workers: int | None,
     as_json: bool,
     changed: bool = False,
+    mode: RunMode = RunMode.BATCH,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     from batchq.connection import connect
@@ -208,9 +227,10 @@ def _execute(
     todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
     check_agents(todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings)
     text = _read_context(context)
-    live = _Live(as_json)
+    live = _Live(as_json, flow=mode is RunMode.FLOW)
     options = RunOptions(
         policy=policy,
+        mode=mode,
         retry_failed=retry_failed,
         context=text,
         on_events=live.events,
@@ -296,6 +316,7 @@ def register(app: typer.Typer) -> None:
         no_retry_failed: Annotated[bool, typer.Option("--no-retry-failed")] = False,
         context: ContextOpt = None,
         workers: WorkersOpt = None,
+        mode: ModeOpt = RunMode.BATCH,
         as_json: JsonOpt = False,
         changed: Annotated[
             bool,
@@ -306,10 +327,20 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Run the feature batch after batch until done or a batch fails."""
+        """Run the feature batch after batch until done or a batch fails (--mode flow:
+        each subtask as soon as its dependencies are completed)."""
         ctx = Context(root)
         result = _execute(
-            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json, changed
+            ctx,
+            feature,
+            None,
+            on_failure,
+            not no_retry_failed,
+            context,
+            workers,
+            as_json,
+            changed,
+            mode,
         )
         _conclude(result, as_json)
 
@@ -358,12 +389,13 @@ def register(app: typer.Typer) -> None:
         ctx = Context(root)
         f = ctx.feature(feature)
         fkey = feature_key(f.name, f.root)
-        live = _Live(as_json, follow=True)
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             runs = conn.store.recent_runs(fkey, 1)
             if not runs:
                 raise UsageError(f"no run of {feature} is recorded in Redis")
             run_id = runs[0]
+            flow = conn.store.run_info(run_id).get("mode") == RunMode.FLOW.value
+            live = _Live(as_json, follow=True, flow=flow)
             if as_json:
                 live._json({"event": "watching", "run_id": run_id, "feature": f.name})
             else:

@@ -18,6 +18,7 @@ from batchq.models import (
     Feature,
     Plan,
     ResultState,
+    SkippedSubtask,
     SubtaskResult,
 )
 from batchq.report import seq_key
@@ -45,6 +46,7 @@ _STYLES: dict[ResultState, str] = {
     ResultState.CANCELLED: "dim",
 }
 _MISSING_ICON = "⚠"
+_SKIPPED_ICON = "⏭"
 
 
 def format_duration(seconds: float) -> str:
@@ -105,6 +107,10 @@ def _missing_block(seq: str) -> list[str]:
     return [f"{_MISSING_ICON} Subtask {seq}", "   Status: no result received"]
 
 
+def _skipped_block(skip: SkippedSubtask) -> list[str]:
+    return [f"{_SKIPPED_ICON} Subtask {skip.seq}", f"   Status: skipped — {skip.reason}"]
+
+
 def _breakdown(report: BatchReport) -> str | None:
     """How the failed count splits, when it is not simply "failed" (see report.py)."""
     counts: dict[str, int] = {}
@@ -114,9 +120,11 @@ def _breakdown(report: BatchReport) -> str | None:
             counts[label] = counts.get(label, 0) + 1
     if report.missing:
         counts["missing"] = len(report.missing)
+    if report.skipped:
+        counts["skipped"] = len(report.skipped)
     if set(counts) <= {"failed"}:
         return None
-    order = ["failed", "timed out", "cancelled", "missing"]
+    order = ["failed", "timed out", "cancelled", "missing", "skipped"]
     return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
 
 
@@ -171,7 +179,9 @@ def render_markdown(report: BatchReport) -> str:
 
     blocks = [_result_block(r) for r in report.results]
     blocks += [_missing_block(seq) for seq in report.missing]
+    blocks += [_skipped_block(skip) for skip in report.skipped]
     order = [r.seq for r in report.results] + list(report.missing)
+    order += [skip.seq for skip in report.skipped]
     for _, block in sorted(zip(order, blocks, strict=True), key=lambda p: seq_key(p[0])):
         lines += [*block, ""]
 
@@ -223,6 +233,10 @@ def render_table(report: BatchReport) -> Table:
         cells = [Text(seq), Text(""), Text(f"{_MISSING_ICON} missing", style="yellow")]
         cells += [Text("-"), Text("-"), Text("no result received")]
         rows.append((seq, cells))
+    for skip in report.skipped:
+        cells = [Text(skip.seq), Text(""), Text(f"{_SKIPPED_ICON} skipped", style="yellow")]
+        cells += [Text("-"), Text("-"), Text(skip.reason)]
+        rows.append((skip.seq, cells))
     for _, cells in sorted(rows, key=lambda row: seq_key(row[0])):
         table.add_row(*cells)
     return table

@@ -15,6 +15,7 @@ import pytest
 
 from batchq.app import create_app
 from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
+from batchq.models import RunMode
 from batchq.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import load_settings
 from batchq.state import StateStore
@@ -58,13 +59,13 @@ def run(stack: str) -> Iterator[Run]:
     announced are checked against the result."""
     stores: list[StateStore] = []
 
-    def go(root: Path, *, changed: bool = False) -> RunResult:
+    def go(root: Path, *, changed: bool = False, mode: RunMode = RunMode.BATCH) -> RunResult:
         settings = load_settings(root, redis_url=stack, shell_allow=["*"], stall_s=30.0)
         store = StateStore.from_url(stack, prefix=settings.key_prefix)
         stores.append(store)
         announced: dict[str, list[str]] = {}
         orch = Orchestrator(root, "feat", settings, create_app(settings), store)
-        result = orch.run(RunOptions(changed=changed, on_rerun=announced.update))
+        result = orch.run(RunOptions(changed=changed, on_rerun=announced.update, mode=mode))
         assert announced == result.reruns
         return result
 
@@ -200,3 +201,26 @@ def test_the_cli_lists_and_reruns_subtasks_completed_by_hand(project: Path, stac
     after = _cli(project, stack, "changed", "feat")
     assert after.returncode == 0
     assert after.stdout.strip() == "Nothing changed: every completed subtask of feat is up to date."
+
+
+def test_flow_mode_records_fingerprints_and_rechecks_dependents_when_the_flow_drains(
+    project: Path, run: Run
+) -> None:
+    """Inputs are taken as each subtask is enqueued (its dependencies' deliverables
+    are final then), so a flow run's fingerprints match a fresh check; dependents whose
+    dependency reran are rechecked after the flow and rerun in a further pass."""
+    assert run(project, mode=RunMode.FLOW).ok
+    assert run(project, changed=True, mode=RunMode.FLOW).reruns == {}
+    (project / "docs" / "a.md").write_text("a v2\n")  # 01's output will change
+    (project / "docs" / "b.md").write_text("b v2\n")  # 02's output will not
+    result = run(project, changed=True, mode=RunMode.FLOW)
+    assert result.ok, result.reports
+    assert result.reruns == {
+        "01": ["context file docs/a.md changed"],
+        "02": ["reference file docs/b.md changed"],
+        "03": ["dependency 01's deliverable out/01.txt changed"],
+    }
+    assert sorted(seq for seqs in ran(result) for seq in seqs) == ["01", "02", "03"]
+    assert [r.batch for r in result.reports] == list(range(1, len(result.reports) + 1))
+    assert (project / "out" / "03.txt").read_text() == "a v2\n"
+    assert run(project, changed=True, mode=RunMode.FLOW).reruns == {}

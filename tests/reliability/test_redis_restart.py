@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from batchq.embedded import RedisServer
-from batchq.models import BatchStatus, ResultState
+from batchq.models import BatchStatus, ResultState, RunMode
 from batchq.orchestrator import RunOptions
 from batchq.state import Event
 from batchq.taskfiles import load_feature
@@ -92,6 +92,22 @@ def test_a_graceful_restart_of_redis_with_aof_lets_the_run_finish(
         client.close()
     record_figures("redis restarted with AOF", found)
     found.assert_clean()
+    assert {s.status.value for s in load_feature(root, "feat").subtasks} == {"completed"}
+    json_files_valid(root)
+
+
+def test_a_flow_run_rides_out_a_graceful_restart_of_redis(
+    private_redis, start_worker, orchestrator, make_feature, subtask_data
+):
+    server = private_redis(aof=True)
+    start_worker(server.url, concurrency=4)
+    root = _feature(make_feature, subtask_data)
+    blip = Blip(server, graceful=True)
+    options = RunOptions(mode=RunMode.FLOW, on_events=blip.handler())
+    result = orchestrator(root, server.url, stall_s=30.0).run(options)
+    blip.join()
+    assert result.ok, [r.discrepancies for r in result.reports]
+    assert [r.status for r in result.reports] == [BatchStatus.COMPLETED] * 2
     assert {s.status.value for s in load_feature(root, "feat").subtasks} == {"completed"}
     json_files_valid(root)
 

@@ -368,3 +368,31 @@ def test_an_empty_plan_says_there_is_nothing_to_run(tmp_path: Path) -> None:
     assert render_plan(plan, feature(tmp_path)) == (
         "[auth-system] Nothing to run: 4/4 subtasks completed"
     )
+
+
+def _with_skips() -> BatchReport:
+    return report.build(
+        feature="auth-system",
+        run_id="r1",
+        batch=1,
+        results=[result("03", "Build", ResultState.FAILED, error="boom")],
+        expected=["03", "04"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0 + timedelta(seconds=3),
+        skipped={"04": "depends on 03, which failed"},
+    )
+
+
+def test_markdown_lists_skipped_members_with_their_reason_and_counts_them() -> None:
+    md = render_markdown(_with_skips())
+    assert "❌ PARTIAL FAILURE" in md
+    assert "⏭ Subtask 04\n   Status: skipped — depends on 03, which failed" in md
+    assert "- Not completed: 1 failed, 1 skipped" in md
+
+
+def test_the_table_shows_a_skipped_member_and_its_reason() -> None:
+    console = Console(width=200, record=True)
+    console.print(render_table(_with_skips()))
+    text = console.export_text()
+    assert "skipped" in text and "depends on 03, which failed" in text

@@ -286,3 +286,23 @@ def test_the_report_module_imports_neither_celery_nor_redis() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_skipped_members_count_as_not_completed_but_are_not_missing() -> None:
+    built = build(
+        [result("01", ResultState.FAILED)],
+        ["01", "02", "03"],
+        skipped={"02": "depends on 01, which failed", "03": "depends on 01, which failed"},
+    )
+    assert built.status is BatchStatus.PARTIAL_FAILURE
+    assert (built.total, built.completed, built.failed) == (3, 0, 3)
+    assert built.missing == []
+    assert [(s.seq, s.reason) for s in built.skipped] == [
+        ("02", "depends on 01, which failed"),
+        ("03", "depends on 01, which failed"),
+    ]
+
+
+def test_a_skip_for_a_member_that_has_a_result_is_dropped() -> None:
+    built = build([result("01")], ["01"], skipped={"01": "stale"})
+    assert built.ok and built.skipped == []
