@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import p1_fanout, p2_latency, p3_makespan, p4_flow
-from bench.common import REPO, Stats, peak_rss_mb
+from bench.common import REPO, Stats
 
 
 def _machine() -> list[str]:
@@ -65,7 +65,6 @@ def render(
     p2: dict[str, Any] | None,
     p3: dict[str, Any] | None,
     reps: int,
-    orchestrator_peak_mb: float,
     p4: dict[int, dict[str, float]] | None = None,
 ) -> str:
     lines = [
@@ -96,9 +95,9 @@ def render(
         last = list(p1.values())[-1]
         lines += [
             "",
-            f"Peak memory at N={list(p1)[-1]}: the bench process, which runs both the bare "
-            "producer and batchq's orchestrator (a high-water mark of the two), "
-            f"{orchestrator_peak_mb:.0f} MiB, one worker (largest of main and pool "
+            f"Peak memory at N={list(p1)[-1]}: the orchestrator (the bench process's "
+            "high-water mark, reset after the bare runs) "
+            f"{last['orchestrator_peak_mb']:.0f} MiB, one worker (largest of main and pool "
             f"processes) {last['worker_peak_mb']:.0f} MiB.",
             "",
         ]
@@ -227,7 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "p1" in only:
         sizes = "5,20" if args.quick else "500,2000,5000"
         p1 = p1_fanout.main(["--sizes", sizes, "--reps", str(reps)])
-    orchestrator_peak = peak_rss_mb()
     if "p2" in only:
         p2 = p2_latency.main(["--runs", "3" if args.quick else "50"])
     if "p3" in only:
@@ -235,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p4 = None
     if "p4" in only:
         p4 = p4_flow.main(["--n", "10", "--seeds", "1", "--scale", "0.05"] if args.quick else [])
-    text = render(p1, p2, p3, reps, orchestrator_peak, p4)
+    text = render(p1, p2, p3, reps, p4)
     print(text)
     if not args.quick:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -8,12 +8,12 @@ the other so they never compete for the two cores.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,8 +185,16 @@ def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark (Linux: ``clear_refs`` 5), so a peak
+    read later belongs to what ran in between, not to an earlier bare run."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def self_peak_mb() -> float:
+    """This process's RSS high-water mark since :func:`reset_peak_rss`."""
+    return proc_peak_mb(os.getpid())
 
 
 def proc_peak_mb(pid: int) -> float:

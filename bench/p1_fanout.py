@@ -23,6 +23,8 @@ from bench.common import (
     measure,
     noop_feature,
     redis,
+    reset_peak_rss,
+    self_peak_mb,
     timed,
     tmpdir,
     workers,
@@ -44,10 +46,13 @@ def run_bare(url: str, n: int, reps: int) -> Stats:
     return Stats(values)
 
 
-def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float]:
+def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
+    """Wall times, the worker's peak RSS and the orchestrator's (this process's, from
+    the first batchq run: the bare producer's own peak is not counted)."""
     client = BatchqClient(url)
     values = []
     peak = 0.0
+    reset_peak_rss()
     try:
         with workers(url, "batchq.worker") as group_:
             for _ in range(reps):
@@ -67,7 +72,7 @@ def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float]:
                 )
     finally:
         client.close()
-    return Stats(values), peak
+    return Stats(values), peak, self_peak_mb()
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -80,8 +85,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with redis() as server:
         for n in sizes:
             bare = run_bare(server.url, n, args.reps)
-            ours, worker_peak = run_batchq(server.url, n, args.reps)
-            rows[str(n)] = {"bare": bare, "batchq": ours, "worker_peak_mb": worker_peak}
+            ours, worker_peak, orchestrator_peak = run_batchq(server.url, n, args.reps)
+            rows[str(n)] = {
+                "bare": bare,
+                "batchq": ours,
+                "worker_peak_mb": worker_peak,
+                "orchestrator_peak_mb": orchestrator_peak,
+            }
             print(
                 f"P1 N={n:>5}: bare {bare.fmt()}  batchq {ours.fmt()}  "
                 f"speed-up ×{bare.median / ours.median:.2f}  "
