@@ -36,7 +36,9 @@ __all__ = [
     "SubtaskStatus",
     "TaskFile",
     "TaskStatus",
+    "UndeclaredWrite",
     "Violation",
+    "WriteCheck",
 ]
 
 SEQ_PATTERN = r"^\d{2,}$"
@@ -74,6 +76,14 @@ class FailurePolicy(StrEnum):
     GRACEFUL = "graceful"
     TERMINATE = "terminate"
     CONTINUE = "continue"
+
+
+class WriteCheck(StrEnum):
+    """What a run does about workspace writes outside the declared deliverables."""
+
+    WARN = "warn"
+    FAIL = "fail"
+    OFF = "off"
 
 
 class BatchStatus(StrEnum):
@@ -273,6 +283,11 @@ class SubtaskResult(_Wire):
     error: str | None = None
     output_tail: str = ""
     log_path: str | None = None
+    observed_writes: list[str] = Field(default_factory=list)
+    """Set by the worker: paths that changed in the workspace while the agent ran and
+    are not this subtask's own deliverables. A sibling running meanwhile shows here too."""
+    undeclared_writes: list[str] = Field(default_factory=list)
+    """Set by the batch report: the observed writes blamed on this subtask alone."""
 
     @property
     def ok(self) -> bool:
@@ -286,6 +301,14 @@ class NextStep(_Wire):
     seqs: list[str] = Field(default_factory=list)
     dependencies_satisfied: bool = False
     recommendation: str = ""
+
+
+class UndeclaredWrite(_Wire):
+    """An undeclared write no single subtask can be blamed for: ``candidates`` are the
+    members whose windows saw it change while another member was running."""
+
+    path: str
+    candidates: list[str]
 
 
 class BatchReport(_Wire):
@@ -309,6 +332,8 @@ class BatchReport(_Wire):
     forced: bool = False
     missing: list[str] = Field(default_factory=list)
     discrepancies: list[str] = Field(default_factory=list)
+    undeclared_writes: list[UndeclaredWrite] = Field(default_factory=list)
+    write_check: WriteCheck = WriteCheck.WARN
 
     @property
     def ok(self) -> bool:
@@ -335,6 +360,7 @@ class SubtaskMessage(_Wire):
     policy: FailurePolicy = FailurePolicy.GRACEFUL
     agent: str
     subtask: Subtask
+    write_check: WriteCheck = WriteCheck.WARN
 
     @property
     def seq(self) -> str:

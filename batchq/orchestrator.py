@@ -33,6 +33,7 @@ from batchq.models import (
     ResultState,
     SubtaskResult,
     SubtaskStatus,
+    WriteCheck,
 )
 from batchq.producer import Run, Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
@@ -67,6 +68,8 @@ class RunOptions:
     on_events: EventsHandler | None = None
     on_report: ReportHandler | None = None
     on_submit: StartHandler | None = None
+    write_check: WriteCheck | None = None
+    """None: ``Settings.undeclared_writes``."""
 
 
 @dataclass
@@ -106,8 +109,8 @@ class _Mirror:
     def __init__(self, root: Path, name: str, run_id: str, forward: EventsHandler | None) -> None:
         self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
-        self.finished: set[str] = set()
-        self.written: set[str] = set()
+        self.finished: dict[str, ResultState] = {}
+        self.written: dict[str, ResultState] = {}
         self.last_flush = time.monotonic()
 
     def __call__(self, events: list[Event]) -> None:
@@ -120,7 +123,7 @@ class _Mirror:
             elif event.kind == "finished" and event.data:
                 result = SubtaskResult.model_validate(event.data)
                 self.pending[event.seq] = _final_change(result, self.run_id)
-                self.finished.add(event.seq)
+                self.finished[event.seq] = result.result
         if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
             self.flush()
         if self.forward is not None:
@@ -130,7 +133,7 @@ class _Mirror:
         if self.pending:
             changes, self.pending = self.pending, {}
             update_subtasks(self.root, self.name, changes)
-            self.written |= self.finished & set(changes)
+            self.written |= {s: r for s, r in self.finished.items() if s in changes}
         self.last_flush = time.monotonic()
 
 
@@ -179,7 +182,7 @@ class Orchestrator:
         options = options or RunOptions()
         with self.exclusive():
             feature = self._prepare(options)
-            run = new_run(self.store, feature, options.policy, options.context)
+            run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             while True:
                 plan = planner.plan(feature, self.settings.protected_paths)
@@ -213,11 +216,15 @@ class Orchestrator:
             by_seq = feature.by_seq()
             check_agents([by_seq[s] for s in seqs], self.settings)
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
-            run = new_run(self.store, feature, options.policy, options.context)
+            run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             result.reports.append(self._run_one(run, feature, batch, None, options))
             result.feature = load_feature(self.root, self.name)
             return result
+
+    def _new_run(self, feature: Feature, options: RunOptions) -> Run:
+        check = options.write_check or self.settings.undeclared_writes
+        return new_run(self.store, feature, options.policy, options.context, check)
 
     def _prepare(self, options: RunOptions) -> Feature:
         """Validate everything, refuse bad agents up front, and reset what we may rerun."""
@@ -282,13 +289,14 @@ class Orchestrator:
             options.on_report(built)
         return built
 
-    def _settle(self, run: Run, built: BatchReport, written: set[str]) -> BatchReport:
+    def _settle(self, run: Run, built: BatchReport, written: dict[str, ResultState]) -> BatchReport:
         """Mirror the final states not yet mirrored (``written`` came from the progress
-        stream), then check that store and files agree with the report."""
+        stream, and the report may have failed a member for an undeclared write since),
+        then check that store and files agree with the report."""
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
-            if seq not in written:
+            if written.get(seq) is not res.result:
                 changes[seq] = _final_change(res, run.run_id)
         for seq in built.missing:
             block = BatchqBlock(

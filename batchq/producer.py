@@ -30,6 +30,7 @@ from batchq.models import (
     PlannedBatch,
     Subtask,
     SubtaskMessage,
+    WriteCheck,
 )
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, Event, StateStore, feature_key
@@ -53,6 +54,7 @@ class Run:
     root: Path
     token: str
     policy: FailurePolicy
+    write_check: WriteCheck = WriteCheck.WARN
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Submission:
     stream_from: str
     hard_cap_s: float
     titles: dict[str, str] = field(default_factory=dict)
+    declared: dict[str, list[str]] | None = None
 
 
 def _budget_s(sub: Subtask, settings: Settings) -> float:
@@ -89,7 +92,13 @@ def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, s
     return agents
 
 
-def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context: str = "") -> Run:
+def new_run(
+    store: StateStore,
+    feature: Feature,
+    policy: FailurePolicy,
+    context: str = "",
+    write_check: WriteCheck = WriteCheck.WARN,
+) -> Run:
     """Create a run: its token file in the workspace and its record and context in Redis."""
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
     token = secrets.token_hex(16)
@@ -104,11 +113,12 @@ def new_run(store: StateStore, feature: Feature, policy: FailurePolicy, context:
             "feature_key": fkey,
             "root": str(feature.root),
             "policy": policy.value,
+            "write_check": write_check.value,
             "created_at": datetime.now(UTC).isoformat(),
         },
         context,
     )
-    return Run(run_id, feature.name, fkey, feature.root, token, policy)
+    return Run(run_id, feature.name, fkey, feature.root, token, policy, write_check)
 
 
 def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
@@ -138,7 +148,10 @@ def submit(
     agents = check_agents(members, settings)
     members = _order(members, store.durations(run.feature_key))
     stream_from = store.last_event_id(run.run_id)
-    store.start_batch(run.run_id, batch.number, batch.seqs, run.policy.value)
+    declared = None
+    if run.write_check is not WriteCheck.OFF:
+        declared = {sub.seq: list(sub.deliverables) for sub in members}
+    store.start_batch(run.run_id, batch.number, batch.seqs, run.policy.value, declared)
     submitted_at = datetime.now(UTC)
     signatures = []
     for sub in members:
@@ -152,6 +165,7 @@ def submit(
             policy=run.policy,
             agent=agents[sub.seq],
             subtask=sub,
+            write_check=run.write_check,
         )
         options: dict[str, object] = {
             "queue": agent_queue(agents[sub.seq]),
@@ -179,6 +193,7 @@ def submit(
         stream_from=stream_from,
         hard_cap_s=hard_cap,
         titles={s.seq: s.title for s in members},
+        declared=declared,
     )
 
 
@@ -202,6 +217,7 @@ def _publish(
         "expected": list(batch.seqs),
         "next_batch": next_batch.model_dump(mode="json") if next_batch else None,
         "submitted_at": submitted_at.isoformat(),
+        "write_check": run.write_check.value,
     }
     callback = app.signature(
         AGGREGATE_TASK,
@@ -234,7 +250,10 @@ def _report_from_store(
         finished_at=datetime.now(UTC),
         forced=forced_reason is not None,
         discrepancies=[forced_reason] if forced_reason else [],
+        declared=sub.declared,
+        write_check=run.write_check,
     )
+    store.amend_results(report.amended(built, results))
     store.store_report(built, run.feature_key)
     return store.report(run.run_id, sub.batch.number) or built
 

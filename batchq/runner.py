@@ -17,10 +17,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from batchq import writeset
 from batchq.agents.base import Agent, AgentOutcome, Delegation, agent_for
 from batchq.errors import BatchqError
 from batchq.models import (
@@ -29,6 +30,7 @@ from batchq.models import (
     ResultState,
     SubtaskMessage,
     SubtaskResult,
+    WriteCheck,
 )
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, StateStore
@@ -83,6 +85,7 @@ class _Attempt:
     worker: str
     started_at: datetime
     attempts: int
+    observed: list[str] = field(default_factory=list)
 
 
 class _Watch:
@@ -189,6 +192,7 @@ def _result(
         error=error,
         output_tail=output[-settings.output_tail_chars :] if settings.output_tail_chars else "",
         log_path=str(log_path) if log_path else None,
+        observed_writes=attempt.observed,
     )
 
 
@@ -347,6 +351,23 @@ def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Watch) -> Agent
         )
 
 
+def _watched_run(
+    agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
+) -> AgentOutcome:
+    """Run the agent between two workspace snapshots (unless the run turned the write
+    check off) and keep what changed outside the subtask's own deliverables. Verification
+    comes after the second snapshot: a verify command's own output files are not the
+    agent's writes."""
+    if attempt.message.write_check is WriteCheck.OFF:
+        return _run_agent(agent, delegation, heartbeat)
+    before = writeset.snapshot(delegation.workspace)
+    outcome = _run_agent(agent, delegation, heartbeat)
+    after = writeset.snapshot(delegation.workspace)
+    changed = writeset.changed(before, after)
+    attempt.observed = writeset.outside(changed, delegation.subtask.deliverables)
+    return outcome
+
+
 def execute(
     msg: SubtaskMessage,
     store: StateStore,
@@ -425,7 +446,7 @@ def execute(
                 ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
             )
         else:
-            outcome = _run_agent(agent, delegation, heartbeat)
+            outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
             verification = verify_delegation(delegation, lambda: heartbeat.terminate)

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from batchq.errors import SpecError
+from batchq.models import WriteCheck
 
 __all__ = ["DEFAULT_PROTECTED", "AgentConfig", "Settings", "load_settings"]
 
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     output_tail_chars: int = Field(default=2000, ge=0)
+    undeclared_writes: WriteCheck = WriteCheck.WARN
+    """The run's default for writes outside the declared deliverables (warn|fail|off);
+    ``--undeclared-writes`` overrides it. It travels to workers in each message."""
 
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555

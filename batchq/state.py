@@ -11,7 +11,8 @@ key                           type    content
 ``run:R``                     hash    feature, feature_key, root, token, policy, created_at
 ``ctx:R``                     string  the shared session context (1 MiB cap)
 ``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
-                                      state (running|reported|forced)
+                                      state (running|reported|forced), declared (JSON
+                                      seq -> deliverables, when writes are checked)
 ``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
                                       started_at, result (final JSON, written once)
 ``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
@@ -306,7 +307,14 @@ class StateStore:
         value = self.r.get(self.keys.context(run_id))
         return cast(str, value) if value is not None else ""
 
-    def start_batch(self, run_id: str, n: int, expected: Sequence[str], policy: str) -> None:
+    def start_batch(
+        self,
+        run_id: str,
+        n: int,
+        expected: Sequence[str],
+        policy: str,
+        declared: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         key = self.keys.batch(run_id, n)
         pipe = self.r.pipeline()
         pipe.hset(
@@ -318,6 +326,8 @@ class StateStore:
                 "state": "running",
             },
         )
+        if declared is not None:
+            pipe.hset(key, "declared", json.dumps(dict(declared)))
         pipe.expire(key, self.ttl)
         pipe.execute()
 
@@ -331,6 +341,12 @@ class StateStore:
     def batch_members(self, run_id: str, n: int) -> list[str]:
         raw = self.r.hget(self.keys.batch(run_id, n), "expected")
         return list(json.loads(cast(str, raw))) if raw else []
+
+    def batch_declared(self, run_id: str, n: int) -> dict[str, list[str]] | None:
+        """Each member's declared deliverables, for the blame of undeclared writes;
+        read only when a member observed some, so the usual report costs nothing."""
+        raw = self.r.hget(self.keys.batch(run_id, n), "declared")
+        return cast(dict[str, list[str]], json.loads(cast(str, raw))) if raw else None
 
     def batch_state(self, run_id: str, n: int) -> str | None:
         return cast(str | None, self.r.hget(self.keys.batch(run_id, n), "state"))
@@ -437,6 +453,19 @@ class StateStore:
             ],
         )
         return bool(written)
+
+    def amend_results(self, results: Sequence[SubtaskResult]) -> None:
+        """Overwrite recorded results the batch report changed (a member failed for an
+        undeclared write), so store, report and task files agree. Idempotent: both
+        report builders derive the same amendment from the same records."""
+        if not results:
+            return
+        pipe = self.r.pipeline()
+        for result in results:
+            pipe.hset(
+                self.keys.subtask(result.run_id, result.seq), "result", result.model_dump_json()
+            )
+        pipe.execute()
 
     def result(self, run_id: str, seq: str) -> SubtaskResult | None:
         raw = self.r.hget(self.keys.subtask(run_id, seq), "result")

@@ -21,7 +21,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq import report
 from batchq.app import AGGREGATE_TASK, RUN_TASK
-from batchq.models import PlannedBatch, SubtaskMessage
+from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.runner import RetryLater, execute
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, StateStore
@@ -105,6 +105,10 @@ def aggregate(
         and recorded[str(r.get("seq"))].result.value != r.get("result")
     ]
     next_batch = PlannedBatch.model_validate(meta["next_batch"]) if meta.get("next_batch") else None
+    check = WriteCheck(meta.get("write_check", WriteCheck.WARN.value))
+    declared = None
+    if check is not WriteCheck.OFF and any(r.observed_writes for r in recorded.values()):
+        declared = store.batch_declared(run_id, int(meta["batch"]))
     built = report.build(
         feature=meta["feature"],
         run_id=run_id,
@@ -115,7 +119,10 @@ def aggregate(
         submitted_at=datetime.fromisoformat(meta["submitted_at"]),
         finished_at=_now(),
         discrepancies=discrepancies,
+        declared=declared,
+        write_check=check,
     )
+    store.amend_results(report.amended(built, recorded))
     store.store_report(built, meta["feature_key"])
     return {"batch": built.batch, "status": built.status.value}
 

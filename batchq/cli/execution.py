@@ -22,7 +22,7 @@ from batchq import planner
 from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.errors import ExecutionFailed, InputError, UsageError
-from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus
+from batchq.models import BatchReport, FailurePolicy, ResultState, SubtaskStatus, WriteCheck
 from batchq.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ class PoolName(StrEnum):
 OnFailure = Annotated[
     FailurePolicy,
     typer.Option("--on-failure", help="graceful (default), terminate or continue."),
+]
+UndeclaredOpt = Annotated[
+    WriteCheck | None,
+    typer.Option(
+        "--undeclared-writes",
+        help="Writes outside the declared deliverables: warn (default), fail or off "
+        "(default from BATCHQ_UNDECLARED_WRITES).",
+    ),
 ]
 ContextOpt = Annotated[
     Path | None, typer.Option("--context", help="Shared session context file for every agent.")
@@ -186,6 +194,7 @@ def _execute(
     context: Path | None,
     workers: int | None,
     as_json: bool,
+    write_check: WriteCheck | None = None,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     from batchq.connection import connect
@@ -205,6 +214,7 @@ def _execute(
         on_events=live.events,
         on_report=live.report,
         on_submit=live.submitted,
+        write_check=write_check,
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
@@ -284,11 +294,20 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
+        undeclared_writes: UndeclaredOpt = None,
     ) -> None:
         """Run the feature batch after batch until done or a batch fails."""
         ctx = Context(root)
         result = _execute(
-            ctx, feature, None, on_failure, not no_retry_failed, context, workers, as_json
+            ctx,
+            feature,
+            None,
+            on_failure,
+            not no_retry_failed,
+            context,
+            workers,
+            as_json,
+            undeclared_writes,
         )
         _conclude(result, as_json)
 
@@ -301,10 +320,13 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
+        undeclared_writes: UndeclaredOpt = None,
     ) -> None:
         """Run one explicit batch after checking it is safe to run in parallel."""
         ctx = Context(root)
-        result = _execute(ctx, feature, seqs, on_failure, False, context, workers, as_json)
+        result = _execute(
+            ctx, feature, seqs, on_failure, False, context, workers, as_json, undeclared_writes
+        )
         _conclude(result, as_json)
 
     @app.command()
