@@ -16,8 +16,8 @@ Two snapshot kinds, chosen once per workspace and process: in a git work tree,
 ``git status`` lists the dirty and untracked files (so ignored build output is not
 noise) and each listed path is stat-ed, because a file already dirty before may be
 written again; elsewhere a ``scandir`` walk records every file's size, mtime and inode.
-Both skip ``.git/``, ``.batchq/``, ``node_modules/`` and the task folders (the
-orchestrator rewrites task files and logs there during a run).
+Both skip ``.git/``, ``.batchq/``, ``node_modules/``, ``__pycache__/`` and the task
+folders (the orchestrator rewrites task files and logs there during a run).
 
 :func:`changed`, :func:`outside` and :func:`blame` are pure; the rest does I/O.
 """
@@ -47,8 +47,9 @@ __all__ = [
     "snapshot",
 ]
 
-EXCLUDED_DIRS = frozenset({".git", ".batchq", "node_modules"})
-"""Folder names skipped at any depth."""
+EXCLUDED_DIRS = frozenset({".git", ".batchq", "node_modules", "__pycache__"})
+"""Folder names skipped at any depth. ``__pycache__``: Python writes bytecode there on
+any import or ``py_compile``, and it is never a deliverable."""
 EXCLUDED_PREFIXES = (".tmp/tasks/",)
 """Root-relative folders skipped: every feature's task folder, its logs and reports."""
 GIT_TIMEOUT_S = 60.0

@@ -228,6 +228,7 @@ def test_snapshots_skip_tool_folders_and_the_task_folders(tmp_path: Path) -> Non
         ".git/index",
         "a/.batchq/logs/1.log",
         "node_modules/x/index.js",
+        "pkg/__pycache__/mod.cpython-311.pyc",
         ".tmp/tasks/feat/subtask_01.json",
         ".tmp/other.txt",
     ]:
