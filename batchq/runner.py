@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchq import writeset
+from batchq import fswatch, writeset
 from batchq.agents.base import Agent, AgentOutcome, Delegation, agent_for
 from batchq.errors import BatchqError
 from batchq.models import (
@@ -360,11 +360,9 @@ def _watched_run(
     agent's writes."""
     if attempt.message.write_check is WriteCheck.OFF:
         return _run_agent(agent, delegation, heartbeat)
-    before = writeset.snapshot(delegation.workspace)
+    window = fswatch.open_window(delegation.workspace)
     outcome = _run_agent(agent, delegation, heartbeat)
-    after = writeset.snapshot(delegation.workspace)
-    changed = writeset.changed(before, after)
-    attempt.observed = writeset.outside(changed, delegation.subtask.deliverables)
+    attempt.observed = writeset.outside(window(), delegation.subtask.deliverables)
     return outcome
 
 

@@ -42,9 +42,13 @@ __all__ = [
     "blame",
     "changed",
     "git_toplevel",
+    "list_dir",
     "outside",
     "parse_porcelain",
+    "skipped",
     "snapshot",
+    "snapshot_walk",
+    "stat_signature",
 ]
 
 EXCLUDED_DIRS = frozenset({".git", ".batchq", "node_modules", "__pycache__"})
@@ -166,7 +170,8 @@ def parse_porcelain(output: bytes) -> list[tuple[str, str]]:
     return out
 
 
-def _skipped(rel: str) -> bool:
+def skipped(rel: str) -> bool:
+    """Whether a root-relative path lies in a folder no snapshot looks at."""
     parts = rel.split("/")
     if any(part in EXCLUDED_DIRS for part in parts):
         return True
@@ -176,7 +181,8 @@ def _skipped(rel: str) -> bool:
 # --- I/O --------------------------------------------------------------------------
 
 
-def _stat(path: str, code: str = "") -> Signature:
+def stat_signature(path: str, code: str = "") -> Signature:
+    """A file's signature; a missing one is (code, -1, -1, -1)."""
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError:
@@ -184,26 +190,39 @@ def _stat(path: str, code: str = "") -> Signature:
     return (code, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _walk(root: str, rel: str, out: Snapshot) -> None:
+def list_dir(root: str, rel: str, out: Snapshot) -> list[tuple[str, bool]]:
+    """Record the files of one folder in ``out``; return its entries (root-relative
+    name, is a folder) that are not skipped."""
     try:
         entries = list(os.scandir(os.path.join(root, rel) if rel else root))
     except OSError:  # removed or unreadable meanwhile: nothing to record under it
-        return
+        return []
+    found: list[tuple[str, bool]] = []
     for entry in entries:
         name = f"{rel}/{entry.name}" if rel else entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            continue
-        if is_dir:
-            if entry.name not in EXCLUDED_DIRS and not _skipped(name):
-                _walk(root, name, out)
-            continue
-        try:
+            if is_dir:
+                if entry.name not in EXCLUDED_DIRS and not skipped(name):
+                    found.append((name, True))
+                continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        out[name] = ("", st.st_size, st.st_mtime_ns, st.st_ino)
+        if not skipped(name):
+            out[name] = ("", st.st_size, st.st_mtime_ns, st.st_ino)
+            found.append((name, False))
+    return found
+
+
+def snapshot_walk(root: str) -> Snapshot:
+    """Every file under ``root`` but the skipped folders, with its signature."""
+    out: Snapshot = {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        todo.extend(name for name, is_dir in list_dir(root, rel, out) if is_dir)
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -243,8 +262,8 @@ def _git_snapshot(root: str, top: str) -> Snapshot | None:
         if not path.startswith(prefix):
             continue
         rel = path[len(prefix) :].rstrip("/")
-        if rel and not _skipped(rel):
-            out[rel] = _stat(os.path.join(root, rel), code)
+        if rel and not skipped(rel):
+            out[rel] = stat_signature(os.path.join(root, rel), code)
     return out
 
 
@@ -257,6 +276,4 @@ def snapshot(root: Path) -> Snapshot:
         found = _git_snapshot(where, top)
         if found is not None:
             return found
-    out: Snapshot = {}
-    _walk(where, "", out)
-    return out
+    return snapshot_walk(where)
