@@ -360,9 +360,16 @@ def _watched_run(
     agent's writes."""
     if attempt.message.write_check is WriteCheck.OFF:
         return _run_agent(agent, delegation, heartbeat)
-    window = fswatch.open_window(delegation.workspace)
+    try:
+        window = fswatch.open_window(delegation.workspace)
+    except Exception as exc:  # the check must never cost the subtask its result
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
+        return _run_agent(agent, delegation, heartbeat)
     outcome = _run_agent(agent, delegation, heartbeat)
-    attempt.observed = writeset.outside(window(), delegation.subtask.deliverables)
+    try:
+        attempt.observed = writeset.outside(window(), delegation.subtask.deliverables)
+    except Exception as exc:
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
     return outcome
 
 
