@@ -189,3 +189,20 @@ def test_off_records_nothing(make_feature, subtask_data, orchestrator):
     recorded = store.result(result.run_id, "01")
     assert recorded is not None and recorded.observed_writes == []
     assert (root / "stray.txt").is_file()
+
+
+def test_in_a_git_work_tree_ignored_files_are_not_undeclared_writes(
+    make_feature, subtask_data, orchestrator, tmp_path
+):
+    import subprocess
+
+    root = tmp_path / "project"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("build/\n")
+    command = "mkdir -p build && echo o > build/cache.o && echo x > stray.txt && " + write("01")
+    make_feature([subtask_data("01", command=command)], root=root)
+    orch, _ = orchestrator(root)
+    (only,) = orch.run().reports[0].results
+    assert only.observed_writes == ["stray.txt"]
+    assert only.undeclared_writes == ["stray.txt"]
