@@ -151,7 +151,9 @@ def submit(
     declared = None
     if run.write_check is not WriteCheck.OFF:
         declared = {sub.seq: list(sub.deliverables) for sub in members}
-    store.start_batch(run.run_id, batch.number, batch.seqs, run.policy.value, declared)
+    store.start_batch(
+        run.run_id, batch.number, batch.seqs, run.policy.value, declared, run.write_check.value
+    )
     submitted_at = datetime.now(UTC)
     signatures = []
     for sub in members:
@@ -217,7 +219,6 @@ def _publish(
         "expected": list(batch.seqs),
         "next_batch": next_batch.model_dump(mode="json") if next_batch else None,
         "submitted_at": submitted_at.isoformat(),
-        "write_check": run.write_check.value,
     }
     callback = app.signature(
         AGGREGATE_TASK,

@@ -11,8 +11,8 @@ key                           type    content
 ``run:R``                     hash    feature, feature_key, root, token, policy, created_at
 ``ctx:R``                     string  the shared session context (1 MiB cap)
 ``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
-                                      state (running|reported|forced), declared (JSON
-                                      seq -> deliverables, when writes are checked)
+                                      state (running|reported|forced), write_check,
+                                      declared (JSON seq -> deliverables, unless off)
 ``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
                                       started_at, result (final JSON, written once)
 ``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
@@ -314,7 +314,11 @@ class StateStore:
         expected: Sequence[str],
         policy: str,
         declared: Mapping[str, Sequence[str]] | None = None,
+        write_check: str = "warn",
     ) -> None:
+        """Register a batch. The write check and each member's deliverables are kept
+        here for the chord callback's blame, not in its message: every member's
+        message carries the callback, so anything in it is published N times."""
         key = self.keys.batch(run_id, n)
         pipe = self.r.pipeline()
         pipe.hset(
@@ -324,6 +328,7 @@ class StateStore:
                 "policy": policy,
                 "submitted_at": now_iso(),
                 "state": "running",
+                "write_check": write_check,
             },
         )
         if declared is not None:
@@ -342,11 +347,12 @@ class StateStore:
         raw = self.r.hget(self.keys.batch(run_id, n), "expected")
         return list(json.loads(cast(str, raw))) if raw else []
 
-    def batch_declared(self, run_id: str, n: int) -> dict[str, list[str]] | None:
-        """Each member's declared deliverables, for the blame of undeclared writes;
-        read only when a member observed some, so the usual report costs nothing."""
-        raw = self.r.hget(self.keys.batch(run_id, n), "declared")
-        return cast(dict[str, list[str]], json.loads(cast(str, raw))) if raw else None
+    def batch_writes(self, run_id: str, n: int) -> tuple[str, dict[str, list[str]] | None]:
+        """The batch's write check and its members' declared deliverables (None when
+        off), in one read."""
+        check, raw = self.r.hmget(self.keys.batch(run_id, n), ["write_check", "declared"])
+        declared = cast(dict[str, list[str]], json.loads(cast(str, raw))) if raw else None
+        return cast(str | None, check) or "warn", declared
 
     def batch_state(self, run_id: str, n: int) -> str | None:
         return cast(str | None, self.r.hget(self.keys.batch(run_id, n), "state"))

@@ -105,10 +105,8 @@ def aggregate(
         and recorded[str(r.get("seq"))].result.value != r.get("result")
     ]
     next_batch = PlannedBatch.model_validate(meta["next_batch"]) if meta.get("next_batch") else None
-    check = WriteCheck(meta.get("write_check", WriteCheck.WARN.value))
-    declared = None
-    if check is not WriteCheck.OFF and any(r.observed_writes for r in recorded.values()):
-        declared = store.batch_declared(run_id, int(meta["batch"]))
+    check_name, declared = store.batch_writes(run_id, int(meta["batch"]))
+    check = WriteCheck(check_name)
     built = report.build(
         feature=meta["feature"],
         run_id=run_id,
