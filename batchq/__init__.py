@@ -33,6 +33,8 @@ from batchq.models import (
     Subtask,
     SubtaskResult,
     SubtaskStatus,
+    UndeclaredWrite,
+    WriteCheck,
 )
 from batchq.planner import check_batch, plan, validate
 from batchq.settings import Settings, load_settings
@@ -67,8 +69,10 @@ __all__ = [
     "Subtask",
     "SubtaskResult",
     "SubtaskStatus",
+    "UndeclaredWrite",
     "UnsafeBatchError",
     "UsageError",
+    "WriteCheck",
     "check_batch",
     "complete_subtask",
     "connect",

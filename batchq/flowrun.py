@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery
 
@@ -32,6 +33,7 @@ from batchq.producer import (
     Submission,
     budget_s,
     check_agents,
+    declared_of,
     follow,
     publish_each,
     report_from_store,
@@ -40,6 +42,7 @@ from batchq.producer import (
 )
 from batchq.settings import Settings
 from batchq.state import Event, StateStore
+from batchq.writeset import Window
 
 __all__ = ["run_flow"]
 
@@ -73,6 +76,11 @@ class _FlowRun:
         self.hard_cap_s = sum(budget_s(s, settings) for s in members) + settings.stall_s
         self.stream_from = "0-0"  # set when the batches are registered
         self.terminated = False
+        # Write blame: in flow mode other batches' members run alongside a batch, so
+        # every subtask's deliverables are declared and their windows are considered.
+        self.declared = declared_of(members, run.write_check)
+        self.enqueued_at: dict[str, datetime] = {}
+        self.windows: dict[str, Window] = {}
         self.on_publish: Callable[[list[str]], None] | None = None
         self.reported: set[int] = set()
 
@@ -100,7 +108,9 @@ class _FlowRun:
                 for s in seqs
             ],
         )
+        now = datetime.now(UTC)
         for seq in seqs:
+            self.enqueued_at[seq] = now
             self.schedule.enqueued(seq)
             self._submission(batch_of[seq])
 
@@ -117,6 +127,7 @@ class _FlowRun:
                 stream_from=self.stream_from,
                 hard_cap_s=self.hard_cap_s,
                 titles={s: self.by_seq[s].title for s in batch.seqs},
+                declared=self.declared,
             )
         return self.submissions[n]
 
@@ -131,6 +142,7 @@ class _FlowRun:
             if event.seq not in self.schedule.in_flight:
                 continue  # a repeat (at-least-once, or reread after a Redis blip)
             state = ResultState(str(event.data.get("result", "failed")))
+            self.windows[event.seq] = _window(event.data, self.enqueued_at.get(event.seq))
             skips = self.schedule.finished(event.seq, state)
             if state is not ResultState.COMPLETED:
                 skips += self._apply_policy(event.seq, state)
@@ -172,11 +184,28 @@ class _FlowRun:
                 "dependencies complete",
             )
             built = report_from_store(
-                self.store, self._submission(n), forced, skipped, going_on if still else None
+                self.store,
+                self._submission(n),
+                forced,
+                skipped,
+                going_on if still else None,
+                self._others(batch.seqs),
             )
             self.on_report(built)
             # Only now: a Redis blip above makes the loop reread the events and retry.
             self.reported.add(n)
+
+    def _others(self, members: list[str]) -> list[Window]:
+        """Windows of the subtasks outside a batch: finished ones as recorded, in-flight
+        ones from their enqueue on (open-ended)."""
+        mine = set(members)
+        out = [w for seq, w in self.windows.items() if seq not in mine]
+        out += [
+            (self.enqueued_at[seq], None)
+            for seq in self.schedule.in_flight
+            if seq not in mine and seq in self.enqueued_at
+        ]
+        return out
 
     def give_up(self, reason: str | None) -> bool:
         """The stall deadline or the hard cap: skip what never started and force a
@@ -190,6 +219,17 @@ class _FlowRun:
         self.schedule.stop(f"not started: {reason}")
         self.close(set(self.batches), forced=reason)
         return True
+
+
+def _window(data: dict[str, Any], enqueued: datetime | None) -> Window:
+    """A finished subtask's window from its event (its enqueue time, if the worker's
+    start is unknown: a wider window clears no suspect)."""
+    try:
+        start = datetime.fromisoformat(str(data["started_at"]))
+        end: datetime | None = datetime.fromisoformat(str(data["finished_at"]))
+    except (KeyError, ValueError):
+        return (enqueued or datetime.now(UTC), None)
+    return (start, end)
 
 
 def run_flow(
@@ -209,7 +249,11 @@ def run_flow(
     flow = _FlowRun(app, store, run, feature, plan, settings, on_events, on_report)
     flow.on_publish = on_publish
     flow.stream_from = store.start_batches(
-        run.run_id, {b.number: b.seqs for b in plan.batches}, run.policy.value
+        run.run_id,
+        {b.number: b.seqs for b in plan.batches},
+        run.policy.value,
+        declared=flow.declared,
+        write_check=run.write_check.value,
     )
     flow.publish_ready()
     follow(

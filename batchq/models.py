@@ -46,7 +46,9 @@ __all__ = [
     "SubtaskStatus",
     "TaskFile",
     "TaskStatus",
+    "UndeclaredWrite",
     "Violation",
+    "WriteCheck",
 ]
 
 SEQ_PATTERN = r"^\d{2,}$"
@@ -94,6 +96,14 @@ class RunMode(StrEnum):
 
     BATCH = "batch"
     FLOW = "flow"
+
+
+class WriteCheck(StrEnum):
+    """What a run does about workspace writes outside the declared deliverables."""
+
+    WARN = "warn"
+    FAIL = "fail"
+    OFF = "off"
 
 
 class BatchStatus(StrEnum):
@@ -313,6 +323,11 @@ class SubtaskResult(_Wire):
     error: str | None = None
     output_tail: str = ""
     log_path: str | None = None
+    observed_writes: list[str] = Field(default_factory=list)
+    """Set by the worker: paths that changed in the workspace while the agent ran and
+    are not this subtask's own deliverables. A sibling running meanwhile shows here too."""
+    undeclared_writes: list[str] = Field(default_factory=list)
+    """Set by the batch report: the observed writes blamed on this subtask alone."""
 
     @property
     def ok(self) -> bool:
@@ -333,6 +348,14 @@ class SkippedSubtask(_Wire):
 
     seq: str
     reason: str
+
+
+class UndeclaredWrite(_Wire):
+    """An undeclared write no single subtask can be blamed for: ``candidates`` are the
+    members whose windows saw it change while another member was running."""
+
+    path: str
+    candidates: list[str]
 
 
 class BatchReport(_Wire):
@@ -357,6 +380,8 @@ class BatchReport(_Wire):
     missing: list[str] = Field(default_factory=list)
     skipped: list[SkippedSubtask] = Field(default_factory=list)
     discrepancies: list[str] = Field(default_factory=list)
+    undeclared_writes: list[UndeclaredWrite] = Field(default_factory=list)
+    write_check: WriteCheck = WriteCheck.WARN
 
     @property
     def ok(self) -> bool:
@@ -383,6 +408,7 @@ class SubtaskMessage(_Wire):
     policy: FailurePolicy = FailurePolicy.GRACEFUL
     agent: str
     subtask: Subtask
+    write_check: WriteCheck = WriteCheck.WARN
 
     @property
     def seq(self) -> str:

@@ -37,6 +37,7 @@ from batchq.models import (
     RunMode,
     SubtaskResult,
     SubtaskStatus,
+    WriteCheck,
 )
 from batchq.producer import Run, Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
@@ -79,6 +80,8 @@ class RunOptions:
     changed: bool = False
     """Also rerun completed subtasks whose fingerprint or outputs changed (``--changed``)."""
     on_rerun: RerunHandler | None = None
+    write_check: WriteCheck | None = None
+    """None: ``Settings.undeclared_writes``."""
 
 
 @dataclass
@@ -128,8 +131,8 @@ class _Mirror:
         self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
         self.recorder = recorder
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
-        self.finished: set[str] = set()
-        self.written: set[str] = set()
+        self.finished: dict[str, ResultState] = {}
+        self.written: dict[str, ResultState] = {}
         self.last_flush = time.monotonic()
 
     def __call__(self, events: list[Event]) -> None:
@@ -142,7 +145,7 @@ class _Mirror:
             elif event.kind == "finished" and event.data:
                 result = SubtaskResult.model_validate(event.data)
                 self.pending[event.seq] = _final_change(result, self.run_id, self.recorder)
-                self.finished.add(event.seq)
+                self.finished[event.seq] = result.result
         if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
             self.flush()
         if self.forward is not None:
@@ -152,7 +155,7 @@ class _Mirror:
         if self.pending:
             changes, self.pending = self.pending, {}
             update_subtasks(self.root, self.name, changes)
-            self.written |= self.finished & set(changes)
+            self.written |= {s: r for s, r in self.finished.items() if s in changes}
         self.last_flush = time.monotonic()
 
 
@@ -204,7 +207,7 @@ class Orchestrator:
             return self._run_flow(options)
         with self.exclusive():
             feature, reruns = self._prepare(options)
-            run = new_run(self.store, feature, options.policy, options.context)
+            run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             self._announce(result, reruns, options)
             done: set[str] = set()
@@ -238,7 +241,7 @@ class Orchestrator:
         and a further flow runs the ones that must rerun (batch numbers go on)."""
         with self.exclusive():
             feature, reruns = self._prepare(options)
-            run = new_run(self.store, feature, options.policy, options.context, RunMode.FLOW)
+            run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             self._announce(result, reruns, options)
             done: set[str] = set()
@@ -303,7 +306,7 @@ class Orchestrator:
             by_seq = feature.by_seq()
             check_agents([by_seq[s] for s in seqs], self.settings)
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
-            run = new_run(self.store, feature, options.policy, options.context)
+            run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             result.reports.append(self._run_one(run, feature, batch, None, options))
             result.feature = load_feature(self.root, self.name)
@@ -345,6 +348,10 @@ class Orchestrator:
         result.reruns.update(reasons)
         if options.on_rerun is not None:
             options.on_rerun(reasons)
+
+    def _new_run(self, feature: Feature, options: RunOptions) -> Run:
+        check = options.write_check or self.settings.undeclared_writes
+        return new_run(self.store, feature, options.policy, options.context, options.mode, check)
 
     def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
         """Validate everything, refuse bad agents up front, and reset what we may rerun:
@@ -419,14 +426,19 @@ class Orchestrator:
         return built
 
     def _settle(
-        self, run: Run, built: BatchReport, written: set[str], recorder: fingerprint.Recorder
+        self,
+        run: Run,
+        built: BatchReport,
+        written: dict[str, ResultState],
+        recorder: fingerprint.Recorder,
     ) -> BatchReport:
         """Mirror the final states not yet mirrored (``written`` came from the progress
-        stream), then check that store and files agree with the report."""
+        stream, and the report may have failed a member for an undeclared write since),
+        then check that store and files agree with the report."""
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
-            if seq not in written:
+            if written.get(seq) is not res.result:
                 changes[seq] = _final_change(res, run.run_id, recorder)
         for seq in built.missing:
             block = BatchqBlock(

@@ -33,9 +33,11 @@ from batchq.models import (
     RunMode,
     Subtask,
     SubtaskMessage,
+    WriteCheck,
 )
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, Event, StateStore, feature_key
+from batchq.writeset import Window
 
 __all__ = [
     "Run",
@@ -75,6 +77,7 @@ class Run:
     policy: FailurePolicy
     learned: Mapping[str, float] = field(default_factory=dict)
     """Durations the feature's subtasks took in earlier runs, for longest-first order."""
+    write_check: WriteCheck = WriteCheck.WARN
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Submission:
     stream_from: str
     hard_cap_s: float
     titles: dict[str, str] = field(default_factory=dict)
+    declared: dict[str, list[str]] | None = None
 
 
 def budget_s(sub: Subtask, settings: Settings) -> float:
@@ -117,6 +121,7 @@ def new_run(
     policy: FailurePolicy,
     context: str = "",
     mode: RunMode = RunMode.BATCH,
+    write_check: WriteCheck = WriteCheck.WARN,
 ) -> Run:
     """Create a run: its token file in the workspace and its record and context in Redis
     (``mode`` is recorded so ``watch`` knows whether batches overlap)."""
@@ -135,11 +140,12 @@ def new_run(
             "root": str(feature.root),
             "policy": policy.value,
             "mode": mode.value,
+            "write_check": write_check.value,
             "created_at": datetime.now(UTC).isoformat(),
         },
         context,
     )
-    return Run(run_id, feature.name, fkey, feature.root, token, policy, learned)
+    return Run(run_id, feature.name, fkey, feature.root, token, policy, learned, write_check)
 
 
 def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
@@ -152,6 +158,13 @@ def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[st
         return learned.get(sub.seq, 0.0)
 
     return {sub.seq: weight(sub) for sub in members}
+
+
+def declared_of(members: Sequence[Subtask], write_check: WriteCheck) -> dict[str, list[str]] | None:
+    """Each member's deliverables, for the blame of undeclared writes (None when off)."""
+    if write_check is WriteCheck.OFF:
+        return None
+    return {sub.seq: list(sub.deliverables) for sub in members}
 
 
 def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
@@ -175,12 +188,15 @@ def submit(
     members = [by_seq[seq] for seq in batch.seqs]
     agents = check_agents(members, settings)
     members = _order(members, run.learned)
+    declared = declared_of(members, run.write_check)
     stream_from = store.start_batch(
         run.run_id,
         batch.number,
         batch.seqs,
         run.policy.value,
         next_batch.model_dump_json() if next_batch else None,
+        declared,
+        run.write_check.value,
     )
     submitted_at = datetime.now(UTC)
     signatures = [
@@ -200,6 +216,7 @@ def submit(
         stream_from=stream_from,
         hard_cap_s=hard_cap,
         titles={s.seq: s.title for s in members},
+        declared=declared,
     )
 
 
@@ -220,6 +237,7 @@ def signature(
         policy=policy,
         agent=agent,
         subtask=sub,
+        write_check=run.write_check,
     )
     options: dict[str, object] = {
         "queue": agent_queue(agent),
@@ -293,6 +311,7 @@ def report_from_store(
     forced_reason: str | None = None,
     skipped: Mapping[str, str] | None = None,
     next_if_ok: NextStep | None = None,
+    others: Sequence[Window] = (),
 ) -> BatchReport:
     """Build and store the report from the recorded results: the batch-of-one path,
     and the deadline path (``forced_reason``), which also stops members not yet
@@ -313,9 +332,13 @@ def report_from_store(
         forced=forced_reason is not None,
         discrepancies=[forced_reason] if forced_reason else [],
         skipped=skipped,
+        declared=sub.declared,
+        write_check=run.write_check,
+        others=others,
     )
     if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
         built = built.model_copy(update={"next": next_if_ok})
+    store.amend_results(report.amended(built, results))
     if store.store_report(built, run.feature_key):
         return built
     return store.report(run.run_id, sub.batch.number) or built

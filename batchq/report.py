@@ -16,6 +16,11 @@ Counting rules (SPEC 3, 4):
   ``completed + failed == total`` also keeps the seed format's statistics consistent
   for orchestrators that parse them. The per-member results still say *how* each one
   ended, and the renderers break the count down.
+- Write-set enforcement (:mod:`batchq.writeset`): the members' observed writes are
+  blamed here, where every member's deliverables and window are known. Under
+  ``fail``, a member blamed alone ends ``failed`` in the report, and writes no single
+  member can be blamed for fail the batch without failing any member: they stop the
+  run for a look, and rerunning innocent members would not undo a write.
 - Delivery is at-least-once, so one seq can arrive twice. The kept copy is chosen
   without regard to arrival order (a completed copy first, then the latest finished,
   then the most attempts), and the duplicate is noted in ``discrepancies``.
@@ -26,16 +31,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from batchq import writeset
 from batchq.models import (
     BatchReport,
     BatchStatus,
     NextStep,
     PlannedBatch,
+    ResultState,
     SkippedSubtask,
     SubtaskResult,
+    UndeclaredWrite,
+    WriteCheck,
 )
 
-__all__ = ["build", "discrepancies", "seq_key"]
+__all__ = ["amended", "build", "discrepancies", "seq_key"]
 
 
 def seq_key(seq: str) -> tuple[int, int, str]:
@@ -114,7 +123,11 @@ def _wall_seconds(
 
 
 def _next_step(
-    feature: str, ok: bool, not_completed: Sequence[str], next_batch: PlannedBatch | None
+    feature: str,
+    ok: bool,
+    not_completed: Sequence[str],
+    next_batch: PlannedBatch | None,
+    stray: Sequence[UndeclaredWrite] = (),
 ) -> NextStep:
     if ok and next_batch is not None:
         return NextStep(
@@ -125,6 +138,17 @@ def _next_step(
         )
     if ok:
         return NextStep(dependencies_satisfied=True, recommendation="All batches complete")
+    if not not_completed:
+        return NextStep(
+            batch=next_batch.number if next_batch else None,
+            seqs=list(next_batch.seqs) if next_batch else [],
+            dependencies_satisfied=False,
+            recommendation=(
+                f"Undeclared writes that no single subtask can be blamed for: "
+                f"{_stray_list(stray)}; declare them as deliverables or fix the agents, "
+                f"then rerun `batchq run {feature}`"
+            ),
+        )
     return NextStep(
         batch=next_batch.number if next_batch else None,
         seqs=list(next_batch.seqs) if next_batch else [],
@@ -134,6 +158,46 @@ def _next_step(
             f"then rerun `batchq run {feature}`"
         ),
     )
+
+
+def _stray_list(stray: Sequence[UndeclaredWrite]) -> str:
+    return "; ".join(f"{w.path} (candidates: {_seq_list(w.candidates)})" for w in stray)
+
+
+def _blamed(
+    result: SubtaskResult, paths: list[str], declared: Sequence[str], check: WriteCheck
+) -> SubtaskResult:
+    """The result with the writes blamed on it; under ``fail`` a completed one fails."""
+    update: dict[str, object] = {"undeclared_writes": paths}
+    if check is WriteCheck.FAIL and result.ok:
+        update |= {
+            "result": ResultState.FAILED,
+            "error": f"undeclared write: {', '.join(paths)} "
+            f"(declared: {', '.join(declared) or 'nothing'})",
+            "error_type": "UndeclaredWrite",
+        }
+    return result.model_copy(update=update)
+
+
+def _apply_blame(
+    results: list[SubtaskResult],
+    declared: Mapping[str, Sequence[str]] | None,
+    missing: Sequence[str],
+    check: WriteCheck,
+    others: Sequence[writeset.Window] = (),
+) -> tuple[list[SubtaskResult], list[UndeclaredWrite]]:
+    if check is WriteCheck.OFF or not any(r.observed_writes for r in results):
+        return results, []
+    if declared is None:  # the verified deliverables are the declared ones
+        declared = {r.seq: [c.path for c in r.deliverables] for r in results}
+    verdict = writeset.blame(results, declared, missing, others)
+    out = [
+        _blamed(r, verdict.by_seq[r.seq], declared.get(r.seq, ()), check)
+        if r.seq in verdict.by_seq
+        else r
+        for r in results
+    ]
+    return out, verdict.batch_level
 
 
 def build(
@@ -149,6 +213,9 @@ def build(
     forced: bool = False,
     discrepancies: Sequence[str] = (),
     skipped: Mapping[str, str] | None = None,
+    declared: Mapping[str, Sequence[str]] | None = None,
+    write_check: WriteCheck = WriteCheck.WARN,
+    others: Sequence[writeset.Window] = (),
 ) -> BatchReport:
     """Aggregate one batch's results into its report.
 
@@ -159,6 +226,9 @@ def build(
     (e.g. a late result noticed by the caller) come first in the report's list.
     ``skipped`` (flow mode: seq -> reason) are members never enqueued; they count
     as not completed but are not ``missing``, since nothing was lost.
+    ``declared`` maps each member to its deliverables, for the blame of undeclared
+    writes (see the module docstring); ``write_check`` is the run's choice; ``others``
+    (flow mode) the windows of subtasks outside the batch that ran meanwhile.
     """
     skipped = dict(skipped or {})
     notes: list[str] = list(discrepancies)
@@ -174,14 +244,17 @@ def build(
             notes.append(reason)
 
     kept = _dedupe(accepted, notes)
-    ordered = [kept[seq] for seq in sorted(kept, key=seq_key)]
     expected_sorted = sorted(dict.fromkeys(expected), key=seq_key)
     missing = [seq for seq in expected_sorted if seq not in kept and seq not in skipped]
+    ordered, stray = _apply_blame(
+        [kept[seq] for seq in sorted(kept, key=seq_key)], declared, missing, write_check, others
+    )
+    kept = {r.seq: r for r in ordered}
     not_completed = [seq for seq in expected_sorted if seq not in kept or not kept[seq].ok]
 
     total = len(expected_sorted)
     completed = total - len(not_completed)
-    ok = not not_completed
+    ok = not not_completed and not (write_check is WriteCheck.FAIL and stray)
 
     wall_s = _wall_seconds(submitted_at, finished_at, ordered)
     work_s = sum(r.duration_s for r in ordered)
@@ -197,7 +270,7 @@ def build(
         completed=completed,
         failed=total - completed,
         success_rate=_success_rate(completed, total),
-        next=_next_step(feature, ok, not_completed, next_batch),
+        next=_next_step(feature, ok, not_completed, next_batch, stray),
         submitted_at=submitted_at,
         finished_at=finished_at,
         wall_s=round(wall_s, 3),
@@ -211,6 +284,8 @@ def build(
             if seq in skipped and seq not in kept
         ],
         discrepancies=notes,
+        undeclared_writes=stray,
+        write_check=write_check,
     )
 
 
@@ -245,3 +320,11 @@ def discrepancies(
         elif got_value != said:
             out.append(f"{seq}: reported {said}, but recorded {got_value} in the {source}")
     return out
+
+
+def amended(report: BatchReport, recorded: Mapping[str, SubtaskResult]) -> list[SubtaskResult]:
+    """The report's results whose state differs from what was recorded: members the
+    report failed for an undeclared write. The caller writes them back to the store."""
+    return [
+        r for r in report.results if r.seq in recorded and recorded[r.seq].result is not r.result
+    ]

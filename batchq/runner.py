@@ -17,10 +17,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from batchq import fswatch, writeset
 from batchq.agents.base import Agent, AgentOutcome, Delegation, agent_for
 from batchq.errors import BatchqError
 from batchq.models import (
@@ -29,6 +30,7 @@ from batchq.models import (
     ResultState,
     SubtaskMessage,
     SubtaskResult,
+    WriteCheck,
 )
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, StateStore
@@ -83,6 +85,7 @@ class _Attempt:
     worker: str
     started_at: datetime
     attempts: int
+    observed: list[str] = field(default_factory=list)
 
 
 class _Watch:
@@ -189,6 +192,7 @@ def _result(
         error=error,
         output_tail=output[-settings.output_tail_chars :] if settings.output_tail_chars else "",
         log_path=str(log_path) if log_path else None,
+        observed_writes=attempt.observed,
     )
 
 
@@ -347,6 +351,28 @@ def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Watch) -> Agent
         )
 
 
+def _watched_run(
+    agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
+) -> AgentOutcome:
+    """Run the agent between two workspace snapshots (unless the run turned the write
+    check off) and keep what changed outside the subtask's own deliverables. Verification
+    comes after the second snapshot: a verify command's own output files are not the
+    agent's writes."""
+    if attempt.message.write_check is WriteCheck.OFF:
+        return _run_agent(agent, delegation, heartbeat)
+    try:
+        window = fswatch.open_window(delegation.workspace)
+    except Exception as exc:  # the check must never cost the subtask its result
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
+        return _run_agent(agent, delegation, heartbeat)
+    outcome = _run_agent(agent, delegation, heartbeat)
+    try:
+        attempt.observed = writeset.outside(window(), delegation.subtask.deliverables)
+    except Exception as exc:
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
+    return outcome
+
+
 def execute(
     msg: SubtaskMessage,
     store: StateStore,
@@ -425,7 +451,7 @@ def execute(
                 ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
             )
         else:
-            outcome = _run_agent(agent, delegation, heartbeat)
+            outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
             verification = verify_delegation(delegation, lambda: heartbeat.terminate)

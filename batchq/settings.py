@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -19,7 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from batchq.errors import SpecError
+from batchq.errors import InputError, SpecError
+from batchq.models import WriteCheck
 
 __all__ = ["DEFAULT_PROTECTED", "AgentConfig", "Settings", "load_settings"]
 
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     output_tail_chars: int = Field(default=2000, ge=0)
+    undeclared_writes: WriteCheck = WriteCheck.WARN
+    """The run's default for writes outside the declared deliverables (warn|fail|off);
+    ``--undeclared-writes`` overrides it. It travels to workers in each message."""
 
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
@@ -137,7 +141,13 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
     file_values: dict[str, Any] = {}
     if root is not None and (root / CONFIG_FILE).is_file():
         file_values = _read_toml(root / CONFIG_FILE)
-    env_only = Settings()
+    try:
+        env_only = Settings()
+    except ValidationError as exc:  # name the variable the user set, not the field
+        problems = "; ".join(
+            f"BATCHQ_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors() if e["loc"]
+        )
+        raise InputError(f"invalid environment: {problems}") from None
     merged: dict[str, Any] = dict(file_values)
     merged.update({k: getattr(env_only, k) for k in env_only.model_fields_set})
     merged.update(overrides)

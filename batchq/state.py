@@ -11,7 +11,8 @@ key                           type    content
 ``run:R``                     hash    feature, feature_key, root, token, policy, created_at
 ``ctx:R``                     string  the shared session context (1 MiB cap)
 ``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
-                                      state (running|reported|forced)
+                                      state (running|reported|forced), write_check,
+                                      declared (JSON seq -> deliverables, unless off)
 ``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
                                       started_at, result (final JSON, written once)
 ``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
@@ -148,6 +149,17 @@ class Keys:
 
     def slots(self, agent: str) -> str:
         return f"{self.p}slots:{agent}"
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch as registered: members, the plan's next batch (JSON), the write check
+    and the members' declared deliverables (None when the check is off)."""
+
+    expected: list[str]
+    following: str | None
+    write_check: str
+    declared: dict[str, list[str]] | None
 
 
 @dataclass(frozen=True)
@@ -328,13 +340,18 @@ class StateStore:
         expected: Sequence[str],
         policy: str,
         following: str | None = None,
+        declared: Mapping[str, Sequence[str]] | None = None,
+        write_check: str = "warn",
     ) -> str:
-        """Register a batch's members and the plan's next batch (JSON), which the chord
-        callback reads here rather than from its message: every member's message
+        """Register a batch: its members, the plan's next batch (JSON), the write check
+        and each member's declared deliverables (None when the check is off). The chord
+        callback reads them here rather than from its message: every member's message
         carries the callback, so anything in it would be published N times.
         Returns the run stream's newest entry id, read in the same round trip, so the
         waiter reads only this batch's events."""
-        return self.start_batches(run_id, {n: expected}, policy, {n: following or ""})
+        return self.start_batches(
+            run_id, {n: expected}, policy, {n: following or ""}, declared, write_check
+        )
 
     def start_batches(
         self,
@@ -342,6 +359,8 @@ class StateStore:
         batches: Mapping[int, Sequence[str]],
         policy: str,
         following: Mapping[int, str] | None = None,
+        declared: Mapping[str, Sequence[str]] | None = None,
+        write_check: str = "warn",
     ) -> str:
         """Record batches as running, in one round trip (flow mode registers the whole
         plan at once: its batches overlap in time); see :meth:`start_batch`."""
@@ -357,8 +376,12 @@ class StateStore:
                     "submitted_at": now_iso(),
                     "state": "running",
                     "next": (following or {}).get(n, ""),
+                    "write_check": write_check,
                 },
             )
+            if declared is not None:
+                mine = {seq: list(declared.get(seq, ())) for seq in expected}
+                pipe.hset(key, "declared", json.dumps(mine))
             pipe.expire(key, self.ttl)
         newest = pipe.execute()[0]
         return cast(str, newest[0][0]) if newest else "0-0"
@@ -370,12 +393,21 @@ class StateStore:
             states[len(states) + 1] = state
         return states
 
-    def batch_plan(self, run_id: str, n: int) -> tuple[list[str], str | None]:
-        """A batch's members and the next batch's JSON, as :meth:`start_batch` stored them."""
-        raw, following = cast(
-            list[str | None], self.r.hmget(self.keys.batch(run_id, n), ["expected", "next"])
+    def batch_record(self, run_id: str, n: int) -> BatchRecord:
+        """What :meth:`start_batch` stored for the chord callback, in one read."""
+        raw = cast(
+            list[str | None],
+            self.r.hmget(
+                self.keys.batch(run_id, n), ["expected", "next", "write_check", "declared"]
+            ),
         )
-        return (list(json.loads(raw)) if raw else []), (following or None)
+        expected, following, check, declared = raw
+        return BatchRecord(
+            expected=list(json.loads(expected)) if expected else [],
+            following=following or None,
+            write_check=check or "warn",
+            declared=cast(dict[str, list[str]], json.loads(declared)) if declared else None,
+        )
 
     def batch_members(self, run_id: str, n: int) -> list[str]:
         raw = self.r.hget(self.keys.batch(run_id, n), "expected")
@@ -486,6 +518,19 @@ class StateStore:
             ],
         )
         return bool(written)
+
+    def amend_results(self, results: Sequence[SubtaskResult]) -> None:
+        """Overwrite recorded results the batch report changed (a member failed for an
+        undeclared write), so store, report and task files agree. Idempotent: both
+        report builders derive the same amendment from the same records."""
+        if not results:
+            return
+        pipe = self.r.pipeline()
+        for result in results:
+            pipe.hset(
+                self.keys.subtask(result.run_id, result.seq), "result", result.model_dump_json()
+            )
+        pipe.execute()
 
     def result(self, run_id: str, seq: str) -> SubtaskResult | None:
         raw = self.r.hget(self.keys.subtask(run_id, seq), "result")

@@ -21,7 +21,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq import report
 from batchq.app import AGGREGATE_TASK, RUN_TASK
-from batchq.models import PlannedBatch, SubtaskMessage
+from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.runner import RetryLater, execute
 from batchq.settings import Settings
 from batchq.state import CONNECTION_ERRORS, StateStore
@@ -95,7 +95,8 @@ def aggregate(
     pure function, and store it. A member whose chord value disagrees with its
     record (a redelivered copy, say) is named as a discrepancy."""
     run_id, batch = meta["run_id"], int(meta["batch"])
-    expected, following = store.batch_plan(run_id, batch)
+    record = store.batch_record(run_id, batch)
+    expected = record.expected
     recorded = store.results(run_id, expected)
     discrepancies = [
         f"{r.get('seq')}: the chord got {r.get('result')}, the store recorded "
@@ -105,7 +106,7 @@ def aggregate(
         and str(r.get("seq")) in recorded
         and recorded[str(r.get("seq"))].result.value != r.get("result")
     ]
-    next_batch = PlannedBatch.model_validate_json(following) if following else None
+    next_batch = PlannedBatch.model_validate_json(record.following) if record.following else None
     built = report.build(
         feature=meta["feature"],
         run_id=run_id,
@@ -116,7 +117,10 @@ def aggregate(
         submitted_at=datetime.fromisoformat(meta["submitted_at"]),
         finished_at=_now(),
         discrepancies=discrepancies,
+        declared=record.declared,
+        write_check=WriteCheck(record.write_check),
     )
+    store.amend_results(report.amended(built, recorded))
     stored = store.store_report(built, meta["feature_key"])
     store.emit(run_id, "aggregated", built.batch, "", stored=stored, status=built.status.value)
     return {"batch": built.batch, "status": built.status.value}

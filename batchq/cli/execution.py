@@ -23,7 +23,14 @@ from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
 from batchq.errors import ExecutionFailed, InputError, UsageError
-from batchq.models import BatchReport, FailurePolicy, ResultState, RunMode, SubtaskStatus
+from batchq.models import (
+    BatchReport,
+    FailurePolicy,
+    ResultState,
+    RunMode,
+    SubtaskStatus,
+    WriteCheck,
+)
 from batchq.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,6 +57,14 @@ ModeOpt = Annotated[
         "--mode",
         help="batch (default): batch after batch; flow: each subtask as soon as its own "
         "dependencies are completed.",
+    ),
+]
+UndeclaredOpt = Annotated[
+    WriteCheck | None,
+    typer.Option(
+        "--undeclared-writes",
+        help="Writes outside the declared deliverables: warn (default), fail or off "
+        "(default from BATCHQ_UNDECLARED_WRITES).",
     ),
 ]
 ContextOpt = Annotated[
@@ -216,6 +231,7 @@ def _execute(
     as_json: bool,
     changed: bool = False,
     mode: RunMode = RunMode.BATCH,
+    write_check: WriteCheck | None = None,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     from batchq.connection import connect
@@ -238,6 +254,7 @@ def _execute(
         on_submit=live.submitted,
         changed=changed,
         on_rerun=live.reruns,
+        write_check=write_check,
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
@@ -326,6 +343,7 @@ def register(app: typer.Typer) -> None:
                 "(see `batchq changed`).",
             ),
         ] = False,
+        undeclared_writes: UndeclaredOpt = None,
     ) -> None:
         """Run the feature batch after batch until done or a batch fails (--mode flow:
         each subtask as soon as its dependencies are completed)."""
@@ -341,6 +359,7 @@ def register(app: typer.Typer) -> None:
             as_json,
             changed,
             mode,
+            undeclared_writes,
         )
         _conclude(result, as_json)
 
@@ -353,10 +372,21 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
+        undeclared_writes: UndeclaredOpt = None,
     ) -> None:
         """Run one explicit batch after checking it is safe to run in parallel."""
         ctx = Context(root)
-        result = _execute(ctx, feature, seqs, on_failure, False, context, workers, as_json)
+        result = _execute(
+            ctx,
+            feature,
+            seqs,
+            on_failure,
+            False,
+            context,
+            workers,
+            as_json,
+            write_check=undeclared_writes,
+        )
         _conclude(result, as_json)
 
     @app.command()

@@ -374,12 +374,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BatchqError as exc:
         error_line(str(exc))
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         error_line("aborted")
         raise SystemExit(130) from None
-    except click.ClickException as exc:
-        exc.show()
+    except (click.ClickException, typer.TyperException) as exc:
+        # typer >= 0.20 raises its own vendored click's usage errors (a bad --option
+        # value, an unknown option); they are TyperExceptions with a show().
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            error_line(str(exc))
         raise SystemExit(2) from None
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         raise SystemExit(exc.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -84,6 +84,8 @@ def _result_block(result: SubtaskResult) -> list[str]:
         lines.append(f"   Deliverables: {_deliverables(result.deliverables)}")
     if result.summary:
         lines.append(f"   Summary: {result.summary}")
+    if result.undeclared_writes:
+        lines.append(f"   Undeclared writes: {', '.join(result.undeclared_writes)}")
     if not result.ok:
         error = result.error or result.error_type
         if error:
@@ -187,6 +189,12 @@ def render_markdown(report: BatchReport) -> str:
 
     lines += ["### Batch Statistics:", "", *_statistics(report), ""]
     lines += ["### Next Steps:", "", *_next_steps(report)]
+    if report.undeclared_writes:
+        lines += ["", "### Undeclared Writes:", ""]
+        lines += [
+            f"- {w.path} (not attributable; candidates: {', '.join(w.candidates)})"
+            for w in report.undeclared_writes
+        ]
     if report.discrepancies:
         lines += ["", "### Discrepancies:", ""]
         lines += [f"- {note}" for note in report.discrepancies]
@@ -204,6 +212,10 @@ def render_table(report: BatchReport) -> Table:
             f" · Summed {format_duration(report.work_s)}"
             f" · Speed-up {report.speedup:.1f}×"
             + (f" · Forced: no result from {', '.join(report.missing)}" if report.forced else "")
+            + "".join(
+                f" · Undeclared write {w.path} (candidates: {', '.join(w.candidates)})"
+                for w in report.undeclared_writes
+            )
         ),
     )
     table.add_column("Seq", no_wrap=True)
@@ -225,7 +237,7 @@ def render_table(report: BatchReport) -> Table:
                     Text(f"{icon} {r.result.value}", style=_STYLES[r.result]),
                     Text(format_duration(r.duration_s)),
                     Text(r.worker or "-"),
-                    Text(r.error or r.error_type or ""),
+                    Text(_error_cell(r)),
                 ],
             )
         )
@@ -240,6 +252,14 @@ def render_table(report: BatchReport) -> Table:
     for _, cells in sorted(rows, key=lambda row: seq_key(row[0])):
         table.add_row(*cells)
     return table
+
+
+def _error_cell(result: SubtaskResult) -> str:
+    error = result.error or result.error_type or ""
+    if result.undeclared_writes and result.error_type != "UndeclaredWrite":
+        note = f"undeclared writes: {', '.join(result.undeclared_writes)}"
+        return f"{error}; {note}" if error else note
+    return error
 
 
 def render_json(report: BatchReport) -> str:

@@ -144,3 +144,17 @@ def test_read_only_commands_never_refuse_a_policy_case(cli: Cli, tmp_path: Path,
     for argv in (["validate", "feat"], ["status", "feat"], ["plan", "feat"]):
         assert cli(root, *argv).code == 0, argv
     assert snapshot(root) == before
+
+
+def test_undeclared_writes_takes_warn_fail_or_off_and_refuses_anything_else(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = project(tmp_path, None)
+    for command in (["run", "feat"], ["batch", "feat", "01"]):
+        refused = cli(root, *command, "--undeclared-writes", "sometimes")
+        assert refused.code == 2 and "--undeclared-writes" in refused.err, refused.err
+        accepted = cli(root, *command, "--undeclared-writes", "fail")
+        assert accepted.code == 3, accepted.err  # got as far as connecting
+    monkeypatch.setenv("BATCHQ_UNDECLARED_WRITES", "sometimes")
+    refused = cli(root, "run", "feat")
+    assert refused.code == 2 and "BATCHQ_UNDECLARED_WRITES" in refused.err, refused.err

@@ -1,0 +1,291 @@
+"""Write-set enforcement: what a delegation changed in the workspace, and who is to blame.
+
+A subtask declares its deliverables; nothing stops its agent from writing elsewhere.
+The worker takes a :func:`snapshot` right before the agent runs and right after it,
+and keeps the :func:`changed` paths that are not its own deliverables
+(:func:`outside`). That view is honest but not exact: a sibling running at the same
+time writes into the same workspace. So the blame is decided later, by the batch
+report, which knows every member's deliverables and window (:func:`blame`):
+
+* a path some member of the batch declared is never blamed on anyone;
+* a path observed by subtask S is blamed on S only when no other member ran during
+  any part of S's window;
+* otherwise it is reported at batch level with the members whose windows saw it.
+
+Two snapshot kinds, chosen once per workspace and process: in a git work tree,
+``git status`` lists the dirty and untracked files (so ignored build output is not
+noise) and each listed path is stat-ed, because a file already dirty before may be
+written again; elsewhere a ``scandir`` walk records every file's size, mtime and inode.
+Both skip ``.git/``, ``.batchq/``, ``node_modules/``, ``__pycache__/`` and the task
+folders (the orchestrator rewrites task files and logs there during a run).
+
+:func:`changed`, :func:`outside` and :func:`blame` are pure; the rest does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+from batchq.models import SubtaskResult, UndeclaredWrite
+from batchq.paths import PathError, components
+
+__all__ = [
+    "EXCLUDED_DIRS",
+    "Blame",
+    "Snapshot",
+    "blame",
+    "changed",
+    "git_toplevel",
+    "list_dir",
+    "outside",
+    "parse_porcelain",
+    "skipped",
+    "snapshot",
+    "snapshot_walk",
+    "stat_signature",
+]
+
+EXCLUDED_DIRS = frozenset({".git", ".batchq", "node_modules", "__pycache__"})
+"""Folder names skipped at any depth. ``__pycache__``: Python writes bytecode there on
+any import or ``py_compile``, and it is never a deliverable."""
+EXCLUDED_PREFIXES = (".tmp/tasks/",)
+"""Root-relative folders skipped: every feature's task folder, its logs and reports."""
+GIT_TIMEOUT_S = 60.0
+
+Signature = tuple[str, int, int, int]
+"""(git status code or "", size, mtime_ns, inode); a vanished file is (code, -1, -1, -1)."""
+Snapshot = dict[str, Signature]
+
+
+# --- pure -------------------------------------------------------------------------
+
+
+def changed(before: Mapping[str, Signature], after: Mapping[str, Signature]) -> list[str]:
+    """Paths added, removed or modified between two snapshots, sorted."""
+    keys = set(before) | set(after)
+    return sorted(k for k in keys if before.get(k) != after.get(k))
+
+
+def _covered(path: str, declared: Iterable[str]) -> bool:
+    """Whether ``path`` is a declared deliverable or inside a declared folder."""
+    comps, _ = components(path)
+    for item in declared:
+        try:
+            own, _ = components(item)
+        except PathError:
+            continue
+        if comps[: len(own)] == own:
+            return True
+    return False
+
+
+def outside(paths: Iterable[str], declared: Sequence[str]) -> list[str]:
+    """The ``paths`` not covered by ``declared`` (files, or folders ending in ``/``)."""
+    return [p for p in paths if not _covered(p, declared)]
+
+
+@dataclass(frozen=True)
+class Blame:
+    """The verdict for one batch: paths per guilty member, and the unattributable rest."""
+
+    by_seq: dict[str, list[str]]
+    batch_level: list[UndeclaredWrite]
+
+
+def _window(result: SubtaskResult) -> tuple[datetime, datetime] | None:
+    if result.started_at is None or result.finished_at is None:
+        return None
+    return result.started_at, result.finished_at
+
+
+def _overlap(a: tuple[datetime, datetime] | None, b: tuple[datetime, datetime] | None) -> bool:
+    """Unknown windows overlap everything: an unknown cannot clear a suspect."""
+    if a is None or b is None:
+        return True
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+Window = tuple[datetime, datetime | None]
+"""A subtask's time in flight outside the batch: start and end (None: still running)."""
+
+
+def blame(
+    results: Sequence[SubtaskResult],
+    declared: Mapping[str, Sequence[str]],
+    missing: Sequence[str] = (),
+    others: Sequence[Window] = (),
+) -> Blame:
+    """Decide who wrote each undeclared path (see the module docstring).
+
+    ``declared`` maps every member's seq to its deliverables (flow mode: every subtask
+    of the run, since other batches' members run alongside); ``missing`` members never
+    reported, so their windows are unknown and they may have run alongside anyone;
+    ``others`` are the windows of subtasks outside the batch that were in flight
+    meanwhile (flow mode), which clear no suspect either.
+    """
+    union = [item for items in declared.values() for item in items]
+    windows = {r.seq: _window(r) for r in results}
+    outside_windows = [
+        (start, end or datetime.max.replace(tzinfo=start.tzinfo)) for start, end in others
+    ]
+    by_seq: dict[str, list[str]] = {}
+    seen_by: dict[str, list[str]] = {}
+    for result in results:
+        stray = outside(result.observed_writes, union)
+        if not stray:
+            continue
+        alone = not missing and not any(
+            _overlap(windows[result.seq], windows[other])
+            for other in windows
+            if other != result.seq
+        )
+        alone = alone and not any(_overlap(windows[result.seq], w) for w in outside_windows)
+        for path in stray:
+            if alone:
+                by_seq.setdefault(result.seq, []).append(path)
+            else:
+                seen_by.setdefault(path, []).append(result.seq)
+    batch_level = [
+        UndeclaredWrite(path=path, candidates=sorted(set(seqs), key=_seq_order))
+        for path, seqs in sorted(seen_by.items())
+    ]
+    return Blame(by_seq={k: sorted(v) for k, v in by_seq.items()}, batch_level=batch_level)
+
+
+def _seq_order(seq: str) -> tuple[int, str]:
+    return (int(seq), seq) if seq.isdigit() else (1 << 62, seq)
+
+
+def parse_porcelain(output: bytes) -> list[tuple[str, str]]:
+    """``git status --porcelain=v1 -z`` as (status code, path); a rename's source path
+    is listed too, since the rename removed it."""
+    fields = output.decode("utf-8", "surrogateescape").split("\0")
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        code, path = entry[:2], entry[3:]
+        out.append((code, path))
+        if "R" in code or "C" in code:
+            if i < len(fields) and fields[i]:
+                out.append((code, fields[i]))
+            i += 1
+    return out
+
+
+def skipped(rel: str) -> bool:
+    """Whether a root-relative path lies in a folder no snapshot looks at."""
+    parts = rel.split("/")
+    if any(part in EXCLUDED_DIRS for part in parts):
+        return True
+    return any((rel + "/").startswith(prefix) for prefix in EXCLUDED_PREFIXES)
+
+
+# --- I/O --------------------------------------------------------------------------
+
+
+def stat_signature(path: str, code: str = "") -> Signature:
+    """A file's signature; a missing one is (code, -1, -1, -1)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return (code, -1, -1, -1)
+    return (code, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def list_dir(root: str, rel: str, out: Snapshot) -> list[tuple[str, bool]]:
+    """Record the files of one folder in ``out``; return its entries (root-relative
+    name, is a folder) that are not skipped."""
+    try:
+        entries = list(os.scandir(os.path.join(root, rel) if rel else root))
+    except OSError:  # removed or unreadable meanwhile: nothing to record under it
+        return []
+    found: list[tuple[str, bool]] = []
+    for entry in entries:
+        name = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir:
+                if entry.name not in EXCLUDED_DIRS and not skipped(name):
+                    found.append((name, True))
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not skipped(name):
+            out[name] = ("", st.st_size, st.st_mtime_ns, st.st_ino)
+            found.append((name, False))
+    return found
+
+
+def snapshot_walk(root: str) -> Snapshot:
+    """Every file under ``root`` but the skipped folders, with its signature."""
+    out: Snapshot = {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        todo.extend(name for name, is_dir in list_dir(root, rel, out) if is_dir)
+    return out
+
+
+@lru_cache(maxsize=64)
+def git_toplevel(root: str) -> str | None:
+    """The git work tree ``root`` lies in, or None; asked once per root and process."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode().strip() or None
+
+
+def _git_snapshot(root: str, top: str) -> Snapshot | None:
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", "."],
+            cwd=root,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    base = os.path.relpath(root, top)
+    prefix = "" if base == "." else base.replace(os.sep, "/") + "/"
+    out: Snapshot = {}
+    for code, path in parse_porcelain(done.stdout):
+        if not path.startswith(prefix):
+            continue
+        rel = path[len(prefix) :].rstrip("/")
+        if rel and not skipped(rel):
+            out[rel] = stat_signature(os.path.join(root, rel), code)
+    return out
+
+
+def snapshot(root: Path) -> Snapshot:
+    """The workspace's state as far as writes go: git status plus stats in a git work
+    tree, a stat of every file otherwise (falling back to that if git fails)."""
+    where = str(root)
+    top = git_toplevel(where)
+    if top is not None:
+        found = _git_snapshot(where, top)
+        if found is not None:
+            return found
+    return snapshot_walk(where)

@@ -1,0 +1,107 @@
+"""The inotify-kept workspace snapshot: same answers as two walks, without the walks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from batchq import fswatch, writeset
+
+
+def touch(path: Path, text: str = "x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    for rel in ["a.txt", "src/b.py", "src/deep/c.py", ".tmp/tasks/feat/task.json"]:
+        touch(root / rel)
+    return root
+
+
+@pytest.fixture(params=["inotify", "walk"])
+def tracker(request: pytest.FixtureRequest, workspace: Path, monkeypatch: pytest.MonkeyPatch):
+    if request.param == "walk":
+
+        def refuse() -> None:
+            raise fswatch._Unavailable("refused for the test")
+
+        monkeypatch.setattr(fswatch._Inotify, "__init__", lambda self: refuse())
+    made = fswatch.Tracker(str(workspace))
+    if request.param == "walk":
+        assert made.notify is None
+    yield made
+    made.close()
+
+
+def test_a_tracker_reports_writes_new_files_and_deletions_once(
+    tracker: fswatch.Tracker, workspace: Path
+) -> None:
+    assert tracker.changes() == []
+    (workspace / "a.txt").write_text("changed")
+    touch(workspace / "src" / "new.py")
+    (workspace / "src" / "deep" / "c.py").unlink()
+    touch(workspace / ".tmp" / "tasks" / "feat" / "subtask_01.json")
+    touch(workspace / "node_modules" / "x.js")
+    assert tracker.changes() == ["a.txt", "src/deep/c.py", "src/new.py"]
+    assert tracker.changes() == []
+
+
+def test_a_tracker_sees_files_in_new_moved_and_removed_folders(
+    tracker: fswatch.Tracker, workspace: Path
+) -> None:
+    tracker.changes()
+    touch(workspace / "gen" / "sub" / "f.txt")
+    assert tracker.changes() == ["gen/sub/f.txt"]
+    os.rename(workspace / "gen", workspace / "moved")
+    assert tracker.changes() == ["gen/sub/f.txt", "moved/sub/f.txt"]
+    shutil.rmtree(workspace / "src")
+    assert tracker.changes() == ["src/b.py", "src/deep/c.py"]
+
+
+def test_an_open_for_write_that_changes_nothing_is_no_write(
+    tracker: fswatch.Tracker, workspace: Path
+) -> None:
+    tracker.changes()
+    with (workspace / "a.txt").open("a"):
+        pass
+    assert tracker.changes() == []
+
+
+def test_after_lost_events_the_tracker_diffs_a_fresh_walk(workspace: Path) -> None:
+    made = fswatch.Tracker(str(workspace))
+    try:
+        touch(workspace / "late.txt")
+        assert made._rewalk() == ["late.txt"]
+        touch(workspace / "later.txt")
+        assert made.changes() == ["later.txt"]
+    finally:
+        made.close()
+
+
+def test_a_window_outside_git_uses_the_tracker_and_ignores_earlier_writes(
+    workspace: Path,
+) -> None:
+    touch(workspace / "before.txt")
+    window = fswatch.open_window(workspace)
+    touch(workspace / "during.txt")
+    assert window() == ["during.txt"]
+    assert fswatch.tracker_for(str(workspace)) is fswatch.tracker_for(str(workspace))
+
+
+def test_a_window_in_a_git_work_tree_uses_git_status(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    touch(root / ".gitignore", "build/\n")
+    window = fswatch.open_window(root)
+    touch(root / "build" / "out.o")
+    touch(root / "src" / "x.py")
+    assert window() == ["src/x.py"]
+    assert writeset.git_toplevel(str(root)) is not None
