@@ -203,64 +203,64 @@ class Orchestrator:
         """Run every remaining batch until done or one fails (SPEC 3); in flow mode,
         every subtask as soon as its own dependencies are completed."""
         options = options or RunOptions()
-        if options.mode is RunMode.FLOW:
-            return self._run_flow(options)
         with self.exclusive():
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             self._announce(result, reruns, options)
-            done: set[str] = set()
-            while True:
-                plan = planner.plan(feature, self.settings.protected_paths)
-                if not plan.batches:
-                    break
-                # Plans are recomputed after every batch; number batches across the run.
-                number = len(result.reports) + 1
-                batch = plan.batches[0].model_copy(update={"number": number, "after": None})
-                following = None
-                if len(plan.batches) > 1:
-                    following = plan.batches[1].model_copy(
-                        update={"number": number + 1, "after": number}
-                    )
-                built = self._run_one(run, feature, batch, following, options)
-                result.reports.append(built)
-                feature = load_feature(self.root, self.name)
-                if built.ok and options.changed:
-                    done.update(r.seq for r in built.results if r.ok)
-                    feature = self.recheck_dependents(feature, done, result, options)
-                result.feature = feature
-                if not built.ok:
-                    break
+            if options.mode is RunMode.FLOW:
+                self._flows(run, feature, result, options)
+            else:
+                self._batches(run, feature, result, options)
             return result
 
-    def _run_flow(self, options: RunOptions) -> RunResult:
+    def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
+        """Batch after batch, the plan recomputed after each; under ``changed`` the
+        completed dependents of what completed are rechecked after each batch."""
+        done: set[str] = set()
+        while True:
+            plan = planner.plan(feature, self.settings.protected_paths)
+            if not plan.batches:
+                break
+            # Plans are recomputed after every batch; number batches across the run.
+            number = len(result.reports) + 1
+            batch = plan.batches[0].model_copy(update={"number": number, "after": None})
+            following = None
+            if len(plan.batches) > 1:
+                following = plan.batches[1].model_copy(
+                    update={"number": number + 1, "after": number}
+                )
+            built = self._run_one(run, feature, batch, following, options)
+            result.reports.append(built)
+            feature = load_feature(self.root, self.name)
+            if built.ok and options.changed:
+                done.update(r.seq for r in built.results if r.ok)
+                feature = self.recheck_dependents(feature, done, result, options)
+            result.feature = feature
+            if not built.ok:
+                break
+
+    def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
         """Plan once, then let :mod:`batchq.flowrun` publish each subtask when it is
         ready; each planned batch is settled and saved as it closes. Under ``changed``
         the completed dependents of what completed are rechecked when the flow drains,
         and a further flow runs the ones that must rerun (batch numbers go on)."""
-        with self.exclusive():
-            feature, reruns = self._prepare(options)
-            run = self._new_run(feature, options)
-            result = RunResult(run.run_id, feature)
-            self._announce(result, reruns, options)
-            done: set[str] = set()
-            while True:
-                plan = _renumbered(
-                    planner.plan(feature, self.settings.protected_paths), len(result.reports)
-                )
-                if not plan.batches:
-                    break
-                passed = self._flow_pass(run, feature, plan, options, result)
-                feature = load_feature(self.root, self.name)
-                result.feature = feature
-                if not all(r.ok for r in passed) or not options.changed:
-                    break
-                done.update(r.seq for built in passed for r in built.results if r.ok)
-                feature = self.recheck_dependents(feature, done, result, options)
-                result.feature = feature
-            result.reports.sort(key=lambda r: r.batch)
-            return result
+        done: set[str] = set()
+        while True:
+            plan = _renumbered(
+                planner.plan(feature, self.settings.protected_paths), len(result.reports)
+            )
+            if not plan.batches:
+                break
+            passed = self._flow_pass(run, feature, plan, options, result)
+            feature = load_feature(self.root, self.name)
+            result.feature = feature
+            if not all(r.ok for r in passed) or not options.changed:
+                break
+            done.update(r.seq for built in passed for r in built.results if r.ok)
+            feature = self.recheck_dependents(feature, done, result, options)
+            result.feature = feature
+        result.reports.sort(key=lambda r: r.batch)
 
     def _flow_pass(
         self, run: Run, feature: Feature, plan: Plan, options: RunOptions, result: RunResult

@@ -8,13 +8,17 @@ disrupt (``external``: no restart, kill or unasked FLUSHDB).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from batchq.embedded import RedisServer
+from batchq.embedded import DEFAULT_QUEUES, LocalWorkers, RedisServer
 from batchq.state import redis_py_url
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,29 @@ def session_redis() -> Iterator[RedisTarget]:
         return
     with RedisServer() as server:
         yield RedisTarget(url=server.url, redis_py_url=server.redis_py_url, server=server)
+
+
+@contextmanager
+def module_worker(
+    url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    env: Mapping[str, str],
+    queues: Sequence[str] = DEFAULT_QUEUES,
+) -> Iterator[str]:
+    """One prefork worker with 4 slots for a whole test module (a ``stack`` fixture);
+    yields the Redis URL it serves."""
+    group = LocalWorkers(
+        url,
+        count=1,
+        concurrency=4,
+        queues=tuple(queues),
+        env=dict(env),
+        log_dir=tmp_path_factory.mktemp("workers"),
+        cwd=REPO_ROOT,
+    )
+    group.start()
+    try:
+        group.wait_ready(60)
+        yield url
+    finally:
+        group.stop(grace_s=5)

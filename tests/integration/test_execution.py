@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from batchq.app import create_app
-from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
+from batchq.embedded import DEFAULT_QUEUES
 from batchq.errors import LockedError, PolicyError, UnsafeBatchError
 from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus
 from batchq.orchestrator import Orchestrator, RunOptions, RunResult
@@ -19,6 +19,7 @@ from batchq.producer import new_run, submit, wait
 from batchq.settings import Settings, load_settings
 from batchq.state import StateStore
 from batchq.taskfiles import load_feature
+from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
 
@@ -36,21 +37,10 @@ WORKER_ENV = {
 @pytest.fixture(scope="module")
 def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One prefork worker with 4 slots for the whole module; strict-ish allow-lists."""
-    group = LocalWorkers(
-        redis_target.url,
-        count=1,
-        concurrency=4,
-        queues=(*DEFAULT_QUEUES, "batchq.OneAtATime"),
-        env=WORKER_ENV,
-        log_dir=tmp_path_factory.mktemp("workers"),
-        cwd=REPO_ROOT,
-    )
-    group.start()
-    try:
-        group.wait_ready(60)
-        yield redis_target.url
-    finally:
-        group.stop(grace_s=5)
+    with module_worker(
+        redis_target.url, tmp_path_factory, WORKER_ENV, (*DEFAULT_QUEUES, "batchq.OneAtATime")
+    ) as url:
+        yield url
 
 
 Runner = Callable[..., RunResult]

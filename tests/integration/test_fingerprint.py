@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from batchq.app import create_app
-from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
 from batchq.models import RunMode
 from batchq.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import load_settings
 from batchq.state import StateStore
 from batchq.taskfiles import complete_subtask, load_feature
+from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,8 @@ SubtaskData = Callable[..., dict[str, Any]]
 @pytest.fixture(scope="module")
 def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One prefork worker with 4 slots for the whole module."""
-    group = LocalWorkers(
-        redis_target.url,
-        count=1,
-        concurrency=4,
-        queues=DEFAULT_QUEUES,
-        env=WORKER_ENV,
-        log_dir=tmp_path_factory.mktemp("workers"),
-        cwd=REPO_ROOT,
-    )
-    group.start()
-    try:
-        group.wait_ready(60)
-        yield redis_target.url
-    finally:
-        group.stop(grace_s=5)
+    with module_worker(redis_target.url, tmp_path_factory, WORKER_ENV) as url:
+        yield url
 
 
 Run = Callable[..., RunResult]

@@ -16,7 +16,6 @@ import pytest
 
 from batchq import planner
 from batchq.app import create_app
-from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
 from batchq.models import (
     BatchStatus,
     FailurePolicy,
@@ -28,6 +27,7 @@ from batchq.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import load_settings
 from batchq.state import StateStore
 from batchq.taskfiles import load_feature
+from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +38,10 @@ FLOW = RunMode.FLOW
 @pytest.fixture(scope="module")
 def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One prefork worker with 4 slots for the whole module."""
-    group = LocalWorkers(
-        redis_target.url,
-        count=1,
-        concurrency=4,
-        queues=DEFAULT_QUEUES,
-        env={"BATCHQ_SHELL_ALLOW": "*", "BATCHQ_HEARTBEAT_S": "1"},
-        log_dir=tmp_path_factory.mktemp("workers"),
-        cwd=REPO_ROOT,
-    )
-    group.start()
-    try:
-        group.wait_ready(60)
-        yield redis_target.url
-    finally:
-        group.stop(grace_s=5)
+    with module_worker(
+        redis_target.url, tmp_path_factory, {"BATCHQ_SHELL_ALLOW": "*", "BATCHQ_HEARTBEAT_S": "1"}
+    ) as url:
+        yield url
 
 
 @pytest.fixture
