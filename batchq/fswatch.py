@@ -18,7 +18,7 @@ host's own worker to watch, which is the case when every worker runs its own sub
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import struct
 import sys
@@ -67,13 +67,20 @@ class _Unavailable(Exception):
     """inotify cannot watch this workspace; walk instead."""
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library already loaded in this process: ``find_library`` would start
+    ``ldconfig`` for every new workspace."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 class _Inotify:
     """The few libc calls needed, through ctypes (no dependency)."""
 
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
             raise _Unavailable("not Linux")
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = _libc()
         self._add = libc.inotify_add_watch
         self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         self._rm = libc.inotify_rm_watch

@@ -239,7 +239,25 @@ def snapshot_walk(root: str) -> Snapshot:
 
 @lru_cache(maxsize=64)
 def git_toplevel(root: str) -> str | None:
-    """The git work tree ``root`` lies in, or None; asked once per root and process."""
+    """The git work tree ``root`` lies in, or None; asked once per root and process.
+
+    The common cases are read off the file system, without starting ``git`` (a few
+    milliseconds per new workspace in every worker process): no ``.git`` up the tree,
+    or a ``.git`` folder without ``HEAD``, is no work tree; a ``.git`` folder with
+    ``HEAD`` makes its parent the top. Only a ``.git`` file (a linked worktree or a
+    submodule) asks git. A wrong guess costs nothing but speed: a ``git status``
+    that fails falls back to the walk."""
+    here = Path(root).resolve()
+    for folder in (here, *here.parents):
+        marker = folder / ".git"
+        if marker.is_dir():
+            return str(folder) if (marker / "HEAD").is_file() else None
+        if marker.exists():
+            return _git_rev_parse(root)
+    return None
+
+
+def _git_rev_parse(root: str) -> str | None:
     try:
         done = subprocess.run(
             ["git", "-C", root, "rev-parse", "--show-toplevel"],

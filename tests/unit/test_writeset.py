@@ -294,3 +294,17 @@ def test_a_git_snapshot_of_a_subfolder_is_relative_to_that_folder(repo: Path) ->
     touch(sub / "mod.py")
     touch(repo / "outside.txt")
     assert writeset.changed(before, writeset.snapshot(sub)) == ["mod.py"]
+
+
+def test_the_git_work_tree_is_found_without_starting_git(tmp_path: Path) -> None:
+    """A ``.git`` folder with HEAD up the tree is the top; an empty one (a marker a
+    tool left) or none is no work tree, and ``git status`` is never tried there."""
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "repo" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / "repo" / "sub").mkdir()
+    (tmp_path / "marker" / ".git").mkdir(parents=True)
+    writeset.git_toplevel.cache_clear()
+    assert writeset.git_toplevel(str(tmp_path / "repo" / "sub")) == str(
+        (tmp_path / "repo").resolve()
+    )
+    assert writeset.git_toplevel(str(tmp_path / "marker")) is None
