@@ -95,8 +95,8 @@ def render(
         last = list(p1.values())[-1]
         lines += [
             "",
-            f"Peak memory at N={list(p1)[-1]}: the orchestrator (the bench process's "
-            "high-water mark, reset after the bare runs) "
+            f"Peak memory at N={list(p1)[-1]}: the orchestrator (one run in a process of "
+            "its own, imports included) "
             f"{last['orchestrator_peak_mb']:.0f} MiB, one worker (largest of main and pool "
             f"processes) {last['worker_peak_mb']:.0f} MiB.",
             "",

@@ -13,7 +13,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,15 +185,8 @@ def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def reset_peak_rss() -> None:
-    """Restart this process's RSS high-water mark (Linux: ``clear_refs`` 5), so a peak
-    read later belongs to what ran in between, not to an earlier bare run."""
-    with suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
 def self_peak_mb() -> float:
-    """This process's RSS high-water mark since :func:`reset_peak_rss`."""
+    """This process's RSS high-water mark."""
     return proc_peak_mb(os.getpid())
 
 

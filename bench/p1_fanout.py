@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,13 +18,13 @@ from typing import Any
 from celery import chord, group
 
 from bench.common import (
+    REPO,
     BatchqClient,
     Stats,
     bare_app,
     measure,
     noop_feature,
     redis,
-    reset_peak_rss,
     self_peak_mb,
     timed,
     tmpdir,
@@ -47,12 +48,12 @@ def run_bare(url: str, n: int, reps: int) -> Stats:
 
 
 def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
-    """Wall times, the worker's peak RSS and the orchestrator's (this process's, from
-    the first batchq run: the bare producer's own peak is not counted)."""
+    """Wall times, the worker's peak RSS and the orchestrator's: one more run in a
+    process of its own (this one's heap still holds what the bare runs used)."""
     client = BatchqClient(url)
     values = []
     peak = 0.0
-    reset_peak_rss()
+    orchestrator_peak = 0.0
     try:
         with workers(url, "batchq.worker") as group_:
             for _ in range(reps):
@@ -62,6 +63,7 @@ def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
                 values.append(elapsed)
                 assert run.ok and run.reports[0].completed == n, run.reports[0].status
                 shutil.rmtree(root, ignore_errors=True)
+            orchestrator_peak = _orchestrator_peak_mb(url, n)
             from batchq.procs import child_pids
             from bench.common import proc_peak_mb
 
@@ -72,15 +74,44 @@ def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
                 )
     finally:
         client.close()
-    return Stats(values), peak, self_peak_mb()
+    return Stats(values), peak, orchestrator_peak
+
+
+def _orchestrator_peak_mb(url: str, n: int) -> float:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.p1_fanout", "--memory-of", url, "--sizes", str(n)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def _one_run_peak_mb(url: str, n: int) -> float:
+    """This process's peak RSS over one batchq run of ``n`` (workers already serve
+    ``url``): what an orchestrator needs, imports included."""
+    client = BatchqClient(url)
+    root = tmpdir("bench-p1-mem-")
+    try:
+        noop_feature(root, "p1", n)
+        assert client.orchestrator(root, "p1").run().ok
+    finally:
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return self_peak_mb()
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="500,2000,5000")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--memory-of", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.memory_of:
+        print(f"{_one_run_peak_mb(args.memory_of, sizes[0]):.1f}")
+        return {}
     rows: dict[str, Any] = {}
     with redis() as server:
         for n in sizes:
