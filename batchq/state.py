@@ -8,11 +8,14 @@ a run id, ``N`` a batch number, ``S`` a seq. Every key expires after
 ============================  ======  ==============================================
 key                           type    content
 ============================  ======  ==============================================
-``run:R``                     hash    feature, feature_key, root, token, policy, created_at
+``run:R``                     hash    feature, feature_key, root, policy, mode,
+                                      write_check, created_at
 ``ctx:R``                     string  the shared session context (1 MiB cap)
 ``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
-                                      state (running|reported|forced), write_check,
-                                      declared (JSON seq -> deliverables, unless off)
+                                      state (running|reported|forced), next (the plan's
+                                      next batch, JSON), write_check, declared (JSON
+                                      seq -> deliverables, unless off): what the chord
+                                      callback reads (see :class:`BatchRecord`)
 ``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
                                       started_at, result (final JSON, written once)
 ``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
