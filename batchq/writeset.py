@@ -257,38 +257,30 @@ def git_toplevel(root: str) -> str | None:
     return None
 
 
-def _git_rev_parse(root: str) -> str | None:
+def _git(root: str, *args: str) -> bytes | None:
+    """``git <args>`` in ``root``: its output, or None when git is missing or fails."""
     try:
         done = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
+            ["git", *args], cwd=root, capture_output=True, timeout=GIT_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode().strip() or None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_rev_parse(root: str) -> str | None:
+    out = _git(root, "rev-parse", "--show-toplevel")
+    return (out.decode().strip() or None) if out is not None else None
 
 
 def _git_snapshot(root: str, top: str) -> Snapshot | None:
-    try:
-        done = subprocess.run(
-            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", "."],
-            cwd=root,
-            capture_output=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
+    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
+    if status is None:
         return None
     base = os.path.relpath(root, top)
     prefix = "" if base == "." else base.replace(os.sep, "/") + "/"
     out: Snapshot = {}
-    for code, path in parse_porcelain(done.stdout):
+    for code, path in parse_porcelain(status):
         if not path.startswith(prefix):
             continue
         rel = path[len(prefix) :].rstrip("/")
