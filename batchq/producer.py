@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from celery import Celery, group
+from celery import Celery
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
@@ -290,19 +290,25 @@ def _apply_chord(app: Celery, header: list[Any], body: Any, producer: Any) -> No
 
     ``chord.apply_async`` drops its ``producer`` argument and publishes the header
     on one acquired from the pool, outside the caller's kombu publish batch: one
-    round trip per message and per task-sent event instead of one per thousand.
-    These are the steps of ``chord.run`` with the group published on our producer;
-    the header messages are the same (each carries the body, its group id and index),
-    so the workers' chord counting and the callback are unchanged.
+    round trip per message and per task-sent event instead of one per thousand. Each
+    member is published as ``group._apply_tasks`` does once the group is frozen (its
+    task id, the group id and its index, the body as ``chord``), without the group's
+    two clones of every member; the messages are the same, so the workers' chord
+    counting and the callback are unchanged.
     """
     group_id = uuid()
     body = body.clone()
     body.freeze(group_id=group_id)
-    members = group(header, app=app)
-    members.options["task_id"] = group_id
-    frozen = members.freeze(group_id=group_id, chord=body)
-    app.backend.apply_chord((group_id, frozen.results), body)
-    members.apply_async(producer=producer, task_id=group_id)
+    app.backend.set_chord_size(group_id, len(header))
+    for index, member in enumerate(header):
+        member.apply_async(
+            producer=producer,
+            add_to_parent=False,
+            task_id=uuid(),
+            group_id=group_id,
+            group_index=index,
+            chord=body,
+        )
 
 
 def report_from_store(
