@@ -62,8 +62,10 @@ class _FlowRun:
         settings: Settings,
         on_events: EventHandler,
         on_report: ReportHandler,
+        on_publish: Callable[[list[str]], None] | None,
     ) -> None:
         self.app, self.store, self.run, self.settings = app, store, run, settings
+        self.on_publish = on_publish
         self.on_events, self.on_report = on_events, on_report
         by_seq = feature.by_seq()
         members = [by_seq[s] for b in plan.batches for s in b.seqs]
@@ -81,7 +83,6 @@ class _FlowRun:
         self.declared = declared_of(members, run.write_check)
         self.enqueued_at: dict[str, datetime] = {}
         self.windows: dict[str, Window] = {}
-        self.on_publish: Callable[[list[str]], None] | None = None
         self.reported: set[int] = set()
 
     # --- publishing -------------------------------------------------------------------
@@ -246,8 +247,7 @@ def run_flow(
     """Run every planned subtask in flow mode; ``on_report`` gets each batch's report
     as its last member finishes or is skipped, in closing order, and ``on_publish``
     the subtasks about to be enqueued (their inputs are final by then)."""
-    flow = _FlowRun(app, store, run, feature, plan, settings, on_events, on_report)
-    flow.on_publish = on_publish
+    flow = _FlowRun(app, store, run, feature, plan, settings, on_events, on_report, on_publish)
     flow.stream_from = store.start_batches(
         run.run_id,
         {b.number: b.seqs for b in plan.batches},
