@@ -274,9 +274,27 @@ def _key_text(key: str) -> str:
 
 
 def _leaf(value: Any) -> str:
-    if value is not None and not isinstance(value, str | int | float):
-        raise ValueError(f"{type(value).__name__} is not a JSON value")
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    """What ``json.dumps(value, ensure_ascii=False, allow_nan=False)`` writes, without
+    building an encoder per value (a rewrite encodes a few dozen leaves per file)."""
+    if isinstance(value, str):
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value in (_INF, -_INF):
+            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+        return float.__repr__(value)
+    raise ValueError(f"{type(value).__name__} is not a JSON value")
+
+
+_INF = float("inf")
+_encode_str = json.encoder.encode_basestring  # the C encoder, as ensure_ascii=False uses
 
 
 def _wrap(open_: str, close: str, parts: list[str], depth: int, fmt: JsonFormat) -> str:
