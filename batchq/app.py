@@ -16,6 +16,7 @@ from batchq.settings import Settings
 
 __all__ = [
     "AGGREGATE_TASK",
+    "CHUNK_TASK",
     "CONTROL_QUEUE",
     "RUN_TASK",
     "agent_queue",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 RUN_TASK = "batchq.run_subtask"
+CHUNK_TASK = "batchq.run_chunk"
 AGGREGATE_TASK = "batchq.aggregate_batch"
 CONTROL_QUEUE = "batchq.control"
 

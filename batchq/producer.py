@@ -8,9 +8,11 @@ or past the hard cap, yields a forced report naming the members that never repor
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +22,16 @@ from celery import Celery
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from batchq import report
+from batchq import chunks, report
 from batchq.agents.base import agent_for
-from batchq.app import AGGREGATE_TASK, CONTROL_QUEUE, RUN_TASK, agent_queue, max_subtask_budget_s
+from batchq.app import (
+    AGGREGATE_TASK,
+    CHUNK_TASK,
+    CONTROL_QUEUE,
+    RUN_TASK,
+    agent_queue,
+    max_subtask_budget_s,
+)
 from batchq.errors import BrokerUnavailable, PolicyError
 from batchq.models import (
     BatchReport,
@@ -62,6 +71,7 @@ RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
 """What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
 ``step`` (flow mode) finds the broker down past kombu's own retries."""
 T = TypeVar("T")
+log = logging.getLogger("batchq.producer")
 PUBLISH_BATCH = 1000
 
 
@@ -199,13 +209,24 @@ def submit(
         run.write_check.value,
     )
     submitted_at = datetime.now(UTC)
+    groups = chunks.plan(
+        members,
+        agents,
+        weights(members, run.learned),
+        lambda sub: budget_s(sub, settings),
+        max_subtask_budget_s(settings),
+        settings.chunk_max,
+    )
     signatures = [
-        signature(app, run, sub, agents[sub.seq], batch.number, run.policy) for sub in members
+        signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy)
+        if len(group) == 1
+        else chunk_signature(app, run, group, batch.number, run.policy)
+        for group in groups
     ]
     # One pipelined round trip per 1,000 Redis commands instead of two per subtask
     # (the message and its task-sent event): kombu's publish batch.
-    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-        _publish(app, signatures, producer, run, batch, submitted_at)
+    with _publishing(app) as (producer, sent):
+        _publish(app, signatures, producer, sent, run, batch, submitted_at)
     hard_cap = sum(budget_s(s, settings) for s in members) + settings.stall_s
     return Submission(
         run=run,
@@ -227,6 +248,43 @@ def signature(
 
     ``policy`` is what the worker applies to the batch's siblings on a failure; flow
     mode passes ``continue`` because its orchestrator applies the policy itself."""
+    options: dict[str, object] = {
+        "queue": agent_queue(agent),
+        "argsrepr": _shown(run, sub, batch),
+        "kwargsrepr": "{}",
+    }
+    if agent == "python":
+        options["soft_time_limit"] = sub.timeout_s
+    message = _message(run, sub, agent, batch, policy)
+    return app.signature(RUN_TASK, args=(message,), **options)
+
+
+def chunk_signature(
+    app: Celery, run: Run, subs: Sequence[Subtask], batch: int, policy: FailurePolicy
+) -> Any:
+    """One ``run_chunk`` signature for several ``python`` subtasks (:mod:`batchq.chunks`).
+    Each member gets a task id of its own, under which the worker records it and
+    shows it in Flower. No Celery time limit: the python agent times each member."""
+    members = [
+        {
+            "id": uuid(),
+            "shown": _shown(run, sub, batch),
+            "message": _message(run, sub, "python", batch, policy),
+        }
+        for sub in subs
+    ]
+    first, last = subs[0].seq, subs[-1].seq
+    shown = f"{len(subs)} subtasks seq={first}..{last} feature={run.feature} batch={batch}"
+    return app.signature(
+        CHUNK_TASK,
+        args=(members,),
+        queue=agent_queue("python"),
+        argsrepr=shown,
+        kwargsrepr="{}",
+    )
+
+
+def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePolicy) -> Any:
     msg = SubtaskMessage(
         feature=run.feature,
         feature_key=run.feature_key,
@@ -239,34 +297,75 @@ def signature(
         subtask=sub,
         write_check=run.write_check,
     )
-    options: dict[str, object] = {
-        "queue": agent_queue(agent),
-        # seq and title first: Flower's args column shows about 45 characters.
-        "argsrepr": f"seq={sub.seq} title={sub.title!r} feature={run.feature} batch={batch}",
-        "kwargsrepr": "{}",
-    }
-    if agent == "python":
-        options["soft_time_limit"] = sub.timeout_s
-    return app.signature(RUN_TASK, args=(msg.model_dump(mode="json", by_alias=True),), **options)
+    return msg.model_dump(mode="json", by_alias=True)
+
+
+def _shown(run: Run, sub: Subtask, batch: int) -> str:
+    """seq and title first: Flower's args column shows about 45 characters."""
+    return f"seq={sub.seq} title={sub.title!r} feature={run.feature} batch={batch}"
 
 
 def publish_each(app: Celery, signatures: Sequence[Any]) -> None:
     """Publish single tasks (flow mode), pipelined like a chord's members."""
-    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
+    with _publishing(app) as (producer, sent):
         for sig in signatures:
-            sig.apply_async(producer=producer)
+            sig.apply_async(producer=producer, event_dispatcher=sent)
+
+
+class _SentEvents:
+    """Stands in for Celery's event dispatcher while a batch is published. Celery sends
+    each message's ``task-sent`` event as a fanout message of its own, a second publish
+    per subtask; collected here, they go out as one ``task-multi`` message, which every
+    event receiver (Flower) unpacks, timestamps kept."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any, **_: Any) -> None:
+        self.events.append((type, {**fields, "timestamp": time.time()}))
+
+    def flush(self, app: Celery, producer: Any) -> None:
+        events, self.events = self.events, []
+        if not events:
+            return
+        try:
+            dispatcher = app.events.Dispatcher(
+                producer.connection,
+                channel=producer.channel,
+                buffer_group=["task"],
+                buffer_limit=len(events) + 1,
+            )
+            with dispatcher:
+                for kind, fields in events:
+                    dispatcher.send(kind, **fields)
+                dispatcher.flush()
+        except OperationalError as exc:  # the messages are out; only Flower misses them
+            log.warning("task-sent events not sent: %s", exc)
+
+
+@contextmanager
+def _publishing(app: Celery) -> Iterator[tuple[Any, _SentEvents]]:
+    """A producer whose publishes go out in kombu batches (one pipelined round trip
+    per ``PUBLISH_BATCH`` commands instead of one per message), and the collector of
+    their task-sent events (pass it as ``event_dispatcher``), sent after the batch."""
+    sent = _SentEvents()
+    with app.producer_or_acquire() as producer:
+        with producer.batch(max_size=PUBLISH_BATCH):
+            yield producer, sent
+        sent.flush(app, producer)
 
 
 def _publish(
     app: Celery,
     signatures: list[Any],
     producer: Any,
+    sent: _SentEvents,
     run: Run,
     batch: PlannedBatch,
     submitted_at: datetime,
 ) -> None:
     if len(signatures) == 1:
-        signatures[0].apply_async(producer=producer)
+        signatures[0].apply_async(producer=producer, event_dispatcher=sent)
         return
     meta = {
         "feature": run.feature,
@@ -279,13 +378,15 @@ def _publish(
         AGGREGATE_TASK,
         kwargs={"meta": meta},
         queue=CONTROL_QUEUE,
-        argsrepr=f"feature={run.feature} batch={batch.number} members={len(signatures)}",
+        argsrepr=f"feature={run.feature} batch={batch.number} members={len(batch.seqs)}",
         kwargsrepr="{}",
     )
-    _apply_chord(app, signatures, callback, producer)
+    _apply_chord(app, signatures, callback, producer, sent)
 
 
-def _apply_chord(app: Celery, header: list[Any], body: Any, producer: Any) -> None:
+def _apply_chord(
+    app: Celery, header: list[Any], body: Any, producer: Any, sent: _SentEvents
+) -> None:
     """``chord(group(header), body).apply_async()``, but on ``producer``.
 
     ``chord.apply_async`` drops its ``producer`` argument and publishes the header
@@ -308,6 +409,7 @@ def _apply_chord(app: Celery, header: list[Any], body: Any, producer: Any) -> No
             group_id=group_id,
             group_index=index,
             chord=body,
+            event_dispatcher=sent,
         )
 
 

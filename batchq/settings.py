@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     output_tail_chars: int = Field(default=2000, ge=0)
+    chunk_max: int = Field(default=16, ge=1)
+    """At most this many tiny ``python`` subtasks of a big batch share one message
+    (:mod:`batchq.chunks`); 1 sends every subtask alone."""
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""

@@ -1,17 +1,21 @@
-"""The two Celery tasks, kept thin: decode, delegate to plain functions, map retries.
+"""The Celery tasks, kept thin: decode, delegate to plain functions, map retries.
 
 ``run_subtask`` returns a result for every subtask outcome and never raises for the
 subtask's own failure, so the chord callback always fires (TRAPS: a failed member
 fails the whole chord). One task name for every subtask keeps Flower's Prometheus
 labels bounded; the feature, batch, seq and title are in the argument summary.
+``run_chunk`` runs several tiny python subtasks of a big batch in one message
+(:mod:`batchq.chunks`), each as ``run_subtask`` would, and ``aggregate_batch`` is
+the chord callback.
 
-Both tasks ignore their Celery result: the chord still collects member results (the
+The tasks ignore their Celery result: the chord still collects member results (the
 Redis backend's chord list does not depend on stored results), and batchq keeps its
 own record in :mod:`batchq.state`, so a stored copy would only cost a write per task.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -20,7 +24,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq import report
-from batchq.app import AGGREGATE_TASK, RUN_TASK
+from batchq.app import AGGREGATE_TASK, CHUNK_TASK, RUN_TASK
+from batchq.events import MemberEvents
 from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.runner import RetryLater, execute
 from batchq.settings import Settings
@@ -77,6 +82,50 @@ def register(app: Celery, settings: Settings) -> None:
         # and a small value keeps Celery's repr for the task-succeeded event cheap.
         return {"seq": result.seq, "result": result.result.value}
 
+    @app.task(  # type: ignore[untyped-decorator]
+        name=CHUNK_TASK,
+        bind=True,
+        shared=False,
+        ignore_result=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+    def run_chunk(self: Task, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several tiny ``python`` subtasks in one message (:mod:`batchq.chunks`), one
+        after the other, each exactly as ``run_subtask`` would run it. A redelivered
+        chunk finds its recorded members done and runs only the rest."""
+        shown = None
+        if app.conf.worker_send_task_events:
+            shown = MemberEvents(app, self.request, RUN_TASK)
+        results: list[dict[str, Any]] = []
+        try:
+            for member in members:
+                msg = SubtaskMessage.model_validate(member["message"])
+                if shown is not None:
+                    shown.started(member["id"], str(member.get("shown", "")))
+                result = _in_place(msg, member["id"], self.request.retries)
+                done = {"seq": result.seq, "result": result.result.value}
+                if shown is not None:
+                    shown.succeeded(member["id"], done)
+                results.append(done)
+        except CONNECTION_ERRORS as exc:
+            raise Reject(
+                f"Redis unreachable, chunk left for redelivery: {exc}", requeue=True
+            ) from exc
+        finally:
+            if shown is not None:
+                shown.flush()
+        return results
+
+    def _in_place(msg: SubtaskMessage, task_id: str, retries_done: int) -> Any:
+        """A member's retries happen here: published again, it would leave the chord."""
+        while True:
+            try:
+                return execute(msg, store(), settings, task_id=task_id, retries_done=retries_done)
+            except RetryLater as later:
+                retries_done += 1
+                time.sleep(later.countdown)
+
     @app.task(name=AGGREGATE_TASK, shared=False, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
     def aggregate_batch(
         results: list[dict[str, Any]],
@@ -85,7 +134,7 @@ def register(app: Celery, settings: Settings) -> None:
         built = aggregate(store(), results, meta)
         return built
 
-    del run_subtask, aggregate_batch
+    del run_subtask, run_chunk, aggregate_batch
 
 
 def aggregate(
@@ -95,6 +144,8 @@ def aggregate(
     pure function, and store it. A member whose chord value disagrees with its
     record (a redelivered copy, say) is named as a discrepancy."""
     run_id, batch = meta["run_id"], int(meta["batch"])
+    # A chunk's chord value is the list of its members' values.
+    results = [one for r in results for one in (r if isinstance(r, list) else [r])]
     record = store.batch_record(run_id, batch)
     expected = record.expected
     recorded = store.results(run_id, expected)

@@ -20,9 +20,12 @@ It returns ``None``, a ``str`` (the summary) or a ``dict`` with an optional
 outcome whose ``error_type`` is the exception's class name, with the traceback's tail
 in the output; ``SystemExit(75)`` asks for a retry like a CLI's exit code 75.
 
-The timeout is Celery's soft time limit, not ours: the worker raises
-``SoftTimeLimitExceeded`` inside the callable and this agent lets it (and the hard
-``TimeLimitExceeded``) propagate, so the task layer maps it to ``timed_out``.
+The timeout raises ``SoftTimeLimitExceeded`` inside the callable, and this agent lets
+it (and the hard ``TimeLimitExceeded``) propagate, so the task layer maps it to
+``timed_out``. A message of its own carries Celery's soft time limit; the agent also
+arms a ``SIGALRM`` timer of its own in a process's main thread (prefork and solo
+pools), which is what times each member of a chunk (one message, one Celery limit).
+A callable that uses ``SIGALRM`` itself gets its handler back afterwards.
 Printed output is captured with ``redirect_stdout``/``redirect_stderr``, which swap
 the process-wide streams: fine in prefork and solo pools, interleaved under the
 threads pool.
@@ -33,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import signal
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -143,7 +148,8 @@ class PythonAgent(Agent):
         try:
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
                 function = resolve_callable(spec)
-                value = function(sub, CallContext(delegation.context, delegation))
+                with _alarm(delegation.timeout_s):
+                    value = function(sub, CallContext(delegation.context, delegation))
         except _PROPAGATE:
             _append_log(delegation.log_path, buffer.getvalue() + "[batchq] time limit reached\n")
             raise
@@ -168,6 +174,26 @@ class PythonAgent(Agent):
         if not outcome.summary:
             outcome.summary = last_line(text) if outcome.ok else ""
         return outcome
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise ``SoftTimeLimitExceeded`` in the callable after ``seconds``. Signals reach
+    only the main thread, so elsewhere (the threads pool) nothing is armed."""
+    if not _PROPAGATE or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _PROPAGATE[0](f"time limit of {seconds:g}s reached")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _from_value(value: object) -> AgentOutcome:

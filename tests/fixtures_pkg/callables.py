@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -49,3 +50,16 @@ class Steps:
     @staticmethod
     def nested(subtask: Subtask, context: str) -> str:
         return "nested ok"
+
+
+def sleeps_past_timeout(subtask: Subtask, context: Any) -> None:
+    time.sleep(60)
+
+
+def fails_once(subtask: Subtask, context: Any) -> str:
+    """Asks for a retry (exit 75) on its first attempt, then writes its deliverable."""
+    marker = context.workspace / f".tried-{context.seq}"
+    if not marker.exists():
+        marker.touch()
+        sys.exit(75)
+    return write_deliverable(subtask, context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,32 @@ def test_the_soft_time_limit_propagates_to_the_task_layer(tmp_path: Path) -> Non
     sub = make_subtask("fixtures_pkg.callables:hits_soft_time_limit")
     with pytest.raises(SoftTimeLimitExceeded):
         agent("*").run(delegation(tmp_path, sub), never)
+
+
+def test_the_agent_times_the_callable_itself_in_the_main_thread(tmp_path: Path) -> None:
+    """A chunk's members share one message, so one Celery limit cannot time each."""
+    import signal
+
+    sub = make_subtask("fixtures_pkg.callables:sleeps_past_timeout")
+    run = delegation(tmp_path, sub)
+    run = dataclasses.replace(run, timeout_s=0.2)
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(SoftTimeLimitExceeded, match=r"0\.2s"):  # else None after 60 s
+        agent("*").run(run, never)
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_off_the_main_thread_no_alarm_is_armed(tmp_path: Path) -> None:
+    import threading
+
+    sub = make_subtask("fixtures_pkg.callables:write_deliverable")
+    run = dataclasses.replace(delegation(tmp_path, sub), timeout_s=0.01)
+    outcomes: list[Any] = []
+    thread = threading.Thread(target=lambda: outcomes.append(agent("*").run(run, never)))
+    thread.start()
+    thread.join(30)
+    assert outcomes and outcomes[0].ok
 
 
 def test_a_stopped_batch_does_not_start_the_callable(tmp_path: Path) -> None:

@@ -1,0 +1,127 @@
+"""Chunks of tiny python subtasks (batchq.chunks) on a real Redis and a real worker:
+each member keeps its own result, timeout, retry, progress events and task events."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchq import chunks
+from batchq.app import CHUNK_TASK, RUN_TASK, create_app
+from batchq.models import FailurePolicy, ResultState
+from batchq.orchestrator import Orchestrator, RunOptions
+from batchq.settings import load_settings
+from batchq.state import StateStore
+from tests.servers import module_worker
+
+pytestmark = pytest.mark.integration
+
+CALLABLES = "tests.fixtures_pkg.callables"
+WORKER_ENV = {"BATCHQ_PYTHON_ALLOW": "tests.fixtures_pkg", "BATCHQ_RETRY_BACKOFF_S": "0.1"}
+
+
+@pytest.fixture(scope="module")
+def stack(redis_target: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with module_worker(redis_target.url, tmp_path_factory, WORKER_ENV) as url:
+        yield url
+
+
+class TaskEvents:
+    """Every task event on the broker, as Flower receives them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as conn:
+            self.receiver = self.app.events.Receiver(
+                conn, handlers={"*": self.seen.append}, app=self.app
+            )
+            self.ready.set()
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(10)
+
+    def of(self, task_id: str) -> list[str]:
+        return [e["type"] for e in self.seen if e.get("uuid") == task_id]
+
+
+def test_members_of_a_chunk_keep_their_own_result_timeout_retry_and_task_events(
+    stack: str,
+    make_feature: Any,
+    subtask_data: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chunks, "MIN_MESSAGES", 2)  # chunk even this small batch
+    root = make_feature(
+        [
+            subtask_data("01", callable_=f"{CALLABLES}:write_deliverable", timeout_s=60),
+            subtask_data("02", callable_=f"{CALLABLES}:raises", timeout_s=60),
+            subtask_data("03", callable_=f"{CALLABLES}:sleeps_past_timeout", timeout_s=1),
+            subtask_data("04", callable_=f"{CALLABLES}:fails_once", retries=1, timeout_s=60),
+            subtask_data("05", callable_=f"{CALLABLES}:write_deliverable", timeout_s=60),
+            subtask_data("06", callable_=f"{CALLABLES}:write_deliverable", timeout_s=60),
+            subtask_data("07", callable_=f"{CALLABLES}:write_deliverable", timeout_s=60),
+        ]
+    )
+    (root / "out").mkdir()
+    settings = load_settings(
+        root, redis_url=stack, python_allow=["tests.fixtures_pkg"], chunk_max=3, stall_s=30.0
+    )
+    app = create_app(settings)
+    store = StateStore.from_url(stack)
+    published: list[Any] = []
+    try:
+        with TaskEvents(app) as events:
+            orchestrator = Orchestrator(root, "feat", settings, app, store)
+            run = orchestrator.run(
+                RunOptions(policy=FailurePolicy.CONTINUE, on_submit=published.append)
+            )
+            run_id = run.run_id
+            # Events may trail the report: 6 chunked members, 2 chunks, 07 alone and
+            # the chord callback each end with a task-succeeded.
+            for _ in range(100):
+                if sum(1 for e in events.seen if e["type"] == "task-succeeded") >= 10:
+                    break
+                threading.Event().wait(0.1)
+        recorded = store.results(run_id, [f"0{i}" for i in range(1, 8)])
+    finally:
+        store.close()
+
+    (report,) = run.reports
+    by_seq = {r.seq: r for r in report.results}
+    assert by_seq["01"].result is ResultState.COMPLETED
+    assert by_seq["02"].result is ResultState.FAILED and "boom" in (by_seq["02"].error or "")
+    assert by_seq["03"].result is ResultState.TIMED_OUT  # its own 1 s, inside the chunk
+    assert by_seq["04"].result is ResultState.COMPLETED and by_seq["04"].attempts == 2
+    assert {by_seq[s].result for s in ("05", "06", "07")} == {ResultState.COMPLETED}
+    assert (root / "out" / "04.txt").exists()
+    assert {seq: r.result for seq, r in recorded.items()} == {
+        seq: r.result for seq, r in by_seq.items()
+    }
+
+    # Seven members went out as two chunks of three and 07 alone.
+    received = [e for e in events.seen if e["type"] == "task-received"]
+    chunk_ids = {e["uuid"] for e in received if e.get("name") == CHUNK_TASK}
+    members = [e for e in received if e.get("name") == RUN_TASK]
+    assert len(chunk_ids) == 2
+    assert len(members) == 7
+    assert {e["parent_id"] for e in members if e["parent_id"] in chunk_ids} == chunk_ids
+    assert sorted(e["args"].split()[0] for e in members) == [f"seq=0{i}" for i in range(1, 8)]
+    for member in members:  # each member's own lifecycle, as Flower shows it
+        assert events.of(member["uuid"])[-1] == "task-succeeded", member["args"]
+    assert published and published[0].expected == [f"0{i}" for i in range(1, 8)]
