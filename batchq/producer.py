@@ -8,9 +8,9 @@ or past the hard cap, yields a forced report naming the members that never repor
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from celery import Celery
+from celery.events import Event as CeleryEvent
 from celery.utils import uuid
+from celery.utils.time import utcoffset
 from kombu.exceptions import OperationalError
 
 from batchq import chunks, report
@@ -71,7 +73,6 @@ RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
 """What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
 ``step`` (flow mode) finds the broker down past kombu's own retries."""
 T = TypeVar("T")
-log = logging.getLogger("batchq.producer")
 PUBLISH_BATCH = 1000
 
 
@@ -315,8 +316,8 @@ def publish_each(app: Celery, signatures: Sequence[Any]) -> None:
 class _SentEvents:
     """Stands in for Celery's event dispatcher while a batch is published. Celery sends
     each message's ``task-sent`` event as a fanout message of its own, a second publish
-    per subtask; collected here, they go out as one ``task-multi`` message, which every
-    event receiver (Flower) unpacks, timestamps kept."""
+    per subtask; collected here, they go out as one ``task-multi`` message in the same
+    kombu batch, which every event receiver (Flower) unpacks, timestamps kept."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -328,31 +329,50 @@ class _SentEvents:
         events, self.events = self.events, []
         if not events:
             return
-        try:
-            dispatcher = app.events.Dispatcher(
-                producer.connection,
-                channel=producer.channel,
-                buffer_group=["task"],
-                buffer_limit=len(events) + 1,
+        sender = _event_sender(app)
+        body = [
+            CeleryEvent(
+                kind,
+                hostname=sender.hostname,
+                utcoffset=utcoffset(),
+                pid=sender.pid,
+                clock=sender.clock.forward(),
+                **fields,
             )
-            with dispatcher:
-                for kind, fields in events:
-                    dispatcher.send(kind, **fields)
-                dispatcher.flush()
-        except OperationalError as exc:  # the messages are out; only Flower misses them
-            log.warning("task-sent events not sent: %s", exc)
+            for kind, fields in events
+        ]
+        producer.publish(
+            body,
+            routing_key="task.multi",
+            exchange=sender.exchange.name,
+            declare=[sender.exchange],
+            serializer=sender.serializer,
+            headers=sender.headers,
+            delivery_mode=sender.delivery_mode,
+        )
+
+
+_SENDERS: weakref.WeakKeyDictionary[Celery, Any] = weakref.WeakKeyDictionary()
+
+
+def _event_sender(app: Celery) -> Any:
+    """The app's event settings (exchange, serializer, hostname, clock), built once."""
+    sender = _SENDERS.get(app)
+    if sender is None:
+        sender = _SENDERS[app] = app.events.Dispatcher(enabled=False)
+    return sender
 
 
 @contextmanager
 def _publishing(app: Celery) -> Iterator[tuple[Any, _SentEvents]]:
     """A producer whose publishes go out in kombu batches (one pipelined round trip
     per ``PUBLISH_BATCH`` commands instead of one per message), and the collector of
-    their task-sent events (pass it as ``event_dispatcher``), sent after the batch."""
+    their task-sent events (pass it as ``event_dispatcher``), sent in the same batch."""
     sent = _SentEvents()
-    with app.producer_or_acquire() as producer:
-        with producer.batch(max_size=PUBLISH_BATCH):
-            yield producer, sent
-        sent.flush(app, producer)
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
+        yield producer, sent
+        if app.conf.task_send_sent_event:
+            sent.flush(app, producer)
 
 
 def _publish(

@@ -157,12 +157,14 @@ class Keys:
 @dataclass(frozen=True)
 class BatchRecord:
     """A batch as registered: members, the plan's next batch (JSON), the write check
-    and the members' declared deliverables (None when the check is off)."""
+    and the members' declared deliverables (None when the check is off), and its state
+    (``running``, or ``reported``/``forced`` once a report is stored)."""
 
     expected: list[str]
     following: str | None
     write_check: str
     declared: dict[str, list[str]] | None
+    state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -401,15 +403,17 @@ class StateStore:
         raw = cast(
             list[str | None],
             self.r.hmget(
-                self.keys.batch(run_id, n), ["expected", "next", "write_check", "declared"]
+                self.keys.batch(run_id, n),
+                ["expected", "next", "write_check", "declared", "state"],
             ),
         )
-        expected, following, check, declared = raw
+        expected, following, check, declared, state = raw
         return BatchRecord(
             expected=list(json.loads(expected)) if expected else [],
             following=following or None,
             write_check=check or "warn",
             declared=cast(dict[str, list[str]], json.loads(declared)) if declared else None,
+            state=state,
         )
 
     def batch_members(self, run_id: str, n: int) -> list[str]:

@@ -119,6 +119,8 @@ def test_members_of_a_chunk_keep_their_own_result_timeout_retry_and_task_events(
     chunk_ids = {e["uuid"] for e in received if e.get("name") == CHUNK_TASK}
     members = [e for e in received if e.get("name") == RUN_TASK]
     assert len(chunk_ids) == 2
+    sent = {e["uuid"] for e in events.seen if e["type"] == "task-sent"}
+    assert chunk_ids <= sent  # the producer's task-sent events, sent as one task-multi
     assert len(members) == 7
     assert {e["parent_id"] for e in members if e["parent_id"] in chunk_ids} == chunk_ids
     assert sorted(e["args"].split()[0] for e in members) == [f"seq=0{i}" for i in range(1, 8)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -556,3 +557,37 @@ def test_the_chord_callback_aggregates_the_batch_on_a_worker(
     assert report.completed == 2
     (event,) = aggregated
     assert event.batch == 1 and event.data["status"] == "completed"
+
+
+def test_without_a_waiting_producer_the_chord_callback_builds_and_stores_the_report(
+    make_feature, subtask_data, settings_for
+):
+    """The orchestrator went away after publishing: the callback is the one to report."""
+    from batchq.planner import plan
+
+    root = make_feature(
+        [subtask_data("01", command=write("01")), subtask_data("02", command="exit 3")]
+    )
+    settings = settings_for(root)
+    store = StateStore.from_url(settings.redis_url or "")
+    app = create_app(settings)
+    try:
+        feature = load_feature(root, "feat")
+        run = new_run(store, feature, FailurePolicy.CONTINUE)
+        submit(app, store, run, feature, plan(feature).batches[0], None, settings)
+        events = []
+        for _ in range(600):  # reading from "0" never blocks: pace the polls
+            events = store.events(run.run_id, "0")
+            if any(e.kind == "aggregated" for e in events):
+                break
+            threading.Event().wait(0.1)
+        stored = store.report(run.run_id, 1)
+    finally:
+        store.close()
+    (event,) = [e for e in events if e.kind == "aggregated"]
+    assert event.data == {"stored": True, "status": "partial_failure"}
+    assert stored is not None and not stored.forced
+    assert {r.seq: r.result for r in stored.results} == {
+        "01": ResultState.COMPLETED,
+        "02": ResultState.FAILED,
+    }
