@@ -134,6 +134,7 @@ class _Mirror:
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
         self.last_flush = time.monotonic()
+        self.feature: Feature | None = None
 
     def __call__(self, events: list[Event]) -> None:
         for event in events:
@@ -152,9 +153,12 @@ class _Mirror:
             self.forward(events)
 
     def flush(self) -> None:
+        """Write what is pending; the files are current when it returns, and
+        ``feature`` is what this flush wrote (None if it wrote nothing)."""
+        self.feature = None
         if self.pending:
             changes, self.pending = self.pending, {}
-            update_subtasks(self.root, self.name, changes)
+            self.feature = update_subtasks(self.root, self.name, changes)
             self.written |= {s: r for s, r in self.finished.items() if s in changes}
         self.last_flush = time.monotonic()
 
@@ -271,7 +275,7 @@ class Orchestrator:
 
         def reported(built: BatchReport) -> None:
             mirror.flush()
-            built = self._settle(run, built, mirror.written, recorder)
+            built = self._settle(run, built, mirror, recorder)
             passed.append(built)
             result.reports.append(built)
             if options.on_report is not None:
@@ -420,7 +424,7 @@ class Orchestrator:
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
         built = wait(self.store, submission, self.settings, mirror)
         mirror.flush()
-        built = self._settle(run, built, mirror.written, recorder)
+        built = self._settle(run, built, mirror, recorder)
         if options.on_report is not None:
             options.on_report(built)
         return built
@@ -429,12 +433,13 @@ class Orchestrator:
         self,
         run: Run,
         built: BatchReport,
-        written: dict[str, ResultState],
+        mirror: _Mirror,
         recorder: fingerprint.Recorder,
     ) -> BatchReport:
-        """Mirror the final states not yet mirrored (``written`` came from the progress
-        stream, and the report may have failed a member for an undeclared write since),
-        then check that store and files agree with the report."""
+        """Mirror the final states not yet mirrored (the mirror wrote what the progress
+        stream said, and the report may have failed a member for an undeclared write
+        since), then check that store and files agree with the report."""
+        written = mirror.written
         changes: dict[str, Callable[[dict[str, Any]], None]] = {}
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
@@ -454,8 +459,8 @@ class Orchestrator:
             changes[skip.seq] = mark_pending(block)
         if changes:
             feature = update_subtasks(self.root, self.name, changes)
-        else:
-            feature = load_feature(self.root, self.name)
+        else:  # as the mirror's last write left it, or read
+            feature = mirror.feature or load_feature(self.root, self.name)
         found: list[str] = []
         if built.forced or built.missing:
             # A complete report was built from records, which are written once and
