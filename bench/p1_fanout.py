@@ -3,7 +3,7 @@
 bare:   ``chord(group(noop.s() × N), done.s())().get()`` — what a user writes.
 batchq: ``Orchestrator.run()`` on a feature folder of N ``python``-agent subtasks,
         including validation, planning, file mirroring and the verified report.
-Both on one worker with 2 prefork processes.
+Both on one worker with 2 prefork processes; the repetitions alternate (bare, batchq, ...).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,42 +32,43 @@ from bench.common import (
     workers,
 )
 
+SETTLE_S = 1.0
 
-def run_bare(url: str, n: int, reps: int) -> Stats:
+
+def run_pair(url: str, n: int, reps: int) -> tuple[Stats, Stats, float, float]:
+    """Bare and batchq wall times, interleaved (bare, batchq, bare, ...) so that both
+    see the same machine: on a shared VM a burst of load otherwise lands on one side.
+    Each side has its own worker, idle while the other runs, and each run starts after
+    a pause, so that neither side's leftover work lands in the other's figure. Also
+    the batchq worker's peak RSS and the orchestrator's: one more run in a process of
+    its own (this one's heap still holds what the bare runs used)."""
     bare = bare_app(url)
-    with workers(url, "bench.bare"):
-        values = []
-        for _ in range(reps):
-            values.append(
-                timed(
-                    lambda: chord(group(bare.noop.s() for _ in range(n)), bare.done.s())().get(
-                        timeout=900
+    client = BatchqClient(url)
+    bare_values: list[float] = []
+    values: list[float] = []
+    try:
+        with workers(url, "bench.bare"), workers(url, "batchq.worker") as group_:
+            for _ in range(reps):
+                bare_values.append(
+                    timed(
+                        lambda: chord(group(bare.noop.s() for _ in range(n)), bare.done.s())().get(
+                            timeout=900
+                        )
                     )
                 )
-            )
-    return Stats(values)
-
-
-def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
-    """Wall times, the worker's peak RSS and the orchestrator's: one more run in a
-    process of its own (this one's heap still holds what the bare runs used)."""
-    client = BatchqClient(url)
-    values = []
-    peak = 0.0
-    orchestrator_peak = 0.0
-    try:
-        with workers(url, "batchq.worker") as group_:
-            for _ in range(reps):
+                time.sleep(SETTLE_S)
                 root = tmpdir("bench-p1-")
                 noop_feature(root, "p1", n)
                 elapsed, run = measure(client.orchestrator(root, "p1").run)
                 values.append(elapsed)
                 assert run.ok and run.reports[0].completed == n, run.reports[0].status
                 shutil.rmtree(root, ignore_errors=True)
+                time.sleep(SETTLE_S)
             orchestrator_peak = _orchestrator_peak_mb(url, n)
             from batchq.procs import child_pids
             from bench.common import proc_peak_mb
 
+            peak = 0.0
             for child in group_.children:
                 peak = max(
                     [peak, proc_peak_mb(child.pid)]
@@ -74,7 +76,7 @@ def run_batchq(url: str, n: int, reps: int) -> tuple[Stats, float, float]:
                 )
     finally:
         client.close()
-    return Stats(values), peak, orchestrator_peak
+    return Stats(bare_values), Stats(values), peak, orchestrator_peak
 
 
 def _orchestrator_peak_mb(url: str, n: int) -> float:
@@ -115,8 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with redis() as server:
         for n in sizes:
-            bare = run_bare(server.url, n, args.reps)
-            ours, worker_peak, orchestrator_peak = run_batchq(server.url, n, args.reps)
+            bare, ours, worker_peak, orchestrator_peak = run_pair(server.url, n, args.reps)
             rows[str(n)] = {
                 "bare": bare,
                 "batchq": ours,
