@@ -35,11 +35,10 @@ from batchq.producer import (
     check_agents,
     declared_of,
     follow,
-    publish_each,
     report_from_store,
-    signature,
     weights,
 )
+from batchq.publish import publish_each, signature
 from batchq.settings import Settings
 from batchq.state import Event, StateStore
 from batchq.writeset import Window
