@@ -76,6 +76,9 @@ class Run:
     learned: Mapping[str, float] = field(default_factory=dict)
     """Durations the feature's subtasks took in earlier runs, for longest-first order."""
     write_check: WriteCheck = WriteCheck.WARN
+    callable_s: Mapping[str, float] = field(default_factory=dict)
+    """The longest recent duration of each python callable the feature uses (any
+    feature's runs count), to tell tiny subtasks (:mod:`batchq.chunks`)."""
 
 
 @dataclass
@@ -130,6 +133,9 @@ def new_run(
     token_file.parent.mkdir(parents=True, exist_ok=True)
     # A new name no one reads before the first message is published: no temp file.
     token_file.write_text(token + "\n", encoding="utf-8")
+    callables = sorted(
+        {s.execution.callable_ for s in feature.subtasks if s.execution and s.execution.callable_}
+    )
     learned = store.create_run(
         run_id,
         {
@@ -142,8 +148,19 @@ def new_run(
             "created_at": datetime.now(UTC).isoformat(),
         },
         context,
+        callables,
     )
-    return Run(run_id, feature.name, fkey, feature.root, token, policy, learned, write_check)
+    return Run(
+        run_id,
+        feature.name,
+        fkey,
+        feature.root,
+        token,
+        policy,
+        learned.durations,
+        write_check,
+        learned.callables,
+    )
 
 
 def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
@@ -197,13 +214,15 @@ def submit(
         run.write_check.value,
     )
     submitted_at = datetime.now(UTC)
+    known = weights(members, run.learned)
     groups = chunks.plan(
         members,
         agents,
-        weights(members, run.learned),
+        known,
         lambda sub: budget_s(sub, settings),
         max_subtask_budget_s(settings),
         settings.chunk_max,
+        chunks.tiny(members, agents, known, run.callable_s),
     )
     signatures = [
         signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy)

@@ -168,8 +168,8 @@ def _publishing(app: Celery) -> Iterator[tuple[Any, _SentEvents]]:
 def publish_batch(
     app: Celery, signatures: list[Any], run: Run, batch: PlannedBatch, submitted_at: datetime
 ) -> None:
-    """Publish a batch's messages: a chord whose callback aggregates the report, or the
-    one message of a batch of one."""
+    """Publish a batch's messages: a chord whose callback aggregates the report (even
+    when its members share one chunk), or the one message of a batch of one."""
     with _publishing(app) as (producer, sent):
         _publish(app, signatures, producer, sent, run, batch, submitted_at)
 
@@ -183,7 +183,7 @@ def _publish(
     batch: PlannedBatch,
     submitted_at: datetime,
 ) -> None:
-    if len(signatures) == 1:
+    if len(batch.seqs) == 1:
         signatures[0].apply_async(producer=producer, event_dispatcher=sent)
         return
     meta = {

@@ -200,7 +200,9 @@ def _finish(
     store: StateStore, result: SubtaskResult, msg: SubtaskMessage, worker: str
 ) -> SubtaskResult:
     """Record the result once; on a failure, apply the batch's failure policy at once."""
-    if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker)):
+    execution = msg.subtask.execution
+    spec = execution.callable_ if msg.agent == "python" and execution else None
+    if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker, spec)):
         recorded = store.result(msg.run_id, msg.seq)
         return recorded or result
     log.info(

@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     output_tail_chars: int = Field(default=2000, ge=0)
     chunk_max: int = Field(default=16, ge=1)
-    """At most this many tiny ``python`` subtasks of a big batch share one message
-    (:mod:`batchq.chunks`); 1 sends every subtask alone."""
+    """At most this many ``python`` subtasks share one message, when known tiny or in a
+    big batch (:mod:`batchq.chunks`); 1 sends every subtask alone."""
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""

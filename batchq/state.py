@@ -26,6 +26,7 @@ key                           type    content
 ``events:R``                  stream  progress events (see :data:`EVENT_KINDS`)
 ``lock:F``                    string  orchestrator holding F; TTL = lease, renewed
 ``durations:F``               hash    seq -> last measured duration in seconds
+``callable:SPEC``             list    a python callable's last ``CALLABLE_RUNS`` durations
 ``reports:F``                 list    ``R:N`` of the newest reports, newest first (100)
 ``runs:F``                    list    the newest run ids of F, newest first (20)
 ``slots:A``                   zset    holders of agent A's ``max_concurrency`` slots,
@@ -56,6 +57,7 @@ __all__ = [
     "EVENT_KINDS",
     "Event",
     "Keys",
+    "Learned",
     "StartDecision",
     "StateStore",
     "feature_key",
@@ -75,6 +77,9 @@ EVENT_KINDS = (
 """``aggregated`` comes from the chord callback on a worker (``stored``: whether its
 report was the first); the producer usually stores the report before it."""
 STREAM_MAXLEN = 100_000
+CALLABLE_RUNS = 8
+"""A python callable's durations kept: one slow run among them keeps it from being
+taken for tiny (:mod:`batchq.chunks`)."""
 # What a Redis restart or network blip raises; callers that must ride one out
 # (the producer's wait) catch these and retry instead of crashing.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
@@ -144,6 +149,9 @@ class Keys:
     def durations(self, fkey: str) -> str:
         return f"{self.p}durations:{fkey}"
 
+    def callable_durations(self, spec: str) -> str:
+        return f"{self.p}callable:{spec}"
+
     def reports(self, fkey: str) -> str:
         return f"{self.p}reports:{fkey}"
 
@@ -152,6 +160,15 @@ class Keys:
 
     def slots(self, agent: str) -> str:
         return f"{self.p}slots:{agent}"
+
+
+@dataclass(frozen=True)
+class Learned:
+    """Durations from earlier runs, in seconds: the feature's last per seq, and the
+    longest recent one of each python callable asked about."""
+
+    durations: dict[str, float]
+    callables: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -226,7 +243,7 @@ return 0
 
 # Completion is recorded exactly once: the first result wins, later ones are ignored.
 _RECORD = """
-local sub, claim, events, durations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sub, claim, events, durations, calls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 redis.call('HINCRBY', sub, 'finishes', 1)
 if redis.call('HSETNX', sub, 'result', ARGV[1]) == 0 then return 0 end
 redis.call('HSET', sub, 'attempts', ARGV[5])
@@ -238,6 +255,11 @@ redis.call('EXPIRE', events, ARGV[6])
 if ARGV[8] == 'completed' then
   redis.call('HSET', durations, ARGV[4], ARGV[9])
   redis.call('EXPIRE', durations, ARGV[6])
+end
+if ARGV[10] == '1' then
+  redis.call('LPUSH', calls, ARGV[9])
+  redis.call('LTRIM', calls, 0, tonumber(ARGV[11]) - 1)
+  redis.call('EXPIRE', calls, ARGV[6])
 end
 return 1
 """
@@ -306,9 +328,16 @@ class StateStore:
 
     # --- runs and batches -----------------------------------------------------
 
-    def create_run(self, run_id: str, fields: Mapping[str, str], context: str) -> dict[str, float]:
-        """Record a run; returns its feature's learned durations (see :meth:`durations`),
-        read in the same round trip."""
+    def create_run(
+        self,
+        run_id: str,
+        fields: Mapping[str, str],
+        context: str,
+        callables: Sequence[str] = (),
+    ) -> Learned:
+        """Record a run; returns what was learned, read in the same round trip: the
+        feature's durations per seq and, for each of ``callables``, the longest of its
+        recent durations (absent when it never ran)."""
         raw = context.encode()
         if len(raw) > CONTEXT_LIMIT:
             raise InputError(
@@ -324,9 +353,19 @@ class StateStore:
             pipe.ltrim(runs, 0, 19)
             pipe.expire(runs, self.ttl)
             pipe.hgetall(self.keys.durations(fields["feature_key"]))
+        for spec in callables:
+            pipe.lrange(self.keys.callable_durations(spec), 0, -1)
         replies = pipe.execute()
-        learned = replies[-1] if "feature_key" in fields else {}
-        return {seq: float(v) for seq, v in cast(dict[str, str], learned).items()}
+        recent = replies[len(replies) - len(callables) :]
+        learned = replies[-1 - len(callables)] if "feature_key" in fields else {}
+        return Learned(
+            {seq: float(v) for seq, v in cast(dict[str, str], learned).items()},
+            {
+                spec: max(map(float, runs))
+                for spec, runs in zip(callables, recent, strict=True)
+                if runs
+            },
+        )
 
     def recent_runs(self, fkey: str, count: int = 20) -> list[str]:
         return cast(list[str], self.r.lrange(self.keys.runs(fkey), 0, count - 1))
@@ -502,8 +541,11 @@ class StateStore:
         pipe.expire(key, self.ttl)
         pipe.execute()
 
-    def record_result(self, result: SubtaskResult, fkey: str, worker: str) -> bool:
-        """Record the final result of a subtask; False if one was already recorded."""
+    def record_result(
+        self, result: SubtaskResult, fkey: str, worker: str, callable_spec: str | None = None
+    ) -> bool:
+        """Record the final result of a subtask; False if one was already recorded.
+        A python subtask's duration also joins its callable's recent durations."""
         payload = result.model_dump_json()
         written = self._record(
             keys=[
@@ -511,6 +553,7 @@ class StateStore:
                 self.keys.claim(result.run_id, result.seq),
                 self.keys.events(result.run_id),
                 self.keys.durations(fkey),
+                self.keys.callable_durations(callable_spec or ""),
             ],
             args=[
                 payload,
@@ -522,6 +565,8 @@ class StateStore:
                 STREAM_MAXLEN,
                 result.result.value,
                 f"{result.duration_s:.3f}",
+                "1" if callable_spec else "0",
+                CALLABLE_RUNS,
             ],
         )
         return bool(written)

@@ -4,7 +4,7 @@
 subtask's own failure, so the chord callback always fires (TRAPS: a failed member
 fails the whole chord). One task name for every subtask keeps Flower's Prometheus
 labels bounded; the feature, batch, seq and title are in the argument summary.
-``run_chunk`` runs several tiny python subtasks of a big batch in one message
+``run_chunk`` runs several python subtasks in one message
 (:mod:`batchq.chunks`), each as ``run_subtask`` would, and ``aggregate_batch`` is
 the chord callback.
 

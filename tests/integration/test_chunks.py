@@ -127,3 +127,69 @@ def test_members_of_a_chunk_keep_their_own_result_timeout_retry_and_task_events(
     for member in members:  # each member's own lifecycle, as Flower shows it
         assert events.of(member["uuid"])[-1] == "task-succeeded", member["args"]
     assert published and published[0].expected == [f"0{i}" for i in range(1, 8)]
+
+
+def test_a_small_batch_of_callables_known_to_be_tiny_shares_one_message(
+    stack: str,
+    make_feature: Any,
+    subtask_data: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first feature teaches batchq the callable is tiny; the next one, new to it,
+    goes out as one chunk (still a chord, whose callback runs)."""
+    monkeypatch.setattr(chunks, "TINY_S", 30.0)  # what counts as tiny on a loaded CI box
+    subs = [subtask_data(f"0{i}", callable_=f"{CALLABLES}:quick", timeout_s=60) for i in (1, 2, 3)]
+    root = make_feature(subs, name="first")
+    make_feature(subs, name="second", root=root)
+    (root / "out").mkdir()
+    settings = load_settings(root, redis_url=stack, python_allow=["tests.fixtures_pkg"])
+    app = create_app(settings)
+    store = StateStore.from_url(stack)
+    try:
+        with TaskEvents(app) as events:
+            first = Orchestrator(root, "first", settings, app, store).run()
+            second = Orchestrator(root, "second", settings, app, store).run()
+            for _ in range(100):  # 3 + 2 task-succeeded, and the two chord callbacks
+                if sum(1 for e in events.seen if e["type"] == "task-succeeded") >= 7:
+                    break
+                threading.Event().wait(0.1)
+    finally:
+        store.close()
+    assert first.ok and second.ok
+    received = [e for e in events.seen if e["type"] == "task-received"]
+    (chunk,) = [e for e in received if e.get("name") == CHUNK_TASK]
+    assert chunk["args"].startswith("3 subtasks seq=01..03 feature=second")
+    children = [
+        e for e in received if e.get("parent_id") == chunk["uuid"] and e.get("name") == RUN_TASK
+    ]
+    assert sorted(e["args"].split()[0] for e in children) == ["seq=01", "seq=02", "seq=03"]
+    alone = [e for e in received if e.get("name") == RUN_TASK and "feature=first" in e["args"]]
+    assert len(alone) == 3  # before anything was known, each in a message of its own
+    callbacks = [e for e in received if e.get("name") == "batchq.aggregate_batch"]
+    assert len(callbacks) == 2
+
+
+def test_a_callable_is_judged_by_its_longest_recent_run(stack: str) -> None:
+    from batchq.models import SubtaskResult
+    from batchq.state import CALLABLE_RUNS
+
+    store = StateStore.from_url(stack, prefix="learned-test:")
+    spec = "tests.fixtures_pkg.callables:judged"
+
+    def record(seq: str, seconds: float) -> None:
+        result = SubtaskResult(
+            feature="f", run_id="r", batch=1, seq=seq, title="t",
+            result=ResultState.COMPLETED, duration_s=seconds,
+        )  # fmt: skip
+        assert store.record_result(result, "fkey", "w", spec)
+
+    try:
+        assert store.create_run("r0", {"feature": "f"}, "", [spec]).callables == {}
+        record("01", 2.0)
+        for i in range(CALLABLE_RUNS - 1):
+            record(f"1{i}", 0.001)
+        assert store.create_run("r1", {"feature": "f"}, "", [spec]).callables == {spec: 2.0}
+        record("99", 0.002)  # the slow run falls out of the window
+        assert store.create_run("r2", {"feature": "f"}, "", [spec]).callables == {spec: 0.002}
+    finally:
+        store.close()

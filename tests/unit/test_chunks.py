@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchq.chunks import LONG_S, MIN_MESSAGES, plan
+from batchq.chunks import LONG_S, MIN_MESSAGES, TINY_S, plan, tiny
 from batchq.models import Subtask
 from tests.conftest import subtask
 
@@ -54,4 +54,40 @@ def test_a_chunk_budget_stays_under_the_visibility_limit() -> None:
     members = subs(8 * MIN_MESSAGES)
     groups = plan(members, python(members), {}, lambda s: 100.0, 250.0, 8)
     assert {len(g) for g in groups} == {2}  # a third member would need 300 s
+    assert flat(groups) == members
+
+
+def test_tiny_members_are_python_ones_whose_callable_and_own_past_agree() -> None:
+    members = [
+        Subtask.model_validate(subtask("01", callable_="m:quick")),
+        Subtask.model_validate(subtask("02", callable_="m:quick", estimate_s=TINY_S)),
+        Subtask.model_validate(subtask("03", callable_="m:slow")),
+        Subtask.model_validate(subtask("04", callable_="m:never_ran")),
+        Subtask.model_validate(subtask("05", command="true")),
+        Subtask.model_validate(subtask("06", callable_="m:quick")),
+    ]
+    agents = {s.seq: "python" for s in members} | {"05": "shell"}
+    known = {"02": TINY_S, "06": 0.2}  # 02's estimate, 06's own last run
+    callables = {"m:quick": TINY_S / 10, "m:slow": TINY_S}
+    assert tiny(members, agents, known, callables) == {"01"}
+
+
+def test_tiny_members_share_a_message_in_a_batch_of_any_size() -> None:
+    members = subs(5)
+    seqs = {s.seq for s in members[:4]}
+    groups = plan(members, python(members), {}, lambda s: 1.0, 1e9, 3, seqs)
+    assert groups == [members[:3], [members[3]], [members[4]]]  # by first member
+    assert plan(members, python(members), {}, lambda s: 1.0, 1e9, 16, seqs) == [
+        members[:4],
+        [members[4]],
+    ]
+    assert plan(members, python(members), {}, lambda s: 1.0, 1e9, 1, seqs) == [[s] for s in members]
+
+
+def test_in_a_big_batch_tiny_members_fill_bigger_chunks_than_the_rest() -> None:
+    members = subs(4 * MIN_MESSAGES)  # the rest: chunks of 4
+    seqs = {s.seq for s in members[:40]}
+    groups = plan(members, python(members), {}, lambda s: 1.0, 1e9, 16, seqs)
+    assert [len(g) for g in groups[:3]] == [16, 16, 8]
+    assert {len(g) for g in groups[3:]} == {4}
     assert flat(groups) == members
