@@ -201,7 +201,8 @@ def _finish(
 ) -> SubtaskResult:
     """Record the result once; on a failure, apply the batch's failure policy at once."""
     execution = msg.subtask.execution
-    spec = execution.callable_ if msg.agent == "python" and execution else None
+    ran = result.result is not ResultState.CANCELLED  # a cancelled one mostly never started
+    spec = execution.callable_ if msg.agent == "python" and execution and ran else None
     if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker, spec)):
         recorded = store.result(msg.run_id, msg.seq)
         return recorded or result
