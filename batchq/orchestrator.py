@@ -21,7 +21,7 @@ from typing import Any
 
 from celery import Celery
 
-from batchq import fingerprint, planner, report
+from batchq import fingerprint, heap, planner, report
 from batchq.errors import LockedError, UnsafeBatchError, UsageError
 from batchq.flowrun import run_flow
 from batchq.jsonfile import write_atomic
@@ -207,7 +207,7 @@ class Orchestrator:
         """Run every remaining batch until done or one fails (SPEC 3); in flow mode,
         every subtask as soon as its own dependencies are completed."""
         options = options or RunOptions()
-        with self.exclusive():
+        with self.exclusive(), heap.long_lived():
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -213,8 +214,43 @@ def _load(root: Path, name: str) -> _Loaded:
     return _Loaded(feature, task_doc, subtasks)
 
 
-_PARSED: dict[Path, tuple[tuple[int, int, int, int], Subtask, JsonDocument]] = {}
-_PARSED_LIMIT = 200_000
+_FileKey = tuple[int, int, int, int]
+
+
+class _ParseCache:
+    """The last parse of each subtask file, for the few feature folders used last: a
+    long-lived process (a bench, a server) that runs many features keeps only theirs,
+    not every file it ever read (a big heap makes every full garbage collection slow)."""
+
+    FOLDERS = 4
+
+    def __init__(self) -> None:
+        self.folders: OrderedDict[Path, dict[Path, tuple[_FileKey, Subtask, JsonDocument]]] = (
+            OrderedDict()
+        )
+
+    def _folder(self, file: Path) -> dict[Path, tuple[_FileKey, Subtask, JsonDocument]]:
+        folder = self.folders.get(file.parent)
+        if folder is None:
+            folder = self.folders[file.parent] = {}
+            while len(self.folders) > self.FOLDERS:
+                self.folders.popitem(last=False)
+        else:
+            self.folders.move_to_end(file.parent)
+        return folder
+
+    def get(self, file: Path, key: _FileKey) -> tuple[Subtask, JsonDocument] | None:
+        cached = self._folder(file).get(file)
+        return (cached[1], cached[2]) if cached is not None and cached[0] == key else None
+
+    def put(self, file: Path, key: _FileKey, sub: Subtask, doc: JsonDocument) -> None:
+        self._folder(file)[file] = (key, sub, doc)
+
+    def clear(self) -> None:
+        self.folders.clear()
+
+
+_PARSED = _ParseCache()
 
 
 def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
@@ -229,14 +265,12 @@ def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    cached = _PARSED.get(file)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
+    cached = _PARSED.get(file, key)
+    if cached is not None:
+        return cached
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    if len(_PARSED) >= _PARSED_LIMIT:
-        _PARSED.clear()
-    _PARSED[file] = (key, sub, doc)
+    _PARSED.put(file, key, sub, doc)
     return sub, doc
 
 
@@ -249,7 +283,7 @@ def _remember(file: Path, sub: Subtask, doc: JsonDocument) -> None:
         return
     if st.st_size != len(doc.text.encode("utf-8")):
         return  # rewritten by someone else meanwhile: let the next load read it
-    _PARSED[file] = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), sub, doc)
+    _PARSED.put(file, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), sub, doc)
 
 
 def _read(path: Path) -> JsonDocument:

@@ -617,3 +617,19 @@ def test_what_a_rewrite_caches_is_what_a_fresh_read_finds(tmp_path: Path) -> Non
     update_subtasks(tmp_path, "feat", {"02": mark_blocked(block)})  # no change: no write
     assert snapshot(folder) == after_cached
     assert json.loads((folder / "subtask_01.json").read_text())["batchq"]["run_id"] == "r1"
+
+
+def test_the_parse_cache_keeps_only_the_features_used_last(tmp_path: Path) -> None:
+    """A long-lived process that runs many features does not keep every file it read."""
+    import batchq.taskfiles as taskfiles
+
+    taskfiles._PARSED.clear()
+    names = [f"f{i}" for i in range(taskfiles._ParseCache.FOLDERS + 2)]
+    for name in names:
+        make_feature(tmp_path, name, count=2)
+        load_feature(tmp_path, name)
+    cached = {folder.name for folder in taskfiles._PARSED.folders}
+    assert cached == set(names[-taskfiles._ParseCache.FOLDERS :])
+    assert all(len(files) == 2 for files in taskfiles._PARSED.folders.values())
+    load_feature(tmp_path, names[0])  # read again, correctly, after eviction
+    assert next(reversed(taskfiles._PARSED.folders)).name == names[0]
