@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -228,16 +229,18 @@ class _ParseCache:
         self.folders: OrderedDict[Path, dict[Path, tuple[_FileKey, Subtask, JsonDocument]]] = (
             OrderedDict()
         )
+        self.lock = threading.Lock()  # orchestrators of several features may share a process
 
     def _folder(self, file: Path) -> dict[Path, tuple[_FileKey, Subtask, JsonDocument]]:
-        folder = self.folders.get(file.parent)
-        if folder is None:
-            folder = self.folders[file.parent] = {}
-            while len(self.folders) > self.FOLDERS:
-                self.folders.popitem(last=False)
-        else:
-            self.folders.move_to_end(file.parent)
-        return folder
+        with self.lock:
+            folder = self.folders.get(file.parent)
+            if folder is None:
+                folder = self.folders[file.parent] = {}
+                while len(self.folders) > self.FOLDERS:
+                    self.folders.popitem(last=False)
+            else:
+                self.folders.move_to_end(file.parent)
+            return folder
 
     def get(self, file: Path, key: _FileKey) -> tuple[Subtask, JsonDocument] | None:
         cached = self._folder(file).get(file)
