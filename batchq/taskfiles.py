@@ -250,10 +250,17 @@ class _ParseCache:
         self._folder(file)[file] = (key, sub, doc)
 
     def clear(self) -> None:
-        self.folders.clear()
+        with self.lock:
+            self.folders.clear()
 
 
 _PARSED = _ParseCache()
+
+
+def _file_key(st: os.stat_result) -> _FileKey:
+    """What tells one version of a file from the next: every rewrite is an ``os.replace``,
+    so a new inode, even when size and times happen to match."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
@@ -267,7 +274,7 @@ def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
         raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         return None
-    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = _file_key(st)
     cached = _PARSED.get(file, key)
     if cached is not None:
         return cached
@@ -286,7 +293,7 @@ def _remember(file: Path, sub: Subtask, doc: JsonDocument) -> None:
         return
     if st.st_size != len(doc.text.encode("utf-8")):
         return  # rewritten by someone else meanwhile: let the next load read it
-    _PARSED.put(file, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), sub, doc)
+    _PARSED.put(file, _file_key(st), sub, doc)
 
 
 def _read(path: Path) -> JsonDocument:
