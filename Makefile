@@ -39,6 +39,7 @@ run-auth: install
 lint: install
 	$(BIN)/ruff check batchq tests bench workers
 	$(BIN)/ruff format --check batchq tests bench workers
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy batchq

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from batchq.core.planner import check_batch, plan, validate
 from batchq.errors import (
     BatchqError,
     BrokerUnavailable,
@@ -22,6 +23,7 @@ from batchq.errors import (
     UnsafeBatchError,
     UsageError,
 )
+from batchq.files.taskfiles import complete_subtask, find_root, list_features, load_feature
 from batchq.models import (
     BatchReport,
     FailurePolicy,
@@ -36,13 +38,11 @@ from batchq.models import (
     UndeclaredWrite,
     WriteCheck,
 )
-from batchq.planner import check_batch, plan, validate
 from batchq.settings import Settings, load_settings
-from batchq.taskfiles import complete_subtask, find_root, list_features, load_feature
 
 if TYPE_CHECKING:
-    from batchq.connection import Connection, connect
-    from batchq.orchestrator import Orchestrator, RunOptions, RunResult
+    from batchq.local.connection import Connection, connect
+    from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 
 __all__ = [
     "BatchReport",
@@ -85,11 +85,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Connection": "batchq.connection",
-    "connect": "batchq.connection",
-    "Orchestrator": "batchq.orchestrator",
-    "RunOptions": "batchq.orchestrator",
-    "RunResult": "batchq.orchestrator",
+    "Connection": "batchq.local.connection",
+    "connect": "batchq.local.connection",
+    "Orchestrator": "batchq.run.orchestrator",
+    "RunOptions": "batchq.run.orchestrator",
+    "RunResult": "batchq.run.orchestrator",
 }
 
 

@@ -1,14 +1,17 @@
 """The domain vocabulary: task files, plans, subtask results and batch reports.
 
 Task-file models are tolerant readers of what other tools write (SPEC 1); the raw
-JSON is kept by :mod:`batchq.taskfiles` so rewrites preserve unknown fields. Wire
+JSON is kept by :mod:`batchq.files.taskfiles` so rewrites preserve unknown fields. Wire
 models (:class:`SubtaskResult`, :class:`BatchReport`) are frozen and versioned so a
 message or stored report written by an older batchq still decodes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -23,9 +26,10 @@ from pydantic import (
     model_serializer,
 )
 
+from batchq import layout
+
 __all__ = [
     "SEQ_PATTERN",
-    "STATE_DIR",
     "BatchReport",
     "BatchStatus",
     "BatchqBlock",
@@ -38,6 +42,7 @@ __all__ = [
     "Plan",
     "PlannedBatch",
     "ResultState",
+    "Run",
     "RunMode",
     "SkippedSubtask",
     "Subtask",
@@ -49,14 +54,28 @@ __all__ = [
     "UndeclaredWrite",
     "Violation",
     "WriteCheck",
+    "feature_key",
+    "seq_key",
 ]
 
 SEQ_PATTERN = r"^\d{2,}$"
 _SEQ_RE = re.compile(SEQ_PATTERN)
 SUMMARY_LIMIT = 200
 DEFAULT_TIMEOUT_S = 3600.0
-STATE_DIR = ".batchq"
-"""batchq's own folder inside each feature folder (see :attr:`Feature.state_dir`)."""
+
+
+def seq_key(seq: str) -> tuple[int, int, str]:
+    """The one sort key for seqs: numeric order ("09" < "10" < "100"), then as
+    written; a seq that is not ASCII digits sorts last, by text."""
+    if seq.isascii() and seq.isdigit():
+        return (0, int(seq), seq)
+    return (1, 0, seq)
+
+
+def feature_key(name: str, root: Path) -> str:
+    """A feature's identity across runs: its name plus a short hash of its root."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
+    return f"{name}@{digest}"
 
 
 class SubtaskStatus(StrEnum):
@@ -161,7 +180,7 @@ class BatchqBlock(_Tolerant):
     run_id: str | None = None
     log: str | None = None
     fingerprint: str | None = None
-    """sha256 of ``inputs`` (see :mod:`batchq.fingerprint`), recorded at completion."""
+    """sha256 of ``inputs`` (see :mod:`batchq.files.fingerprint`), recorded at completion."""
     inputs: dict[str, str] | None = None
     """Fingerprint parts as submitted: part -> hash, so a rerun can say what changed."""
     outputs: dict[str, str] | None = None
@@ -257,7 +276,7 @@ class Feature(BaseModel):
     @property
     def state_dir(self) -> Path:
         """batchq's own per-feature files: reports, logs, run tokens."""
-        return self.path / STATE_DIR
+        return layout.state_dir(self.path)
 
 
 # --- planning ---------------------------------------------------------------
@@ -359,7 +378,7 @@ class UndeclaredWrite(_Wire):
 
 
 class BatchReport(_Wire):
-    """The aggregated result of one batch, built by :func:`batchq.report.build`."""
+    """The aggregated result of one batch, built by :func:`batchq.core.report.build`."""
 
     feature: str
     run_id: str
@@ -413,3 +432,21 @@ class SubtaskMessage(_Wire):
     @property
     def seq(self) -> str:
         return self.subtask.seq
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``batchq run``/``batch`` invocation: its id, token and shared context key."""
+
+    run_id: str
+    feature: str
+    feature_key: str
+    root: Path
+    token: str
+    policy: FailurePolicy
+    learned: Mapping[str, float] = field(default_factory=dict)
+    """Durations the feature's subtasks took in earlier runs, for longest-first order."""
+    write_check: WriteCheck = WriteCheck.WARN
+    callable_s: Mapping[str, float] = field(default_factory=dict)
+    """The longest recent duration of each python callable the feature uses (any
+    feature's runs count), to tell tiny subtasks (:mod:`batchq.core.chunks`)."""

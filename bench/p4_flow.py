@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from batchq.models import RunMode
-from batchq.orchestrator import RunOptions, RunResult
+from batchq.run.orchestrator import RunOptions, RunResult
 from bench.common import BatchqClient, python_subtask, redis, tmpdir, workers, write_feature
 
 WORKERS, THREADS = 2, 4

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from batchq import planner
+from batchq.core import planner
 from batchq.models import Feature, Subtask, SubtaskStatus, TaskFile
 
 DEFAULT_SIZES = (1_000, 10_000, 50_000)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from batchq.embedded import DEFAULT_QUEUES, LocalWorkers, RedisServer
-from batchq.state import redis_py_url
+from batchq.local.embedded import DEFAULT_QUEUES, LocalWorkers, RedisServer
+from batchq.store.state import redis_py_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

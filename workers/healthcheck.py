@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 def worker_healthy(name: str, timeout_s: float) -> bool:
-    from batchq.app import create_app
     from batchq.settings import load_settings
+    from batchq.transport.app import create_app
 
     app = create_app(load_settings(Path.cwd()))
     try:

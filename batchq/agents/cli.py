@@ -6,7 +6,7 @@ Any agent name with ``[agents.NAME] command = "..."`` in ``batchq.toml`` is one:
     command = "opencode run --agent {agent} --prompt-file {prompt_file}"
     max_concurrency = 3
 
-The worker renders the prompt (:func:`batchq.prompt.render_prompt`) to
+The worker renders the prompt (:func:`batchq.agents.prompt.render_prompt`) to
 ``<log>.prompt.md`` beside the subtask's log, fills the template and runs it **without
 a shell**: every value is ``shlex.quote``-d before substitution and the result is cut
 with ``shlex.split``, so a title like ``Fix "auth"; rm -rf ~`` stays one argument.
@@ -28,11 +28,12 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from batchq.agents.base import Agent, AgentOutcome, Delegation
+from batchq.agents.policy import agent_env, check_env, check_verify
 from batchq.agents.process import run_process
-from batchq.agents.shell import agent_env, check_env, check_verify, outcome_from_process
+from batchq.agents.prompt import render_prompt
+from batchq.agents.shell import outcome_from_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
-from batchq.prompt import render_prompt
 
 __all__ = ["PLACEHOLDERS", "CliAgent", "build_argv", "template_fields"]
 

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
+from batchq.agents.policy import check_env, check_verify
 from batchq.agents.process import DEFAULT_TAIL_BYTES, last_line
-from batchq.agents.shell import check_env, check_verify
 from batchq.errors import PolicyError
 from batchq.models import SUMMARY_LIMIT, Subtask
 

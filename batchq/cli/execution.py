@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from batchq import planner
-from batchq.cli.main import Context, JsonOpt, RootOpt, emit, emit_json, err, out
+from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
-from batchq.errors import ExecutionFailed, InputError, UsageError
+from batchq.core import planner
+from batchq.errors import BatchqError, ExecutionFailed, InputError, UsageError
 from batchq.models import (
     BatchReport,
     FailurePolicy,
@@ -30,13 +30,15 @@ from batchq.models import (
     RunMode,
     SubtaskStatus,
     WriteCheck,
+    feature_key,
 )
-from batchq.settings import Settings
+from batchq.protocol import CONTROL_QUEUE, BatchState, CancelMode, EventKind, agent_queue
+from batchq.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from batchq.orchestrator import RunResult
-    from batchq.producer import Submission
-    from batchq.state import Event
+    from batchq.run.orchestrator import RunResult
+    from batchq.run.producer import Submission
+    from batchq.store.state import Event
 
 __all__ = ["register"]
 
@@ -163,12 +165,12 @@ class _Live:
             if (
                 self.follow
                 and not self.flow
-                and event.kind in ("started", "finished")
+                and event.kind in (EventKind.STARTED, EventKind.FINISHED)
                 and event.batch != self.batch
                 and event.batch not in self.reported
             ):
                 self._open(event.batch, None)
-            if event.kind == "finished":
+            if event.kind == EventKind.FINISHED:
                 data = event.data
                 state = ResultState(data.get("result", "failed"))
                 line = (
@@ -180,7 +182,7 @@ class _Live:
                 (self.progress.console if self.progress else out).print(line, markup=False)
                 if self.progress is not None:
                     self.progress.advance(self.task)
-            elif event.kind == "failed_fast" and self.progress is not None:
+            elif event.kind == EventKind.FAILED_FAST and self.progress is not None:
                 then = (
                     "what depends on it is skipped"
                     if self.flow
@@ -234,9 +236,10 @@ def _execute(
     write_check: WriteCheck | None = None,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
-    from batchq.connection import connect
-    from batchq.orchestrator import Orchestrator, RunOptions
-    from batchq.producer import check_agents
+    # lazy: celery, redis and the run machinery stay out of start-up
+    from batchq.local.connection import connect
+    from batchq.run.orchestrator import Orchestrator, RunOptions
+    from batchq.run.producer import check_agents
 
     f = ctx.feature(feature)
     planner.validate(f, ctx.settings.protected_paths)
@@ -269,12 +272,11 @@ def _execute(
 
 
 def _interrupted(conn: Any, name: str, root: Path) -> None:
-    from batchq.state import feature_key
 
     if conn.embedded:
         for run_id in conn.store.recent_runs(feature_key(name, root), 1):
             for n in conn.store.batch_states(run_id):
-                conn.store.cancel(run_id, n, "terminate")
+                conn.store.cancel(run_id, n, CancelMode.TERMINATE)
         err.print("interrupted: cancelled the run and stopped the embedded stack", markup=False)
     else:
         err.print(
@@ -298,9 +300,9 @@ def _conclude(result: RunResult, as_json: bool) -> None:
 
 
 def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[BatchReport]:
-    from batchq.connection import connect
-    from batchq.orchestrator import saved_reports
-    from batchq.state import feature_key
+    # lazy: celery, redis and the run machinery stay out of start-up
+    from batchq.local.connection import connect
+    from batchq.run.orchestrator import saved_reports
 
     f = ctx.feature(feature)
     fkey = feature_key(f.name, f.root)
@@ -413,8 +415,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def watch(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
         """Follow the progress events of the feature's latest run until it ends."""
-        from batchq.connection import connect
-        from batchq.state import feature_key
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local.connection import connect
 
         ctx = Context(root)
         f = ctx.feature(feature)
@@ -438,7 +440,7 @@ def register(app: typer.Typer) -> None:
                         last, quiet = events[-1].id, 0.0
                         live.events(events)
                         for e in events:
-                            if e.kind in ("batch_reported", "batch_forced"):
+                            if e.kind in (EventKind.BATCH_REPORTED, EventKind.BATCH_FORCED):
                                 r = conn.store.report(run_id, e.batch)
                                 if r is not None:
                                     live.report(r)
@@ -452,8 +454,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def cancel(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
         """Stop the feature's running batch (terminate: running agents are killed)."""
-        from batchq.connection import connect
-        from batchq.state import feature_key
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local.connection import connect
 
         ctx = Context(root)
         f = ctx.feature(feature)
@@ -461,8 +463,8 @@ def register(app: typer.Typer) -> None:
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             for run_id in conn.store.recent_runs(feature_key(f.name, f.root), 5):
                 for n, state in conn.store.batch_states(run_id).items():
-                    if state == "running":
-                        conn.store.cancel(run_id, n, "terminate")
+                    if state == BatchState.RUNNING:
+                        conn.store.cancel(run_id, n, CancelMode.TERMINATE)
                         cancelled.append(f"{run_id}:{n}")
         if as_json:
             emit_json({"cancelled": cancelled})
@@ -481,8 +483,8 @@ def register(app: typer.Typer) -> None:
         root: RootOpt = None,
     ) -> None:
         """Start a Celery worker for batchq (always consumes batchq.control)."""
-        from batchq.app import CONTROL_QUEUE, agent_queue
-        from batchq.embedded import worker_argv
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local.embedded import worker_argv
 
         settings = Context(root).settings if root else _settings_here()
         if settings.redis_url is None:
@@ -512,7 +514,8 @@ def register(app: typer.Typer) -> None:
         root: RootOpt = None,
     ) -> None:
         """Start Flower on the batchq app (basic auth required beyond loopback)."""
-        from batchq.flower import flower_command
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local.flower import flower_command
 
         settings = Context(root).settings if root else _settings_here()
         url = settings.redis_url or _stack_url(root)
@@ -530,8 +533,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start a persistent local stack (Redis + workers, optionally Flower) that later
         commands use."""
-        from batchq import embedded
-        from batchq.flower import check_bind, flower_env, local_url, wait_healthy
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local import embedded
+        from batchq.local.flower import check_bind, flower_env, local_url, wait_healthy
 
         ctx = Context(root)
         if embedded.live_stack_url(ctx.root):
@@ -552,6 +556,7 @@ def register(app: typer.Typer) -> None:
             redis_binary=embedded.redis_server_binary(override=settings.redis_server),
             flower_port=settings.flower_port if flower_ else None,
             flower_address=settings.flower_address,
+            settings=settings,
         )
         stack.start()
         try:
@@ -575,7 +580,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def down(root: RootOpt = None, as_json: JsonOpt = False) -> None:
         """Stop the local stack started by `batchq up`."""
-        from batchq import embedded
+        # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local import embedded
 
         ctx = Context(root)
         record = embedded.stop_recorded_stack(ctx.root)
@@ -586,22 +592,22 @@ def register(app: typer.Typer) -> None:
 
 
 def all_queues(settings: Settings) -> list[str]:
-    """:func:`batchq.connection.all_queues`, imported on first use (it pulls in celery)."""
-    from batchq.connection import all_queues as queues
+    """:func:`batchq.local.connection.all_queues`, imported on first use (it pulls in celery)."""
+    # lazy: celery, redis and the run machinery stay out of start-up
+    from batchq.local.connection import all_queues as queues
 
     return queues(settings)
 
 
 def _settings_here() -> Any:
-    from batchq.settings import load_settings
 
     return load_settings(Path.cwd())
 
 
 def _stack_url(root: Path | None) -> str | None:
     """The Redis of a stack `batchq up` started here, if one runs (for `flower`)."""
-    from batchq import embedded
-    from batchq.errors import BatchqError
+    # lazy: celery, redis and the run machinery stay out of start-up
+    from batchq.local import embedded
 
     try:
         return embedded.live_stack_url(Context(root).root)

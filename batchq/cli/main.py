@@ -7,72 +7,20 @@ usage, 3 infrastructure unreachable). No command prints a traceback for bad inpu
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 
-from batchq import planner, taskfiles
-from batchq.cli import views
+from batchq.cli import execution, views
+from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line
+from batchq.core import planner
 from batchq.errors import BatchqError, SpecError, UsageError
+from batchq.files import taskfiles
 from batchq.models import Feature
-from batchq.settings import Settings, load_settings
 
 __all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="batchq",
-    help="Run batches of subtask delegations in parallel on Celery workers.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-RootOpt = Annotated[
-    Path | None, typer.Option("--root", help="Project root (default: nearest .git/package.json).")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-class Context:
-    """What every command needs: the project root and its settings."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = taskfiles.find_root(root=root)
-        self.settings: Settings = load_settings(self.root)
-
-    def feature(self, name: str) -> Feature:
-        return taskfiles.load_feature(self.root, name)
-
-    def names(self, name: str | None) -> list[str]:
-        return [name] if name else taskfiles.list_features(self.root)
-
-    def problems(self, feature: Feature) -> list[planner.Problem]:
-        return planner.problems(feature, self.settings.protected_paths)
-
-
-def emit(lines: Sequence[str]) -> None:
-    """Print established-format lines verbatim: no Rich markup, emoji codes or tab
-    expansion may touch a title an orchestrator will parse."""
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
-    sys.stdout.flush()
-
-
-def error_line(message: str) -> None:
-    """One ``error: ...`` line on stderr, whatever line breaks the message holds."""
-    sys.stderr.write(f"error: {' '.join(message.splitlines())}\n")
-    sys.stderr.flush()
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _loaded(
@@ -132,7 +80,8 @@ def status(
     if as_json:
         emit_json([_feature_json(f, p) for f, p in loaded])
     else:
-        from batchq.live import live_lines
+        # lazy: only with a configured Redis
+        from batchq.cli.live import live_lines
 
         for i, (f, p) in enumerate(loaded):
             if i:
@@ -330,6 +279,7 @@ def plan(
     mermaid: Annotated[bool, typer.Option("--mermaid", help="Mermaid graph.")] = False,
 ) -> None:
     """Preview the whole schedule: batches, and why each subtask sits where it does."""
+    # lazy: rich's table machinery is only needed here
     from batchq.cli.render import render_plan
 
     ctx = Context(root)
@@ -347,7 +297,8 @@ def plan(
 def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """Completed subtasks whose fingerprint or deliverables changed since completion:
     what `run --changed` would rerun, and why. Reads files only."""
-    from batchq.fingerprint import stale
+    # lazy: hashing code is only needed here
+    from batchq.files.fingerprint import stale
 
     ctx = Context(root)
     f = ctx.feature(feature)
@@ -358,13 +309,7 @@ def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> Non
         emit(views.format_changed(f, reruns))
 
 
-def _register_execution_commands() -> None:
-    from batchq.cli import execution
-
-    execution.register(app)
-
-
-_register_execution_commands()
+execution.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

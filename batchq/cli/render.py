@@ -20,8 +20,8 @@ from batchq.models import (
     ResultState,
     SkippedSubtask,
     SubtaskResult,
+    seq_key,
 )
-from batchq.report import seq_key
 
 __all__ = [
     "format_duration",

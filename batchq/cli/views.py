@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from batchq import planner
-from batchq.models import Feature, Plan, Subtask, SubtaskStatus
+from batchq.core import planner
+from batchq.models import Feature, Plan, Subtask, SubtaskStatus, seq_key
 
 __all__ = [
     "ICONS",
@@ -199,7 +199,7 @@ def format_blocked(features: Sequence[tuple[Feature, Sequence[object]]]) -> list
         if not rows and not problems:
             continue
         lines.append(f"[{feature.name}]")
-        rows.sort(key=lambda row: planner.seq_key(row[0].seq))
+        rows.sort(key=lambda row: seq_key(row[0].seq))
         lines.extend(f"  {sub.seq} - {sub.title} ({why})" for sub, why in rows)
         lines.extend(format_problems(problems))
         lines.append("")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from batchq.embedded import LocalWorkers
+from batchq.local.embedded import LocalWorkers
 from tests.servers import RedisTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

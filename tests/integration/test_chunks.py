@@ -1,4 +1,4 @@
-"""Chunks of tiny python subtasks (batchq.chunks) on a real Redis and a real worker:
+"""Chunks of tiny python subtasks (batchq.core.chunks) on a real Redis and a real worker:
 each member keeps its own result, timeout, retry, progress events and task events."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from batchq import chunks
-from batchq.app import CHUNK_TASK, RUN_TASK, create_app
+from batchq.core import chunks
 from batchq.models import FailurePolicy, ResultState
-from batchq.orchestrator import Orchestrator, RunOptions
+from batchq.protocol import CHUNK_TASK, RUN_TASK
+from batchq.run.orchestrator import Orchestrator, RunOptions
 from batchq.settings import load_settings
-from batchq.state import StateStore
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
@@ -171,7 +172,7 @@ def test_a_small_batch_of_callables_known_to_be_tiny_shares_one_message(
 
 def test_a_callable_is_judged_by_its_longest_recent_run(stack: str) -> None:
     from batchq.models import SubtaskResult
-    from batchq.state import CALLABLE_RUNS
+    from batchq.store.state import CALLABLE_RUNS
 
     store = StateStore.from_url(stack, prefix="learned-test:")
     spec = "tests.fixtures_pkg.callables:judged"

@@ -20,8 +20,10 @@ import kombu
 import pytest
 import redis
 
-from batchq import embedded, procs
-from batchq.embedded import (
+from batchq import procs
+from batchq.errors import InfrastructureError, SpecError
+from batchq.local import embedded
+from batchq.local.embedded import (
     STACK_FILE,
     EmbeddedStack,
     LocalWorkers,
@@ -34,7 +36,6 @@ from batchq.embedded import (
     worker_argv,
     write_stack_file,
 )
-from batchq.errors import InfrastructureError, SpecError
 
 if TYPE_CHECKING:
     from tests.integration.conftest import WorkersFactory

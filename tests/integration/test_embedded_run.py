@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from batchq import procs
-from batchq.stack import STACK_FILE, read_stack_file
+from batchq.local.stackfile import STACK_FILE, read_stack_file
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def sandbox() -> Iterator[Sandbox]:
                 os.kill(pid, signal.SIGKILL)
         stack_file = next(base.glob(f"*/{STACK_FILE}"), None)
         if stack_file is not None:  # a failed `up` test must not leave its stack
-            from batchq.stack import stop_recorded_stack
+            from batchq.local.stackfile import stop_recorded_stack
 
             stop_recorded_stack(stack_file.parents[2], grace_s=5.0)
         shutil.rmtree(base, ignore_errors=True)

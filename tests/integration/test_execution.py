@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from batchq.app import create_app
-from batchq.embedded import DEFAULT_QUEUES
 from batchq.errors import LockedError, PolicyError, UnsafeBatchError
+from batchq.files.taskfiles import load_feature
 from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus
-from batchq.orchestrator import Orchestrator, RunOptions, RunResult
-from batchq.producer import new_run, submit, wait
+from batchq.protocol import DEFAULT_QUEUES
+from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
+from batchq.run.producer import new_run, submit, wait
 from batchq.settings import Settings, load_settings
-from batchq.state import StateStore
-from batchq.taskfiles import load_feature
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
@@ -357,7 +357,7 @@ def test_a_worker_without_the_workspace_fails_the_subtask(make_feature, subtask_
         feature = load_feature(root, "feat")
         run = new_run(store, feature, FailurePolicy.GRACEFUL)
         (feature.state_dir / "runs" / f"{run.run_id}.token").unlink()
-        from batchq.planner import plan
+        from batchq.core.planner import plan
 
         batch = plan(feature).batches[0]
         submission = submit(create_app(settings), store, run, feature, batch, None, settings)
@@ -393,8 +393,8 @@ def test_reports_are_kept_in_redis_and_in_the_feature_folder(
 def test_each_subtask_is_published_to_its_agents_queue(make_feature, subtask_data, tmp_path):
     """Routing is what lets `batchq worker --agents` serve a subset: no worker runs
     here, so the messages stay where the producer put them."""
-    from batchq.embedded import RedisServer
-    from batchq.planner import plan
+    from batchq.core.planner import plan
+    from batchq.local.embedded import RedisServer
 
     root = make_feature(
         [
@@ -507,7 +507,7 @@ def test_batchq_cancel_stops_the_running_batch(
     import threading
 
     from batchq.cli.main import main
-    from batchq.state import wait_until
+    from batchq.store.state import wait_until
 
     root = make_feature([subtask_data(s, command=write(s, "sleep 60 && ")) for s in ("01", "02")])
     orch = orchestrator(root)
@@ -532,7 +532,7 @@ def test_the_chord_callback_aggregates_the_batch_on_a_worker(
 ):
     """The producer usually builds the report first; the chord callback must still run
     (its header is published on the producer's batch, not through chord.apply_async)."""
-    from batchq.planner import plan
+    from batchq.core.planner import plan
 
     root = make_feature(
         [subtask_data("01", command=write("01")), subtask_data("02", command=write("02"))]
@@ -563,7 +563,7 @@ def test_without_a_waiting_producer_the_chord_callback_builds_and_stores_the_rep
     make_feature, subtask_data, settings_for
 ):
     """The orchestrator went away after publishing: the callback is the one to report."""
-    from batchq.planner import plan
+    from batchq.core.planner import plan
 
     root = make_feature(
         [subtask_data("01", command=write("01")), subtask_data("02", command="exit 3")]

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from batchq.app import create_app
+from batchq.files.taskfiles import complete_subtask, load_feature
 from batchq.models import RunMode
-from batchq.orchestrator import Orchestrator, RunOptions, RunResult
+from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import load_settings
-from batchq.state import StateStore
-from batchq.taskfiles import complete_subtask, load_feature
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from batchq import planner
-from batchq.app import create_app
+from batchq.core import planner
+from batchq.files.taskfiles import load_feature
 from batchq.models import (
     BatchStatus,
     FailurePolicy,
@@ -23,10 +23,10 @@ from batchq.models import (
     RunMode,
     SubtaskResult,
 )
-from batchq.orchestrator import Orchestrator, RunOptions, RunResult
+from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import load_settings
-from batchq.state import StateStore
-from batchq.taskfiles import load_feature
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration
@@ -264,7 +264,7 @@ def test_batchq_cancel_stops_a_flow_run_and_skips_what_never_started(
     import threading
 
     from batchq.cli.main import main
-    from batchq.state import wait_until
+    from batchq.store.state import wait_until
 
     root = make_feature(
         [

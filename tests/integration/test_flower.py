@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 
-from batchq.app import RUN_TASK, create_app
-from batchq.embedded import DEFAULT_QUEUES, LocalWorkers
-from batchq.flower import start_flower
-from batchq.orchestrator import Orchestrator
+from batchq.local.embedded import LocalWorkers
+from batchq.local.flower import start_flower
 from batchq.procs import Child
+from batchq.protocol import DEFAULT_QUEUES, RUN_TASK
+from batchq.run.orchestrator import Orchestrator
 from batchq.settings import load_settings
-from batchq.state import StateStore
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 
 # Generous: Flower, a worker and a run start in the module fixture on a shared 2-core box.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

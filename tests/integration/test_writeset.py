@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from batchq.app import create_app
+from batchq.files.taskfiles import load_feature
 from batchq.models import BatchStatus, ResultState, UndeclaredWrite, WriteCheck
-from batchq.orchestrator import Orchestrator, RunOptions
+from batchq.run.orchestrator import Orchestrator, RunOptions
 from batchq.settings import Settings, load_settings
-from batchq.state import StateStore
-from batchq.taskfiles import load_feature
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.servers import module_worker
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from batchq.app import create_app
-from batchq.embedded import RedisServer
-from batchq.orchestrator import Orchestrator
-from batchq.state import StateStore
+from batchq.local.embedded import RedisServer
+from batchq.run.orchestrator import Orchestrator
+from batchq.store.state import StateStore
+from batchq.transport.app import create_app
 from tests.reliability.faults import (
     FAULT_ENV,
     REPO_ROOT,

@@ -19,9 +19,9 @@ from typing import Any
 import redis
 
 from batchq import procs
-from batchq.embedded import LocalWorkers
+from batchq.local.embedded import LocalWorkers
 from batchq.settings import Settings, load_settings
-from batchq.state import wait_until
+from batchq.store.state import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOADS = "tests.reliability.payloads"

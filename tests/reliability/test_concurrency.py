@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from batchq import procs
-from batchq.models import BatchReport
-from batchq.state import feature_key, wait_until
-from batchq.taskfiles import load_feature
+from batchq.files.taskfiles import load_feature
+from batchq.models import BatchReport, feature_key
+from batchq.store.state import wait_until
 from tests.reliability.faults import REPO_ROOT, client_for
 
 pytestmark = pytest.mark.reliability

@@ -12,11 +12,11 @@ import re
 
 import pytest
 
+from batchq.files.taskfiles import load_feature
 from batchq.models import ResultState
-from batchq.orchestrator import RunOptions
-from batchq.producer import Submission
-from batchq.state import wait_until
-from batchq.taskfiles import load_feature
+from batchq.run.orchestrator import RunOptions
+from batchq.run.producer import Submission
+from batchq.store.state import wait_until
 from tests.reliability.faults import FAST_TIMEOUT_S, client_for, json_files_valid, marked
 
 pytestmark = pytest.mark.reliability

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from batchq.embedded import RedisServer
+from batchq.files.taskfiles import load_feature
+from batchq.local.embedded import RedisServer
 from batchq.models import BatchStatus, ResultState, RunMode
-from batchq.orchestrator import RunOptions
-from batchq.state import Event
-from batchq.taskfiles import load_feature
+from batchq.run.orchestrator import RunOptions
+from batchq.store.state import Event
 from tests.reliability.faults import (
     FAST_TIMEOUT_S,
     audit,

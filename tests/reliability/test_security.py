@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from batchq.app import create_app
 from batchq.errors import BrokerUnavailable, mask_url
 from batchq.models import ResultState
 from batchq.settings import Settings
-from batchq.state import wait_until
+from batchq.store.state import wait_until
+from batchq.transport.app import create_app
 from tests.reliability.faults import FAULT_ENV, client_for
 
 pytestmark = pytest.mark.reliability

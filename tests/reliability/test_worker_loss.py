@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from batchq.files.taskfiles import load_feature
 from batchq.models import BatchStatus, ResultState
-from batchq.orchestrator import Orchestrator, RunOptions
-from batchq.state import Event
-from batchq.taskfiles import load_feature
+from batchq.run.orchestrator import Orchestrator, RunOptions
+from batchq.store.state import Event
 from tests.reliability.faults import (
     FAST_TIMEOUT_S,
     Fleet,

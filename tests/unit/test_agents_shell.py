@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from batchq.agents import Delegation, agent_for
+from batchq.agents.policy import agent_env, check_line, split_commands
 from batchq.agents.process import run_process
-from batchq.agents.shell import ShellAgent, agent_env, check_line, split_commands
+from batchq.agents.shell import ShellAgent
 from batchq.errors import PolicyError
 from batchq.models import Subtask
 from batchq.procs import group_members

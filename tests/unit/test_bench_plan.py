@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from batchq import planner
+from batchq.core import planner
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "plan.py"
 

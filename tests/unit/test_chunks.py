@@ -1,10 +1,10 @@
-"""The pure rule for which subtasks share a message (batchq.chunks)."""
+"""The pure rule for which subtasks share a message (batchq.core.chunks)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from batchq.chunks import LONG_S, MIN_MESSAGES, TINY_S, plan, tiny
+from batchq.core.chunks import LONG_S, MIN_MESSAGES, TINY_S, plan, tiny
 from batchq.models import Subtask
 from tests.conftest import subtask
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from batchq.cli.main import error_line, main
+from batchq.cli.common import error_line
+from batchq.cli.main import main
 
 MakeFeature = Callable[..., Path]
 SubtaskData = Callable[..., dict[str, Any]]

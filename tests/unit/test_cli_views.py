@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from batchq import planner
 from batchq.cli import views
+from batchq.core import planner
+from batchq.files.taskfiles import load_feature
 from batchq.models import Feature
-from batchq.taskfiles import load_feature
 
 MakeFeature = Callable[..., Path]
 SubtaskData = Callable[..., dict[str, Any]]

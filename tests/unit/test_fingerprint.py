@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from batchq.cli.views import format_changed, format_reruns
-from batchq.fingerprint import (
+from batchq.files.fingerprint import (
     MISSING,
     Recorder,
     changes,
@@ -21,9 +21,9 @@ from batchq.fingerprint import (
     outputs,
     stale,
 )
+from batchq.files.taskfiles import load_feature, update_subtasks
 from batchq.models import BatchqBlock, ResultState, SubtaskStatus
 from batchq.settings import load_settings
-from batchq.taskfiles import load_feature, update_subtasks
 
 MakeFeature = Callable[..., Path]
 SubtaskData = Callable[..., dict[str, Any]]

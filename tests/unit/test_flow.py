@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq import planner
-from batchq.flow import FlowSchedule, Skip
+from batchq.core import planner
+from batchq.core.flowschedule import FlowSchedule, Skip
+from batchq.core.paths import overlaps
 from batchq.models import Feature, ResultState, Subtask, SubtaskStatus, TaskFile
-from batchq.paths import overlaps
 
 OK = ResultState.COMPLETED
 

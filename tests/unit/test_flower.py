@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchq.errors import UsageError
-from batchq.flower import (
+from batchq.local.flower import (
     TASKS_COLUMNS,
     check_bind,
     flower_command,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from batchq import fswatch, writeset
+from batchq.executor import writewindow
+from batchq.files import snapshot
 
 
 def touch(path: Path, text: str = "x") -> None:
@@ -30,10 +31,10 @@ def tracker(request: pytest.FixtureRequest, workspace: Path, monkeypatch: pytest
     if request.param == "walk":
 
         def refuse() -> None:
-            raise fswatch._Unavailable("refused for the test")
+            raise writewindow._Unavailable("refused for the test")
 
-        monkeypatch.setattr(fswatch._Inotify, "__init__", lambda self: refuse())
-    made = fswatch.Tracker(str(workspace))
+        monkeypatch.setattr(writewindow._Inotify, "__init__", lambda self: refuse())
+    made = writewindow.Tracker(str(workspace))
     if request.param == "walk":
         assert made.notify is None
     yield made
@@ -41,7 +42,7 @@ def tracker(request: pytest.FixtureRequest, workspace: Path, monkeypatch: pytest
 
 
 def test_a_tracker_reports_writes_new_files_and_deletions_once(
-    tracker: fswatch.Tracker, workspace: Path
+    tracker: writewindow.Tracker, workspace: Path
 ) -> None:
     assert tracker.changes() == []
     (workspace / "a.txt").write_text("changed")
@@ -54,7 +55,7 @@ def test_a_tracker_reports_writes_new_files_and_deletions_once(
 
 
 def test_a_tracker_sees_files_in_new_moved_and_removed_folders(
-    tracker: fswatch.Tracker, workspace: Path
+    tracker: writewindow.Tracker, workspace: Path
 ) -> None:
     tracker.changes()
     touch(workspace / "gen" / "sub" / "f.txt")
@@ -66,7 +67,7 @@ def test_a_tracker_sees_files_in_new_moved_and_removed_folders(
 
 
 def test_an_open_for_write_that_changes_nothing_is_no_write(
-    tracker: fswatch.Tracker, workspace: Path
+    tracker: writewindow.Tracker, workspace: Path
 ) -> None:
     tracker.changes()
     with (workspace / "a.txt").open("a"):
@@ -75,7 +76,7 @@ def test_an_open_for_write_that_changes_nothing_is_no_write(
 
 
 def test_after_lost_events_the_tracker_diffs_a_fresh_walk(workspace: Path) -> None:
-    made = fswatch.Tracker(str(workspace))
+    made = writewindow.Tracker(str(workspace))
     try:
         touch(workspace / "late.txt")
         assert made._rewalk() == ["late.txt"]
@@ -89,10 +90,10 @@ def test_a_window_outside_git_uses_the_tracker_and_ignores_earlier_writes(
     workspace: Path,
 ) -> None:
     touch(workspace / "before.txt")
-    window = fswatch.open_window(workspace)
+    window = writewindow.open_window(workspace)
     touch(workspace / "during.txt")
     assert window() == ["during.txt"]
-    assert fswatch.tracker_for(str(workspace)) is fswatch.tracker_for(str(workspace))
+    assert writewindow.tracker_for(str(workspace)) is writewindow.tracker_for(str(workspace))
 
 
 def test_a_window_in_a_git_work_tree_uses_git_status(tmp_path: Path) -> None:
@@ -100,8 +101,8 @@ def test_a_window_in_a_git_work_tree_uses_git_status(tmp_path: Path) -> None:
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     touch(root / ".gitignore", "build/\n")
-    window = fswatch.open_window(root)
+    window = writewindow.open_window(root)
     touch(root / "build" / "out.o")
     touch(root / "src" / "x.py")
     assert window() == ["src/x.py"]
-    assert writeset.git_toplevel(str(root)) is not None
+    assert snapshot.git_toplevel(str(root)) is not None

@@ -19,11 +19,11 @@ from unittest import mock
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq import planner
 from batchq.cli import views
 from batchq.cli.main import main
+from batchq.core import planner
 from batchq.errors import BatchqError
-from batchq.taskfiles import load_feature
+from batchq.files.taskfiles import load_feature
 
 SEQS = ["01", "02", "03", "04", "001", "1", "", "x1", "٠١"]
 PATHS = [

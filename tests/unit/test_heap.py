@@ -1,11 +1,11 @@
-"""batchq.heap: full collections deferred during runs, CPython's setting restored after."""
+"""batchq.run.heap: full collections deferred during runs, CPython's setting restored after."""
 
 from __future__ import annotations
 
 import gc
 import threading
 
-from batchq import heap
+from batchq.run import heap
 
 
 def test_overlapping_runs_restore_the_setting_only_when_the_last_one_ends() -> None:

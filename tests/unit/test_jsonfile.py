@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq.jsonfile import JsonReadError, read_document, same_json, write_atomic
+from batchq.files.jsonfile import JsonReadError, read_document, same_json, write_atomic
 
 
 def write(path: Path, text: str) -> Path:

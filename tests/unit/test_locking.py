@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchq.errors import UsageError
-from batchq.locking import feature_lock
+from batchq.files.locking import feature_lock
 
 
 def test_the_lock_file_lives_in_the_features_batchq_folder(tmp_path: Path) -> None:

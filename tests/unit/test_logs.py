@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchq.logs import (
+from batchq.executor.logs import (
     JsonFormatter,
     SubtaskFilter,
     SubtaskLogContext,
@@ -168,7 +168,7 @@ def test_configuring_twice_does_not_wrap_the_format_twice(capture) -> None:
 def test_the_prerun_and_postrun_signals_set_and_clear_the_context() -> None:
     from celery import signals
 
-    from batchq import logs
+    from batchq.executor import logs
 
     logs.install("text")
 

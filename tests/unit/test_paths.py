@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchq.core.paths import PathError, components, is_protected, normalise, overlaps
 from batchq.errors import InputError
-from batchq.paths import PathError, components, is_protected, normalise, overlaps
 from batchq.settings import DEFAULT_PROTECTED
 
 

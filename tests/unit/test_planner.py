@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq import planner
+from batchq.core import planner
+from batchq.core.paths import overlaps
+from batchq.core.planner import ProblemKind, ViolationKind
 from batchq.errors import BatchqError, PlanError, UsageError
 from batchq.models import (
     BatchqBlock,
@@ -23,8 +25,6 @@ from batchq.models import (
     SubtaskStatus,
     TaskFile,
 )
-from batchq.paths import overlaps
-from batchq.planner import ProblemKind, ViolationKind
 
 
 def sub(

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from batchq.agents.prompt import FILE_CAP_BYTES, parse_line_ranges, render_prompt
 from batchq.models import Subtask
-from batchq.prompt import FILE_CAP_BYTES, parse_line_ranges, render_prompt
 from batchq.settings import DEFAULT_PROTECTED
 
 

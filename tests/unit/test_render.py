@@ -8,7 +8,6 @@ from typing import Any
 
 from rich.console import Console
 
-from batchq import report
 from batchq.cli.render import (
     format_duration,
     render_json,
@@ -16,6 +15,7 @@ from batchq.cli.render import (
     render_plan,
     render_table,
 )
+from batchq.core import report
 from batchq.models import (
     BatchReport,
     DeliverableCheck,

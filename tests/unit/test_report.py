@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq import report
+from batchq.core import report
 from batchq.models import (
     BatchReport,
     BatchStatus,
@@ -280,7 +280,7 @@ def test_a_missing_member_with_nothing_recorded_is_consistent() -> None:
 
 def test_the_report_module_imports_neither_celery_nor_redis() -> None:
     code = (
-        "import sys, batchq.report; "
+        "import sys, batchq.core.report; "
         "bad = sorted(m for m in ('celery', 'redis', 'kombu') if m in sys.modules); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

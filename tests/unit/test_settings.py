@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from batchq.embedded import redis_server_binary
 from batchq.errors import InfrastructureError, SpecError
+from batchq.local.embedded import redis_server_binary
 from batchq.settings import DEFAULT_PROTECTED, Settings, load_settings
 
 

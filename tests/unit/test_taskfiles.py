@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from batchq.errors import SpecError, UsageError
-from batchq.models import BatchqBlock, ResultState, SubtaskStatus, TaskStatus
-from batchq.taskfiles import (
+from batchq.files.taskfiles import (
     archive_feature,
     complete_subtask,
     feature_dir,
@@ -33,6 +32,7 @@ from batchq.taskfiles import (
     update_subtasks,
     utc_timestamp,
 )
+from batchq.models import BatchqBlock, ResultState, SubtaskStatus, TaskStatus
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "features"
 REPO = Path(__file__).resolve().parents[2]
@@ -510,7 +510,7 @@ def test_timestamps_follow_javascripts_iso_format() -> None:
 
 # --- real concurrent processes -------------------------------------------------------
 
-# Only batchq.taskfiles and what it imports are loaded in the children: registering a
+# Only batchq.files.taskfiles and what it imports are loaded in the children: registering a
 # bare `batchq` package skips batchq/__init__.py, whose public API may pull in Celery,
 # so the test measures file locking rather than interpreter start-up. The children wait
 # at a gate (a shared flock the test holds exclusively) so they start together without
@@ -521,7 +521,7 @@ from pathlib import Path
 package = types.ModuleType("batchq")
 package.__path__ = [sys.argv[1]]
 sys.modules["batchq"] = package
-from batchq.taskfiles import complete_subtask
+from batchq.files.taskfiles import complete_subtask
 root, seq, gate = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 Path(sys.argv[5]).touch()
 with open(gate) as handle:
@@ -600,7 +600,7 @@ def test_an_env_value_of_the_wrong_type_names_the_env_key(tmp_path: Path) -> Non
 def test_what_a_rewrite_caches_is_what_a_fresh_read_finds(tmp_path: Path) -> None:
     """update_subtasks remembers the files it wrote instead of reading them back; the
     next rewrite must render from that exactly as from a fresh parse."""
-    import batchq.taskfiles as taskfiles
+    import batchq.files.taskfiles as taskfiles
 
     folder = make_feature(tmp_path, count=3)
     block = BatchqBlock(result=ResultState.COMPLETED, attempts=1, run_id="r1")
@@ -621,7 +621,7 @@ def test_what_a_rewrite_caches_is_what_a_fresh_read_finds(tmp_path: Path) -> Non
 
 def test_the_parse_cache_keeps_only_the_features_used_last(tmp_path: Path) -> None:
     """A long-lived process that runs many features does not keep every file it read."""
-    import batchq.taskfiles as taskfiles
+    import batchq.files.taskfiles as taskfiles
 
     taskfiles._PARSED.clear()
     names = [f"f{i}" for i in range(taskfiles._ParseCache.FOLDERS + 2)]

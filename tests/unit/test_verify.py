@@ -10,15 +10,15 @@ import pytest
 from batchq.agents import Delegation, agent_for
 from batchq.agents.base import Agent, AgentOutcome
 from batchq.errors import PolicyError
-from batchq.models import DeliverableCheck, Subtask
-from batchq.settings import Settings
-from batchq.verify import (
+from batchq.executor.verify import (
     check_verify,
     first_failure,
     run_verify,
     verify_delegation,
     verify_deliverables,
 )
+from batchq.models import DeliverableCheck, Subtask
+from batchq.settings import Settings
 
 
 def make_subtask(deliverables: list[str], **execution: Any) -> Subtask:
@@ -149,7 +149,9 @@ class _PermissiveAgent(Agent):
 
 
 def test_agent_for_checks_verify_for_third_party_agents(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("batchq.agents.base.registered_agents", lambda: {"mine": _PermissiveAgent})
+    monkeypatch.setattr(
+        "batchq.agents.registry.registered_agents", lambda: {"mine": _PermissiveAgent}
+    )
     sub = make_subtask(["a"], verify="rm -rf /").model_copy(update={"suggested_agent": "mine"})
     with pytest.raises(PolicyError, match=r"execution\.verify"):
         agent_for(sub, Settings(shell_allow=["echo *"]))

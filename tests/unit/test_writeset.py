@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from batchq import report, writeset
 from batchq.cli.render import render_json, render_markdown, render_table
+from batchq.core import blame, report
+from batchq.files import snapshot
 from batchq.models import (
     BatchReport,
     BatchStatus,
@@ -53,18 +54,18 @@ def result(
 def test_changed_lists_added_removed_and_modified_paths_only() -> None:
     before = {"a": ("", 1, 10, 1), "b": ("", 1, 10, 2), "c": ("", 1, 10, 3)}
     after = {"a": ("", 1, 10, 1), "b": ("", 2, 11, 2), "d": ("", 1, 10, 4)}
-    assert writeset.changed(before, after) == ["b", "c", "d"]
+    assert blame.changed(before, after) == ["b", "c", "d"]
 
 
 def test_outside_keeps_paths_not_declared_nor_under_a_declared_folder() -> None:
     paths = ["src/a.py", "src/ab.py", "docs/x.md", "build/out/y.o", "notes.txt"]
     declared = ["./src/a.py", "build/", "/abs/ignored"]
-    assert writeset.outside(paths, declared) == ["src/ab.py", "docs/x.md", "notes.txt"]
+    assert blame.outside(paths, declared) == ["src/ab.py", "docs/x.md", "notes.txt"]
 
 
 def test_porcelain_parsing_keeps_both_sides_of_a_rename() -> None:
     raw = b" M src/a.py\0R  new name.py\0old.py\0?? dir/new.txt\0"
-    assert writeset.parse_porcelain(raw) == [
+    assert snapshot.parse_porcelain(raw) == [
         (" M", "src/a.py"),
         ("R ", "new name.py"),
         ("R ", "old.py"),
@@ -77,7 +78,7 @@ def test_porcelain_parsing_keeps_both_sides_of_a_rename() -> None:
 
 def test_a_write_seen_by_a_subtask_that_ran_alone_is_blamed_on_it() -> None:
     results = [result("01", 0, 5, ["stray.txt"]), result("02", 6, 9)]
-    verdict = writeset.blame(results, {"01": ["out/01.txt"], "02": ["out/02.txt"]})
+    verdict = blame.blame(results, {"01": ["out/01.txt"], "02": ["out/02.txt"]})
     assert verdict.by_seq == {"01": ["stray.txt"]}
     assert verdict.batch_level == []
 
@@ -88,22 +89,22 @@ def test_a_write_seen_while_siblings_overlapped_goes_to_batch_level_with_candida
         result("02", 4, 9, ["stray.txt"]),
         result("03", 10, 12),
     ]
-    verdict = writeset.blame(results, {"01": [], "02": [], "03": []})
+    verdict = blame.blame(results, {"01": [], "02": [], "03": []})
     assert verdict.by_seq == {}
     assert verdict.batch_level == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
 
 
 def test_a_siblings_declared_deliverable_is_never_blamed() -> None:
     results = [result("01", 0, 5, ["out/02.txt", "x"]), result("02", 4, 9, ["out/02.txt"])]
-    verdict = writeset.blame(results, {"01": ["out/01.txt"], "02": ["out/02.txt"]})
+    verdict = blame.blame(results, {"01": ["out/01.txt"], "02": ["out/02.txt"]})
     assert verdict.by_seq == {}
     assert [w.path for w in verdict.batch_level] == ["x"]
-    alone = writeset.blame([result("01", 0, 5, ["out/02.txt"])], {"01": [], "02": ["out/02.txt"]})
+    alone = blame.blame([result("01", 0, 5, ["out/02.txt"])], {"01": [], "02": ["out/02.txt"]})
     assert alone.by_seq == {} and alone.batch_level == []
 
 
 def test_a_missing_member_may_have_run_alongside_so_nobody_is_blamed_alone() -> None:
-    verdict = writeset.blame([result("01", 0, 5, ["x"])], {"01": [], "02": []}, missing=["02"])
+    verdict = blame.blame([result("01", 0, 5, ["x"])], {"01": [], "02": []}, missing=["02"])
     assert verdict.by_seq == {}
     assert verdict.batch_level == [UndeclaredWrite(path="x", candidates=["01"])]
 
@@ -114,12 +115,12 @@ def test_a_subtask_of_another_batch_in_flight_meanwhile_clears_no_suspect() -> N
     alone = [result("01", 0, 5, ["x"])]
     declared = {"01": [], "07": ["out/07.txt"]}
     finished_elsewhere = [(T0 + timedelta(seconds=3), T0 + timedelta(seconds=8))]
-    verdict = writeset.blame(alone, declared, others=finished_elsewhere)
+    verdict = blame.blame(alone, declared, others=finished_elsewhere)
     assert verdict.by_seq == {} and [w.path for w in verdict.batch_level] == ["x"]
     running_elsewhere = [(T0 + timedelta(seconds=4), None)]
-    assert writeset.blame(alone, declared, others=running_elsewhere).by_seq == {}
+    assert blame.blame(alone, declared, others=running_elsewhere).by_seq == {}
     before = [(T0 - timedelta(seconds=9), T0 - timedelta(seconds=1))]
-    assert writeset.blame(alone, declared, others=before).by_seq == {"01": ["x"]}
+    assert blame.blame(alone, declared, others=before).by_seq == {"01": ["x"]}
 
 
 # --- report.build with blame ------------------------------------------------------------
@@ -228,16 +229,16 @@ def test_a_plain_folder_snapshot_sees_new_changed_and_removed_files(tmp_path: Pa
     touch(tmp_path / "keep.txt")
     touch(tmp_path / "edit.txt")
     touch(tmp_path / "gone.txt")
-    before = writeset.snapshot(tmp_path)
+    before = snapshot.snapshot(tmp_path)
     touch(tmp_path / "sub" / "new.txt")
     bump(tmp_path / "edit.txt", "changed")
     (tmp_path / "gone.txt").unlink()
-    after = writeset.snapshot(tmp_path)
-    assert writeset.changed(before, after) == ["edit.txt", "gone.txt", "sub/new.txt"]
+    after = snapshot.snapshot(tmp_path)
+    assert blame.changed(before, after) == ["edit.txt", "gone.txt", "sub/new.txt"]
 
 
 def test_snapshots_skip_tool_folders_and_the_task_folders(tmp_path: Path) -> None:
-    before = writeset.snapshot(tmp_path)
+    before = snapshot.snapshot(tmp_path)
     for rel in [
         ".git/index",
         "a/.batchq/logs/1.log",
@@ -247,7 +248,7 @@ def test_snapshots_skip_tool_folders_and_the_task_folders(tmp_path: Path) -> Non
         ".tmp/other.txt",
     ]:
         touch(tmp_path / rel)
-    assert writeset.changed(before, writeset.snapshot(tmp_path)) == [".tmp/other.txt"]
+    assert blame.changed(before, snapshot.snapshot(tmp_path)) == [".tmp/other.txt"]
 
 
 def git(root: Path, *args: str) -> None:
@@ -274,15 +275,15 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_a_git_snapshot_sees_edits_new_files_and_rewrites_of_dirty_files(repo: Path) -> None:
-    before = writeset.snapshot(repo)
+    before = snapshot.snapshot(repo)
     assert set(before) == {"dirty.txt"}
     touch(repo / "tracked.txt", "changed")
     bump(repo / "dirty.txt", "three")
     touch(repo / "new" / "file.txt")
     touch(repo / "build" / "ignored.o")
     touch(repo / ".tmp" / "tasks" / "feat" / "task.json")
-    after = writeset.snapshot(repo)
-    assert writeset.changed(before, after) == ["dirty.txt", "new/file.txt", "tracked.txt"]
+    after = snapshot.snapshot(repo)
+    assert blame.changed(before, after) == ["dirty.txt", "new/file.txt", "tracked.txt"]
 
 
 def test_a_git_snapshot_of_a_subfolder_is_relative_to_that_folder(repo: Path) -> None:
@@ -290,10 +291,10 @@ def test_a_git_snapshot_of_a_subfolder_is_relative_to_that_folder(repo: Path) ->
     touch(sub / "kept.txt")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "pkg")
-    before = writeset.snapshot(sub)
+    before = snapshot.snapshot(sub)
     touch(sub / "mod.py")
     touch(repo / "outside.txt")
-    assert writeset.changed(before, writeset.snapshot(sub)) == ["mod.py"]
+    assert blame.changed(before, snapshot.snapshot(sub)) == ["mod.py"]
 
 
 def test_the_git_work_tree_is_found_without_starting_git(tmp_path: Path) -> None:
@@ -303,8 +304,8 @@ def test_the_git_work_tree_is_found_without_starting_git(tmp_path: Path) -> None
     (tmp_path / "repo" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (tmp_path / "repo" / "sub").mkdir()
     (tmp_path / "marker" / ".git").mkdir(parents=True)
-    writeset.git_toplevel.cache_clear()
-    assert writeset.git_toplevel(str(tmp_path / "repo" / "sub")) == str(
+    snapshot.git_toplevel.cache_clear()
+    assert snapshot.git_toplevel(str(tmp_path / "repo" / "sub")) == str(
         (tmp_path / "repo").resolve()
     )
-    assert writeset.git_toplevel(str(tmp_path / "marker")) is None
+    assert snapshot.git_toplevel(str(tmp_path / "marker")) is None

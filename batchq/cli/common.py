@@ -1,0 +1,79 @@
+"""What every ``batchq`` command shares: the Typer app, the consoles, the common
+options, the :class:`Context` (root and settings) and the verbatim line writers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from batchq.core import planner
+from batchq.files import taskfiles
+from batchq.models import Feature
+from batchq.settings import Settings, load_settings
+
+__all__ = [
+    "Context",
+    "JsonOpt",
+    "RootOpt",
+    "app",
+    "emit",
+    "emit_json",
+    "err",
+    "error_line",
+    "out",
+]
+
+app = typer.Typer(
+    name="batchq",
+    help="Run batches of subtask delegations in parallel on Celery workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+RootOpt = Annotated[
+    Path | None, typer.Option("--root", help="Project root (default: nearest .git/package.json).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+class Context:
+    """What every command needs: the project root and its settings."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = taskfiles.find_root(root=root)
+        self.settings: Settings = load_settings(self.root)
+
+    def feature(self, name: str) -> Feature:
+        return taskfiles.load_feature(self.root, name)
+
+    def names(self, name: str | None) -> list[str]:
+        return [name] if name else taskfiles.list_features(self.root)
+
+    def problems(self, feature: Feature) -> list[planner.Problem]:
+        return planner.problems(feature, self.settings.protected_paths)
+
+
+def emit(lines: Sequence[str]) -> None:
+    """Print established-format lines verbatim: no Rich markup, emoji codes or tab
+    expansion may touch a title an orchestrator will parse."""
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
+
+
+def error_line(message: str) -> None:
+    """One ``error: ...`` line on stderr, whatever line breaks the message holds."""
+    sys.stderr.write(f"error: {' '.join(message.splitlines())}\n")
+    sys.stderr.flush()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -1,0 +1,324 @@
+"""Pure aggregation: subtask results in, one :class:`~batchq.models.BatchReport` out.
+
+:func:`build` is the only place a batch report is made. The chord callback, the
+batch-of-one path and the deadline (forced) path all call it, so the three can never
+disagree about totals, status or the next step. It imports neither celery nor redis and
+does no I/O: the callers fetch results and write the report; this module only decides.
+
+Counting rules (SPEC 3, 4):
+
+- ``total`` is the number of *expected* members, not the number of results received:
+  a member that never reported is ``missing`` and is not completed.
+- ``failed`` is ``total - completed``. Everything that did not complete counts as
+  failed, including ``timed_out``, ``cancelled`` and missing members. ``cancelled``
+  counts too because the batch did not do its work and the next batch must not start
+  (SPEC 3: "the next batch never starts after a failed one"); keeping
+  ``completed + failed == total`` also keeps the seed format's statistics consistent
+  for orchestrators that parse them. The per-member results still say *how* each one
+  ended, and the renderers break the count down.
+- Write-set enforcement (:mod:`batchq.files.snapshot`): the members' observed writes are
+  blamed here, where every member's deliverables and window are known. Under
+  ``fail``, a member blamed alone ends ``failed`` in the report, and writes no single
+  member can be blamed for fail the batch without failing any member: they stop the
+  run for a look, and rerunning innocent members would not undo a write.
+- Delivery is at-least-once, so one seq can arrive twice. The kept copy is chosen
+  without regard to arrival order (a completed copy first, then the latest finished,
+  then the most attempts), and the duplicate is noted in ``discrepancies``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from batchq.core import blame
+from batchq.models import (
+    BatchReport,
+    BatchStatus,
+    NextStep,
+    PlannedBatch,
+    ResultState,
+    SkippedSubtask,
+    SubtaskResult,
+    UndeclaredWrite,
+    WriteCheck,
+    seq_key,
+)
+
+__all__ = ["amended", "build", "discrepancies"]
+
+
+def _seq_list(seqs: Sequence[str]) -> str:
+    return ", ".join(seqs)
+
+
+def _preference(result: SubtaskResult) -> tuple[bool, float, int, str]:
+    """Sort key for duplicate copies of one seq: the max is the copy to keep.
+
+    The final component (the full JSON) makes the choice independent of the order the
+    copies arrived in, which is what "deterministic" has to mean under redelivery.
+    """
+    finished = result.finished_at.timestamp() if result.finished_at else float("-inf")
+    return (result.ok, finished, result.attempts, result.model_dump_json())
+
+
+def _dedupe(results: Sequence[SubtaskResult], notes: list[str]) -> dict[str, SubtaskResult]:
+    by_seq: dict[str, list[SubtaskResult]] = {}
+    for result in results:
+        by_seq.setdefault(result.seq, []).append(result)
+    kept: dict[str, SubtaskResult] = {}
+    for seq, copies in by_seq.items():
+        best = max(copies, key=_preference)
+        kept[seq] = best
+        if len(copies) > 1:
+            states = ", ".join(sorted(c.result.value for c in copies))
+            notes.append(
+                f"{seq}: {len(copies)} results received ({states}); "
+                f"kept the {best.result.value} one (at-least-once redelivery)"
+            )
+    return kept
+
+
+def _foreign(result: SubtaskResult, feature: str, run_id: str, batch: int) -> str | None:
+    """Why a result does not belong to this batch, or None when it does."""
+    if result.feature != feature:
+        return f"{result.seq}: ignored a result for feature {result.feature!r}"
+    if result.run_id != run_id:
+        return f"{result.seq}: ignored a result from run {result.run_id} (this run is {run_id})"
+    if result.batch != batch:
+        return f"{result.seq}: ignored a result reported for batch {result.batch}"
+    return None
+
+
+def _success_rate(completed: int, total: int) -> float:
+    """Percentage rounded half up to one decimal, in exact integer arithmetic.
+
+    ``round()`` on a float rounds half to even and inherits binary error (1/16 would
+    give 6.2); orchestrators compare this number, so it is computed exactly. An empty
+    batch has nothing that failed, so it reads 100.0 to agree with its COMPLETED status.
+    """
+    if total == 0:
+        return 100.0
+    tenths = (completed * 2000 + total) // (2 * total)
+    return tenths / 10
+
+
+def _wall_seconds(
+    submitted_at: datetime | None, finished_at: datetime, results: Sequence[SubtaskResult]
+) -> float:
+    """Elapsed batch time; falls back to the earliest start when submission is unknown."""
+    start = submitted_at
+    if start is None:
+        starts = [r.started_at for r in results if r.started_at is not None]
+        start = min(starts) if starts else None
+    if start is None:
+        return 0.0
+    return max(0.0, (finished_at - start).total_seconds())
+
+
+def _next_step(
+    feature: str,
+    ok: bool,
+    not_completed: Sequence[str],
+    next_batch: PlannedBatch | None,
+    stray: Sequence[UndeclaredWrite] = (),
+) -> NextStep:
+    if ok and next_batch is not None:
+        return NextStep(
+            batch=next_batch.number,
+            seqs=list(next_batch.seqs),
+            dependencies_satisfied=True,
+            recommendation=f"Ready to run Batch {next_batch.number}: {_seq_list(next_batch.seqs)}",
+        )
+    if ok:
+        return NextStep(dependencies_satisfied=True, recommendation="All batches complete")
+    if not not_completed:
+        return NextStep(
+            batch=next_batch.number if next_batch else None,
+            seqs=list(next_batch.seqs) if next_batch else [],
+            dependencies_satisfied=False,
+            recommendation=(
+                f"Undeclared writes that no single subtask can be blamed for: "
+                f"{_stray_list(stray)}; declare them as deliverables or fix the agents, "
+                f"then rerun `batchq run {feature}`"
+            ),
+        )
+    return NextStep(
+        batch=next_batch.number if next_batch else None,
+        seqs=list(next_batch.seqs) if next_batch else [],
+        dependencies_satisfied=False,
+        recommendation=(
+            f"Fix the failed subtask(s) {_seq_list(not_completed)} first, "
+            f"then rerun `batchq run {feature}`"
+        ),
+    )
+
+
+def _stray_list(stray: Sequence[UndeclaredWrite]) -> str:
+    return "; ".join(f"{w.path} (candidates: {_seq_list(w.candidates)})" for w in stray)
+
+
+def _blamed(
+    result: SubtaskResult, paths: list[str], declared: Sequence[str], check: WriteCheck
+) -> SubtaskResult:
+    """The result with the writes blamed on it; under ``fail`` a completed one fails."""
+    update: dict[str, object] = {"undeclared_writes": paths}
+    if check is WriteCheck.FAIL and result.ok:
+        update |= {
+            "result": ResultState.FAILED,
+            "error": f"undeclared write: {', '.join(paths)} "
+            f"(declared: {', '.join(declared) or 'nothing'})",
+            "error_type": "UndeclaredWrite",
+        }
+    return result.model_copy(update=update)
+
+
+def _apply_blame(
+    results: list[SubtaskResult],
+    declared: Mapping[str, Sequence[str]] | None,
+    missing: Sequence[str],
+    check: WriteCheck,
+    others: Sequence[blame.Window] = (),
+) -> tuple[list[SubtaskResult], list[UndeclaredWrite]]:
+    if check is WriteCheck.OFF or not any(r.observed_writes for r in results):
+        return results, []
+    if declared is None:  # the verified deliverables are the declared ones
+        declared = {r.seq: [c.path for c in r.deliverables] for r in results}
+    verdict = blame.blame(results, declared, missing, others)
+    out = [
+        _blamed(r, verdict.by_seq[r.seq], declared.get(r.seq, ()), check)
+        if r.seq in verdict.by_seq
+        else r
+        for r in results
+    ]
+    return out, verdict.batch_level
+
+
+def build(
+    *,
+    feature: str,
+    run_id: str,
+    batch: int,
+    results: Sequence[SubtaskResult],
+    expected: Sequence[str],
+    next_batch: PlannedBatch | None,
+    submitted_at: datetime | None,
+    finished_at: datetime,
+    forced: bool = False,
+    discrepancies: Sequence[str] = (),
+    skipped: Mapping[str, str] | None = None,
+    declared: Mapping[str, Sequence[str]] | None = None,
+    write_check: WriteCheck = WriteCheck.WARN,
+    others: Sequence[blame.Window] = (),
+) -> BatchReport:
+    """Aggregate one batch's results into its report.
+
+    ``expected`` is the batch's membership: it, not ``results``, defines ``total``, so a
+    forced report (the deadline path) names the members that never reported in
+    ``missing``. Results that are not for this feature, run, batch or membership are
+    left out and noted, as are duplicate copies of one seq. ``discrepancies`` passed in
+    (e.g. a late result noticed by the caller) come first in the report's list.
+    ``skipped`` (flow mode: seq -> reason) are members never enqueued; they count
+    as not completed but are not ``missing``, since nothing was lost.
+    ``declared`` maps each member to its deliverables, for the blame of undeclared
+    writes (see the module docstring); ``write_check`` is the run's choice; ``others``
+    (flow mode) the windows of subtasks outside the batch that ran meanwhile.
+    """
+    skipped = dict(skipped or {})
+    notes: list[str] = list(discrepancies)
+    members = set(expected)
+    accepted: list[SubtaskResult] = []
+    for result in results:
+        reason = _foreign(result, feature, run_id, batch)
+        if reason is None and result.seq not in members:
+            reason = f"{result.seq}: ignored a result for a seq outside batch {batch}"
+        if reason is None:
+            accepted.append(result)
+        else:
+            notes.append(reason)
+
+    kept = _dedupe(accepted, notes)
+    expected_sorted = sorted(dict.fromkeys(expected), key=seq_key)
+    missing = [seq for seq in expected_sorted if seq not in kept and seq not in skipped]
+    ordered, stray = _apply_blame(
+        [kept[seq] for seq in sorted(kept, key=seq_key)], declared, missing, write_check, others
+    )
+    kept = {r.seq: r for r in ordered}
+    not_completed = [seq for seq in expected_sorted if seq not in kept or not kept[seq].ok]
+
+    total = len(expected_sorted)
+    completed = total - len(not_completed)
+    ok = not not_completed and not (write_check is WriteCheck.FAIL and stray)
+
+    wall_s = _wall_seconds(submitted_at, finished_at, ordered)
+    work_s = sum(r.duration_s for r in ordered)
+    speedup = work_s / wall_s if wall_s > 0 else 0.0
+
+    return BatchReport(
+        feature=feature,
+        run_id=run_id,
+        batch=batch,
+        status=BatchStatus.COMPLETED if ok else BatchStatus.PARTIAL_FAILURE,
+        results=ordered,
+        total=total,
+        completed=completed,
+        failed=total - completed,
+        success_rate=_success_rate(completed, total),
+        next=_next_step(feature, ok, not_completed, next_batch, stray),
+        submitted_at=submitted_at,
+        finished_at=finished_at,
+        wall_s=round(wall_s, 3),
+        work_s=round(work_s, 3),
+        speedup=round(speedup, 3),
+        forced=forced,
+        missing=missing,
+        skipped=[
+            SkippedSubtask(seq=seq, reason=skipped[seq])
+            for seq in expected_sorted
+            if seq in skipped and seq not in kept
+        ],
+        discrepancies=notes,
+        undeclared_writes=stray,
+        write_check=write_check,
+    )
+
+
+def discrepancies(
+    report: BatchReport, recorded: Mapping[str, str], *, source: str = "store"
+) -> list[str]:
+    """Where ``recorded`` (seq -> result string, from the store or the task files)
+    disagrees with ``report``.
+
+    SPEC 4 asks the producer to re-read the state after a batch and say where it differs
+    from what workers returned; this is the comparison, kept pure so the producer only
+    fetches. ``source`` names where ``recorded`` came from in the messages. Seqs that
+    are not in the report are ignored: the caller may pass a whole feature's state.
+    A missing member that the source has a result for is a result that arrived after
+    a forced report (SPEC 3).
+    """
+    out: list[str] = []
+    reported: dict[str, str] = {r.seq: r.result.value for r in report.results}
+    for seq in report.missing:
+        reported.setdefault(seq, "")
+    for seq in sorted(reported, key=seq_key):
+        said = reported[seq]
+        got_value = recorded.get(seq)
+        if said == "":
+            if got_value:
+                out.append(
+                    f"{seq}: no result in the report, but recorded {got_value} in the {source}"
+                    " (arrived after the report)"
+                )
+        elif got_value is None:
+            out.append(f"{seq}: reported {said}, but nothing recorded in the {source}")
+        elif got_value != said:
+            out.append(f"{seq}: reported {said}, but recorded {got_value} in the {source}")
+    return out
+
+
+def amended(report: BatchReport, recorded: Mapping[str, SubtaskResult]) -> list[SubtaskResult]:
+    """The report's results whose state differs from what was recorded: members the
+    report failed for an undeclared write. The caller writes them back to the store."""
+    return [
+        r for r in report.results if r.seq in recorded and recorded[r.seq].result is not r.result
+    ]

@@ -1,0 +1,522 @@
+"""What a worker does with one subtask message, as a plain function.
+
+The Celery task in :mod:`batchq.transport.tasks` only decodes and maps retries; everything
+here is testable without a broker. The rules it enforces (SPEC 3): a recorded
+completion is never rerun, a running copy is never doubled (the claim), a subtask
+that keeps killing its worker is capped, the cancel flag is honoured before start
+and — under ``terminate`` — while the agent runs, and a failure never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchq import layout
+from batchq.agents.base import Agent, AgentOutcome, Delegation
+from batchq.agents.registry import agent_for
+from batchq.core import blame
+from batchq.errors import BatchqError
+from batchq.executor import writewindow
+from batchq.executor.verify import verify_delegation
+from batchq.files.taskfiles import feature_dir
+from batchq.models import (
+    DeliverableCheck,
+    FailurePolicy,
+    ResultState,
+    SubtaskMessage,
+    SubtaskResult,
+    WriteCheck,
+)
+from batchq.protocol import CancelMode, EventKind
+from batchq.settings import Settings
+from batchq.store.state import CONNECTION_ERRORS, StateStore
+
+__all__ = [
+    "RetryLater",
+    "backoff_s",
+    "execute",
+    "log_path_for",
+    "token_path",
+    "worker_id",
+]
+
+SUMMARY_LIMIT = 200
+BUSY_POLL_S = 0.5
+
+log = logging.getLogger("batchq.executor.runner")
+
+
+class RetryLater(Exception):
+    """Raised to the task layer: run this attempt again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def worker_id() -> str:
+    """Who holds a claim: host and pid, so a human can find the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def token_path(root: Path, feature: str, run_id: str) -> Path:
+    return layout.token_file(feature_dir(root, feature), run_id)
+
+
+def log_path_for(root: Path, feature: str, run_id: str, seq: str) -> Path:
+    return layout.log_file(feature_dir(root, feature), run_id, seq)
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter, capped (pure)."""
+    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
+
+
+@dataclass
+class _Attempt:
+    message: SubtaskMessage
+    worker: str
+    started_at: datetime
+    attempts: int
+    observed: list[str] = field(default_factory=list)
+
+
+class _Watch:
+    """One running subtask as the heartbeat sees it."""
+
+    def __init__(self, store: StateStore, msg: SubtaskMessage, worker: str) -> None:
+        self.store, self.msg, self.worker = store, msg, worker
+        self.terminate = False
+        self.renewed = time.monotonic()
+        self.slot: tuple[str, int] | None = None  # (agent, limit) while holding a slot
+
+    @property
+    def holder(self) -> str:
+        return f"{self.worker}:{self.msg.run_id}:{self.msg.seq}"
+
+
+class _Heartbeat(threading.Thread):
+    """One thread per worker process that renews the claims of the subtasks running in
+    it and notices a ``terminate`` cancel flag. Long-lived, because starting a thread
+    per subtask costs a scheduling round on a busy host — more than a no-op subtask."""
+
+    _instance: _Heartbeat | None = None
+    _guard = threading.Lock()
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="batchq-heartbeat", daemon=True)
+        self.settings = settings
+        self.pid = os.getpid()
+        self.watches: set[_Watch] = set()
+        self.lock = threading.Lock()
+
+    @classmethod
+    def get(cls, settings: Settings) -> _Heartbeat:
+        with cls._guard:
+            current = cls._instance
+            if current is None or current.pid != os.getpid():  # none yet, or forked
+                current = cls(settings)
+                current.start()
+                cls._instance = current
+            return current
+
+    def watch(self, store: StateStore, msg: SubtaskMessage, worker: str) -> _Watch:
+        watch = _Watch(store, msg, worker)
+        with self.lock:
+            self.watches.add(watch)
+        return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        with self.lock:
+            self.watches.discard(watch)
+
+    def run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self.lock:
+                watches = list(self.watches)
+            for watch in watches:
+                self._beat(watch)
+
+    def _beat(self, watch: _Watch) -> None:
+        msg = watch.msg
+        try:
+            if watch.store.cancel_mode(msg.run_id, msg.batch) == CancelMode.TERMINATE:
+                watch.terminate = True
+            if time.monotonic() - watch.renewed >= self.settings.heartbeat_s:
+                ttl = self.settings.claim_ttl_s
+                watch.store.renew_claim(msg.run_id, msg.seq, watch.worker, ttl)
+                if watch.slot is not None:
+                    watch.store.take_slot(watch.slot[0], watch.holder, watch.slot[1], ttl)
+                watch.renewed = time.monotonic()
+        except Exception:  # a Redis blip: keep the agent running, retry next tick
+            return
+
+
+def _result(
+    attempt: _Attempt,
+    state: ResultState,
+    *,
+    error: str | None = None,
+    error_type: str | None = None,
+    summary: str = "",
+    output: str = "",
+    deliverables: list[DeliverableCheck] | None = None,
+    log_path: Path | None = None,
+    settings: Settings,
+) -> SubtaskResult:
+    msg = attempt.message
+    finished = datetime.now(UTC)
+    return SubtaskResult(
+        feature=msg.feature,
+        run_id=msg.run_id,
+        batch=msg.batch,
+        seq=msg.seq,
+        title=msg.subtask.title,
+        result=state,
+        summary=summary[:SUMMARY_LIMIT],
+        deliverables=deliverables or [],
+        attempts=attempt.attempts,
+        worker=attempt.worker,
+        started_at=attempt.started_at,
+        finished_at=finished,
+        duration_s=round((finished - attempt.started_at).total_seconds(), 3),
+        error_type=error_type,
+        error=error,
+        output_tail=output[-settings.output_tail_chars :] if settings.output_tail_chars else "",
+        log_path=str(log_path) if log_path else None,
+        observed_writes=attempt.observed,
+    )
+
+
+def _finish(
+    store: StateStore, result: SubtaskResult, msg: SubtaskMessage, worker: str
+) -> SubtaskResult:
+    """Record the result once; on a failure, apply the batch's failure policy at once."""
+    execution = msg.subtask.execution
+    ran = result.result is not ResultState.CANCELLED  # a cancelled one mostly never started
+    spec = execution.callable_ if msg.agent == "python" and execution and ran else None
+    if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker, spec)):
+        recorded = store.result(msg.run_id, msg.seq)
+        return recorded or result
+    log.info(
+        "subtask %s %s after %.1fs%s",
+        msg.seq,
+        result.result.value,
+        result.duration_s,
+        f": {result.error.splitlines()[0][:200]}" if result.error else "",
+    )
+    if not result.ok and result.result is not ResultState.CANCELLED:
+        if msg.policy is not FailurePolicy.CONTINUE:
+            store.cancel(msg.run_id, msg.batch, msg.policy.value)
+        store.emit(msg.run_id, EventKind.FAILED_FAST, msg.batch, msg.seq, error=result.error or "")
+    return result
+
+
+RECORD_PATIENCE_S = 60.0
+"""How long a finished subtask keeps trying to record its result through a Redis
+outage. Raising instead would fail the task, and with it the batch's chord."""
+
+
+def _through_blip(write: Callable[[], bool], patience_s: float = RECORD_PATIENCE_S) -> bool:
+    """Retry an idempotent Redis write (record once: a repeat returns False) while Redis
+    restarts or fails over."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return write()
+        except CONNECTION_ERRORS:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(BUSY_POLL_S)
+
+
+_CONTEXTS: dict[str, str] = {}
+_TOKENS_SEEN: set[tuple[Path, str]] = set()
+
+
+def _workspace_ok(token_file: Path, token: str) -> bool:
+    """Whether this host sees the run's workspace: the token file the producer wrote.
+    A match is remembered for the process (a run's token never changes)."""
+    if (token_file, token) in _TOKENS_SEEN:
+        return True
+    try:
+        found = token_file.read_text().strip()
+    except OSError:
+        return False
+    if found != token:
+        return False
+    if len(_TOKENS_SEEN) >= 256:
+        _TOKENS_SEEN.clear()
+    _TOKENS_SEEN.add((token_file, token))
+    return True
+
+
+def _context(store: StateStore, run_id: str) -> str:
+    """The run's shared context, fetched once per worker process: it never changes."""
+    if run_id not in _CONTEXTS:
+        if len(_CONTEXTS) >= 64:
+            _CONTEXTS.clear()
+        _CONTEXTS[run_id] = store.context(run_id)
+    return _CONTEXTS[run_id]
+
+
+def _claim(
+    store: StateStore,
+    msg: SubtaskMessage,
+    worker: str,
+    task_id: str,
+    settings: Settings,
+    attempt: int,
+) -> SubtaskResult | None:
+    """Wait for the right to run. Returns a final result instead when there is one."""
+    while True:
+        decision = store.begin(
+            msg.run_id,
+            msg.batch,
+            msg.seq,
+            worker,
+            task_id,
+            claim_ttl_s=settings.claim_ttl_s,
+            max_starts=settings.max_starts,
+            attempt=attempt,
+        )
+        if decision == "run":
+            return None
+        if decision == "done":
+            recorded = store.result(msg.run_id, msg.seq)
+            if recorded is not None:
+                return recorded
+        if decision == "cancelled":
+            early = _Attempt(msg, worker, datetime.now(UTC), attempt - 1)
+            reason = "cancelled before start: a sibling failed or the batch was cancelled"
+            result = _result(early, ResultState.CANCELLED, error=reason, settings=settings)
+            return _finish(store, result, msg, worker)
+        if decision == "capped":
+            return _capped(store, msg, worker, settings)
+        time.sleep(BUSY_POLL_S)  # "busy": another copy runs; its result will be ours
+
+
+def _capped(
+    store: StateStore, msg: SubtaskMessage, worker: str, settings: Settings
+) -> SubtaskResult:
+    info = store.subtask_info(msg.run_id, msg.seq)
+    starts = int(info.get("starts", "0"))
+    attempt = _Attempt(msg, worker, datetime.now(UTC), starts)
+    result = _result(
+        attempt,
+        ResultState.FAILED,
+        error=(
+            f"the worker was lost {starts} times while running this subtask "
+            f"(cap: BATCHQ_MAX_STARTS={settings.max_starts}); it is not started again"
+        ),
+        error_type="WorkerLost",
+        settings=settings,
+    )
+    return _finish(store, result, msg, worker)
+
+
+def _take_slot(
+    store: StateStore, watch: _Watch, agent: str, limit: int, settings: Settings
+) -> bool:
+    """Wait for one of the agent's ``max_concurrency`` slots, across every worker.
+
+    The claim stays renewed meanwhile (the heartbeat watches this subtask). Returns
+    False when the batch is cancelled first: the subtask never started."""
+    while not store.take_slot(agent, watch.holder, limit, settings.claim_ttl_s):
+        if watch.terminate or store.cancel_mode(watch.msg.run_id, watch.msg.batch):
+            return False
+        time.sleep(BUSY_POLL_S)
+    watch.slot = (agent, limit)
+    return True
+
+
+def _run_agent(agent: Agent, delegation: Delegation, heartbeat: _Watch) -> AgentOutcome:
+    try:
+        return agent.run(delegation, lambda: heartbeat.terminate)
+    except BatchqError as exc:
+        return AgentOutcome(ok=False, error=str(exc), error_type=type(exc).__name__)
+    except Exception as exc:
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            return AgentOutcome(ok=False, timed_out=True, error="soft time limit exceeded")
+        return AgentOutcome(
+            ok=False,
+            error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
+            output=traceback.format_exc()[-4000:],
+        )
+
+
+def _watched_run(
+    agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
+) -> AgentOutcome:
+    """Run the agent between two workspace snapshots (unless the run turned the write
+    check off) and keep what changed outside the subtask's own deliverables. Verification
+    comes after the second snapshot: a verify command's own output files are not the
+    agent's writes."""
+    if attempt.message.write_check is WriteCheck.OFF:
+        return _run_agent(agent, delegation, heartbeat)
+    try:
+        window = writewindow.open_window(delegation.workspace)
+    except Exception as exc:  # the check must never cost the subtask its result
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
+        return _run_agent(agent, delegation, heartbeat)
+    outcome = _run_agent(agent, delegation, heartbeat)
+    try:
+        attempt.observed = blame.outside(window(), delegation.subtask.deliverables)
+    except Exception as exc:
+        log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
+    return outcome
+
+
+def execute(
+    msg: SubtaskMessage,
+    store: StateStore,
+    settings: Settings,
+    *,
+    task_id: str = "",
+    retries_done: int = 0,
+) -> SubtaskResult:
+    """Run one subtask to a recorded result, or raise :class:`RetryLater`."""
+    worker = worker_id()
+    root = Path(msg.root)
+    final = _claim(store, msg, worker, task_id, settings, retries_done + 1)
+    if final is not None:
+        return final
+    attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
+    log_path = log_path_for(root, msg.feature, msg.run_id, msg.seq)
+
+    def fail(
+        state: ResultState,
+        error: str,
+        error_type: str,
+        *,
+        output: str = "",
+        deliverables: list[DeliverableCheck] | None = None,
+        log: Path | None = None,
+    ) -> SubtaskResult:
+        result = _result(
+            attempt,
+            state,
+            error=error,
+            error_type=error_type,
+            output=output,
+            deliverables=deliverables,
+            log_path=log,
+            settings=settings,
+        )
+        return _finish(store, result, msg, worker)
+
+    token_file = token_path(root, msg.feature, msg.run_id)
+    if not _workspace_ok(token_file, msg.token):
+        return fail(
+            ResultState.FAILED,
+            f"workspace not found on this worker: {token_file} is missing or belongs to "
+            "another run (workers need the feature's files at the same path)",
+            "WorkspaceMissing",
+        )
+    try:
+        agent = agent_for(msg.subtask, settings)
+    except BatchqError as exc:
+        return fail(ResultState.FAILED, str(exc), type(exc).__name__)
+
+    log.info(
+        "subtask %s started: %s (agent %s, attempt %d)",
+        msg.seq,
+        msg.subtask.title,
+        agent.name,
+        attempt.attempts,
+    )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    delegation = Delegation(
+        feature=msg.feature,
+        run_id=msg.run_id,
+        batch=msg.batch,
+        subtask=msg.subtask,
+        workspace=root,
+        context=_context(store, msg.run_id),
+        log_path=log_path,
+        timeout_s=msg.subtask.timeout_s,
+    )
+    beats = _Heartbeat.get(settings)
+    heartbeat = beats.watch(store, msg, worker)
+    try:
+        limit = agent.max_concurrency
+        if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
+            outcome = AgentOutcome(
+                ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
+            )
+        else:
+            outcome = _watched_run(agent, delegation, heartbeat, attempt)
+        checks: list[DeliverableCheck] = []
+        if outcome.ok:
+            verification = verify_delegation(delegation, lambda: heartbeat.terminate)
+            checks = verification.deliverables
+            if verification.failure is not None:
+                outcome.ok = False
+                outcome.error = verification.failure
+                missing = any(not c.verified for c in checks)
+                outcome.error_type = "DeliverableMissing" if missing else "VerifyFailed"
+                if verification.verify is not None:
+                    outcome.output += verification.verify.output
+    finally:
+        beats.unwatch(heartbeat)
+        if heartbeat.slot is not None:
+            store.release_slot(heartbeat.slot[0], heartbeat.holder)
+
+    if outcome.ok:
+        return _finish(
+            store,
+            _result(
+                attempt,
+                ResultState.COMPLETED,
+                summary=outcome.summary,
+                output=outcome.output,
+                deliverables=checks,
+                log_path=log_path,
+                settings=settings,
+            ),
+            msg,
+            worker,
+        )
+    if outcome.cancelled or heartbeat.terminate:
+        return fail(
+            ResultState.CANCELLED,
+            outcome.error or "terminated: a sibling failed",
+            "Cancelled",
+            output=outcome.output,
+            log=log_path,
+        )
+    retries = msg.subtask.execution.retries if msg.subtask.execution else 0
+    if (outcome.temporary or outcome.timed_out) and attempt.attempts <= retries:
+        store.end_attempt(msg.run_id, msg.seq)
+        store.release_claim(msg.run_id, msg.seq, worker)
+        raise RetryLater(
+            backoff_s(attempt.attempts, settings.retry_backoff_s, settings.retry_backoff_max_s),
+            outcome.error or "temporary failure",
+        )
+    state = ResultState.TIMED_OUT if outcome.timed_out else ResultState.FAILED
+    error = outcome.error or (
+        f"timed out after {msg.subtask.timeout_s:g}s"
+        if outcome.timed_out
+        else f"agent exited with {outcome.exit_code}"
+    )
+    return fail(
+        state,
+        error,
+        outcome.error_type or ("Timeout" if outcome.timed_out else "AgentFailed"),
+        output=outcome.output,
+        deliverables=checks,
+        log=log_path,
+    )

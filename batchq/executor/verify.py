@@ -1,0 +1,141 @@
+"""Check what an agent claims to have done, after it reports success (SPEC 3).
+
+An agent's exit status says little: a coding-agent CLI exits 0 when it gave up
+politely. So a successful run is followed by two checks, in this order:
+
+1. every deliverable exists in the workspace — a path ending in ``/`` must be a
+   folder, anything else a file (:func:`verify_deliverables`);
+2. ``execution.verify``, if any, exits 0 — run with ``bash -c`` in the workspace
+   like a shell agent's command (:func:`run_verify`). It is policy-checked by the
+   shell allow-list when the subtask is checked (every built-in agent's ``check``,
+   and :func:`check_verify` for anyone else), not here.
+
+:func:`first_failure` turns the two into the one-line reason a failed subtask carries,
+e.g. ``deliverable missing: src/a.py`` or ``verify failed (exit 1): <tail>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchq.agents.base import Delegation
+from batchq.agents.policy import agent_env, check_verify
+from batchq.agents.process import ProcessResult, last_line, run_process
+from batchq.core.paths import PathError, normalise
+from batchq.models import DeliverableCheck, Subtask
+
+__all__ = [
+    "Verification",
+    "check_verify",
+    "first_failure",
+    "run_verify",
+    "verify_delegation",
+    "verify_deliverables",
+]
+
+_REASON_TAIL_CHARS = 300
+
+
+def verify_deliverables(subtask: Subtask, workspace: Path) -> list[DeliverableCheck]:
+    """One check per deliverable, in the order the subtask lists them. A path that
+    escapes the workspace (absolute, ``..``, or a symlink leading out) never verifies."""
+    root = workspace.resolve()
+    checks: list[DeliverableCheck] = []
+    for item in subtask.deliverables:
+        try:
+            name = normalise(item)
+        except PathError:
+            checks.append(DeliverableCheck(path=item, verified=False))
+            continue
+        target = (root / name).resolve()
+        inside = target.is_relative_to(root)
+        found = target.is_dir() if name.endswith("/") else target.is_file()
+        checks.append(DeliverableCheck(path=item, verified=inside and found))
+    return checks
+
+
+def run_verify(
+    subtask: Subtask,
+    workspace: Path,
+    env: Mapping[str, str] | None,
+    timeout_s: float | None,
+    should_stop: Callable[[], bool] | None,
+    log_path: Path | None,
+) -> ProcessResult | None:
+    """Run ``execution.verify`` with bash in ``workspace``; None when there is none.
+    Its output is appended to the subtask's log after a header line."""
+    line = subtask.execution.verify if subtask.execution else None
+    if not line:
+        return None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a", encoding="utf-8") as handle:
+            handle.write(f"\n[batchq] verify: {line}\n")
+    return run_process(
+        line,
+        cwd=workspace,
+        env=env,
+        timeout_s=timeout_s,
+        should_stop=should_stop,
+        log_path=log_path,
+    )
+
+
+def first_failure(
+    checks: Sequence[DeliverableCheck], verify: ProcessResult | None = None
+) -> str | None:
+    """The reason verification failed, or None when it passed."""
+    missing = [check.path for check in checks if not check.verified]
+    if len(missing) == 1:
+        return f"deliverable missing: {missing[0]}"
+    if missing:
+        return f"deliverables missing: {', '.join(missing)}"
+    if verify is None or verify.ok:
+        return None
+    if verify.error:
+        return f"verify could not run: {verify.error}"
+    if verify.timed_out:
+        return f"verify timed out after {verify.duration_s:.0f}s"
+    if verify.cancelled:
+        return "verify cancelled"
+    code = verify.exit_code or 0
+    status = f"exit {code}" if code > 0 else verify.describe()
+    tail = last_line(verify.output, _REASON_TAIL_CHARS)
+    return f"verify failed ({status})" + (f": {tail}" if tail else "")
+
+
+@dataclass
+class Verification:
+    """Both checks for one delegation; ``failure`` is None when the subtask passed."""
+
+    deliverables: list[DeliverableCheck] = field(default_factory=list)
+    verify: ProcessResult | None = None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def verify_delegation(
+    delegation: Delegation, should_stop: Callable[[], bool] | None = None
+) -> Verification:
+    """Deliverables first, then ``execution.verify`` (skipped when a deliverable is
+    missing: the reason is already known), with the agent's environment and the
+    subtask's timeout."""
+    checks = verify_deliverables(delegation.subtask, delegation.workspace)
+    result = Verification(deliverables=checks)
+    command = delegation.subtask.execution.verify if delegation.subtask.execution else None
+    if command and all(check.verified for check in checks):
+        result.verify = run_verify(
+            delegation.subtask,
+            delegation.workspace,
+            agent_env(delegation),
+            delegation.timeout_s,
+            should_stop,
+            delegation.log_path,
+        )
+    result.failure = first_failure(checks, result.verify)
+    return result

@@ -1,0 +1,571 @@
+"""Load, validate and rewrite the task files orchestrators already keep (SPEC 1).
+
+A feature is ``<root>/.tmp/tasks/<feature>/`` with ``task.json`` and one
+``subtask_NN.json`` per subtask. Loading is tolerant of what other tools write and
+strict about what batchq cannot understand: every refusal is a
+:class:`~batchq.errors.SpecError` naming the file, the field and what was expected.
+
+Every rewrite is a read-modify-write under :func:`~batchq.files.locking.feature_lock`: the
+files are re-read under the lock, the mutation is applied to the raw JSON (so unknown
+fields survive), the result is validated before anything is written, and each file is
+replaced atomically in its own layout (:mod:`batchq.files.jsonfile`). Timestamps batchq
+writes use JavaScript's ``toISOString()`` form, ``2026-01-01T12:00:00.000Z``, because
+that is what the established tools write. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from batchq import layout
+from batchq.errors import SpecError, UsageError
+from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
+from batchq.files.locking import feature_lock
+from batchq.models import (
+    SUMMARY_LIMIT,
+    BatchqBlock,
+    Feature,
+    Subtask,
+    SubtaskStatus,
+    TaskFile,
+    TaskStatus,
+)
+
+__all__ = [
+    "ARCHIVE_DIR",
+    "TASK_FILE",
+    "Mutation",
+    "archive_feature",
+    "complete_subtask",
+    "existing_feature_dir",
+    "feature_dir",
+    "feature_lock",
+    "find_root",
+    "list_features",
+    "load_feature",
+    "load_raw",
+    "mark_blocked",
+    "mark_completed",
+    "mark_in_progress",
+    "mark_pending",
+    "tasks_dir",
+    "truncate_summary",
+    "update_subtasks",
+    "utc_timestamp",
+]
+
+TASK_FILE = layout.TASK_FILE
+ARCHIVE_DIR = "completed"
+ROOT_MARKERS = (".git", "package.json")
+SUBTASK_RE = re.compile(r"^subtask_(\d{2,})\.json$")
+
+Mutation = Callable[[dict[str, Any]], None]
+"""Changes one subtask's raw JSON dict in place; applied under the feature lock.
+
+It may only set or delete top-level keys (``data["batchq"] = {...}``), never change a
+nested value in place: it gets a shallow copy of the parsed file, whose nested values
+are shared with the parse cache (a deep copy cost more than the render)."""
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+
+
+# --- locations -----------------------------------------------------------------
+
+
+def find_root(start: Path | None = None, root: Path | None = None) -> Path:
+    """The project root: ``root`` if given, else the nearest folder with a root marker.
+
+    The markers are ``.git`` and ``package.json``. Walking up mirrors the established
+    tools, so batchq finds the same
+    ``.tmp/tasks`` from any subfolder of a project.
+    """
+    if root is not None:
+        root = root.expanduser()
+        if not root.is_dir():
+            raise UsageError(f"--root {root} is not an existing folder")
+        return root.resolve()
+    here = (start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    raise UsageError(
+        f"no project root found: no folder from {here} up contains .git or package.json; "
+        "pass --root PATH"
+    )
+
+
+def tasks_dir(root: Path) -> Path:
+    """``<root>/.tmp/tasks``: where every feature folder lives."""
+    return root / layout.TASKS_DIR
+
+
+def feature_dir(root: Path, name: str) -> Path:
+    """The folder of feature ``name`` (it may not exist)."""
+    _check_name(name)
+    return tasks_dir(root) / name
+
+
+def list_features(root: Path) -> list[str]:
+    """Active features, sorted: folders holding a ``task.json``, never the archive."""
+    base = tasks_dir(root)
+    if not base.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in base.iterdir()
+        if entry.name != ARCHIVE_DIR
+        and not entry.name.startswith(".")
+        and entry.is_dir()
+        and (entry / TASK_FILE).is_file()
+    )
+
+
+def _check_name(name: str) -> None:
+    if (
+        not name
+        or name.startswith(".")
+        or name == ARCHIVE_DIR
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise UsageError(f"{name!r} is not a feature name")
+
+
+def existing_feature_dir(root: Path, name: str) -> Path:
+    """The folder of an active feature; a :class:`UsageError` naming the known ones
+    (or the archive) otherwise."""
+    path = feature_dir(root, name)
+    if (path / TASK_FILE).is_file():
+        return path
+    archived = tasks_dir(root) / ARCHIVE_DIR / name
+    if archived.is_dir():
+        raise UsageError(f"feature {name!r} is archived in {archived}")
+    known = list_features(root)
+    listing = f"known features: {', '.join(known)}" if known else f"none in {tasks_dir(root)}"
+    raise UsageError(f"unknown feature {name!r}; {listing}")
+
+
+# --- loading ---------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    """A feature with the raw documents behind it, for read-modify-write."""
+
+    feature: Feature
+    task: JsonDocument
+    subtasks: list[tuple[Subtask, JsonDocument]]
+
+
+def load_raw(path: Path) -> tuple[dict[str, Any], JsonFormat]:
+    """One task file's raw JSON object (key order kept) and layout, unvalidated."""
+    doc = _read(path)
+    return doc.data, doc.format
+
+
+def load_feature(root: Path, name: str) -> Feature:
+    """Read and validate ``task.json`` and every ``subtask_*.json`` of a feature.
+
+    Subtasks come sorted by number. Duplicate seqs load (the planner reports them);
+    anything batchq cannot parse raises :class:`SpecError`.
+    """
+    return _load(root, name).feature
+
+
+def _load(root: Path, name: str) -> _Loaded:
+    path = existing_feature_dir(root, name)
+    task_doc = _read(path / TASK_FILE)
+    task = _validate(TaskFile, task_doc)
+    warnings: list[str] = []
+    if task.id != name:
+        warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
+    subtasks: list[tuple[Subtask, JsonDocument]] = []
+    for file in path.glob("subtask_*.json"):  # sorted below, by number
+        parsed = _subtask_file(file)
+        if parsed is None:
+            continue
+        sub, doc = parsed
+        subtasks.append((sub, doc))
+        if sub.completion_summary is not None and len(sub.completion_summary) > SUMMARY_LIMIT:
+            warnings.append(
+                f"{file.name}: completion_summary is {len(sub.completion_summary)} characters; "
+                f"new summaries are limited to {SUMMARY_LIMIT}"
+            )
+    subtasks.sort(key=lambda pair: (pair[0].number, len(pair[1].path.name), pair[1].path.name))
+    feature = Feature(
+        name=name,
+        root=root,
+        path=path,
+        task=task,
+        subtasks=[sub for sub, _ in subtasks],
+        warnings=warnings,
+    )
+    return _Loaded(feature, task_doc, subtasks)
+
+
+_FileKey = tuple[int, int, int, int]
+
+
+class _ParseCache:
+    """The last parse of each subtask file, for the few feature folders used last: a
+    long-lived process (a bench, a server) that runs many features keeps only theirs,
+    not every file it ever read (a big heap makes every full garbage collection slow)."""
+
+    FOLDERS = 4
+
+    def __init__(self) -> None:
+        self.folders: OrderedDict[Path, dict[Path, tuple[_FileKey, Subtask, JsonDocument]]] = (
+            OrderedDict()
+        )
+        self.lock = threading.Lock()  # orchestrators of several features may share a process
+
+    def _folder(self, file: Path) -> dict[Path, tuple[_FileKey, Subtask, JsonDocument]]:
+        with self.lock:
+            folder = self.folders.get(file.parent)
+            if folder is None:
+                folder = self.folders[file.parent] = {}
+                while len(self.folders) > self.FOLDERS:
+                    self.folders.popitem(last=False)
+            else:
+                self.folders.move_to_end(file.parent)
+            return folder
+
+    def get(self, file: Path, key: _FileKey) -> tuple[Subtask, JsonDocument] | None:
+        cached = self._folder(file).get(file)
+        return (cached[1], cached[2]) if cached is not None and cached[0] == key else None
+
+    def put(self, file: Path, key: _FileKey, sub: Subtask, doc: JsonDocument) -> None:
+        self._folder(file)[file] = (key, sub, doc)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.folders.clear()
+
+
+_PARSED = _ParseCache()
+
+
+def _file_key(st: os.stat_result) -> _FileKey:
+    """What tells one version of a file from the next: every rewrite is an ``os.replace``,
+    so a new inode, even when size and times happen to match."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
+    """Parse and validate a subtask file, reusing the last parse while the file is the
+    same one (inode, size and mtime): a run mirrors statuses many times, and every
+    rewrite is an ``os.replace`` that gives the file a new inode. None for a folder
+    or other non-file that happens to match the name pattern."""
+    try:
+        st = file.stat()
+    except OSError as exc:
+        raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = _file_key(st)
+    cached = _PARSED.get(file, key)
+    if cached is not None:
+        return cached
+    doc = _read(file)
+    sub = _check_subtask(doc.path, _validate(Subtask, doc))
+    _PARSED.put(file, key, sub, doc)
+    return sub, doc
+
+
+def _remember(file: Path, sub: Subtask, doc: JsonDocument) -> None:
+    """Cache what was just written under the lock, so the next load does not read and
+    validate it back (every rewrite is a new inode, which the cache would miss)."""
+    try:
+        st = file.stat()
+    except OSError:
+        return
+    if st.st_size != len(doc.text.encode("utf-8")):
+        return  # rewritten by someone else meanwhile: let the next load read it
+    _PARSED.put(file, _file_key(st), sub, doc)
+
+
+def _read(path: Path) -> JsonDocument:
+    try:
+        return read_document(path)
+    except JsonReadError as exc:
+        raise SpecError(path, None, exc.reason) from exc
+    except OSError as exc:
+        raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _check_subtask(path: Path, sub: Subtask) -> Subtask:
+    match = SUBTASK_RE.match(path.name)
+    if match is None:
+        raise SpecError(path, None, "file name should be subtask_NN.json (NN: two or more digits)")
+    if int(match.group(1)) != sub.number:
+        raise SpecError(
+            path, "seq", f"expected {match.group(1)!r} to match the file name, got {sub.seq!r}"
+        )
+    return sub
+
+
+def _validate(
+    model: type[_ModelT], doc: JsonDocument, data: Mapping[str, Any] | None = None
+) -> _ModelT:
+    try:
+        return model.model_validate(doc.data if data is None else data)
+    except ValidationError as exc:
+        raise _spec_error(doc.path, exc) from exc
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "FileRef"})
+
+
+def _is_tag(part: str | int) -> bool:
+    """Pydantic names union branches in error locations (``str``, ``FileRef``). Only
+    those names: a user's key (``execution.env.MODE``) is a field, not a branch."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+
+
+def _spec_error(path: Path, exc: ValidationError) -> SpecError:
+    """The first validation problem as one line: dotted field and what was expected."""
+    groups: dict[tuple[str | int, ...], list[Any]] = {}
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        cut = next((i for i, part in enumerate(loc) if _is_tag(part)), len(loc))
+        groups.setdefault(loc[:cut], []).append(err)
+    loc, errs = next(iter(groups.items()))
+    field, expected = _describe(loc, errs)
+    more = len(groups) - 1
+    if more:
+        expected += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return SpecError(path, field or None, expected.replace("\n", " "))
+
+
+def _describe(loc: tuple[str | int, ...], errs: list[Any]) -> tuple[str, str]:
+    branches = [e for e in errs if len(e["loc"]) > len(loc)]
+    if not branches:
+        return _dotted(loc), _expected(errs[0])
+    value = next((e["input"] for e in branches if len(e["loc"]) == len(loc) + 1), None)
+    if isinstance(value, dict):
+        for err in branches:
+            if str(err["loc"][len(loc)])[:1].isupper():
+                return _dotted(loc + tuple(err["loc"][len(loc) + 1 :])), _expected(err)
+    tags = {str(e["loc"][len(loc)]) for e in branches}
+    if "FileRef" in tags:
+        wanted = 'a path string or an object {"path": ..., "lines": "10-50", "reason": ...}'
+    else:
+        wanted = " or ".join(sorted(tags))
+    return _dotted(loc), f"expected {wanted}; got {_show(value)}"
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _expected(err: Any) -> str:
+    if err["type"] == "missing":
+        return "required field is missing"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{message}; got {_show(err['input'])}"
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- rewriting -------------------------------------------------------------------
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """``2026-01-01T12:00:00.000Z``: JavaScript's ``toISOString()``, as the other tools write."""
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def truncate_summary(summary: str) -> str:
+    """A summary batchq writes: at most 200 characters, an ellipsis marking a cut."""
+    if len(summary) <= SUMMARY_LIMIT:
+        return summary
+    return summary[: SUMMARY_LIMIT - 1] + "…"
+
+
+def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> Feature:
+    """Apply mutations to subtask files by seq, then refresh ``task.json``; return the feature.
+
+    Under the feature lock the files are re-read, so concurrent writers never lose each
+    other's changes. All results are validated before the first write: an invalid
+    result (a status outside the four, say) raises :class:`SpecError` and writes
+    nothing. ``task.json`` gets correct ``subtask_count``/``completed_count``, and
+    ``status: completed`` with ``completed_at`` once every subtask is completed.
+    """
+    path = existing_feature_dir(root, name)
+    with feature_lock(path):
+        loaded = _load(root, name)
+        pending: dict[Path, tuple[JsonDocument, dict[str, Any]]] = {}
+        index: dict[str, list[JsonDocument]] = {}
+        for sub, doc in loaded.subtasks:
+            index.setdefault(sub.seq, []).append(doc)
+        for seq, mutate in changes.items():
+            doc = _resolve(loaded, seq, index)
+            if doc.path not in pending:
+                pending[doc.path] = (doc, dict(doc.data))
+            mutate(pending[doc.path][1])
+        subtasks: list[Subtask] = []
+        texts: list[tuple[Path, str]] = []
+        written: dict[Path, tuple[Subtask, JsonDocument, dict[str, Any]]] = {}
+        for sub, doc in loaded.subtasks:
+            if doc.path in pending:
+                new = pending[doc.path][1]
+                sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
+                _render_into(texts, doc, new)
+                written[doc.path] = (sub, doc, new)
+            subtasks.append(sub)
+        task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
+        task = _validate(TaskFile, loaded.task, task_new)
+        _render_into(texts, loaded.task, task_new)
+        try:
+            write_many(texts)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else path
+            raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
+        for file, text in texts:
+            if file in written:
+                sub, doc, new = written[file]
+                _remember(file, sub, JsonDocument(file, new, text, doc.format))
+        # What was just validated and written, without parsing it back.
+        return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
+
+
+def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]]) -> JsonDocument:
+    """The file of ``seq``; ``2`` finds ``02`` when that is unambiguous. ``index``
+    maps seqs to files, so a rewrite of thousands of subtasks stays linear."""
+    exact = list(index.get(seq, ()))
+    if not exact and seq.isascii() and seq.isdigit():
+        exact = [doc for sub, doc in loaded.subtasks if sub.number == int(seq)]
+    name = loaded.feature.name
+    if not exact:
+        known = ", ".join(sub.seq for sub in loaded.feature.subtasks) or "none"
+        raise UsageError(f"feature {name!r} has no subtask {seq!r}; its subtasks: {known}")
+    if len(exact) > 1:
+        files = ", ".join(doc.path.name for doc in exact)
+        raise UsageError(f"subtask {seq!r} of {name!r} is ambiguous: it is in {files}")
+    return exact[0]
+
+
+def _render_into(texts: list[tuple[Path, str]], doc: JsonDocument, new: dict[str, Any]) -> None:
+    try:
+        text = doc.render(new)
+    except ValueError as exc:
+        raise SpecError(doc.path, None, f"cannot be written as JSON: {exc}") from exc
+    if text is not None:
+        texts.append((doc.path, text))
+
+
+def _refresh_task(data: dict[str, Any], statuses: list[SubtaskStatus]) -> dict[str, Any]:
+    new = dict(data)
+    done = sum(1 for status in statuses if status is SubtaskStatus.COMPLETED)
+    new["subtask_count"] = len(statuses)
+    new["completed_count"] = done
+    if statuses and done == len(statuses):
+        if new.get("status") != TaskStatus.COMPLETED or not new.get("completed_at"):
+            new["status"] = TaskStatus.COMPLETED.value
+            new["completed_at"] = utc_timestamp()
+    elif new.get("status") == TaskStatus.COMPLETED:
+        new["status"] = TaskStatus.ACTIVE.value
+        if "completed_at" in new:
+            new["completed_at"] = None
+    return new
+
+
+def mark_in_progress(agent_id: str, started_at: str) -> Mutation:
+    """A running subtask: ``in_progress`` with the worker as ``agent_id``."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        data["status"] = SubtaskStatus.IN_PROGRESS.value
+        data["agent_id"] = agent_id
+        data["started_at"] = started_at
+
+    return mutate
+
+
+def mark_completed(
+    summary: str, completed_at: str, batchq_block: BatchqBlock | None = None
+) -> Mutation:
+    """A finished subtask; the summary is truncated to 200 characters."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        data["status"] = SubtaskStatus.COMPLETED.value
+        data["completed_at"] = completed_at
+        data["completion_summary"] = truncate_summary(summary)
+        if batchq_block is not None:
+            data["batchq"] = batchq_block.model_dump(mode="json")
+
+    return mutate
+
+
+def mark_blocked(block: BatchqBlock) -> Mutation:
+    """A failed or timed-out subtask: ``blocked``, with the ``batchq`` block saying why."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        data["status"] = SubtaskStatus.BLOCKED.value
+        data["batchq"] = block.model_dump(mode="json")
+
+    return mutate
+
+
+def mark_pending(block: BatchqBlock | None = None) -> Mutation:
+    """Back to ``pending`` (cancelled, or reset for a retry).
+
+    A stale ``agent_id``/``started_at`` is cleared to ``null`` where present; the
+    ``batchq`` block is replaced when one is given and kept otherwise.
+    """
+
+    def mutate(data: dict[str, Any]) -> None:
+        data["status"] = SubtaskStatus.PENDING.value
+        for key in ("agent_id", "started_at"):
+            if key in data:
+                data[key] = None
+        if block is not None:
+            data["batchq"] = block.model_dump(mode="json")
+
+    return mutate
+
+
+def complete_subtask(root: Path, name: str, seq: str, summary: str) -> Feature:
+    """The core of ``batchq complete``: mark one subtask completed with a summary.
+
+    A summary over 200 characters is refused (nothing is written) rather than cut,
+    because the user can still shorten it.
+    """
+    if len(summary) > SUMMARY_LIMIT:
+        raise UsageError(f"summary is {len(summary)} characters; the limit is {SUMMARY_LIMIT}")
+    return update_subtasks(root, name, {seq: mark_completed(summary, utc_timestamp())})
+
+
+def archive_feature(root: Path, name: str) -> Path:
+    """Move a feature to ``.tmp/tasks/completed/<name>/``; returns the new folder.
+
+    Refused when the target exists, so an earlier archive is never overwritten. Done
+    under the feature lock so no rewrite is half-way through when the folder moves;
+    a writer that was waiting then finds the feature gone (UsageError), not a ghost.
+    """
+    path = existing_feature_dir(root, name)
+    target = tasks_dir(root) / ARCHIVE_DIR / name
+    with feature_lock(path):
+        if not (path / TASK_FILE).is_file():
+            raise UsageError(f"feature {name!r} was archived or removed meanwhile")
+        if target.exists():
+            raise UsageError(f"cannot archive {name!r}: {target} already exists")
+        target.parent.mkdir(exist_ok=True)
+        os.rename(path, target)
+    return target

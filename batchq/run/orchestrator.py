@@ -1,0 +1,587 @@
+"""Run a feature batch after batch, mirroring every status change into its files.
+
+The orchestrator process is the only writer of the task files during a run; workers
+write Redis only. One orchestrator per feature: a non-blocking ``flock`` on the
+feature folder (same host) plus a Redis lease renewed in the background (any host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from batchq import layout
+from batchq.core import planner, report
+from batchq.errors import LockedError, UnsafeBatchError, UsageError
+from batchq.files import fingerprint
+from batchq.files.jsonfile import write_atomic
+from batchq.files.taskfiles import (
+    existing_feature_dir,
+    feature_dir,
+    load_feature,
+    mark_blocked,
+    mark_completed,
+    mark_in_progress,
+    mark_pending,
+    update_subtasks,
+    utc_timestamp,
+)
+from batchq.models import (
+    BatchqBlock,
+    BatchReport,
+    FailurePolicy,
+    Feature,
+    Plan,
+    PlannedBatch,
+    ResultState,
+    Run,
+    RunMode,
+    SubtaskResult,
+    SubtaskStatus,
+    WriteCheck,
+    feature_key,
+)
+from batchq.protocol import BatchState, EventKind
+from batchq.run import heap
+from batchq.run.flowloop import run_flow
+from batchq.run.producer import Submission, check_agents, new_run, submit, wait
+from batchq.settings import Settings
+from batchq.store.state import Event, StateStore
+
+__all__ = ["Orchestrator", "RunOptions", "RunResult"]
+
+LEASE_S = 60.0
+MIRROR_EVERY_S = 0.5
+RESETTABLE = {ResultState.FAILED, ResultState.TIMED_OUT, ResultState.CANCELLED}
+
+EventsHandler = Callable[[list[Event]], None]
+ReportHandler = Callable[[BatchReport], None]
+StartHandler = Callable[[Submission], None]
+RerunHandler = Callable[[dict[str, list[str]]], None]
+"""Called with the completed subtasks a ``changed`` run resets to pending (seq ->
+reasons): once before planning, then after each batch for rechecked dependents."""
+
+
+@dataclass
+class RunOptions:
+    policy: FailurePolicy = FailurePolicy.GRACEFUL
+    mode: RunMode = RunMode.BATCH
+    retry_failed: bool = True
+    context: str = ""
+    on_events: EventsHandler | None = None
+    on_report: ReportHandler | None = None
+    on_submit: StartHandler | None = None
+    changed: bool = False
+    """Also rerun completed subtasks whose fingerprint or outputs changed (``--changed``)."""
+    on_rerun: RerunHandler | None = None
+    write_check: WriteCheck | None = None
+    """None: ``Settings.undeclared_writes``."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    feature: Feature
+    reports: list[BatchReport] = field(default_factory=list)
+    reruns: dict[str, list[str]] = field(default_factory=dict)
+    """Completed subtasks this run reset to rerun, with why (``changed`` runs only)."""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+
+class _Lease(threading.Thread):
+    def __init__(self, store: StateStore, fkey: str, holder: str) -> None:
+        super().__init__(name="batchq-lease", daemon=True)
+        self.store, self.fkey, self.holder = store, fkey, holder
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(LEASE_S / 3):
+            try:
+                self.store.renew_lock(self.fkey, self.holder, LEASE_S)
+            except Exception:
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+class _Mirror:
+    """Mirrors progress events into the task files, coalesced: the latest state of each
+    subtask is written at most every ``MIRROR_EVERY_S`` seconds in one locked rewrite,
+    so a batch of thousands of quick subtasks costs a few rewrites, not thousands."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        run_id: str,
+        forward: EventsHandler | None,
+        recorder: fingerprint.Recorder,
+    ) -> None:
+        self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
+        self.recorder = recorder
+        self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self.finished: dict[str, ResultState] = {}
+        self.written: dict[str, ResultState] = {}
+        self.last_flush = time.monotonic()
+        self.feature: Feature | None = None
+
+    def __call__(self, events: list[Event]) -> None:
+        for event in events:
+            if event.kind == EventKind.STARTED:
+                self.pending[event.seq] = mark_in_progress(
+                    str(event.data.get("worker", "")),
+                    _timestamp(str(event.data.get("started_at", ""))),
+                )
+            elif event.kind == EventKind.FINISHED and event.data:
+                result = SubtaskResult.model_validate(event.data)
+                self.pending[event.seq] = _final_change(result, self.run_id, self.recorder)
+                self.finished[event.seq] = result.result
+        if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
+            self.flush()
+        if self.forward is not None:
+            self.forward(events)
+
+    def flush(self) -> None:
+        """Write what is pending; the files are current when it returns, and
+        ``feature`` is what this flush wrote (None if it wrote nothing)."""
+        self.feature = None
+        if self.pending:
+            changes, self.pending = self.pending, {}
+            self.feature = update_subtasks(self.root, self.name, changes)
+            self.written |= {s: r for s, r in self.finished.items() if s in changes}
+        self.last_flush = time.monotonic()
+
+
+class Orchestrator:
+    """Runs one feature's batches on a Celery app and a state store."""
+
+    def __init__(
+        self, root: Path, name: str, settings: Settings, app: Celery, store: StateStore
+    ) -> None:
+        self.root, self.name, self.settings = root, name, settings
+        self.app, self.store = app, store
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    # --- locking ----------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[str]:
+        """Hold this feature for one orchestrator; yields the feature key."""
+        state_dir = layout.state_dir(existing_feature_dir(self.root, self.name))
+        fkey = feature_key(self.name, self.root)
+        state_dir.mkdir(exist_ok=True)
+        fd = os.open(state_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self.store.lock_holder(fkey) or "another process on this host"
+                raise LockedError(self.name, holder) from None
+            current = self.store.acquire_lock(fkey, self.holder, LEASE_S)
+            if current is not None:
+                raise LockedError(self.name, current)
+            lease = _Lease(self.store, fkey, self.holder)
+            lease.start()
+            try:
+                yield fkey
+            finally:
+                lease.stop()
+                self.store.release_lock(fkey, self.holder)
+        finally:
+            os.close(fd)
+
+    # --- runs -------------------------------------------------------------------------
+
+    def run(self, options: RunOptions | None = None) -> RunResult:
+        """Run every remaining batch until done or one fails (SPEC 3); in flow mode,
+        every subtask as soon as its own dependencies are completed."""
+        options = options or RunOptions()
+        with self.exclusive(), heap.long_lived():
+            feature, reruns = self._prepare(options)
+            run = self._new_run(feature, options)
+            result = RunResult(run.run_id, feature)
+            self._announce(result, reruns, options)
+            if options.mode is RunMode.FLOW:
+                self._flows(run, feature, result, options)
+            else:
+                self._batches(run, feature, result, options)
+            return result
+
+    def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
+        """Batch after batch, the plan recomputed after each; under ``changed`` the
+        completed dependents of what completed are rechecked after each batch."""
+        done: set[str] = set()
+        while True:
+            plan = planner.plan(feature, self.settings.protected_paths)
+            if not plan.batches:
+                break
+            # Plans are recomputed after every batch; number batches across the run.
+            number = len(result.reports) + 1
+            batch = plan.batches[0].model_copy(update={"number": number, "after": None})
+            following = None
+            if len(plan.batches) > 1:
+                following = plan.batches[1].model_copy(
+                    update={"number": number + 1, "after": number}
+                )
+            built = self._run_one(run, feature, batch, following, options)
+            result.reports.append(built)
+            feature = load_feature(self.root, self.name)
+            if built.ok and options.changed:
+                done.update(r.seq for r in built.results if r.ok)
+                feature = self.recheck_dependents(feature, done, result, options)
+            result.feature = feature
+            if not built.ok:
+                break
+
+    def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
+        """Plan once, then let :mod:`batchq.run.flowloop` publish each subtask when it is
+        ready; each planned batch is settled and saved as it closes. Under ``changed``
+        the completed dependents of what completed are rechecked when the flow drains,
+        and a further flow runs the ones that must rerun (batch numbers go on)."""
+        done: set[str] = set()
+        while True:
+            plan = _renumbered(
+                planner.plan(feature, self.settings.protected_paths), len(result.reports)
+            )
+            if not plan.batches:
+                break
+            passed = self._flow_pass(run, feature, plan, options, result)
+            feature = load_feature(self.root, self.name)
+            result.feature = feature
+            if not all(r.ok for r in passed) or not options.changed:
+                break
+            done.update(r.seq for built in passed for r in built.results if r.ok)
+            feature = self.recheck_dependents(feature, done, result, options)
+            result.feature = feature
+        result.reports.sort(key=lambda r: r.batch)
+
+    def _flow_pass(
+        self, run: Run, feature: Feature, plan: Plan, options: RunOptions, result: RunResult
+    ) -> list[BatchReport]:
+        recorder = fingerprint.Recorder(feature.root, tuple(self.settings.protected_paths))
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
+        passed: list[BatchReport] = []
+
+        def reported(built: BatchReport) -> None:
+            mirror.flush()
+            built = self._settle(run, built, mirror, recorder)
+            passed.append(built)
+            result.reports.append(built)
+            if options.on_report is not None:
+                options.on_report(built)
+
+        def publishing(seqs: list[str]) -> None:
+            recorder.take(feature, seqs, self.settings)
+
+        run_flow(
+            self.app,
+            self.store,
+            run,
+            feature,
+            plan,
+            self.settings,
+            mirror,
+            reported,
+            publishing,
+        )
+        mirror.flush()
+        return passed
+
+    def run_batch(self, seqs: list[str], options: RunOptions | None = None) -> RunResult:
+        """Run one explicit batch after the BatchExecutor safety check (SPEC 2)."""
+        options = options or RunOptions()
+        with self.exclusive():
+            feature = load_feature(self.root, self.name)
+            planner.validate(feature, self.settings.protected_paths)
+            violations = planner.check_batch(feature, seqs, self.settings.protected_paths)
+            if violations:
+                raise UnsafeBatchError(violations)
+            by_seq = feature.by_seq()
+            check_agents([by_seq[s] for s in seqs], self.settings)
+            batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
+            run = self._new_run(feature, options)
+            result = RunResult(run.run_id, feature)
+            result.reports.append(self._run_one(run, feature, batch, None, options))
+            result.feature = load_feature(self.root, self.name)
+            return result
+
+    def recheck_dependents(
+        self, feature: Feature, done: Collection[str], result: RunResult, options: RunOptions
+    ) -> Feature:
+        """Early cutoff for ``changed`` runs: after dependencies completed again in this
+        run (``done``), reset to pending the completed subtasks depending on one of them
+        whose fingerprint now differs; one whose dependencies produced identical
+        deliverables stays completed. A subtask completed in this run is never rechecked,
+        so each runs at most once per run. Call it whenever members complete (batch
+        mode: after each batch)."""
+        candidates = [
+            s.seq
+            for s in feature.subtasks
+            if s.status is SubtaskStatus.COMPLETED
+            and s.seq not in done
+            and any(dep in done for dep in s.depends_on)
+        ]
+        if not candidates:
+            return feature
+        found = fingerprint.stale(feature, self.settings, candidates)
+        if not found:
+            return feature
+        check_agents([feature.by_seq()[seq] for seq in found], self.settings)
+        feature = update_subtasks(self.root, self.name, _rerun_changes(feature, found))
+        self._announce(result, found, options)
+        return feature
+
+    @staticmethod
+    def _announce(
+        result: RunResult, found: dict[str, list[fingerprint.Change]], options: RunOptions
+    ) -> None:
+        if not found:
+            return
+        reasons = {seq: [str(c) for c in why] for seq, why in found.items()}
+        result.reruns.update(reasons)
+        if options.on_rerun is not None:
+            options.on_rerun(reasons)
+
+    def _new_run(self, feature: Feature, options: RunOptions) -> Run:
+        check = options.write_check or self.settings.undeclared_writes
+        return new_run(self.store, feature, options.policy, options.context, options.mode, check)
+
+    def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
+        """Validate everything, refuse bad agents up front, and reset what we may rerun:
+        failed and orphaned subtasks, and under ``changed`` the completed ones whose
+        fingerprint or outputs changed."""
+        feature = load_feature(self.root, self.name)
+        planner.validate(feature, self.settings.protected_paths)
+        found = fingerprint.stale(feature, self.settings) if options.changed else {}
+        todo = [
+            s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED or s.seq in found
+        ]
+        check_agents(todo, self.settings)
+        changes: dict[str, Callable[[dict[str, Any]], None]] = _rerun_changes(feature, found)
+        recent = self.store.recent_runs(feature_key(feature.name, feature.root))
+        if recent:
+            self._refuse_if_still_running(recent[0])
+        for sub in todo:
+            if sub.seq in found:
+                continue
+            block = sub.batchq
+            ours = block is not None and block.result in RESETTABLE
+            if sub.status is SubtaskStatus.IN_PROGRESS:
+                if not any(self.store.live_claims(r, [sub.seq]) for r in recent):
+                    changes[sub.seq] = mark_pending(block)
+            elif ours and options.retry_failed and sub.status is SubtaskStatus.BLOCKED:
+                changes[sub.seq] = mark_pending(block)
+        if changes:
+            feature = update_subtasks(self.root, self.name, changes)
+        return feature, found
+
+    def _refuse_if_still_running(self, run_id: str) -> None:
+        """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
+        workers; starting another would run its queued members twice. It counts as
+        alive while a member holds a claim or its stream moved within ``stall_s``."""
+        running = [
+            n for n, state in self.store.batch_states(run_id).items() if state == BatchState.RUNNING
+        ]
+        if not running:
+            return
+        # Batch mode has one running batch; flow mode may have several at once.
+        members = [seq for n in running for seq in self.store.batch_members(run_id, n)]
+        recorded = self.store.results(run_id, members)
+        missing = [seq for seq in members if seq not in recorded]
+        if not missing:
+            return
+        quiet_s = self.store.seconds_since_last_event(run_id)
+        if self.store.live_claims(run_id, missing) or quiet_s < self.settings.stall_s:
+            raise LockedError(
+                self.name,
+                f"run {run_id} on the workers (batch {', '.join(map(str, running))}: "
+                f"{len(recorded)}/{len(members)} reported)",
+            )
+
+    def _run_one(
+        self,
+        run: Run,
+        feature: Feature,
+        batch: PlannedBatch,
+        following: PlannedBatch | None,
+        options: RunOptions,
+    ) -> BatchReport:
+        # Inputs as submitted: what the members are made from, once per batch.
+        recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
+        submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
+        if options.on_submit is not None:
+            options.on_submit(submission)
+
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
+        built = wait(self.store, submission, self.settings, mirror)
+        mirror.flush()
+        built = self._settle(run, built, mirror, recorder)
+        if options.on_report is not None:
+            options.on_report(built)
+        return built
+
+    def _settle(
+        self,
+        run: Run,
+        built: BatchReport,
+        mirror: _Mirror,
+        recorder: fingerprint.Recorder,
+    ) -> BatchReport:
+        """Mirror the final states not yet mirrored (the mirror wrote what the progress
+        stream said, and the report may have failed a member for an undeclared write
+        since), then check that store and files agree with the report."""
+        written = mirror.written
+        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        by_seq = {r.seq: r for r in built.results}
+        for seq, res in by_seq.items():
+            if written.get(seq) is not res.result:
+                changes[seq] = _final_change(res, run.run_id, recorder)
+        for seq in built.missing:
+            block = BatchqBlock(
+                result=ResultState.FAILED,
+                error="no result before the batch deadline (worker lost or message lost)",
+                run_id=run.run_id,
+            )
+            changes[seq] = mark_blocked(block)
+        for skip in built.skipped:
+            block = BatchqBlock(
+                result=ResultState.CANCELLED, error=f"skipped: {skip.reason}", run_id=run.run_id
+            )
+            changes[skip.seq] = mark_pending(block)
+        if changes:
+            feature = update_subtasks(self.root, self.name, changes)
+        else:  # as the mirror's last write left it, or read
+            feature = mirror.feature or load_feature(self.root, self.name)
+        found: list[str] = []
+        if built.forced or built.missing:
+            # A complete report was built from records, which are written once and
+            # never change: only a forced one can disagree with the store (late results).
+            recorded_store = {
+                seq: r.result.value
+                for seq, r in self.store.results(run.run_id, list(by_seq) + built.missing).items()
+            }
+            found += report.discrepancies(built, recorded_store, source="store")
+            for late in self.store.late_reports(run.run_id, built.batch):
+                found.append(f"a report arrived after the forced report: {late.status.value}")
+        files = {
+            s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
+        }
+        found += report.discrepancies(built, files, source="files")
+        if found:
+            built = built.model_copy(update={"discrepancies": [*built.discrepancies, *found]})
+            self.store.overwrite_report(built)
+        self._save(built)
+        return built
+
+    def _save(self, built: BatchReport) -> None:
+        folder = layout.reports_dir(feature_dir(self.root, self.name))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            folder / f"{built.run_id}-{built.batch:03d}.json",
+            built.model_dump_json(indent=2) + "\n",
+            durable=False,
+        )
+
+
+def _renumbered(plan: Plan, offset: int) -> Plan:
+    """A later flow pass's plan, numbered after the batches already reported."""
+    if not offset:
+        return plan
+    batches = [
+        b.model_copy(
+            update={
+                "number": b.number + offset,
+                "after": None if b.after is None else b.after + offset,
+            }
+        )
+        for b in plan.batches
+    ]
+    return plan.model_copy(update={"batches": batches})
+
+
+def _timestamp(iso: str) -> str:
+    """Worker timestamps in the format the task files already use."""
+    try:
+        return utc_timestamp(datetime.fromisoformat(iso))
+    except ValueError:
+        return utc_timestamp()
+
+
+def _final_change(
+    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder
+) -> Callable[[dict[str, Any]], None]:
+    block = BatchqBlock(
+        result=res.result,
+        error=res.error,
+        attempts=res.attempts,
+        run_id=run_id,
+        log=res.log_path,
+    )
+    if res.result is ResultState.COMPLETED:
+        block = recorder.stamp(res.seq, block)
+    finished = utc_timestamp(res.finished_at or datetime.now(UTC))
+    if res.result is ResultState.COMPLETED:
+        return mark_completed(res.summary or res.title, finished, block)
+    if res.result is ResultState.CANCELLED:
+        return mark_pending(block)
+    return mark_blocked(block)
+
+
+def _rerun_changes(
+    feature: Feature, found: Collection[str]
+) -> dict[str, Callable[[dict[str, Any]], None]]:
+    """Back to pending for a rerun; the stale fingerprint goes, so a subtask completed
+    by hand afterwards is not mistaken for one batchq completed from these inputs."""
+    by_seq = feature.by_seq()
+    changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+    for seq in found:
+        block = by_seq[seq].batchq
+        if block is not None:
+            block = block.model_copy(update={"fingerprint": None, "inputs": None, "outputs": None})
+        changes[seq] = mark_pending(block)
+    return changes
+
+
+_STATUS_FOR = {
+    ResultState.COMPLETED: SubtaskStatus.COMPLETED,
+    ResultState.FAILED: SubtaskStatus.BLOCKED,
+    ResultState.TIMED_OUT: SubtaskStatus.BLOCKED,
+    ResultState.CANCELLED: SubtaskStatus.PENDING,
+}
+
+
+def _file_result(status: SubtaskStatus, block: BatchqBlock | None) -> str:
+    """What a subtask file says the last result was, for the discrepancy check: the
+    ``batchq`` block's result, or the raw status when the two disagree."""
+    if block is None:
+        return f"status {status.value}"
+    if _STATUS_FOR[block.result] is not status:
+        return f"{block.result.value} with status {status.value}"
+    return block.result.value
+
+
+def saved_reports(feature: Feature) -> list[BatchReport]:
+    """Reports kept in ``.batchq/reports/``, oldest first (outlive an embedded run)."""
+    folder = layout.reports_dir(feature.path)
+    if not folder.is_dir():
+        raise UsageError(f"no reports for {feature.name} yet: run `batchq run {feature.name}`")
+    return [
+        BatchReport.model_validate_json(p.read_text(encoding="utf-8"))
+        for p in sorted(folder.glob("*.json"))
+    ]

@@ -1,0 +1,382 @@
+"""A planned batch becomes messages (:mod:`batchq.transport.publish` sends them), then one report.
+
+Waiting never uses ``AsyncResult.get()`` (TRAPS: it subscribes per task and dominates
+big chords); the producer reads the run's progress stream in Redis instead, which
+also gives it the stall deadline: no event and no live claim for ``stall_s`` seconds,
+or past the hard cap, yields a forced report naming the members that never reported.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from batchq import layout
+from batchq.agents.registry import agent_for
+from batchq.core import chunks, report
+from batchq.core.blame import Window
+from batchq.errors import BrokerUnavailable, PolicyError
+from batchq.models import (
+    BatchReport,
+    FailurePolicy,
+    Feature,
+    NextStep,
+    PlannedBatch,
+    Run,
+    RunMode,
+    Subtask,
+    WriteCheck,
+    feature_key,
+)
+from batchq.protocol import CancelMode, EventKind
+from batchq.settings import Settings
+from batchq.store.state import CONNECTION_ERRORS, Event, StateStore
+from batchq.transport.app import (
+    max_subtask_budget_s,
+)
+from batchq.transport.publish import chunk_signature, publish_batch, signature
+
+__all__ = [
+    "Submission",
+    "budget_s",
+    "check_agents",
+    "follow",
+    "new_run",
+    "report_from_store",
+    "submit",
+    "wait",
+    "weights",
+]
+
+EventHandler = Callable[[list[Event]], None]
+"""Called with each new slice of the batch's events, and with none at least every
+second, so a handler can do periodic work (the orchestrator's coalesced mirroring)."""
+OUTAGE_POLL_S = 0.5
+RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
+"""What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
+``step`` (flow mode) finds the broker down past kombu's own retries."""
+T = TypeVar("T")
+
+
+@dataclass
+class Submission:
+    run: Run
+    batch: PlannedBatch
+    expected: list[str]
+    next_batch: PlannedBatch | None
+    submitted_at: datetime
+    stream_from: str
+    hard_cap_s: float
+    titles: dict[str, str] = field(default_factory=dict)
+    declared: dict[str, list[str]] | None = None
+
+
+def budget_s(sub: Subtask, settings: Settings) -> float:
+    retries = sub.execution.retries if sub.execution else 0
+    return sub.timeout_s * (retries + 1) + settings.retry_backoff_max_s * retries
+
+
+def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, str]:
+    """Refuse, before anything is enqueued, an unknown agent, a disallowed command or
+    module, or a timeout the broker's visibility timeout cannot cover."""
+    agents: dict[str, str] = {}
+    limit = max_subtask_budget_s(settings)
+    for sub in subtasks:
+        agents[sub.seq] = agent_for(sub, settings).name
+        if budget_s(sub, settings) > limit:
+            raise PolicyError(
+                sub.seq,
+                f"subtask {sub.seq}: execution.timeout_s: {sub.timeout_s:g}s with its retries "
+                f"needs {budget_s(sub, settings):g}s, over the {limit:g}s the broker's "
+                "visibility timeout allows; raise BATCHQ_VISIBILITY_TIMEOUT_S or lower it",
+            )
+    return agents
+
+
+def new_run(
+    store: StateStore,
+    feature: Feature,
+    policy: FailurePolicy,
+    context: str = "",
+    mode: RunMode = RunMode.BATCH,
+    write_check: WriteCheck = WriteCheck.WARN,
+) -> Run:
+    """Create a run: its token file in the workspace and its record and context in Redis
+    (``mode`` is recorded so ``watch`` knows whether batches overlap)."""
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+    token = secrets.token_hex(16)
+    fkey = feature_key(feature.name, feature.root)
+    token_file = layout.token_file(feature.path, run_id)
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    # A new name no one reads before the first message is published: no temp file.
+    token_file.write_text(token + "\n", encoding="utf-8")
+    callables = sorted(
+        {s.execution.callable_ for s in feature.subtasks if s.execution and s.execution.callable_}
+    )
+    learned = store.create_run(
+        run_id,
+        {
+            "feature": feature.name,
+            "feature_key": fkey,
+            "root": str(feature.root),
+            "policy": policy.value,
+            "mode": mode.value,
+            "write_check": write_check.value,
+            "created_at": datetime.now(UTC).isoformat(),
+        },
+        context,
+        callables,
+    )
+    return Run(
+        run_id,
+        feature.name,
+        fkey,
+        feature.root,
+        token,
+        policy,
+        learned.durations,
+        write_check,
+        learned.callables,
+    )
+
+
+def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
+    """Each member's expected duration: its ``estimate_s``, else the last measured
+    one, else 0 (unknown). Both modes order simultaneously ready work by it."""
+
+    def weight(sub: Subtask) -> float:
+        if sub.execution and sub.execution.estimate_s is not None:
+            return sub.execution.estimate_s
+        return learned.get(sub.seq, 0.0)
+
+    return {sub.seq: weight(sub) for sub in members}
+
+
+def declared_of(members: Sequence[Subtask], write_check: WriteCheck) -> dict[str, list[str]] | None:
+    """Each member's deliverables, for the blame of undeclared writes (None when off)."""
+    if write_check is WriteCheck.OFF:
+        return None
+    return {sub.seq: list(sub.deliverables) for sub in members}
+
+
+def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
+    """Longest first when durations are known (estimate or learned): with prefetch 1
+    the publish order is the dispatch order, and LPT shortens the makespan."""
+    known = weights(members, learned)
+    return sorted(members, key=lambda s: (-known[s.seq], s.number))
+
+
+def submit(
+    app: Celery,
+    store: StateStore,
+    run: Run,
+    feature: Feature,
+    batch: PlannedBatch,
+    next_batch: PlannedBatch | None,
+    settings: Settings,
+) -> Submission:
+    """Publish one batch: a chord for two or more members, a single task for one."""
+    by_seq = feature.by_seq()
+    members = [by_seq[seq] for seq in batch.seqs]
+    agents = check_agents(members, settings)
+    members = _order(members, run.learned)
+    declared = declared_of(members, run.write_check)
+    stream_from = store.start_batch(
+        run.run_id,
+        batch.number,
+        batch.seqs,
+        run.policy.value,
+        next_batch.model_dump_json() if next_batch else None,
+        declared,
+        run.write_check.value,
+    )
+    submitted_at = datetime.now(UTC)
+    known = weights(members, run.learned)
+    groups = chunks.plan(
+        members,
+        agents,
+        known,
+        lambda sub: budget_s(sub, settings),
+        max_subtask_budget_s(settings),
+        settings.chunk_max,
+        chunks.tiny(members, agents, known, run.callable_s),
+    )
+    signatures = [
+        signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy)
+        if len(group) == 1
+        else chunk_signature(app, run, group, batch.number, run.policy)
+        for group in groups
+    ]
+    publish_batch(app, signatures, run, batch, submitted_at)
+    hard_cap = sum(budget_s(s, settings) for s in members) + settings.stall_s
+    return Submission(
+        run=run,
+        batch=batch,
+        expected=list(batch.seqs),
+        next_batch=next_batch,
+        submitted_at=submitted_at,
+        stream_from=stream_from,
+        hard_cap_s=hard_cap,
+        titles={s.seq: s.title for s in members},
+        declared=declared,
+    )
+
+
+def report_from_store(
+    store: StateStore,
+    sub: Submission,
+    forced_reason: str | None = None,
+    skipped: Mapping[str, str] | None = None,
+    next_if_ok: NextStep | None = None,
+    others: Sequence[Window] = (),
+) -> BatchReport:
+    """Build and store the report from the recorded results: the batch-of-one path,
+    and the deadline path (``forced_reason``), which also stops members not yet
+    started. The report stored first wins; a later one is kept as ``late``."""
+    run = sub.run
+    if forced_reason is not None:
+        store.cancel(run.run_id, sub.batch.number, CancelMode.GRACEFUL)
+    results = store.results(run.run_id, sub.expected)
+    built = report.build(
+        feature=run.feature,
+        run_id=run.run_id,
+        batch=sub.batch.number,
+        results=list(results.values()),
+        expected=sub.expected,
+        next_batch=sub.next_batch,
+        submitted_at=sub.submitted_at,
+        finished_at=datetime.now(UTC),
+        forced=forced_reason is not None,
+        discrepancies=[forced_reason] if forced_reason else [],
+        skipped=skipped,
+        declared=sub.declared,
+        write_check=run.write_check,
+        others=others,
+    )
+    if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
+        built = built.model_copy(update={"next": next_if_ok})
+    store.amend_results(report.amended(built, results))
+    if store.store_report(built, run.feature_key):
+        return built
+    return store.report(run.run_id, sub.batch.number) or built
+
+
+def wait(
+    store: StateStore,
+    sub: Submission,
+    settings: Settings,
+    on_event: EventHandler | None = None,
+) -> BatchReport:
+    """Block until the batch's report exists, forcing one at the stall deadline.
+
+    The report is built here as soon as every member's result is recorded, which
+    spares a batch the latency of the chord callback's own dispatch; whichever of
+    the two stores it first wins, and they build it from the same records.
+    """
+    run, n = sub.run, sub.batch.number
+    waiting = set(sub.expected)
+
+    def step(mine: list[Event]) -> BatchReport | None:
+        if on_event is not None:  # also called empty: a tick for periodic work
+            on_event(mine)
+        for event in mine:
+            if event.kind in (EventKind.BATCH_REPORTED, EventKind.BATCH_FORCED):
+                stored = store.report(run.run_id, n)
+                if stored is not None:
+                    return stored
+            if event.kind == EventKind.FINISHED:
+                waiting.discard(event.seq)
+                if not waiting:  # every member recorded: no need to wait for
+                    return report_from_store(store, sub)  # the chord callback hop
+        return None
+
+    return follow(
+        store,
+        run.run_id,
+        sub.stream_from,
+        settings,
+        hard_cap_s=sub.hard_cap_s,
+        mine=lambda event: event.batch == n,
+        step=step,
+        in_flight=lambda: sub.expected,
+        give_up=lambda reason: report_from_store(
+            store, sub, reason or _stall_reason(store, sub, settings)
+        ),
+    )
+
+
+def follow(
+    store: StateStore,
+    run_id: str,
+    after: str,
+    settings: Settings,
+    *,
+    hard_cap_s: float,
+    mine: Callable[[Event], bool],
+    step: Callable[[list[Event]], T | None],
+    in_flight: Callable[[], Sequence[str]],
+    give_up: Callable[[str | None], T],
+) -> T:
+    """Read the run's progress stream after ``after`` until ``step`` returns a value.
+
+    ``step`` gets the events ``mine`` selects (and an empty list at least every
+    second). No such event and no live claim among ``in_flight()`` for ``stall_s``
+    seconds calls ``give_up(None)`` (a stall); past ``hard_cap_s`` it calls
+    ``give_up`` with the reason. Both batch mode and flow mode wait here.
+
+    A Redis blip (restart, failover, network) is ridden out: the loop retries until
+    Redis answers again (``step`` sees the same events again, so it must tolerate
+    repeats), and gives up with :class:`BrokerUnavailable` (exit 3) only when Redis
+    stays unreachable for ``stall_s``.
+    """
+    start = last_progress = time.monotonic()
+    outage_since: float | None = None
+    while True:
+        try:
+            events = store.events(run_id, after, block_ms=1000)
+            outage_since = None
+            selected = [e for e in events if mine(e)]
+            if selected:
+                last_progress = time.monotonic()
+            done = step(selected)
+            if done is not None:
+                return done
+            if events:  # only once handled: a blip above rereads them
+                after = events[-1].id
+            now = time.monotonic()
+            if now - last_progress >= settings.stall_s:
+                if store.live_claims(run_id, in_flight()):
+                    last_progress = now
+                else:
+                    return give_up(None)
+            if now - start >= hard_cap_s:
+                return give_up(f"hard deadline of {hard_cap_s:g}s passed")
+        except RIDE_OUT as exc:
+            now = time.monotonic()
+            outage_since = outage_since if outage_since is not None else now
+            if now - outage_since >= settings.stall_s:
+                raise BrokerUnavailable(settings.redis_url or "", str(exc)) from exc
+            time.sleep(OUTAGE_POLL_S)
+
+
+def _stall_reason(store: StateStore, sub: Submission, settings: Settings) -> str:
+    run = sub.run
+    silent = [s for s in sub.expected if store.result(run.run_id, s) is None]
+    reason = (
+        f"stalled: no progress for {settings.stall_s:g}s; "
+        f"never reported: {', '.join(silent) or 'none'}"
+    )
+    if not store.run_info(run.run_id):
+        # The run's record never expires before the run ends: Redis lost its data.
+        reason += (
+            "; the run's state is gone from Redis (restarted without persistence?), "
+            "so queued messages and results were lost"
+        )
+    return reason
