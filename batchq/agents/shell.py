@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
-from batchq.agents.policy import agent_env, check_env, check_line, check_verify
+from batchq.agents.policy import agent_env, check_env, check_line, check_verify, shell_command
 from batchq.agents.process import ProcessResult, last_line, run_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
@@ -55,8 +55,9 @@ StopCheck = Callable[[], bool]
 
 
 class ShellAgent(Agent):
-    """Runs ``execution.command`` with ``bash -c`` in the workspace (the feature's
-    root), under the allow-list; see the module docstring for the rules."""
+    """Runs ``execution.command`` in the workspace (the feature's root), under the
+    allow-list: one simple command of literal words runs as an argv, anything else
+    with ``bash -c``."""
 
     kind: ClassVar[str] = "shell"
 
@@ -89,7 +90,7 @@ class ShellAgent(Agent):
         if context_file is not None:
             extra["BATCHQ_CONTEXT_FILE"] = str(context_file)
         result = run_process(
-            sub.execution.command,
+            shell_command(sub.execution.command),
             cwd=delegation.workspace,
             env=agent_env(delegation, extra=extra),
             timeout_s=delegation.timeout_s,

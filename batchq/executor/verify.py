@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchq.agents.base import Delegation
-from batchq.agents.policy import agent_env, check_verify
+from batchq.agents.policy import agent_env, check_verify, shell_command
 from batchq.agents.process import ProcessResult, last_line, run_process
 from batchq.core.paths import PathError, normalise
 from batchq.models import DeliverableCheck, Subtask
@@ -74,7 +74,7 @@ def run_verify(
         with log_path.open("a", encoding="utf-8") as handle:
             handle.write(f"\n[batchq] verify: {line}\n")
     return run_process(
-        line,
+        shell_command(line),
         cwd=workspace,
         env=env,
         timeout_s=timeout_s,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from batchq.agents import Delegation, agent_for
-from batchq.agents.policy import agent_env, check_line, split_commands
+from batchq.agents.policy import agent_env, check_line
 from batchq.agents.process import run_process
 from batchq.agents.shell import ShellAgent
 from batchq.errors import PolicyError
@@ -69,40 +69,6 @@ def wait_group_reaped(pgid: int) -> None:
     os.killpg(pgid, 0)
 
 
-# --- splitting -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("line", "commands"),
-    [
-        ("echo hi", ["echo hi"]),
-        ("echo a; rm -rf x", ["echo a", "rm -rf x"]),
-        ("echo a && rm x || true", ["echo a", "rm x", "true"]),
-        ("echo a | sh", ["echo a", "sh"]),
-        ("echo a |& tee f", ["echo a", "tee f"]),
-        ("sleep 1 & echo b", ["sleep 1", "echo b"]),
-        ("echo a\nrm x", ["echo a", "rm x"]),
-        ("echo 'a; rm x' \"b && c\"", ["echo 'a; rm x' \"b && c\""]),
-        ("echo a\\;b", ["echo a\\;b"]),
-        ("make 2>&1 >log; ls &>out; cat <&3", ["make 2>&1 >log", "ls &>out", "cat <&3"]),
-        ("echo a >| f", ["echo a >| f"]),
-        ("echo a # b; rm x\necho c", ["echo a", "echo c"]),
-        ("echo a#b; ls", ["echo a#b", "ls"]),
-        ("cat <<< 'x'", ["cat <<< 'x'"]),
-    ],
-)
-def test_split_cuts_a_line_into_simple_commands_like_bash(line: str, commands: list[str]) -> None:
-    assert split_commands(line).commands == commands
-
-
-def test_an_escaped_space_before_hash_does_not_hide_the_rest_of_the_line() -> None:
-    assert split_commands("echo a\\ #; rm -rf x").commands == ["echo a\\ #", "rm -rf x"]
-
-
-def test_an_escaped_redirection_sign_does_not_glue_a_background_command() -> None:
-    assert split_commands("echo a\\>& rm -rf x").commands == ["echo a\\>", "rm -rf x"]
-
-
 # --- the allow-list ----------------------------------------------------------------
 
 
@@ -130,10 +96,7 @@ def test_allowed_lines_pass(line: str) -> None:
         ("echo a && rm x", "rm x"),
         ("echo a || rm x", "rm x"),
         ("echo a | sh", "sh"),
-        ("echo a & rm x", "rm x"),
         ("echo a\nrm x", "rm x"),
-        ("FOO=1", "FOO=1"),
-        ("(echo a)", "(echo a)"),
     ],
 )
 def test_every_simple_command_must_match_a_pattern(line: str, segment: str) -> None:
@@ -147,12 +110,31 @@ def test_every_simple_command_must_match_a_pattern(line: str, segment: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("line", "construct"),
+    [
+        ("echo a & rm x", "a background '&'"),
+        ("FOO=1", "the bare assignment 'FOO=1'"),
+        ("(echo a)", "a subshell"),
+        ("echo () ( touch X ); echo hi", "function"),
+    ],
+)
+def test_constructs_outside_the_grammar_are_refused_by_name(line: str, construct: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        shell("echo *").check(make_subtask(command=line))
+    assert construct in str(info.value)
+    assert str(info.value).endswith("(patterns: 'echo *')")
+
+
+def test_a_single_quoted_substitution_is_data() -> None:
+    shell("echo *").check(make_subtask(command="echo '$(rm x)'"))
+
+
+@pytest.mark.parametrize(
     "line",
     [
         "echo $(rm x)",
         "echo `rm x`",
         'echo "$(rm x)"',
-        "echo '$(rm x)'",
         "echo $\\(rm x\\)",
         "cat <(rm x)",
         "echo a > >(sh)",
@@ -161,7 +143,7 @@ def test_every_simple_command_must_match_a_pattern(line: str, segment: str) -> N
     ],
 )
 def test_substitution_is_refused_unless_everything_is_allowed(line: str) -> None:
-    with pytest.raises(PolicyError, match="refused unless the shell allow-list is exactly"):
+    with pytest.raises(PolicyError, match="refused"):
         shell("echo *", "cat *").check(make_subtask(command=line))
     shell("*").check(make_subtask(command=line))
 
@@ -177,7 +159,7 @@ def test_a_missing_command_is_refused() -> None:
 
 
 def test_an_unterminated_quote_is_refused() -> None:
-    with pytest.raises(PolicyError, match="unterminated ' quote"):
+    with pytest.raises(PolicyError, match="cannot be parsed as bash"):
         shell("echo *").check(make_subtask(command="echo 'a; rm x"))
 
 
@@ -192,7 +174,10 @@ def test_the_allow_list_is_read_from_the_agents_table_too() -> None:
     "name", ["PATH", "LD_PRELOAD", "PYTHONPATH", "BASH_ENV", "BASH_FUNC_echo%%"]
 )
 def test_env_may_not_set_variables_that_change_what_runs(name: str) -> None:
-    with pytest.raises(PolicyError, match=f"execution.env: may not set {re.escape(name)}"):
+    shown = re.escape(name)
+    with pytest.raises(
+        PolicyError, match=f"execution.env: (may not set {shown}|'{shown}' is not a variable name)"
+    ):
         shell("*").check(make_subtask(command="echo hi", env={name: "/tmp/evil"}))
 
 

@@ -176,12 +176,12 @@ def test_the_pattern_sees_the_command_without_assignments_with_redirections() ->
     check_line("1", "f", "mkdir d && cp a b 2>&1", ["mkdir d", "cp a b 2>&1"])
 
 
-def test_star_allows_anything_that_parses_but_not_nul() -> None:
-    for line in [*BYPASSES[:20], "echo hi\r#;touch X"]:
+def test_star_allows_anything_but_nul() -> None:
+    # With "*" bash itself judges the syntax: tree-sitter does not parse every valid line.
+    for line in [*BYPASSES[:20], "echo hi\r#;touch X", "echo 'x", "echo $\\(rm x\\)"]:
         if "\x00" not in line:
             check_line("1", "f", line, ["*"])
     assert "NUL" in refusal("echo a\x00b", ["*"])
-    assert "cannot be parsed" in refusal("echo 'x", ["*"])
 
 
 def run_bash(line: str, cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -268,22 +268,22 @@ def bash_words(line: str, cwd: Path) -> list[str] | None:
 
 
 ARGV_LINES = [
-    "echo hi",
+    "ls hi",
     "cp 'a b' c",
-    "echo \"a b\" 'c d' e\\ f",
-    'echo "a\\"b" "a\\\\b" "a\\$b" "a\\`b" "a\\xb"',
-    "echo a'b'\"c\"d",
-    "echo \\' \\\" \\\\ \\a",
-    "echo '' \"\"",
-    "echo 'it''s'",
-    "echo a=b -x --y=z",
-    "echo a#b",
-    "echo '$HOME' \"\\$HOME\"",
-    "echo é 'ü'",
-    "echo 1 22 0x1",
+    "ls \"a b\" 'c d' e\\ f",
+    'ls "a\\"b" "a\\\\b" "a\\$b" "a\\`b" "a\\xb"',
+    "ls a'b'\"c\"d",
+    "ls \\' \\\" \\\\ \\a",
+    "ls '' \"\"",
+    "ls 'it''s'",
+    "ls a=b -x --y=z",
+    "ls a#b",
+    "ls '$HOME' \"\\$HOME\"",
+    "ls é 'ü'",
+    "ls 1 22 0x1",
     "python -c 'print(1)'",
-    "echo '\\'",
-    "echo \t tab",
+    "ls '\\'",
+    "ls \t tab",
 ]
 
 
@@ -321,6 +321,14 @@ def test_simple_argv_is_none_unless_one_plain_literal_command(line: str) -> None
     assert simple_argv(line) is None
 
 
+@pytest.mark.parametrize(
+    "line", ["exit 75", "echo hi", "cd out", "true", "export A=1", "test -f x"]
+)
+def test_simple_argv_leaves_builtins_to_bash(line: str) -> None:
+    """Without a shell another program (or none) would run instead of the builtin."""
+    assert simple_argv(line) is None
+
+
 WORD_PIECES = st.sampled_from(
     ["a", "b", " ", "\t", "'", '"', "\\", "$", "=", "-", "#", "x y", "é", "*", "~", "{", ","]
 )
@@ -331,7 +339,7 @@ WORD_PIECES = st.sampled_from(
 )
 @given(tail=st.lists(WORD_PIECES, min_size=1, max_size=10).map("".join))
 def test_simple_argv_agrees_with_bash_word_splitting(tail: str, tmp_path: Path) -> None:
-    line = "echo " + tail
+    line = "ls " + tail
     argv = simple_argv(line)
     if argv is not None:
         assert argv == bash_words(line, tmp_path), line
