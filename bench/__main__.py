@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import p1_fanout, p2_latency, p3_makespan, p4_flow
+from bench import p1_fanout, p2_latency, p3_makespan, p4_flow, p5_overhead
 from bench.common import REPO, Stats
 
 
@@ -66,6 +66,7 @@ def render(
     p3: dict[str, Any] | None,
     reps: int,
     p4: dict[int, dict[str, float]] | None = None,
+    p5: dict[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -142,7 +143,9 @@ def render(
         ]
     if p4:
         lines += _p4_section(p4)
-    lines += _goals(p1, p2, p3, p4)
+    if p5:
+        lines += _p5_section(p5)
+    lines += _goals(p1, p2, p3, p4, p5)
     return "\n".join(lines) + "\n"
 
 
@@ -170,11 +173,32 @@ def _p4_section(p4: dict[int, dict[str, float]]) -> list[str]:
     return [*lines, ""]
 
 
+def _p5_section(p5: dict[str, Any]) -> list[str]:
+    lines = [
+        "## P5 per-subtask overhead (batches of 64 trivial subtasks, 1 worker × 2 prefork)",
+        "",
+        "Slot time = the worker's recorded claim-to-result time of each subtask (agent "
+        "process, write check, verify). Shell: `true` and `touch oNN`; CLI: a fake "
+        "coding-agent script on PATH.",
+        "",
+        "| case | p50 | p95 | subtasks | goal p50 |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in p5.items():
+        s, goal = row["stats"], row["case"].goal_ms
+        lines.append(
+            f"| {label} | {s.median * 1000:.1f} ms | {s.pct(95) * 1000:.1f} ms | "
+            f"{len(s.values)} | {'✅' if s.median * 1000 <= goal else '❌'} ≤ {goal:.0f} ms |"
+        )
+    return [*lines, ""]
+
+
 def _goals(
     p1: dict[str, Any] | None,
     p2: dict[str, Any] | None,
     p3: dict[str, Any] | None,
     p4: dict[int, dict[str, float]] | None = None,
+    p5: dict[str, Any] | None = None,
 ) -> list[str]:
     """The goals of issue 7, each with its measured figure and whether it is met."""
     out = ["## Goals", ""]
@@ -210,13 +234,25 @@ def _goals(
     if p4:
         worst = max(r["flow"] / r["ideal_flow"] for r in p4.values())
         goal("P4 flow within 1.10 × simulated ideal on every seed (worst seed)", worst, 1.10)
+    if p5:
+        groups: dict[str, tuple[float, float]] = {}
+        for row in p5.values():
+            case = row["case"]
+            name = f"P5 {case.agent} {'with' if case.verify else 'without'} verify"
+            worst_ms = max(groups.get(name, (0.0, 0.0))[0], row["stats"].median * 1000)
+            groups[name] = (worst_ms, case.goal_ms)
+        for name, (worst_ms, goal_ms) in groups.items():
+            out.append(
+                f"- {'✅' if worst_ms <= goal_ms else '❌'} {name}, worst p50 slot time over "
+                f"write check × workspace: {worst_ms:.1f} ms (goal ≤ {goal_ms:.0f} ms)"
+            )
     return [*out, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes; figures meaningless")
-    parser.add_argument("--only", default="p1,p2,p3,p4")
+    parser.add_argument("--only", default="p1,p2,p3,p4,p5")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -228,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (batchq's durable task-file writes) then waits for.
     if "p2" in only:
         p2 = p2_latency.main(["--runs", "3" if args.quick else "50"])
+    p5 = None
+    if "p5" in only:  # before P1 too: it syncs small task files
+        p5 = p5_overhead.main(["--n", "4", "--reps", "1"] if args.quick else [])
     if "p1" in only:
         sizes = "5,20" if args.quick else "500,2000,5000"
         p1 = p1_fanout.main(["--sizes", sizes, "--reps", str(reps)])
@@ -236,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p4 = None
     if "p4" in only:
         p4 = p4_flow.main(["--n", "10", "--seeds", "1", "--scale", "0.05"] if args.quick else [])
-    text = render(p1, p2, p3, reps, p4)
+    text = render(p1, p2, p3, reps, p4, p5)
     print(text)
     if not args.quick:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -80,8 +80,10 @@ def workers(
     concurrency: int = 2,
     pool: str = "prefork",
     env: dict[str, str] | None = None,
+    queues: Sequence[str] | None = None,
 ) -> Iterator[LocalWorkers]:
-    queues = ("bare",) if app == "bench.bare" else BATCHQ_QUEUES
+    if queues is None:
+        queues = ("bare",) if app == "bench.bare" else BATCHQ_QUEUES
     base = {"BATCHQ_PYTHON_ALLOW": "bench", "BATCHQ_LOG_FORMAT": "text"}
     group = LocalWorkers(
         url,

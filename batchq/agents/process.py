@@ -10,10 +10,14 @@ from what goes wrong with subprocesses on workers (TRAPS):
   nothing outlives the subtask as an orphan holding the worker's pipes.
 - stdout and stderr are merged and streamed to the subtask's log file as they come,
   so a long run can be followed with ``tail -f``; memory keeps only a bounded tail.
-- One thread, no reader threads: a ``select`` loop reads whatever is available and
-  polls the deadline and ``should_stop`` every ``poll_s``. A grandchild that escaped
-  the group (``setsid``) and keeps the pipe open cannot hang us: after the group is
-  gone the pipe is drained for a bounded time only.
+- One thread, no reader threads: a ``select`` loop waits on the output pipe and on a
+  pidfd of the child (Linux ≥ 5.3), so it wakes the moment output arrives or the child
+  exits — a ``touch x`` holds its worker slot for the command's own time, not a poll
+  interval. Each wait ends no later than the deadline or the next ``should_stop``
+  check (at most one every ``poll_s``). Without a pidfd the child is polled: after EOF
+  with ``Popen.wait`` (a fine back-off), before it every ``_NO_PIDFD_POLL_S`` at most.
+  A grandchild that escaped the group (``setsid``) and keeps the pipe open cannot hang
+  us: after the group is gone the pipe is drained for a bounded time only.
 - The child's own failure — non-zero exit, signal, missing executable, missing
   working directory — is a :class:`ProcessResult`, never an exception. Exceptions
   raised *into* the loop (Celery's soft time limit, a failing ``should_stop``)
@@ -52,6 +56,10 @@ _READ_CHUNK = 64 * 1024
 _MAX_READS_PER_POLL = 16
 _DRAIN_S = 1.0
 _HAVE_PROC = os.path.isdir("/proc/self")
+_NO_PIDFD_POLL_S = 0.01
+"""Without a pidfd, how often a child whose pipe is still open is polled for its exit."""
+_PIDFD_OK = sys.platform.startswith("linux")
+"""Whether to try ``os.pidfd_open`` (tests turn it off to cover the fallback)."""
 SUMMARY_CHARS = 200
 
 
@@ -227,23 +235,43 @@ def _supervise(
     selector = selectors.DefaultSelector()
     selector.register(fd, selectors.EVENT_READ)
     deadline = started + timeout_s if timeout_s is not None else None
+    next_check = started  # the first should_stop check comes at once
     timed_out = cancelled = False
     finished = False
+    pidfd: int | None = None
     try:
+        # Not reaped yet, so the pid cannot have been reused: the pidfd is the child's.
+        pidfd = _open_pidfd(proc.pid)
+        if pidfd is not None:
+            selector.register(pidfd, selectors.EVENT_READ)
         eof = False
         while True:
-            if eof:
-                time.sleep(poll_s)
-            else:
-                eof = _pump(selector, fd, poll_s, tail, log)
             if proc.poll() is not None:
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 timed_out = True
                 break
-            if should_stop is not None and should_stop():
-                cancelled = True
-                break
+            if should_stop is not None and now >= next_check:
+                if should_stop():
+                    cancelled = True
+                    break
+                next_check = now + poll_s
+            wake = [deadline] if deadline is not None else []
+            if should_stop is not None:
+                wake.append(next_check)
+            if pidfd is None and not eof:
+                wake.append(now + min(poll_s, _NO_PIDFD_POLL_S))
+            wait = max(min(wake) - now, 0.0) if wake else None
+            if pidfd is None and eof:
+                # Nothing to select on: wait for the child itself.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=wait)
+            elif _pump(selector, fd, wait, tail, log):
+                eof = True
+                selector.unregister(fd)  # a pipe at EOF is always readable
+        if pidfd is not None:
+            selector.unregister(pidfd)  # readable from now on: keep it out of the drain
         _stop_group(proc, pgid, grace_s)
         if not eof:
             _drain(selector, fd, tail, log)
@@ -256,6 +284,8 @@ def _supervise(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=grace_s)
         selector.close()
+        if pidfd is not None:
+            os.close(pidfd)
         proc.stdout.close()
     duration = time.monotonic() - started
     note = ""
@@ -279,15 +309,32 @@ def _supervise(
     )
 
 
+def _open_pidfd(pid: int) -> int | None:
+    """A file descriptor that turns readable when ``pid`` exits, or None where the
+    platform has none (not Linux, a kernel before 5.3, a sandbox that forbids it)."""
+    if not _PIDFD_OK:
+        return None
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd
+
+
 def _pump(
     selector: selectors.BaseSelector,
     fd: int,
-    timeout: float,
+    timeout: float | None,
     tail: _Tail,
     log: IO[bytes] | None,
 ) -> bool:
-    """Wait up to ``timeout`` for output and consume what is there; True at EOF."""
-    if not selector.select(timeout):
+    """Wait up to ``timeout`` (None: no limit) for output or another registered event
+    (the child's exit) and consume the output there is; True at EOF."""
+    ready = selector.select(timeout)
+    if not any(key.fd == fd for key, _ in ready):
         return False
     for _ in range(_MAX_READS_PER_POLL):
         try:

@@ -30,7 +30,8 @@ def test_the_flow_references_are_computed_from_the_dag() -> None:
 def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    for heading in ("## P1", "## P2", "## P3", "## P4"):
+    for heading in ("## P1", "## P2", "## P3", "## P4", "## P5"):
         assert heading in out
     assert "speed-up" in out and "p50 ratio" in out and "second run" in out
     assert "P4 flow within 1.10" in out
+    assert "P5 shell without verify" in out and "P5 cli with verify" in out

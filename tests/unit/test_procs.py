@@ -73,22 +73,56 @@ def test_killing_a_group_leaves_no_grandchild_behind(tmp_path: Path) -> None:
     assert child not in procs.live_children()
 
 
-def test_terminate_escalates_to_sigkill_when_term_is_ignored(tmp_path: Path) -> None:
+def _record_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """The signals procs sends to groups and the sleeps it asks for, in order."""
+    events: list[tuple[str, float]] = []
+    real_signal, real_sleep = procs._signal_group, time.sleep
+
+    def signal_group(pgid: int, sig: int) -> None:
+        events.append(("signal", sig))
+        real_signal(pgid, sig)
+
+    def sleep(seconds: float) -> None:
+        events.append(("sleep", seconds))
+        real_sleep(seconds)
+
+    monkeypatch.setattr(procs, "_signal_group", signal_group)
+    monkeypatch.setattr(time, "sleep", sleep)  # procs sleeps through the time module
+    return events
+
+
+def _slept_before_kill(events: list[tuple[str, float]]) -> float:
+    """The sleeps asked for before the first SIGKILL: each lasts at least what it
+    asked for, so their sum bounds how long the TERM phase went on, without a clock."""
+    kill = events.index(("signal", signal.SIGKILL))
+    return sum(value for kind, value in events[:kill] if kind == "sleep")
+
+
+def test_terminate_escalates_to_sigkill_when_term_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ready = tmp_path / "ready"
     script = f"trap '' TERM; touch {ready}; while true; do sleep 0.05; done"
     child = procs.spawn(["bash", "-c", script], tmp_path / "log")
     _wait_for(ready.exists)
-    started = time.monotonic()
+    events = _record_events(monkeypatch)
     assert child.terminate(grace_s=0.3) == -signal.SIGKILL
-    assert time.monotonic() - started < 3.0
+    assert events[0] == ("signal", signal.SIGTERM)
+    # The grace ends the TERM phase: at most one poll interval past it.
+    assert _slept_before_kill(events) <= 0.3 + procs._POLL_S + 1e-9
     assert not child.group_alive()
 
 
-def test_terminate_returns_early_when_the_group_exits_on_term(tmp_path: Path) -> None:
+@pytest.mark.timeout(30)
+def test_terminate_returns_early_when_the_group_exits_on_term(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     child = procs.spawn(["sleep", "60"], tmp_path / "log")
-    started = time.monotonic()
-    assert child.terminate(grace_s=10.0) == -signal.SIGTERM
-    assert time.monotonic() - started < 2.0
+    events = _record_events(monkeypatch)
+    # An hour's grace: waiting it out would blow the test's timeout.
+    assert child.terminate(grace_s=3600.0) == -signal.SIGTERM
+    assert events[0] == ("signal", signal.SIGTERM)
+    assert _slept_before_kill(events) < 3600.0
 
 
 def test_leader_only_term_spares_the_rest_of_the_group_until_the_leader_is_done(
