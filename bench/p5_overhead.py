@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchq.app import agent_queue
+from batchq.protocol import agent_queue
 from bench.common import BATCHQ_QUEUES, BatchqClient, Stats, redis, tmpdir, workers, write_feature
 
 CLI_AGENT = "FakeCoder"
