@@ -1,0 +1,432 @@
+"""Run agent processes inside a bubblewrap (``bwrap``) sandbox.
+
+The shell allow-list is a guardrail, not a boundary: an allowed ``cp`` can copy
+``/proc/$PPID/environ`` (the worker's environment block, Redis password included) into
+the workspace, and any agent can rewrite ``batchq.toml``, ``.git/hooks/`` or
+``.tmp/tasks/`` to widen its own policy for the next run. A :class:`Sandbox` turns an
+argv into a ``bwrap`` argv in which
+
+- the whole file system is read-only (``--ro-bind / /``) except the workspace, the
+  extra writable folders the caller names (a per-subtask tmp dir, a log dir) and a
+  fresh ``/tmp`` (``--tmpfs``, so the worker's own ``/tmp`` — the embedded Redis socket
+  lives there — is out of sight);
+- the protected paths of the workspace (``batchq.toml``, ``.tmp/tasks``, ``.git``) are
+  bound read-only over themselves, so a writable workspace still cannot change them;
+- a new PID namespace gets its own ``/proc``: the worker's processes, and so their
+  ``environ``, do not exist in there;
+- the environment is an explicit, reduced one (:func:`reduced_env`), set with
+  ``--clearenv``/``--setenv`` *and* used as bwrap's own environment (see below);
+- IPC, UTS and, unless ``network`` is True, the network are unshared; as root every
+  capability is dropped.
+
+Pitfalls this module was written against (each is tested in
+``tests/unit/test_sandbox.py``):
+
+- ``--clearenv`` is not enough. With ``--unshare-pid`` bwrap forks a reaper that is
+  PID 1 inside the sandbox, and ``/proc/1/environ`` shows bwrap's *own* environment
+  block — whatever the caller passed to ``run_process``. Run bwrap with the reduced
+  environment too: :meth:`Sandbox.run` does, callers of :meth:`Sandbox.wrap` must pass
+  ``env=sandbox.env``.
+- Root keeps its capabilities inside bwrap unless told otherwise: without
+  ``--cap-drop ALL`` a sandboxed ``mount -o remount,rw /`` makes the host writable.
+- No ``--new-session``. ``run_process`` already starts bwrap as the leader of a new
+  session without a controlling terminal (stdin is ``/dev/null``), which is what
+  ``--new-session`` protects (TIOCSTI injection). Without it every sandboxed process
+  stays in ``run_process``'s process group: a timeout's SIGTERM reaches them all with
+  the usual grace, and the group bookkeeping sees them. On top of that the PID
+  namespace dies with bwrap (``--die-with-parent``; the kernel kills a namespace whose
+  PID 1 exits), so even a ``setsid`` escapee inside the sandbox is killed — the escape
+  the process module can only bound, not prevent, without a sandbox.
+- Mount order matters: bwrap applies mounts in argv order, later ones over earlier
+  ones. ``--tmpfs /tmp`` comes first (a workspace under ``/tmp`` would be hidden
+  otherwise), then every bind sorted by depth, so the most specific path wins: the
+  ``.git`` inside a writable workspace is read-only, a log dir inside the read-only
+  ``.tmp/tasks`` is writable again.
+- A read-only mount does not stop ``connect()`` on a Unix socket, and
+  ``--unshare-net`` does not cover sockets in the file system: name such sockets
+  (``/run/docker.sock``, an embedded Redis outside ``/tmp``) in ``hidden``.
+- A protected path that does not exist when the sandbox starts cannot be bound (bwrap
+  would create a mount point on the host): the agent could create it. The sandbox
+  remembers those (:attr:`Sandbox.absent`); :meth:`Sandbox.appeared` says which came
+  into being, for the caller to refuse the result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from batchq.agents.process import ProcessResult, run_process
+from batchq.errors import InfrastructureError, PolicyError
+
+__all__ = [
+    "BASE_ENV",
+    "DEFAULT_PROTECTED",
+    "NEVER_PASSED",
+    "Sandbox",
+    "SandboxMode",
+    "bwrap_status",
+    "reduced_env",
+    "resolve_sandbox",
+]
+
+log = logging.getLogger(__name__)
+
+
+class SandboxMode(StrEnum):
+    """``BATCHQ_SANDBOX``: how hard a worker insists on the sandbox.
+
+    ``auto`` uses it where bwrap works and warns once where it does not (a laptop
+    without bubblewrap keeps working); ``required`` refuses to run agents without it
+    (production); ``off`` never uses it (debugging, or an outer sandbox already)."""
+
+    AUTO = "auto"
+    REQUIRED = "required"
+    OFF = "off"
+
+
+DEFAULT_PROTECTED: tuple[str, ...] = ("batchq.toml", ".tmp/tasks", ".git")
+"""Workspace paths an agent must not change: batchq's configuration (the allow-lists),
+the task files (an agent could enqueue work or mark itself done) and git's folder
+(hooks and ``core.*`` settings run code for whoever uses the repository next)."""
+
+BASE_ENV: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_*",
+    "TERM",
+    "USER",
+    "LOGNAME",
+    "TZ",
+    "TMPDIR",
+    "BATCHQ_FEATURE",
+    "BATCHQ_SEQ",
+    "BATCHQ_SUBTASK_ID",
+    "BATCHQ_RUN_ID",
+    "BATCHQ_BATCH",
+    "BATCHQ_WORKSPACE",
+    "BATCHQ_LOG",
+    "BATCHQ_CONTEXT_FILE",
+    "BATCHQ_PROMPT_FILE",
+)
+"""Names (fnmatch patterns) every agent gets: what programs need to run at all, and
+what :func:`batchq.agents.shell.agent_env` sets to tell a script which subtask it is."""
+
+NEVER_PASSED: frozenset[str] = frozenset(
+    {"BATCHQ_REDIS_URL", "BATCHQ_RESULT_URL", "BATCHQ_FLOWER_PASSWORD", "BATCHQ_MCP_TOKEN"}
+)
+"""The worker's own secrets. No agent needs them, so not even ``keep`` passes them: a
+subtask's ``execution.env`` naming one must not be a way to read it."""
+
+_SECRET_PATTERNS: tuple[str, ...] = ("*PASSWORD*", "*PASSWD*", "*SECRET*", "*TOKEN*")
+
+_PROBE_ARGV: tuple[str, ...] = (
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--unshare-pid",
+    "--die-with-parent",
+    "true",
+)
+_PROBE_TIMEOUT_S = 20.0
+
+
+def _looks_secret(name: str) -> bool:
+    upper = name.upper()
+    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in _SECRET_PATTERNS)
+
+
+def reduced_env(env: Mapping[str, str], keep: Iterable[str] = ()) -> dict[str, str]:
+    """The part of ``env`` an agent gets: :data:`BASE_ENV`, plus the names in ``keep``.
+
+    ``keep`` holds the subtask's own ``execution.env`` names and the names an agent's
+    configuration lists (an API key a coding CLI needs); it may use fnmatch patterns.
+    A name that looks like a credential (``*PASSWORD*``, ``*SECRET*``, ``*TOKEN*``)
+    passes only when ``keep`` names it exactly, and :data:`NEVER_PASSED` never does.
+
+    Pass the environment *after* ``execution.env`` was applied (what
+    :func:`~batchq.agents.shell.agent_env` returns): then a name from
+    ``execution.env`` carries the subtask's own value, never the worker's."""
+    exact: set[str] = set()
+    patterns = list(BASE_ENV)
+    for name in keep:
+        if any(c in name for c in "*?["):
+            patterns.append(name)
+        else:
+            exact.add(name)
+    result: dict[str, str] = {}
+    for name, value in env.items():
+        if name in NEVER_PASSED:
+            continue
+        matched = not _looks_secret(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        if matched or name in exact:
+            result[name] = value
+    return result
+
+
+@functools.cache
+def bwrap_status() -> tuple[bool, str]:
+    """Whether bwrap can sandbox processes here, and why not when it cannot.
+
+    Being on PATH proves little: bwrap needs user namespaces (often disabled by sysctl
+    or AppArmor for unprivileged users) or root, and inside a container it may lack
+    the rights to mount ``/proc``. So this runs a real trial sandbox once per process
+    (the answer does not change while a worker runs) and caches the result."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return False, "bwrap not found on PATH (Debian/Ubuntu: apt-get install bubblewrap)"
+    try:
+        trial = subprocess.run(
+            [path, *_PROBE_ARGV],
+            env={"PATH": os.environ.get("PATH", os.defpath)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"{path} trial run did not finish within {_PROBE_TIMEOUT_S:g}s"
+    except OSError as exc:
+        return False, f"cannot run {path}: {exc.strerror or exc}"
+    if trial.returncode != 0:
+        detail = (trial.stderr or trial.stdout).decode("utf-8", "replace").strip()
+        detail = detail.splitlines()[-1] if detail else f"exit code {trial.returncode}"
+        return False, f"{path} trial run failed: {detail}"
+    return True, f"{path} works"
+
+
+def _bwrap_path() -> str:
+    return shutil.which("bwrap") or "bwrap"
+
+
+# Mount kinds, in the order they are applied when two rules name the same path: the
+# read-only and hiding rules win over a writable one.
+_RW, _RO, _HIDE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What one agent process may reach; :meth:`wrap` turns it into a bwrap argv.
+
+    Paths are absolute (:meth:`create` resolves them and checks the protected ones).
+    ``protected`` are bound read-only over themselves; ``absent`` are the protected
+    candidates that did not exist (see :meth:`appeared`); ``hidden`` are replaced by an
+    empty tmpfs (folders) or ``/dev/null`` (files)."""
+
+    workspace: Path
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    writable: tuple[Path, ...] = ()
+    protected: tuple[Path, ...] = ()
+    absent: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()
+    tmp_dir: Path | None = None
+    network: bool = False
+    bwrap: str = "bwrap"
+
+    @classmethod
+    def create(
+        cls,
+        workspace: Path,
+        *,
+        env: Mapping[str, str],
+        writable: Iterable[Path] = (),
+        protected: Iterable[str | Path] = DEFAULT_PROTECTED,
+        extra_protected: Iterable[str | Path] = (),
+        hidden: Iterable[Path] = (),
+        tmp_dir: Path | None = None,
+        network: bool = False,
+        bwrap: str | None = None,
+    ) -> Sandbox:
+        """A sandbox for ``workspace``; relative protected paths are inside it.
+
+        ``env`` is used as given (reduce it first with :func:`reduced_env`); ``TMPDIR``
+        is set to ``tmp_dir`` when there is one. A protected path that is a symlink is
+        refused with :class:`~batchq.errors.PolicyError`: the bind would protect its
+        target while the agent can still replace the link."""
+        root = Path(workspace).resolve()
+        bound: list[Path] = []
+        missing: list[Path] = []
+        for item in (*protected, *extra_protected):
+            path = Path(item) if Path(item).is_absolute() else root / item
+            if path.is_symlink():
+                raise PolicyError(
+                    str(item),
+                    f"protected path {path} is a symlink; the sandbox cannot keep it "
+                    "read-only (replace it with the real file or folder)",
+                )
+            path = path.parent.resolve() / path.name
+            target = bound if path.exists() else missing
+            if path not in target:
+                target.append(path)
+        full_env = dict(env)
+        tmp = Path(tmp_dir).resolve() if tmp_dir is not None else None
+        if tmp is not None:
+            full_env["TMPDIR"] = str(tmp)
+        return cls(
+            workspace=root,
+            env=full_env,
+            writable=tuple(dict.fromkeys(Path(p).resolve() for p in writable)),
+            protected=tuple(bound),
+            absent=tuple(missing),
+            hidden=tuple(dict.fromkeys(Path(p).resolve() for p in hidden)),
+            tmp_dir=tmp,
+            network=network,
+            bwrap=bwrap or _bwrap_path(),
+        )
+
+    def _mounts(self) -> list[str]:
+        """The bind/tmpfs options after ``/``, ``/dev``, ``/proc`` and ``/tmp``,
+        parents before children so that the most specific rule wins."""
+        rules: list[tuple[int, int, Path]] = []
+        rw = [self.workspace, *self.writable]
+        if self.tmp_dir is not None:
+            rw.append(self.tmp_dir)
+        for path in dict.fromkeys(rw):
+            rules.append((len(path.parts), _RW, path))
+        rules += [(len(path.parts), _RO, path) for path in self.protected]
+        rules += [(len(path.parts), _HIDE, path) for path in self.hidden if path.exists()]
+        args: list[str] = []
+        for _, kind, path in sorted(rules, key=lambda rule: (rule[0], rule[1])):
+            text = str(path)
+            if kind == _RW:
+                args += ["--bind", text, text]
+            elif kind == _RO:
+                args += ["--ro-bind", text, text]
+            elif path.is_dir():
+                args += ["--tmpfs", text, "--remount-ro", text]
+            else:
+                args += ["--ro-bind", "/dev/null", text]
+        return args
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """The bwrap argv that runs ``argv`` in this sandbox, in the workspace.
+
+        Run it with ``env=self.env`` (or use :meth:`run`): bwrap's own environment is
+        readable inside as ``/proc/1/environ``."""
+        if not argv:
+            raise ValueError("empty command")
+        args = [
+            self.bwrap,
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--tmpfs", "/tmp",
+            *self._mounts(),
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ]  # fmt: skip
+        if not self.network:
+            args.append("--unshare-net")
+        args.append("--die-with-parent")
+        if os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+        args += ["--chdir", str(self.workspace), "--clearenv"]
+        for name in sorted(self.env):
+            args += ["--setenv", name, self.env[name]]
+        args.append("--")
+        args += argv
+        return args
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        log_path: Path | None = None,
+        grace_s: float = 2.0,
+    ) -> ProcessResult:
+        """:func:`~batchq.agents.process.run_process` for ``command`` (a bash line
+        or an argv) in this sandbox, with bwrap itself started with :attr:`env`."""
+        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        return run_process(
+            self.wrap(argv),
+            cwd=self.workspace,
+            env=self.env,
+            timeout_s=timeout_s,
+            should_stop=should_stop,
+            log_path=log_path,
+            grace_s=grace_s,
+        )
+
+    def appeared(self) -> list[Path]:
+        """Protected paths that did not exist when the sandbox was made and do now:
+        the agent created them, and its result should not be trusted."""
+        return [path for path in self.absent if path.exists() or path.is_symlink()]
+
+
+_warned = threading.Event()
+
+
+def resolve_sandbox(
+    mode: SandboxMode | str,
+    *,
+    workspace: Path,
+    env: Mapping[str, str],
+    keep: Iterable[str] = (),
+    writable: Iterable[Path] = (),
+    tmp_dir: Path | None = None,
+    protected: Iterable[str | Path] = DEFAULT_PROTECTED,
+    extra_protected: Iterable[str | Path] = (),
+    hidden: Iterable[Path] = (),
+    network: bool = False,
+) -> Sandbox | None:
+    """The sandbox an agent runs in under ``mode``, or None to run it unsandboxed.
+
+    ``off`` gives None. ``auto`` gives a sandbox when bwrap works and otherwise None,
+    with one warning per process (a warning per subtask would drown the log).
+    ``required`` raises :class:`~batchq.errors.InfrastructureError` (exit code 3: the
+    machine, not the subtask, is at fault) when bwrap does not work.
+
+    ``env`` is reduced with :func:`reduced_env` and ``keep``; the writable folders and
+    ``tmp_dir`` are created (bwrap cannot bind what does not exist)."""
+    mode = SandboxMode(mode)
+    if mode is SandboxMode.OFF:
+        return None
+    works, reason = bwrap_status()
+    if not works:
+        if mode is SandboxMode.REQUIRED:
+            raise InfrastructureError(
+                f"BATCHQ_SANDBOX=required but the bubblewrap sandbox does not work on "
+                f"this worker: {reason}. Install bubblewrap (apt-get install bubblewrap) "
+                "and allow it to create namespaces (run the worker as root, or enable "
+                "unprivileged user namespaces), or set BATCHQ_SANDBOX=auto to run "
+                "agents unsandboxed where it is missing"
+            )
+        if not _warned.is_set():
+            _warned.set()
+            log.warning(
+                "agents run WITHOUT a sandbox: %s. They can read the worker's "
+                "environment and write anywhere it can. Set BATCHQ_SANDBOX=required to "
+                "refuse to run without one, or BATCHQ_SANDBOX=off to silence this",
+                reason,
+            )
+        return None
+    writable = [Path(p) for p in writable]
+    for path in (*writable, *([tmp_dir] if tmp_dir is not None else [])):
+        path.mkdir(parents=True, exist_ok=True)
+    return Sandbox.create(
+        workspace,
+        env=reduced_env(env, keep),
+        writable=writable,
+        protected=protected,
+        extra_protected=extra_protected,
+        hidden=hidden,
+        tmp_dir=tmp_dir,
+        network=network,
+    )
