@@ -78,6 +78,16 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
 	rm -rf .tmp/demo .tmp/broken .tmp/auth-system
 
+# Debian's bubblewrap: agents run in its sandbox (BATCHQ_SANDBOX=auto uses it where it
+# works). Needs root and apt; a no-op once bwrap is installed.
+.PHONY: sandbox-deps
+sandbox-deps:
+	@if command -v bwrap >/dev/null 2>&1; then \
+		echo "sandbox-deps: $$(command -v bwrap) is installed"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap; \
+	fi
+
 # Debian's Chromium for tests/integration/test_browser.py (Playwright drives it and never
 # downloads a browser of its own). Needs root and apt; a no-op once chromium is installed.
 .PHONY: browser-deps

@@ -44,6 +44,7 @@ __all__ = [
     "ResultState",
     "Run",
     "RunMode",
+    "SandboxMode",
     "SkippedSubtask",
     "Subtask",
     "SubtaskMessage",
@@ -54,6 +55,7 @@ __all__ = [
     "UndeclaredWrite",
     "Violation",
     "WriteCheck",
+    "agent_name",
     "feature_key",
     "seq_key",
 ]
@@ -122,6 +124,18 @@ class WriteCheck(StrEnum):
 
     WARN = "warn"
     FAIL = "fail"
+    OFF = "off"
+
+
+class SandboxMode(StrEnum):
+    """``BATCHQ_SANDBOX``: how hard a worker insists on the bubblewrap sandbox.
+
+    ``auto`` uses it where bwrap works and warns once where it does not (a laptop
+    without bubblewrap keeps working); ``required`` refuses to run agents without it
+    (production); ``off`` never uses it (debugging, or an outer sandbox already)."""
+
+    AUTO = "auto"
+    REQUIRED = "required"
     OFF = "off"
 
 
@@ -450,3 +464,15 @@ class Run:
     callable_s: Mapping[str, float] = field(default_factory=dict)
     """The longest recent duration of each python callable the feature uses (any
     feature's runs count), to tell tiny subtasks (:mod:`batchq.core.chunks`)."""
+
+
+def agent_name(subtask: Subtask) -> str:
+    """The agent a subtask asks for: ``suggested_agent``, else inferred from its
+    ``execution`` block (a command means ``shell``, a callable means ``python``)."""
+    if subtask.suggested_agent:
+        return subtask.suggested_agent
+    if subtask.execution and subtask.execution.callable_:
+        return "python"
+    if subtask.execution and subtask.execution.command:
+        return "shell"
+    return ""

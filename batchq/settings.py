@@ -23,9 +23,10 @@ from pydantic_settings import (
 
 from batchq import layout
 from batchq.errors import InputError, SpecError
-from batchq.models import WriteCheck
+from batchq.models import SandboxMode, WriteCheck
 
 __all__ = [
+    "ALWAYS_PROTECTED",
     "DEFAULT_PROTECTED",
     "SETTINGS_FILE_ENV",
     "AgentConfig",
@@ -36,7 +37,17 @@ __all__ = [
     "worker_settings",
 ]
 
-DEFAULT_PROTECTED: tuple[str, ...] = (".git/", "node_modules/", "*.env*", "*.key", "*.secret")
+ALWAYS_PROTECTED: tuple[str, ...] = (".git/", "batchq.toml", ".tmp/tasks/")
+"""Joined to every configured list: git's folder (hooks run code for whoever uses the
+repository next), batchq's settings (the allow-lists) and the task files (an agent
+could enqueue work or mark itself done). Never deliverables, never read into prompts."""
+DEFAULT_PROTECTED: tuple[str, ...] = (
+    *ALWAYS_PROTECTED,
+    "node_modules/",
+    "*.env*",
+    "*.key",
+    "*.secret",
+)
 CONFIG_FILE = layout.CONFIG_FILE
 SETTINGS_FILE_ENV = "BATCHQ_SETTINGS_FILE"
 """Set by batchq on the workers it starts itself: the path of the orchestrator's whole
@@ -51,6 +62,12 @@ class AgentConfig(BaseModel):
     command: str | None = None
     allow: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, ge=1)
+    network: bool = False
+    """Whether the agent's sandbox keeps the network (a coding CLI calling a model API
+    needs it; a build step rarely does)."""
+    env: list[str] = Field(default_factory=list)
+    """Names of worker environment variables the agent gets inside the sandbox (API
+    keys a coding CLI needs); everything else but the basics is dropped."""
 
 
 def _split(value: Any) -> Any:
@@ -95,6 +112,9 @@ class Settings(BaseSettings):
     chunk_max: int = Field(default=16, ge=1)
     """At most this many ``python`` subtasks share one message, when known tiny or in a
     big batch (:mod:`batchq.core.chunks`); 1 sends every subtask alone."""
+    sandbox: SandboxMode = SandboxMode.AUTO
+    """Agents' processes in a bubblewrap sandbox: ``auto`` where bwrap works (one
+    warning where it does not), ``required`` refuses to run without it, ``off``."""
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""
@@ -108,6 +128,11 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("protected_paths", mode="after")
+    @classmethod
+    def _always_protected(cls, value: list[str]) -> list[str]:
+        return [*value, *(p for p in ALWAYS_PROTECTED if p not in value)]
 
     @classmethod
     def settings_customise_sources(

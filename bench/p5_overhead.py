@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="", help="comma-separated agents: shell,cli")
     args = parser.parse_args(argv)
     agents = set(args.only.split(",")) if args.only else {"shell", "cli"}
-    bin_dir = tmpdir("bench-p5-bin-")
+    # Not under /tmp: the agents' sandbox hides /tmp (sockets of other programs live
+    # there), as it would hide any program installed under it.
+    here = Path(".tmp").resolve()
+    here.mkdir(exist_ok=True)
+    bin_dir = Path(tempfile.mkdtemp(prefix="bench-p5-bin-", dir=here))
     coder = bin_dir / "fake-coder"
     coder.write_text(FAKE_CODER)
     coder.chmod(0o755)

@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from batchq.agents.base import Agent, AgentOutcome, Delegation
-from batchq.agents.policy import agent_env, check_env, check_verify
-from batchq.agents.process import run_process
+from batchq.agents.policy import check_env, check_verify
 from batchq.agents.prompt import render_prompt
+from batchq.agents.sandbox import run_confined
 from batchq.agents.shell import outcome_from_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
@@ -124,13 +124,14 @@ class CliAgent(Agent):
         }
         argv = build_argv(self.template, values)
         _log_header(delegation, argv, prompt_file, prompt)
-        result = run_process(
-            argv,
-            cwd=delegation.workspace,
-            env=agent_env(delegation, extra={"BATCHQ_PROMPT_FILE": str(prompt_file)}),
-            timeout_s=delegation.timeout_s,
+        result = run_confined(
+            shlex.join(argv),
+            delegation,
+            self.settings,
+            self.name,
+            extra_env={"BATCHQ_PROMPT_FILE": str(prompt_file)},
             should_stop=should_stop,
-            log_path=delegation.log_path,
+            argv=argv,
         )
         return outcome_from_process(result, extra_log=[f"prompt: {prompt_file}"])
 

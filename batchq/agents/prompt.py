@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batchq.core.paths import PathError, is_protected, normalise
+from batchq.files.reading import NotRegular, open_regular
 from batchq.models import FileRef, Subtask
 
 __all__ = ["FILE_CAP_BYTES", "parse_line_ranges", "render_prompt"]
@@ -119,6 +120,8 @@ def _read(ref: FileRef, workspace: Path, protected: Sequence[str]) -> tuple[str 
     if path.is_dir():
         return None, "a folder: its files are not inlined"
     if not path.is_file():
+        if path.exists():  # a FIFO, device or socket: reading it could block forever
+            return None, "not read: not a regular file"
         return None, "missing: the file does not exist (yet)"
     ranges: list[tuple[int, int | None]] | None = None
     note = ""
@@ -128,11 +131,14 @@ def _read(ref: FileRef, workspace: Path, protected: Sequence[str]) -> tuple[str 
         except ValueError as exc:
             note = f"{exc}; the whole file is shown"
     try:
-        with path.open("rb") as handle:
+        # One link at most: a hard link is another name of a file, perhaps a protected one.
+        with open_regular(path, max_links=1) as handle:
             if b"\0" in handle.read(8192):
                 return None, "binary file: not included"
             handle.seek(0)
             text, capped = _collect(handle, ranges)
+    except NotRegular as exc:
+        return None, f"not read: {exc.strerror}"
     except OSError as exc:
         return None, f"not readable: {exc.strerror or exc}"
     if capped:

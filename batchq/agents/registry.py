@@ -15,7 +15,7 @@ from batchq.agents.base import Agent
 from batchq.agents.cli import CliAgent
 from batchq.agents.policy import check_verify
 from batchq.errors import PolicyError
-from batchq.models import Subtask
+from batchq.models import Subtask, agent_name
 from batchq.settings import Settings
 
 __all__ = ["agent_for", "agent_name", "registered_agents"]
@@ -33,18 +33,6 @@ def registered_agents() -> dict[str, type[Agent]]:
         if isinstance(cls, type) and issubclass(cls, Agent):
             found[ep.name] = cls
     return found
-
-
-def agent_name(subtask: Subtask) -> str:
-    """The agent a subtask asks for: ``suggested_agent``, else inferred from its
-    ``execution`` block (a command means ``shell``, a callable means ``python``)."""
-    if subtask.suggested_agent:
-        return subtask.suggested_agent
-    if subtask.execution and subtask.execution.callable_:
-        return "python"
-    if subtask.execution and subtask.execution.command:
-        return "shell"
-    return ""
 
 
 def agent_for(subtask: Subtask, settings: Settings) -> Agent:

@@ -60,13 +60,17 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from batchq.agents.base import Delegation
+from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
 from batchq.agents.process import ProcessResult, run_process
-from batchq.errors import InfrastructureError, PolicyError
+from batchq.errors import BatchqError, InfrastructureError, PolicyError
+from batchq.models import SandboxMode
+from batchq.settings import Settings
 
 __all__ = [
     "BASE_ENV",
@@ -77,21 +81,10 @@ __all__ = [
     "bwrap_status",
     "reduced_env",
     "resolve_sandbox",
+    "run_confined",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class SandboxMode(StrEnum):
-    """``BATCHQ_SANDBOX``: how hard a worker insists on the sandbox.
-
-    ``auto`` uses it where bwrap works and warns once where it does not (a laptop
-    without bubblewrap keeps working); ``required`` refuses to run agents without it
-    (production); ``off`` never uses it (debugging, or an outer sandbox already)."""
-
-    AUTO = "auto"
-    REQUIRED = "required"
-    OFF = "off"
 
 
 DEFAULT_PROTECTED: tuple[str, ...] = ("batchq.toml", ".tmp/tasks", ".git")
@@ -122,9 +115,7 @@ BASE_ENV: tuple[str, ...] = (
 """Names (fnmatch patterns) every agent gets: what programs need to run at all, and
 what :func:`batchq.agents.shell.agent_env` sets to tell a script which subtask it is."""
 
-NEVER_PASSED: frozenset[str] = frozenset(
-    {"BATCHQ_REDIS_URL", "BATCHQ_RESULT_URL", "BATCHQ_FLOWER_PASSWORD", "BATCHQ_MCP_TOKEN"}
-)
+NEVER_PASSED: frozenset[str] = frozenset(SECRET_ENV)
 """The worker's own secrets. No agent needs them, so not even ``keep`` passes them: a
 subtask's ``execution.env`` naming one must not be a way to read it."""
 
@@ -429,4 +420,86 @@ def resolve_sandbox(
         hidden=hidden,
         tmp_dir=tmp_dir,
         network=network,
+    )
+
+
+def run_confined(
+    command: str,
+    delegation: Delegation,
+    settings: Settings,
+    agent: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    argv: Sequence[str] | None = None,
+) -> ProcessResult:
+    """Run an agent's bash line (or ``argv``) for ``delegation`` the way every agent
+    process runs: in the sandbox ``settings.sandbox`` asks for, with the environment
+    reduced to what agents need (plus ``execution.env`` and ``[agents.NAME] env``),
+    the network as ``[agents.NAME] network`` says. Never raises: a sandbox that cannot
+    be set up, or a protected path the agent created, is a failed result."""
+    env = agent_env(delegation, extra=extra_env)
+    started = time.monotonic()
+    target: str | list[str] = list(argv) if argv is not None else shell_command(command)
+    run_dir = delegation.log_path.parent
+    config = settings.agents.get(agent)
+    execution = delegation.subtask.execution
+    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
+    try:
+        sandbox = resolve_sandbox(
+            settings.sandbox,
+            workspace=delegation.workspace,
+            env=env,
+            keep=keep,
+            writable=[run_dir],
+            tmp_dir=run_dir / f"{delegation.subtask.seq}.tmp",
+            network=config.network if config else False,
+        )
+    except BatchqError as exc:
+        return _refused(target, str(exc), type(exc).__name__, started)
+    if sandbox is None:
+        return run_process(
+            target,
+            cwd=delegation.workspace,
+            env=env,
+            timeout_s=delegation.timeout_s,
+            should_stop=should_stop,
+            log_path=delegation.log_path,
+        )
+    if (
+        isinstance(target, list)
+        and target
+        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
+    ):
+        # bwrap would only say "execvp: No such file": say what run_process says.
+        return _refused(
+            target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
+        )
+    result = sandbox.run(
+        target,
+        timeout_s=delegation.timeout_s,
+        should_stop=should_stop,
+        log_path=delegation.log_path,
+    )
+    created = sandbox.appeared()
+    if created and result.ok:
+        shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
+        return replace(
+            result,
+            exit_code=None,
+            error=f"created protected path(s) {shown}, which no agent may write",
+            error_type="PolicyError",
+        )
+    return result
+
+
+def _refused(target: str | list[str], reason: str, kind: str, started: float) -> ProcessResult:
+    argv = ("bash", "-c", target) if isinstance(target, str) else tuple(target)
+    return ProcessResult(
+        argv=argv,
+        exit_code=None,
+        output="",
+        error=reason,
+        error_type=kind,
+        duration_s=time.monotonic() - started,
     )

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
-from batchq.agents.policy import agent_env, check_env, check_line, check_verify, shell_command
-from batchq.agents.process import ProcessResult, last_line, run_process
+from batchq.agents.policy import check_env, check_line, check_verify
+from batchq.agents.process import ProcessResult, last_line
+from batchq.agents.sandbox import run_confined
 from batchq.errors import PolicyError
 from batchq.models import Subtask
 
@@ -89,12 +90,12 @@ class ShellAgent(Agent):
         context_file = write_context_file(delegation)
         if context_file is not None:
             extra["BATCHQ_CONTEXT_FILE"] = str(context_file)
-        result = run_process(
-            shell_command(sub.execution.command),
-            cwd=delegation.workspace,
-            env=agent_env(delegation, extra=extra),
-            timeout_s=delegation.timeout_s,
+        result = run_confined(
+            sub.execution.command,
+            delegation,
+            self.settings,
+            self.name,
+            extra_env=extra,
             should_stop=should_stop,
-            log_path=delegation.log_path,
         )
         return outcome_from_process(result)

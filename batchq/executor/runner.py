@@ -461,7 +461,7 @@ def execute(
             outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
-            verification = verify_delegation(delegation, lambda: heartbeat.terminate)
+            verification = verify_delegation(delegation, settings, lambda: heartbeat.terminate)
             checks = verification.deliverables
             if verification.failure is not None:
                 outcome.ok = False

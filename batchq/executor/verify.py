@@ -5,8 +5,8 @@ politely. So a successful run is followed by two checks, in this order:
 
 1. every deliverable exists in the workspace — a path ending in ``/`` must be a
    folder, anything else a file (:func:`verify_deliverables`);
-2. ``execution.verify``, if any, exits 0 — run with ``bash -c`` in the workspace
-   like a shell agent's command (:func:`run_verify`). It is policy-checked by the
+2. ``execution.verify``, if any, exits 0 — run in the workspace like a shell agent's
+   command (:func:`verify_delegation`: same sandbox). It is policy-checked by the
    shell allow-list when the subtask is checked (every built-in agent's ``check``,
    and :func:`check_verify` for anyone else), not here.
 
@@ -16,21 +16,22 @@ e.g. ``deliverable missing: src/a.py`` or ``verify failed (exit 1): <tail>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchq.agents.base import Delegation
-from batchq.agents.policy import agent_env, check_verify, shell_command
-from batchq.agents.process import ProcessResult, last_line, run_process
+from batchq.agents.policy import check_verify
+from batchq.agents.process import ProcessResult, last_line
+from batchq.agents.sandbox import run_confined
 from batchq.core.paths import PathError, normalise
 from batchq.models import DeliverableCheck, Subtask
+from batchq.settings import Settings
 
 __all__ = [
     "Verification",
     "check_verify",
     "first_failure",
-    "run_verify",
     "verify_delegation",
     "verify_deliverables",
 ]
@@ -54,33 +55,6 @@ def verify_deliverables(subtask: Subtask, workspace: Path) -> list[DeliverableCh
         found = target.is_dir() if name.endswith("/") else target.is_file()
         checks.append(DeliverableCheck(path=item, verified=inside and found))
     return checks
-
-
-def run_verify(
-    subtask: Subtask,
-    workspace: Path,
-    env: Mapping[str, str] | None,
-    timeout_s: float | None,
-    should_stop: Callable[[], bool] | None,
-    log_path: Path | None,
-) -> ProcessResult | None:
-    """Run ``execution.verify`` with bash in ``workspace``; None when there is none.
-    Its output is appended to the subtask's log after a header line."""
-    line = subtask.execution.verify if subtask.execution else None
-    if not line:
-        return None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a", encoding="utf-8") as handle:
-            handle.write(f"\n[batchq] verify: {line}\n")
-    return run_process(
-        shell_command(line),
-        cwd=workspace,
-        env=env,
-        timeout_s=timeout_s,
-        should_stop=should_stop,
-        log_path=log_path,
-    )
 
 
 def first_failure(
@@ -120,22 +94,20 @@ class Verification:
 
 
 def verify_delegation(
-    delegation: Delegation, should_stop: Callable[[], bool] | None = None
+    delegation: Delegation, settings: Settings, should_stop: Callable[[], bool] | None = None
 ) -> Verification:
     """Deliverables first, then ``execution.verify`` (skipped when a deliverable is
-    missing: the reason is already known), with the agent's environment and the
-    subtask's timeout."""
+    missing: the reason is already known), run like a shell agent's command — the
+    same allow-list, sandbox and reduced environment — with the subtask's timeout.
+    Its output is appended to the subtask's log after a header line."""
     checks = verify_deliverables(delegation.subtask, delegation.workspace)
     result = Verification(deliverables=checks)
-    command = delegation.subtask.execution.verify if delegation.subtask.execution else None
-    if command and all(check.verified for check in checks):
-        result.verify = run_verify(
-            delegation.subtask,
-            delegation.workspace,
-            agent_env(delegation),
-            delegation.timeout_s,
-            should_stop,
-            delegation.log_path,
-        )
+    line = delegation.subtask.execution.verify if delegation.subtask.execution else None
+    if line and all(check.verified for check in checks):
+        log_path = delegation.log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a", encoding="utf-8") as handle:
+            handle.write(f"\n[batchq] verify: {line}\n")
+        result.verify = run_confined(line, delegation, settings, "shell", should_stop=should_stop)
     result.failure = first_failure(checks, result.verify)
     return result

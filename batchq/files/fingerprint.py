@@ -31,9 +31,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from batchq.agents.registry import agent_name
 from batchq.core.paths import PathError, is_protected, normalise
-from batchq.models import BatchqBlock, Feature, Subtask, SubtaskStatus, file_path
+from batchq.files.reading import NotRegular, open_regular
+from batchq.models import BatchqBlock, Feature, Subtask, SubtaskStatus, agent_name, file_path
 from batchq.settings import Settings
 
 __all__ = [
@@ -60,6 +60,8 @@ _RUN_FIELDS = frozenset(
 )
 _NOT_DEFINITION = _RUN_FIELDS | {"suggested_agent"}
 _CHUNK = 1 << 20
+HASH_CAP_BYTES = 1 << 30
+"""Past this much of a file, only its size joins the hash (a bound on one read)."""
 
 HashCache = dict[str, str]
 """Normalised path -> hash, shared by the subtasks of one check or batch: the files
@@ -77,14 +79,24 @@ def digest(value: Any) -> str:
 
 
 def _hash_file(path: str) -> str:
+    """The content's hash, read only from a regular file (never a FIFO or a device,
+    which could block or never end) and at most :data:`HASH_CAP_BYTES` of it."""
     h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
+    read = 0
+    with open_regular(path) as handle:
+        while read < HASH_CAP_BYTES and (chunk := handle.read(_CHUNK)):
             h.update(chunk)
+            read += len(chunk)
+        if read >= HASH_CAP_BYTES:
+            h.update(
+                f"\0cut at {HASH_CAP_BYTES}, size {os.fstat(handle.fileno()).st_size}".encode()
+            )
     return h.hexdigest()
 
 
 def _hash_folder(folder: str, root: str, protected: Sequence[str]) -> str:
+    """A folder's files, by relative path; a symlink is hashed as its target's path
+    (never followed: it could lead out of the project, or to ``/dev/zero``)."""
     entries: list[tuple[str, str]] = []
     for here, dirs, files in os.walk(folder):
         dirs.sort()
@@ -93,6 +105,9 @@ def _hash_folder(folder: str, root: str, protected: Sequence[str]) -> str:
             if is_protected(os.path.relpath(path, root).replace(os.sep, "/"), protected):
                 continue
             inner = os.path.relpath(path, folder).replace(os.sep, "/")
+            if os.path.islink(path):
+                entries.append((inner, "symlink: " + os.readlink(path)))
+                continue
             entries.append((inner, _hash_path(path, root, protected)))
     return digest(entries)
 
@@ -105,6 +120,10 @@ def _hash_path(path: str, root: str, protected: Sequence[str]) -> str:
         return MISSING
     except IsADirectoryError:
         return _hash_folder(path, root, protected)
+    except NotRegular as exc:
+        if exc.strerror == "a folder":
+            return _hash_folder(path, root, protected)
+        return f"not read: {exc.strerror}"
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
 

@@ -56,7 +56,10 @@ def settings_for(command: str | None, **extra: Any) -> Settings:
 
 @pytest.fixture
 def fake_cli(tmp_path: Path) -> str:
-    script = tmp_path / "fake_agent.py"
+    # Inside the workspace: the sandbox hides the rest of /tmp (the embedded Redis
+    # socket lives there), as it would hide a CLI installed under /tmp.
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    script = tmp_path / "ws" / "fake_agent.py"
     script.write_text(FAKE_AGENT)
     python = shlex.quote(sys.executable)
     placeholders = "--agent {agent} --prompt-file {prompt_file} --title {title}"

@@ -13,7 +13,6 @@ from batchq.errors import PolicyError
 from batchq.executor.verify import (
     check_verify,
     first_failure,
-    run_verify,
     verify_delegation,
     verify_deliverables,
 )
@@ -34,7 +33,10 @@ def make_subtask(deliverables: list[str], **execution: Any) -> Subtask:
     )
 
 
-def delegation(tmp_path: Path, subtask: Subtask) -> Delegation:
+SETTINGS = Settings()
+
+
+def delegation(tmp_path: Path, subtask: Subtask, timeout_s: float = 60) -> Delegation:
     return Delegation(
         feature="feat",
         run_id="run1",
@@ -43,7 +45,7 @@ def delegation(tmp_path: Path, subtask: Subtask) -> Delegation:
         workspace=tmp_path,
         context="",
         log_path=tmp_path / ".batchq" / "logs" / "01.log",
-        timeout_s=60,
+        timeout_s=timeout_s,
     )
 
 
@@ -82,33 +84,35 @@ def test_first_failure_names_the_missing_deliverables() -> None:
     assert first_failure([DeliverableCheck(path="a", verified=True)]) is None
 
 
-def test_run_verify_is_none_without_a_verify_command(tmp_path: Path) -> None:
-    assert run_verify(make_subtask(["a"]), tmp_path, None, 10, None, None) is None
+def test_no_verify_command_runs_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("ok")
+    result = verify_delegation(delegation(tmp_path, make_subtask(["a"])), SETTINGS)
+    assert result.ok and result.verify is None
 
 
 def test_a_passing_verify_command(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("ok")
     sub = make_subtask(["a"], verify="grep -q ok a && echo verified")
-    log = tmp_path / "v.log"
-    result = run_verify(sub, tmp_path, None, 10, None, log)
-    assert result is not None and result.ok
-    assert first_failure(verify_deliverables(sub, tmp_path), result) is None
-    assert "[batchq] verify: grep -q ok a" in log.read_text()
+    d = delegation(tmp_path, sub)
+    result = verify_delegation(d, SETTINGS)
+    assert result.verify is not None and result.verify.ok
+    assert result.ok
+    assert "[batchq] verify: grep -q ok a" in d.log_path.read_text()
 
 
 def test_a_failing_verify_command_gives_its_exit_code_and_tail(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("")
     sub = make_subtask(["a"], verify="echo 'checking'; echo '2 tests failed' >&2; exit 1")
-    result = run_verify(sub, tmp_path, None, 10, None, None)
-    checks = verify_deliverables(sub, tmp_path)
-    assert first_failure(checks, result) == "verify failed (exit 1): 2 tests failed"
+    result = verify_delegation(delegation(tmp_path, sub), SETTINGS)
+    assert result.failure == "verify failed (exit 1): 2 tests failed"
 
 
 def test_a_verify_command_that_hangs_times_out(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("")
     sub = make_subtask(["a"], verify="sleep 30")
-    result = run_verify(sub, tmp_path, None, 0.3, None, None)
-    assert result is not None and result.timed_out
-    assert (first_failure([], result) or "").startswith("verify timed out after")
+    result = verify_delegation(delegation(tmp_path, sub, timeout_s=0.3), SETTINGS)
+    assert result.verify is not None and result.verify.timed_out
+    assert (result.failure or "").startswith("verify timed out after")
 
 
 def test_verify_delegation_runs_verify_with_the_subtask_env(tmp_path: Path) -> None:
@@ -116,14 +120,14 @@ def test_verify_delegation_runs_verify_with_the_subtask_env(tmp_path: Path) -> N
     sub = make_subtask(
         ["a"], verify='test "$MODE/$BATCHQ_SEQ" = "strict/01"', env={"MODE": "strict"}
     )
-    result = verify_delegation(delegation(tmp_path, sub))
+    result = verify_delegation(delegation(tmp_path, sub), SETTINGS)
     assert result.ok, result.failure
     assert result.verify is not None
 
 
 def test_verify_delegation_skips_verify_when_a_deliverable_is_missing(tmp_path: Path) -> None:
     sub = make_subtask(["a"], verify="touch ran")
-    result = verify_delegation(delegation(tmp_path, sub))
+    result = verify_delegation(delegation(tmp_path, sub), SETTINGS)
     assert result.failure == "deliverable missing: a"
     assert result.verify is None
     assert not (tmp_path / "ran").exists()
