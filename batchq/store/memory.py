@@ -463,10 +463,11 @@ class MemoryStore:
 
     def results(self, run_id: str, seqs: Iterable[str]) -> dict[str, SubtaskResult]:
         out: dict[str, SubtaskResult] = {}
-        for seq in list(seqs):
-            found = self.result(run_id, seq)
-            if found is not None:
-                out[seq] = found
+        with self._lock:  # one read, as Redis's MULTI pipeline gives
+            for seq in list(seqs):
+                found = self.result(run_id, seq)
+                if found is not None:
+                    out[seq] = found
         return out
 
     def subtask_info(self, run_id: str, seq: str) -> dict[str, str]:
