@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 WORKSPACE_DIR ?= .tmp/workspace
 export WORKSPACE_DIR
 
-.PHONY: install run run-broken run-auth test lint typecheck pytest bench worker flower up down clean
+.PHONY: install run run-broken run-auth test test-fast lint typecheck pytest bench worker flower up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Unit tests and the in-memory half of the store contract: no redis-server, no worker,
+# well under a minute. `make test` still runs everything.
+test-fast: install
+	$(BIN)/pytest tests/unit tests/contract -q -m "not integration and not reliability and not slow"
 
 bench: install
 	$(BIN)/python -m bench

@@ -41,7 +41,8 @@ from batchq.run.producer import (
     weights,
 )
 from batchq.settings import Settings
-from batchq.store.state import Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import Event
 from batchq.transport.publish import publish_each, signature
 
 __all__ = ["run_flow"]
@@ -55,7 +56,7 @@ class _FlowRun:
     def __init__(
         self,
         app: Celery,
-        store: StateStore,
+        store: Store,
         run: Run,
         feature: Feature,
         plan: Plan,
@@ -235,7 +236,7 @@ def _window(data: dict[str, Any], enqueued: datetime | None) -> Window:
 
 def run_flow(
     app: Celery,
-    store: StateStore,
+    store: Store,
     run: Run,
     feature: Feature,
     plan: Plan,

@@ -57,7 +57,8 @@ from batchq.run import heap
 from batchq.run.flowloop import run_flow
 from batchq.run.producer import Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
-from batchq.store.state import Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import Event
 
 __all__ = ["Orchestrator", "RunOptions", "RunResult"]
 
@@ -103,7 +104,7 @@ class RunResult:
 
 
 class _Lease(threading.Thread):
-    def __init__(self, store: StateStore, fkey: str, holder: str) -> None:
+    def __init__(self, store: Store, fkey: str, holder: str) -> None:
         super().__init__(name="batchq-lease", daemon=True)
         self.store, self.fkey, self.holder = store, fkey, holder
         self.stopped = threading.Event()
@@ -172,7 +173,7 @@ class Orchestrator:
     """Runs one feature's batches on a Celery app and a state store."""
 
     def __init__(
-        self, root: Path, name: str, settings: Settings, app: Celery, store: StateStore
+        self, root: Path, name: str, settings: Settings, app: Celery, store: Store
     ) -> None:
         self.root, self.name, self.settings = root, name, settings
         self.app, self.store = app, store

@@ -37,7 +37,8 @@ from batchq.models import (
 )
 from batchq.protocol import CancelMode, EventKind
 from batchq.settings import Settings
-from batchq.store.state import CONNECTION_ERRORS, Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import CONNECTION_ERRORS, Event
 from batchq.transport.app import (
     max_subtask_budget_s,
 )
@@ -101,7 +102,7 @@ def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, s
 
 
 def new_run(
-    store: StateStore,
+    store: Store,
     feature: Feature,
     policy: FailurePolicy,
     context: str = "",
@@ -175,7 +176,7 @@ def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask
 
 def submit(
     app: Celery,
-    store: StateStore,
+    store: Store,
     run: Run,
     feature: Feature,
     batch: PlannedBatch,
@@ -230,7 +231,7 @@ def submit(
 
 
 def report_from_store(
-    store: StateStore,
+    store: Store,
     sub: Submission,
     forced_reason: str | None = None,
     skipped: Mapping[str, str] | None = None,
@@ -269,7 +270,7 @@ def report_from_store(
 
 
 def wait(
-    store: StateStore,
+    store: Store,
     sub: Submission,
     settings: Settings,
     on_event: EventHandler | None = None,
@@ -313,7 +314,7 @@ def wait(
 
 
 def follow(
-    store: StateStore,
+    store: Store,
     run_id: str,
     after: str,
     settings: Settings,
@@ -366,7 +367,7 @@ def follow(
             time.sleep(OUTAGE_POLL_S)
 
 
-def _stall_reason(store: StateStore, sub: Submission, settings: Settings) -> str:
+def _stall_reason(store: Store, sub: Submission, settings: Settings) -> str:
     run = sub.run
     silent = [s for s in sub.expected if store.result(run.run_id, s) is None]
     reason = (

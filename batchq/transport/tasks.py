@@ -28,6 +28,7 @@ from batchq.executor.runner import RetryLater, execute
 from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.protocol import AGGREGATE_TASK, CHUNK_TASK, RUN_TASK, BatchState, EventKind
 from batchq.settings import Settings
+from batchq.store.contract import Store
 from batchq.store.state import CONNECTION_ERRORS, StateStore
 from batchq.transport.events import MemberEvents
 
@@ -137,9 +138,7 @@ def register(app: Celery, settings: Settings) -> None:
     del run_subtask, run_chunk, aggregate_batch
 
 
-def aggregate(
-    store: StateStore, results: list[dict[str, Any]], meta: dict[str, Any]
-) -> dict[str, Any]:
+def aggregate(store: Store, results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Chord callback body: build the report from the recorded results with the one
     pure function, and store it. A member whose chord value disagrees with its
     record (a redelivered copy, say) is named as a discrepancy."""

@@ -530,6 +530,7 @@ complete_subtask(root, "feat", seq, "completed by process " + seq)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [12, 100])
 def test_concurrent_completions_from_real_processes_are_all_recorded(
     tmp_path: Path, count: int
