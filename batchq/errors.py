@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "BatchqError",
@@ -41,19 +40,16 @@ __all__ = [
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL so it can be printed or logged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """Hide the password of a URL so it can be printed or logged, whatever the URL
+    holds: the user information is everything between ``://`` and the last ``@``
+    (a password with an unencoded ``#``, ``/`` or ``?`` fools ``urlsplit``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.partition(":")[0] if ":" in userinfo else ""
+    shown = f"{user}:***" if ":" in userinfo else "***"
+    return f"{scheme}://{shown}@{host}"
 
 
 class BatchqError(Exception):

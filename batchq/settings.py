@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from batchq import layout
-from batchq.errors import InputError, SpecError
+from batchq.errors import InputError, SpecError, mask_url
 from batchq.models import SandboxMode, WriteCheck
 
 __all__ = [
@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     def _comma_lists(cls, value: Any) -> Any:
         return _split(value)
 
+    @field_validator("redis_url", "result_url", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = redis_url_problem(value)
+            if problem:
+                raise ValueError(f"{mask_url(value)}: {problem}")
+        return value
+
     @field_validator("protected_paths", mode="after")
     @classmethod
     def _always_protected(cls, value: list[str]) -> list[str]:
@@ -165,6 +174,49 @@ class Settings(BaseSettings):
         return self.redis_url is None
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "socket", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL, in words a user can act on; None when nothing.
+
+    Checked when settings load, so every command (``worker`` included) refuses a bad
+    URL with exit 2 instead of a traceback from deep inside kombu or redis-py."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "not a URL; expected redis://[:password@]host[:port][/db]"
+    if scheme not in _REDIS_SCHEMES:
+        return f"unknown scheme {scheme!r}; expected one of " + ", ".join(
+            f"{s}://" for s in _REDIS_SCHEMES
+        )
+    if scheme in ("redis+socket", "socket", "unix"):
+        return (
+            None if rest.partition("?")[0].startswith("/") else "expected an absolute socket path"
+        )
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and any(c in userinfo for c in "#/?"):
+        return "the password holds '#', '/' or '?': percent-encode it (%23, %2F, %3F)"
+    hostport, _, path = hostpart.partition("/")
+    path = path.partition("?")[0]
+    host, colon, port = (
+        hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+    )
+    if not colon:
+        host, port = hostport, ""
+    if not host:
+        return "no host; expected redis://host[:port][/db]"
+    if colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return f"port {port!r} is not a number from 1 to 65535"
+    if path and not (path.isascii() and path.isdigit()):
+        return f"database {path!r} is not a number"
+    return None
+
+
+def _message(msg: str) -> str:
+    """pydantic's message without its "Value error, " prefix."""
+    return msg.removeprefix("Value error, ")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -188,7 +240,9 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
         env_only = Settings()
     except ValidationError as exc:  # name the variable the user set, not the field
         problems = "; ".join(
-            f"BATCHQ_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors() if e["loc"]
+            f"BATCHQ_{str(e['loc'][0]).upper()}: {_message(e['msg'])}"
+            for e in exc.errors()
+            if e["loc"]
         )
         raise InputError(f"invalid environment: {problems}") from None
     merged: dict[str, Any] = dict(file_values)
@@ -196,8 +250,11 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
     merged.update(overrides)
     try:
         settings = Settings.model_validate(merged)
-    except Exception as exc:  # pydantic.ValidationError, but keep the message short
-        raise SpecError(root / CONFIG_FILE if root else CONFIG_FILE, None, str(exc)) from exc
+    except ValidationError as exc:  # loc and msg only: the input may hold a password
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {_message(e['msg'])}" for e in exc.errors()
+        )
+        raise SpecError(root / CONFIG_FILE if root else CONFIG_FILE, None, problems) from None
     # model_fields_set must reflect only explicit env/override choices for allow_for().
     explicit = (env_only.model_fields_set | set(overrides)) & {"shell_allow", "python_allow"}
     object.__setattr__(
