@@ -14,6 +14,8 @@ threads would share ``sys.stdout``). Terminate, cancel and stall runs stay in
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +32,12 @@ FLOW = RunMode.FLOW
 
 def write(seq: str, before: str = "") -> str:
     return f"{before}mkdir -p out && echo done-{seq} > out/{seq}.txt"
+
+
+def raw(root: Path, seq: str, name: str = "feat") -> dict[str, Any]:
+    path = root / ".tmp" / "tasks" / name / f"subtask_{seq}.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
 
 
 def results(result: RunResult) -> dict[str, SubtaskResult]:
@@ -66,6 +74,9 @@ def test_a_diamond_and_a_chain_complete_with_every_dependency_finished_first(
     assert by_close[-1].next.recommendation == "All batches complete"
     files = {s.seq: s.status.value for s in load_feature(root, "diamond").subtasks}
     assert files == dict.fromkeys(seqs, "completed")
+    assert raw(root, "04", "diamond")["batchq"]["run_id"] == result.run_id
+    saved = sorted((root / ".tmp/tasks/diamond/.batchq/reports").glob("*.json"))
+    assert len(saved) == len(plan)
 
     # Every subtask went out as a message of its own: no chord callback in flow mode.
     mine = "diamond"
@@ -111,3 +122,6 @@ def test_a_failure_skips_exactly_its_transitive_dependents_and_says_why(
         "04": "completed",
         "05": "completed",
     }
+    block = raw(root, "02")["batchq"]
+    assert block["result"] == "cancelled" and block["run_id"] == result.run_id
+    assert block["error"] == "skipped: depends on 01, which failed"
