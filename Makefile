@@ -49,10 +49,12 @@ pytest: install
 
 test: lint typecheck pytest
 
-# Unit tests and the in-memory half of the store contract: no redis-server, no worker,
-# well under a minute. `make test` still runs everything.
+# The quick loop while editing (README: Testing): unit tests, the in-memory half of the
+# store contract, and the in-process lane (a Celery worker in threads of the test
+# process, on the same real redis-server). Worker subprocesses, faults, the browser and
+# the slow-marked tests are left to `make test`.
 test-fast: install
-	$(BIN)/pytest tests/unit tests/contract -q -m "not integration and not reliability and not slow"
+	$(BIN)/pytest tests/unit tests/contract tests/inprocess -q -m "not slow"
 
 bench: install
 	$(BIN)/python -m bench
