@@ -49,8 +49,8 @@ pytest: install
 
 test: lint typecheck pytest
 
-# The quick loop while editing (README: Testing): unit tests, the in-memory half of the
-# store contract, and the in-process lane (a Celery worker in threads of the test
+# The quick loop while editing (README: Testing): unit tests, the store contract (both
+# stores), and the in-process lane (a Celery worker in threads of the test
 # process, on the same real redis-server). Worker subprocesses, faults, the browser and
 # the slow-marked tests are left to `make test`.
 test-fast: install
