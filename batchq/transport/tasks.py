@@ -41,12 +41,7 @@ def register(app: Celery, settings: Settings) -> None:
     @cache
     def store() -> StateStore:
         # One connection pool per worker process, opened on first use, not at import.
-        return StateStore.from_url(
-            settings.redis_url or "",
-            prefix=settings.key_prefix,
-            ttl_s=settings.state_ttl_s,
-            timeout_s=settings.socket_timeout_s,
-        )
+        return StateStore.from_settings(settings)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_TASK,
