@@ -126,8 +126,13 @@ class WriteCheck(StrEnum):
 
 
 class BatchStatus(StrEnum):
+    """``completed``: every member completed. ``partial_failure``: a member failed,
+    timed out or never reported (or, under ``fail``, a write no member can be blamed
+    for). ``cancelled``: nothing failed, but members were cancelled or skipped."""
+
     COMPLETED = "completed"
     PARTIAL_FAILURE = "partial_failure"
+    CANCELLED = "cancelled"
 
 
 class _Tolerant(BaseModel):
@@ -291,6 +296,9 @@ class PlannedBatch(BaseModel):
     parallel: bool
     after: int | None = None
     reasons: dict[str, str] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    """The members' dependencies outside the batch, for the report's "Batch N depends
+    on" line."""
 
 
 class Plan(BaseModel):
@@ -360,6 +368,11 @@ class NextStep(_Wire):
     seqs: list[str] = Field(default_factory=list)
     dependencies_satisfied: bool = False
     recommendation: str = ""
+    depends_on: list[str] = Field(default_factory=list)
+    """What batch ``batch`` depends on (the report's "Batch N depends on" line)."""
+    fix: list[str] = Field(default_factory=list)
+    """The subtasks that failed and must be fixed first: the failures themselves, never
+    the dependents skipped because of them."""
 
 
 class SkippedSubtask(_Wire):
@@ -367,6 +380,9 @@ class SkippedSubtask(_Wire):
 
     seq: str
     reason: str
+    cause: str | None = None
+    """The failed subtask this one was skipped because of (None: the run stopped)."""
+    title: str = ""
 
 
 class UndeclaredWrite(_Wire):
@@ -388,7 +404,11 @@ class BatchReport(_Wire):
     total: int
     completed: int
     failed: int
+    """Members that failed, timed out or never reported; never cancelled or skipped ones."""
     success_rate: float
+    cancelled: int = 0
+    skipped_count: int = 0
+    """``total == completed + failed + cancelled + skipped_count``."""
     next: NextStep = Field(default_factory=NextStep)
     submitted_at: datetime | None = None
     finished_at: datetime | None = None

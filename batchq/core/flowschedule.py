@@ -37,6 +37,8 @@ class Skip:
 
     seq: str
     reason: str
+    cause: str | None = None
+    """The failed subtask behind the skip; None when the run stopped."""
 
 
 class FlowSchedule:
@@ -69,6 +71,8 @@ class FlowSchedule:
         self.in_flight: set[str] = set()
         self.results: dict[str, ResultState] = {}
         self.skipped: dict[str, str] = {}
+        self.causes: dict[str, str] = {}
+        """Skipped seq -> the failed subtask it was skipped because of."""
         self.stopped: str | None = None
         self._open = {b.number: len(b.seqs) for b in plan.batches}
 
@@ -148,6 +152,8 @@ class FlowSchedule:
         self.waiting.discard(skip.seq)
         self.ready_set.discard(skip.seq)
         self.skipped[skip.seq] = skip.reason
+        if skip.cause is not None:
+            self.causes[skip.seq] = skip.cause
         self._open[self.batch_of[skip.seq]] -= 1
 
     def _skip_dependents(self, failed: str, what: str) -> list[Skip]:
@@ -158,7 +164,7 @@ class FlowSchedule:
             for dep in self.dependents[seq]:
                 if dep not in self.waiting:
                     continue  # already skipped through another failed dependency
-                skip = Skip(dep, f"depends on {cause}")
+                skip = Skip(dep, f"depends on {cause}", failed)
                 self._skip(skip)
                 out.append(skip)
                 frontier.append((dep, f"{dep}, which was skipped ({failed} {what})"))

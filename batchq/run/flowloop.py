@@ -191,6 +191,7 @@ class _FlowRun:
                 skipped,
                 going_on if still else None,
                 self._others(batch.seqs),
+                {s: self.schedule.causes[s] for s in skipped if s in self.schedule.causes},
             )
             self.on_report(built)
             # Only now: a Redis blip above makes the loop reread the events and retry.

@@ -224,30 +224,30 @@ class Orchestrator:
             return result
 
     def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
-        """Batch after batch, the plan recomputed after each; under ``changed`` the
-        completed dependents of what completed are rechecked after each batch."""
+        """The batches ``plan`` printed when the run started, in its order and with its
+        members (SPEC 4: "the batches reported are the batches plan printed"); the run
+        stops at the first batch that does not complete. Only a ``changed`` run that
+        resets completed dependents after a batch plans again, for what it reset."""
         done: set[str] = set()
-        while True:
-            plan = planner.plan(feature, self.settings.protected_paths)
-            if not plan.batches:
-                break
-            # Plans are recomputed after every batch; number batches across the run.
-            number = len(result.reports) + 1
-            batch = plan.batches[0].model_copy(update={"number": number, "after": None})
-            following = None
-            if len(plan.batches) > 1:
-                following = plan.batches[1].model_copy(
-                    update={"number": number + 1, "after": number}
-                )
+        schedule = list(planner.plan(feature, self.settings.protected_paths).batches)
+        while schedule:
+            batch, following = schedule[0], schedule[1] if len(schedule) > 1 else None
             built = self._run_one(run, feature, batch, following, options)
             result.reports.append(built)
+            schedule.pop(0)
             feature = load_feature(self.root, self.name)
-            if built.ok and options.changed:
-                done.update(r.seq for r in built.results if r.ok)
-                feature = self.recheck_dependents(feature, done, result, options)
             result.feature = feature
             if not built.ok:
                 break
+            if options.changed:
+                done.update(r.seq for r in built.results if r.ok)
+                rechecked = self.recheck_dependents(feature, done, result, options)
+                reset, feature = rechecked is not feature, rechecked
+                result.feature = feature
+                if reset:
+                    # What was reset is not in the schedule: plan the rest again.
+                    fresh = planner.plan(feature, self.settings.protected_paths)
+                    schedule = list(_renumbered(fresh, len(result.reports)).batches)
 
     def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
         """Plan once, then let :mod:`batchq.run.flowloop` publish each subtask when it is
@@ -317,7 +317,8 @@ class Orchestrator:
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
-            result.reports.append(self._run_one(run, feature, batch, None, options))
+            following = planner.next_after(feature, seqs, self.settings.protected_paths)
+            result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             return result
 

@@ -236,6 +236,7 @@ def report_from_store(
     skipped: Mapping[str, str] | None = None,
     next_if_ok: NextStep | None = None,
     others: Sequence[Window] = (),
+    causes: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Build and store the report from the recorded results: the batch-of-one path,
     and the deadline path (``forced_reason``), which also stops members not yet
@@ -259,6 +260,8 @@ def report_from_store(
         declared=sub.declared,
         write_check=run.write_check,
         others=others,
+        causes=causes,
+        titles=sub.titles,
     )
     if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
         built = built.model_copy(update={"next": next_if_ok})
