@@ -132,7 +132,9 @@ class FlowSchedule:
         self.results[seq] = result
         self._open[self.batch_of[seq]] -= 1
         if result is not ResultState.COMPLETED:
-            return self._skip_dependents(seq, _WHAT[result])
+            # A cancelled dependency is nobody's fault: its dependents have no cause.
+            cause = None if result is ResultState.CANCELLED else seq
+            return self._skip_dependents(seq, _WHAT[result], cause)
         for dep in self.dependents[seq]:
             self._unmet[dep] -= 1
             if self._unmet[dep] == 0 and dep in self.waiting:
@@ -156,15 +158,15 @@ class FlowSchedule:
             self.causes[skip.seq] = skip.cause
         self._open[self.batch_of[skip.seq]] -= 1
 
-    def _skip_dependents(self, failed: str, what: str) -> list[Skip]:
+    def _skip_dependents(self, failed: str, what: str, cause: str | None) -> list[Skip]:
         out: list[Skip] = []
         frontier = [(failed, f"{failed}, which {what}")]
         while frontier:
-            seq, cause = frontier.pop()
+            seq, why = frontier.pop()
             for dep in self.dependents[seq]:
                 if dep not in self.waiting:
                     continue  # already skipped through another failed dependency
-                skip = Skip(dep, f"depends on {cause}", failed)
+                skip = Skip(dep, f"depends on {why}", cause)
                 self._skip(skip)
                 out.append(skip)
                 frontier.append((dep, f"{dep}, which was skipped ({failed} {what})"))

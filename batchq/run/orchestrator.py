@@ -27,6 +27,7 @@ from batchq.errors import LockedError, UnsafeBatchError, UsageError
 from batchq.files import fingerprint
 from batchq.files.jsonfile import write_atomic
 from batchq.files.taskfiles import (
+    Claims,
     existing_feature_dir,
     feature_dir,
     load_feature,
@@ -138,6 +139,8 @@ class _Mirror:
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
+        self.claims: Claims = {}
+        """seq -> the summary an agent recorded itself during the run."""
         self.last_flush = time.monotonic()
         self.feature: Feature | None = None
 
@@ -147,10 +150,13 @@ class _Mirror:
                 self.pending[event.seq] = mark_in_progress(
                     str(event.data.get("worker", "")),
                     _timestamp(str(event.data.get("started_at", ""))),
+                    self.run_id,
                 )
             elif event.kind == EventKind.FINISHED and event.data:
                 result = SubtaskResult.model_validate(event.data)
-                self.pending[event.seq] = _final_change(result, self.run_id, self.recorder)
+                self.pending[event.seq] = _final_change(
+                    result, self.run_id, self.recorder, self.claims
+                )
                 self.finished[event.seq] = result.result
         if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
             self.flush()
@@ -452,7 +458,7 @@ class Orchestrator:
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
             if written.get(seq) is not res.result:
-                changes[seq] = _final_change(res, run.run_id, recorder)
+                changes[seq] = _final_change(res, run.run_id, recorder, mirror.claims)
         for seq in built.missing:
             block = BatchqBlock(
                 result=ResultState.FAILED,
@@ -484,7 +490,9 @@ class Orchestrator:
             s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
         }
         found += report.discrepancies(built, files, source="files")
-        if found:
+        built, contradicted = _with_claims(built, mirror.claims)
+        found += contradicted
+        if found or built.results != list(by_seq.values()):
             built = built.model_copy(update={"discrepancies": [*built.discrepancies, *found]})
             self.store.overwrite_report(built)
         self._save(built)
@@ -498,6 +506,31 @@ class Orchestrator:
             built.model_dump_json(indent=2) + "\n",
             durable=False,
         )
+
+
+def _with_claims(built: BatchReport, claims: Claims) -> tuple[BatchReport, list[str]]:
+    """The report with the agents' own words: a completed member the agent completed
+    itself keeps the summary it recorded; one whose claim the result contradicts (its
+    verification failed, it timed out or was cancelled) is a discrepancy."""
+    results: list[SubtaskResult] = []
+    notes: list[str] = []
+    for res in built.results:
+        claim = claims.get(res.seq)
+        if claim is None:
+            results.append(res)
+        elif res.ok:
+            results.append(res.model_copy(update={"summary": claim or res.summary}))
+        else:
+            results.append(res)
+            why = res.error or res.result.value
+            said = f" ({claim!r})" if claim else ""
+            notes.append(
+                f"{res.seq}: the agent marked itself completed{said}, but the subtask "
+                f"{res.result.value}: {why}"
+            )
+    if results == built.results:
+        return built, notes
+    return built.model_copy(update={"results": results}), notes
 
 
 def _renumbered(plan: Plan, offset: int) -> Plan:
@@ -525,8 +558,10 @@ def _timestamp(iso: str) -> str:
 
 
 def _final_change(
-    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder
+    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder, claims: Claims
 ) -> Callable[[dict[str, Any]], None]:
+    """The file change for a final result; ``claims`` collects what agents said of
+    themselves through ``batchq complete`` meanwhile (kept, or contradicted)."""
     block = BatchqBlock(
         result=res.result,
         error=res.error,
@@ -538,10 +573,10 @@ def _final_change(
         block = recorder.stamp(res.seq, block)
     finished = utc_timestamp(res.finished_at or datetime.now(UTC))
     if res.result is ResultState.COMPLETED:
-        return mark_completed(res.summary or res.title, finished, block)
+        return mark_completed(res.summary or res.title, finished, block, claims)
     if res.result is ResultState.CANCELLED:
-        return mark_pending(block)
-    return mark_blocked(block)
+        return mark_pending(block, claims)
+    return mark_blocked(block, claims)
 
 
 def _rerun_changes(

@@ -160,7 +160,7 @@ def test_fail_fails_the_blamed_subtask_with_the_paths_and_its_declarations() -> 
     assert first.result is ResultState.FAILED
     assert first.error == "undeclared write: src/x.py (declared: src/a.py)"
     assert first.error_type == "UndeclaredWrite"
-    assert built.next.recommendation.startswith("Fix the failed subtask(s) 01")
+    assert built.next.recommendation.startswith("Fix subtask 01")
     changed = report.amended(built, {r.seq: r for r in recorded})
     assert [r.seq for r in changed] == ["01"]
 
