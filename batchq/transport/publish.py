@@ -89,8 +89,9 @@ def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePoli
 
 
 def _shown(run: Run, sub: Subtask, batch: int) -> str:
-    """seq and title first: Flower's args column shows about 45 characters."""
-    return f"seq={sub.seq} title={sub.title!r} feature={run.feature} batch={batch}"
+    """Where the subtask belongs first (feature, batch, seq, run), then its title: the
+    prefix is what tells two features' tasks apart in Flower's task list."""
+    return f"feature={run.feature} batch={batch} seq={sub.seq} run={run.run_id} title={sub.title!r}"
 
 
 def publish_each(app: Celery, signatures: Sequence[Any]) -> None:

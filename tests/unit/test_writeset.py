@@ -201,7 +201,7 @@ def test_every_view_shows_blamed_and_batch_level_writes() -> None:
     results = [result("01", 0, 5, ["a.txt"]), result("02", 6, 9, ["b.txt"]), result("03", 8, 9)]
     built = build(results, WriteCheck.WARN)
     markdown = render_markdown(built)
-    assert "   Undeclared writes: a.txt" in markdown
+    assert "   - Undeclared writes: a.txt" in markdown
     assert "### Undeclared Writes:" in markdown
     assert "- b.txt (not attributable; candidates: 02)" in markdown
     assert '"undeclared_writes"' in render_json(built)
