@@ -110,9 +110,7 @@ def flower_stack(
         flower.terminate(5)
 
 
-def run_feature(
-    stack: FlowerStack, root: Path, name: str, commands: dict[str, str]
-) -> Any:
+def run_feature(stack: FlowerStack, root: Path, name: str, commands: dict[str, str]) -> Any:
     """Write feature ``name`` (one parallel shell subtask per seq of ``commands``, titled
     from ``TITLES``) and run it on the stack's worker; returns the RunResult."""
     (root / ".git").mkdir(exist_ok=True)
@@ -239,9 +237,7 @@ def test_metrics_count_the_subtask_events_under_the_one_task_name(flower_stack, 
     assert "flower_task_runtime_seconds" in body
 
 
-def test_a_failed_subtask_is_failure_in_flower_with_its_error_and_counted(
-    flower_stack, failed_run
-):
+def test_a_failed_subtask_is_failure_in_flower_with_its_error_and_counted(flower_stack, failed_run):
     run_id = failed_run["run_id"]
 
     def final() -> dict[str, dict[str, Any]] | None:
@@ -259,9 +255,7 @@ def test_a_failed_subtask_is_failure_in_flower_with_its_error_and_counted(
     assert by_seq["02"]["state"] == "FAILURE"
     assert by_seq["02"]["exception"].startswith("failed: ")
     assert "3" in by_seq["02"]["exception"]
-    failed_filter = flower_stack.get(
-        f"/api/tasks?taskname={RUN_TASK}&state=FAILURE&limit=1000"
-    )
+    failed_filter = flower_stack.get(f"/api/tasks?taskname={RUN_TASK}&state=FAILURE&limit=1000")
     assert failed_filter[0] == 200
     stack_tasks = json.loads(failed_filter[1])
     assert by_seq["02"]["uuid"] in stack_tasks and by_seq["01"]["uuid"] not in stack_tasks
