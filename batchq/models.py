@@ -470,3 +470,6 @@ class Run:
     callable_s: Mapping[str, float] = field(default_factory=dict)
     """The longest recent duration of each python callable the feature uses (any
     feature's runs count), to tell tiny subtasks (:mod:`batchq.core.chunks`)."""
+    foreign: Mapping[str, list[str]] = field(default_factory=dict)
+    """The deliverables the root's other features declare, keyed ``feature <name>``:
+    their writes are theirs, never this run's undeclared writes."""

@@ -80,7 +80,7 @@ class _FlowRun:
         self.terminated = False
         # Write blame: in flow mode other batches' members run alongside a batch, so
         # every subtask's deliverables are declared and their windows are considered.
-        self.declared = declared_of(members, run.write_check)
+        self.declared = declared_of(members, run.write_check, run.foreign)
         self.enqueued_at: dict[str, datetime] = {}
         self.windows: dict[str, Window] = {}
         self.reported: set[int] = set()
