@@ -62,7 +62,10 @@ def chunk_signature(
         for sub in subs
     ]
     first, last = subs[0].seq, subs[-1].seq
-    shown = f"{len(subs)} subtasks seq={first}..{last} feature={run.feature} batch={batch}"
+    shown = (
+        f"feature={run.feature} batch={batch} seq={first}..{last} run={run.run_id} "
+        f"subtasks={len(subs)}"
+    )
     return app.signature(
         CHUNK_TASK,
         args=(members,),
@@ -195,7 +198,9 @@ def _publish(
         AGGREGATE_TASK,
         kwargs={"meta": meta},
         queue=CONTROL_QUEUE,
-        argsrepr=f"feature={run.feature} batch={batch.number} members={len(batch.seqs)}",
+        argsrepr=(
+            f"feature={run.feature} batch={batch.number} run={run.run_id} members={len(batch.seqs)}"
+        ),
         kwargsrepr="{}",
     )
     _apply_chord(app, signatures, callback, producer, sent)
