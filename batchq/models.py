@@ -391,6 +391,8 @@ class UndeclaredWrite(_Wire):
 
     path: str
     candidates: list[str]
+    reason: str = ""
+    """Why no single candidate is blamed: whose windows overlapped whose."""
 
 
 class BatchReport(_Wire):

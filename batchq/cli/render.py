@@ -21,6 +21,7 @@ from batchq.models import (
     ResultState,
     SkippedSubtask,
     SubtaskResult,
+    WriteCheck,
     seq_key,
 )
 
@@ -164,6 +165,10 @@ def _statistics(report: BatchReport) -> list[str]:
         ("Skipped", report.skipped_count),
     ]
     lines += [f"- {label}: {n}" for label, n in extras if n]
+    if report.undeclared_writes:
+        # Not a member's failure, so not in Failed; under ``fail`` it fails the batch.
+        effect = "fail the batch" if report.write_check is WriteCheck.FAIL else "warning"
+        lines.append(f"- Undeclared writes ({effect}): {len(report.undeclared_writes)}")
     timing = (
         f"- Wall time: {format_duration(report.wall_s)}"
         f" · Summed subtask time: {format_duration(report.work_s)}"
@@ -248,6 +253,7 @@ def render_markdown(report: BatchReport) -> str:
         lines += ["", "### Undeclared Writes:"]
         lines += [
             f"- {w.path} (not attributable; candidates: {', '.join(w.candidates)})"
+            + (f": {w.reason}" if w.reason else "")
             for w in report.undeclared_writes
         ]
     if report.discrepancies:

@@ -175,7 +175,10 @@ def _next_step(
 
 
 def _stray_list(stray: Sequence[UndeclaredWrite]) -> str:
-    return "; ".join(f"{w.path} (candidates: {_seq_list(w.candidates)})" for w in stray)
+    return "; ".join(
+        f"{w.path} (candidates: {_seq_list(w.candidates)}" + (f"; {w.reason})" if w.reason else ")")
+        for w in stray
+    )
 
 
 def _blamed(

@@ -123,7 +123,9 @@ def test_concurrent_subtasks_share_an_unattributable_write_but_never_a_declared_
     assert "stray.txt" in by_seq["01"].observed_writes
     assert "stray.txt" in by_seq["02"].observed_writes
     assert "sync/02.ready" in by_seq["01"].observed_writes  # seen, but 02 declared it
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray.txt", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
     assert by_seq["01"].undeclared_writes == [] and by_seq["02"].undeclared_writes == []
 
 
@@ -161,8 +163,10 @@ def test_fail_mode_fails_the_batch_on_an_unattributable_write_but_no_member(
     (built,) = result.reports
     assert built.status is BatchStatus.PARTIAL_FAILURE
     assert (built.completed, built.failed) == (2, 0)
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
-    assert "stray.txt (candidates: 01, 02)" in built.next.recommendation
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray.txt", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
+    assert "stray.txt (candidates: 01, 02; 01 and 02 overlapped)" in built.next.recommendation
     assert statuses(root) == {"01": "completed", "02": "completed", "03": "pending"}
 
 
