@@ -543,17 +543,21 @@ def mark_completed(
     return mutate
 
 
-def mark_blocked(block: BatchqBlock, claims: Claims | None = None) -> Mutation:
+def mark_blocked(
+    block: BatchqBlock, claims: Claims | None = None, *, forget_completion: bool = False
+) -> Mutation:
     """A failed or timed-out subtask: ``blocked``, with the ``batchq`` block saying why.
     A completion the agent claimed during this run (``claims`` given) is noted there and
     its ``completed_at``/``completion_summary`` are cleared to ``null``: a blocked file
-    keeps no stale completion."""
+    keeps no stale completion. ``forget_completion`` clears them whatever wrote them (a
+    member the report failed after the mirror had written it completed)."""
     run_id = block.run_id if claims is not None else None
 
     def mutate(data: dict[str, Any]) -> None:
         claimed = _claim(data, run_id)
         if claimed is not None and claims is not None:
             claims[str(data.get("seq"))] = claimed
+        if claimed is not None or forget_completion:
             for key in ("completed_at", "completion_summary"):
                 if key in data:
                     data[key] = None

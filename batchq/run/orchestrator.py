@@ -459,13 +459,21 @@ class Orchestrator:
         for seq, res in by_seq.items():
             if written.get(seq) is not res.result:
                 changes[seq] = _final_change(res, run.run_id, recorder, mirror.claims)
+        lost: list[str] = []
         for seq in built.missing:
             block = BatchqBlock(
                 result=ResultState.FAILED,
                 error="no result before the batch deadline (worker lost or message lost)",
                 run_id=run.run_id,
             )
-            changes[seq] = mark_blocked(block)
+            # The progress stream may have said it finished (then Redis lost the
+            # record): the file must not keep a completion the report does not have.
+            changes[seq] = mark_blocked(block, forget_completion=True)
+            if seq in mirror.finished:
+                lost.append(
+                    f"{seq}: its progress event said {mirror.finished[seq].value}, but no "
+                    "result is recorded in the store (state lost?); recorded as failed"
+                )
         for skip in built.skipped:
             block = BatchqBlock(
                 result=ResultState.CANCELLED, error=f"skipped: {skip.reason}", run_id=run.run_id
@@ -475,7 +483,7 @@ class Orchestrator:
             feature = update_subtasks(self.root, self.name, changes)
         else:  # as the mirror's last write left it, or read
             feature = mirror.feature or load_feature(self.root, self.name)
-        found: list[str] = []
+        found: list[str] = list(lost)
         if built.forced or built.missing:
             # A complete report was built from records, which are written once and
             # never change: only a forced one can disagree with the store (late results).
