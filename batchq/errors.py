@@ -13,6 +13,7 @@ the context attributes instead of parsing messages::
     │   ├── UsageError                   bad arguments, unknown feature or seq
     │   └── LockedError(holder)          another orchestrator runs this feature
     ├── ExecutionFailed(report)      1   a subtask or batch failed
+    ├── RunCancelled                 4   nothing failed, but the run was cancelled
     └── InfrastructureError          3   Redis, the broker or a worker is unreachable
         └── BrokerUnavailable(url)       the URL is stored with its password masked
 """
@@ -32,6 +33,7 @@ __all__ = [
     "LockedError",
     "PlanError",
     "PolicyError",
+    "RunCancelled",
     "SpecError",
     "UnsafeBatchError",
     "UsageError",
@@ -147,3 +149,10 @@ class BrokerUnavailable(InfrastructureError):
         self.url = mask_url(url)
         detail = f": {reason}" if reason else ""
         super().__init__(f"cannot reach Redis at {self.url}{detail}")
+
+
+class RunCancelled(BatchqError):
+    """The run was cancelled (``batchq cancel``, Ctrl-C) and nothing in it failed: an
+    exit code of its own, so a script can tell "stopped on purpose" from "failed"."""
+
+    exit_code = 4

@@ -81,7 +81,7 @@ class _FlowRun:
         self.terminated = False
         # Write blame: in flow mode other batches' members run alongside a batch, so
         # every subtask's deliverables are declared and their windows are considered.
-        self.declared = declared_of(members, run.write_check)
+        self.declared = declared_of(members, run.write_check, run.foreign)
         self.enqueued_at: dict[str, datetime] = {}
         self.windows: dict[str, Window] = {}
         self.reported: set[int] = set()
@@ -192,6 +192,7 @@ class _FlowRun:
                 skipped,
                 going_on if still else None,
                 self._others(batch.seqs),
+                {s: self.schedule.causes[s] for s in skipped if s in self.schedule.causes},
             )
             self.on_report(built)
             # Only now: a Redis blip above makes the loop reread the events and retry.

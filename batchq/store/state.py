@@ -419,6 +419,8 @@ class StateStore:
             )
             if declared is not None:
                 mine = {seq: list(declared.get(seq, ())) for seq in expected}
+                # Other features' deliverables (keyed "feature <name>", never a seq).
+                mine |= {k: list(v) for k, v in declared.items() if k.startswith("feature ")}
                 pipe.hset(key, "declared", json.dumps(mine))
             pipe.expire(key, self.ttl)
         newest = pipe.execute()[0]

@@ -30,7 +30,7 @@ from batchq.protocol import AGGREGATE_TASK, CHUNK_TASK, RUN_TASK, BatchState, Ev
 from batchq.settings import Settings
 from batchq.store.contract import Store
 from batchq.store.state import CONNECTION_ERRORS, StateStore
-from batchq.transport.events import MemberEvents
+from batchq.transport.events import MemberEvents, TruthfulRequest, outcome
 
 __all__ = ["register"]
 
@@ -51,6 +51,7 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=None,
+        Request=TruthfulRequest,
     )
     def run_subtask(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         msg = SubtaskMessage.model_validate(message)
@@ -76,7 +77,7 @@ def register(app: Celery, settings: Settings) -> None:
             raise
         # The full result is recorded in Redis; the chord only needs to count members,
         # and a small value keeps Celery's repr for the task-succeeded event cheap.
-        return {"seq": result.seq, "result": result.result.value}
+        return outcome(result.seq, result.result.value, result.error)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=CHUNK_TASK,
@@ -100,7 +101,7 @@ def register(app: Celery, settings: Settings) -> None:
                 if shown is not None:
                     shown.started(member["id"], str(member.get("shown", "")))
                 result = _in_place(msg, member["id"], self.request.retries)
-                done = {"seq": result.seq, "result": result.result.value}
+                done = outcome(result.seq, result.result.value, result.error)
                 if shown is not None:
                     shown.succeeded(member["id"], done)
                 results.append(done)
