@@ -85,23 +85,33 @@ def test_members_of_a_chunk_keep_their_own_result_retry_and_task_events(
 
     # The four callables went out as one chunk, 05 alone: a chord of two members,
     # whose callback ran on the control queue. Each chunk member shows in Flower as a
-    # run_subtask of its own, child of the chunk, ending in task-succeeded.
+    # run_subtask of its own, child of the chunk, ending in task-succeeded — or, for
+    # 02 (its callable raised), in task-failed.
     mine = "chunked"
-    assert task_events.wait_for(lambda ev: len(ev.events("task-succeeded", mine)) >= 7)
+
+    def ended(ev: TaskEvents) -> bool:
+        return len(ev.events("task-succeeded", mine)) >= 6 and bool(ev.events("task-failed", mine))
+
+    assert task_events.wait_for(ended)
     (chunk,) = task_events.events("task-received", mine, name=CHUNK_TASK)
-    assert chunk["args"].startswith("4 subtasks seq=01..04 feature=chunked batch=1")
+    assert chunk["args"].startswith("feature=chunked batch=1 seq=01..04 run=")
     members = task_events.events("task-received", mine, name=RUN_TASK)
     children = [e for e in members if e.get("parent_id") == chunk["uuid"]]
-    assert sorted(e["args"].split()[0] for e in children) == [f"seq=0{i}" for i in range(1, 5)]
-    assert [e["args"].split()[0] for e in members if e not in children] == ["seq=05"]
+
+    def seq_of(event: dict[str, Any]) -> str:
+        return next(w for w in event["args"].split() if w.startswith("seq="))
+
+    assert sorted(seq_of(e) for e in children) == [f"seq=0{i}" for i in range(1, 5)]
+    assert [seq_of(e) for e in members if e not in children] == ["seq=05"]
     for member in members:
-        assert task_events.of(member["uuid"])[-1] == "task-succeeded", member["args"]
+        last = "task-failed" if seq_of(member) == "seq=02" else "task-succeeded"
+        assert task_events.of(member["uuid"])[-1] == last, member["args"]
     sent = {e["uuid"]: e for e in task_events.events("task-sent", mine)}
     alone = next(e for e in members if e not in children)
     assert sent[chunk["uuid"]]["queue"] == "batchq.python"
     assert sent[alone["uuid"]]["queue"] == "batchq.shell"
     (callback,) = task_events.events("task-received", mine, name=AGGREGATE_TASK)
-    assert callback["args"] == "feature=chunked batch=1 members=5"
+    assert callback["args"] == f"feature=chunked batch=1 run={published[0].run.run_id} members=5"
     assert task_events.of(callback["uuid"])[-1] == "task-succeeded"
     assert sent[callback["uuid"]]["queue"] == CONTROL_QUEUE
 
