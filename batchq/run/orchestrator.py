@@ -228,7 +228,7 @@ class Orchestrator:
         completed dependents of what completed are rechecked after each batch."""
         done: set[str] = set()
         while True:
-            plan = planner.plan(feature, self.settings.protected_paths)
+            plan = planner.plan_for(feature, self.settings)
             if not plan.batches:
                 break
             # Plans are recomputed after every batch; number batches across the run.
@@ -256,9 +256,7 @@ class Orchestrator:
         and a further flow runs the ones that must rerun (batch numbers go on)."""
         done: set[str] = set()
         while True:
-            plan = _renumbered(
-                planner.plan(feature, self.settings.protected_paths), len(result.reports)
-            )
+            plan = _renumbered(planner.plan_for(feature, self.settings), len(result.reports))
             if not plan.batches:
                 break
             passed = self._flow_pass(run, feature, plan, options, result)
@@ -313,7 +311,7 @@ class Orchestrator:
             if violations:
                 raise UnsafeBatchError(violations)
             by_seq = feature.by_seq()
-            check_agents([by_seq[s] for s in seqs], self.settings)
+            check_agents([by_seq[s] for s in seqs], self.settings, feature.root)
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
@@ -372,7 +370,7 @@ class Orchestrator:
         todo = [
             s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED or s.seq in found
         ]
-        check_agents(todo, self.settings)
+        check_agents(todo, self.settings, feature.root)
         changes: dict[str, Callable[[dict[str, Any]], None]] = _rerun_changes(feature, found)
         recent = self.store.recent_runs(feature_key(feature.name, feature.root))
         if recent:
