@@ -153,6 +153,14 @@ def test_a_fifo_a_huge_file_and_bytes_that_are_not_utf8_are_refused(tmp_path: Pa
         load_template("CoderAgent", settings_with("latin1.md"), tmp_path)
 
 
+def test_a_hard_link_to_a_protected_file_is_refused_as_a_template(tmp_path: Path) -> None:
+    """Another name of ``.env`` would put its secrets into every prompt."""
+    (tmp_path / ".env").write_text("{completion} SECRET=hunter2\n")
+    os.link(tmp_path / ".env", tmp_path / "prompt.md")
+    with pytest.raises(PolicyError, match="2 hard links"):
+        load_template("CoderAgent", settings_with("prompt.md"), tmp_path)
+
+
 def test_pre_flight_refuses_a_bad_template_before_anything_is_enqueued(tmp_path: Path) -> None:
     settings = settings_with("missing.md")
     with pytest.raises(PolicyError, match=r"prompt_template: missing\.md: no such file"):
