@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from batchq.agents.sandbox import bwrap_status
 from batchq.cli.render import render_markdown
 from batchq.core.planner import plan
 from batchq.errors import LockedError, PolicyError, UnsafeBatchError
@@ -653,43 +654,22 @@ def test_without_a_waiting_producer_the_chord_callback_builds_and_stores_the_rep
     }
 
 
-def _self_completing(seq: str, words: str, then: str) -> str:
-    """A command that, like a coding agent, records its own completion through the task
-    CLI during its run, then carries on with ``then``."""
-    cli = f"{sys.executable} -m batchq complete feat {seq} {words} --root ."
-    return f"PYTHONPATH={REPO_ROOT} {cli} && {then}"
-
-
-def test_a_summary_the_agent_recorded_itself_is_kept(make_feature, subtask_data, orchestrator):
-    root = make_feature(
-        [subtask_data("01", command=_self_completing("01", "my own words", write("01")))]
-    )
-    result = orchestrator(root).run()
-    assert result.ok, result.reports
-    (report,) = result.reports
-    assert report.results[0].summary == "my own words"
-    assert report.discrepancies == []
-    data = raw(root, "01")
-    assert data["status"] == "completed"
-    assert data["completion_summary"] == "my own words"
-    assert data["batchq"]["result"] == "completed"
-
-
-def test_a_self_reported_completion_that_verification_contradicts_is_a_discrepancy(
+def test_a_sandboxed_agent_cannot_mark_itself_done_in_its_task_file(
     make_feature, subtask_data, orchestrator
 ):
-    # The agent says it is done, but never writes its deliverable.
-    root = make_feature(
-        [subtask_data("01", command=_self_completing("01", "all done", "echo finished"))]
-    )
+    """The sandbox keeps ``.tmp/tasks/`` read-only: the prompt tells agents to print
+    ``SUMMARY:`` instead, and batchq records completion (see test_self_completion.py
+    for what happens where no sandbox stops them)."""
+    if not bwrap_status()[0]:
+        pytest.skip("bubblewrap does not work here")
+    cli = f"{sys.executable} -m batchq complete feat 01 my own words --root ."
+    root = make_feature([subtask_data("01", command=f"PYTHONPATH={REPO_ROOT} {cli}")])
+    before = raw(root, "01")
     result = orchestrator(root).run()
     assert not result.ok
     (report,) = result.reports
     assert report.results[0].result is ResultState.FAILED
-    (note,) = report.discrepancies
-    assert note.startswith("01: the agent marked itself completed ('all done'), but the subtask")
-    assert "deliverable missing: out/01.txt" in note
     data = raw(root, "01")
-    assert data["status"] == "blocked" and data["batchq"]["result"] == "failed"
-    assert data.get("completed_at") is None and data.get("completion_summary") is None
-    assert "### Discrepancies:" in render_markdown(report)
+    assert data["status"] == "blocked"
+    assert data.get("completion_summary") != "my own words"
+    assert data["title"] == before["title"]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,8 +83,11 @@ def _record_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
         events.append(("signal", sig))
         real_signal(pgid, sig)
 
+    me = threading.get_ident()
+
     def sleep(seconds: float) -> None:
-        events.append(("sleep", seconds))
+        if threading.get_ident() == me:  # other threads of the test process sleep too
+            events.append(("sleep", seconds))
         real_sleep(seconds)
 
     monkeypatch.setattr(procs, "_signal_group", signal_group)
