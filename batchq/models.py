@@ -253,7 +253,7 @@ _FINGERPRINT_KEYS = ("fingerprint", "inputs", "outputs")
 
 def _check_seq(value: str) -> str:
     if not _SEQ_RE.match(value):
-        raise ValueError(f"a seq is 2 to {SEQ_MAX_DIGITS} ASCII digits (0-9), like \"01\"")
+        raise ValueError(f'a seq is 2 to {SEQ_MAX_DIGITS} ASCII digits (0-9), like "01"')
     return value
 
 

@@ -395,9 +395,10 @@ def execute(
     So any unexpected error (a bug, an input validation missed) becomes this subtask's
     failed result, recorded once with its events like any other. Only Redis outages
     pass, for the task layer to requeue the message."""
+    passing: tuple[type[Exception], ...] = (RetryLater, *CONNECTION_ERRORS)
     try:
         return _execute(msg, store, settings, task_id=task_id, retries_done=retries_done)
-    except (RetryLater, *CONNECTION_ERRORS):
+    except passing:
         raise
     except Exception as exc:
         return _unexpected(msg, store, settings, retries_done, exc)

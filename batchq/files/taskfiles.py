@@ -312,7 +312,9 @@ def _check_subtask(path: Path, sub: Subtask) -> Subtask:
     match = SUBTASK_RE.match(path.name)
     if match is None:
         raise SpecError(
-            path, None, f"file name should be subtask_NN.json (NN: 2 to {SEQ_MAX_DIGITS} ASCII digits)"
+            path,
+            None,
+            f"file name should be subtask_NN.json (NN: 2 to {SEQ_MAX_DIGITS} ASCII digits)",
         )
     if int(match.group(1)) != sub.number:
         raise SpecError(
