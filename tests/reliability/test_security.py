@@ -1,5 +1,7 @@
 """Bad messages and secrets: pickle is refused, a worker enforces its own allow-list,
-passwords never show, TLS URLs are accepted, Flower stays on loopback without auth.
+passwords never show, TLS URLs are accepted, Flower stays on loopback without auth,
+and an allowed command in the default sandbox can neither copy the worker's
+environment nor rewrite ``batchq.toml`` (docs/security.md lists every defence).
 
 The worker-side allow-list is also covered by
 ``tests/integration/test_execution.py::test_a_worker_refuses_a_callable_its_own_allow_list_does_not_cover``;
