@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 WORKSPACE_DIR ?= .tmp/workspace
 export WORKSPACE_DIR
 
-.PHONY: install run run-broken run-auth test lint typecheck pytest bench worker flower up down clean
+.PHONY: install run run-broken run-auth test test-fast lint typecheck pytest bench worker flower up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The quick loop while editing (README: Testing): unit tests, the store contract (both
+# stores), and the in-process lane (a Celery worker in threads of the test
+# process, on the same real redis-server). Worker subprocesses, faults, the browser and
+# the slow-marked tests are left to `make test`.
+test-fast: install
+	$(BIN)/pytest tests/unit tests/contract tests/inprocess -q -m "not slow"
 
 bench: install
 	$(BIN)/python -m bench

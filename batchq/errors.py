@@ -13,6 +13,7 @@ the context attributes instead of parsing messages::
     │   ├── UsageError                   bad arguments, unknown feature or seq
     │   └── LockedError(holder)          another orchestrator runs this feature
     ├── ExecutionFailed(report)      1   a subtask or batch failed
+    ├── RunCancelled                 4   nothing failed, but the run was cancelled
     └── InfrastructureError          3   Redis, the broker or a worker is unreachable
         └── BrokerUnavailable(url)       the URL is stored with its password masked
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "BatchqError",
@@ -33,6 +33,7 @@ __all__ = [
     "LockedError",
     "PlanError",
     "PolicyError",
+    "RunCancelled",
     "SpecError",
     "UnsafeBatchError",
     "UsageError",
@@ -41,19 +42,16 @@ __all__ = [
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL so it can be printed or logged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """Hide the password of a URL so it can be printed or logged, whatever the URL
+    holds: the user information is everything between ``://`` and the last ``@``
+    (a password with an unencoded ``#``, ``/`` or ``?`` fools ``urlsplit``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.partition(":")[0] if ":" in userinfo else ""
+    shown = f"{user}:***" if ":" in userinfo else "***"
+    return f"{scheme}://{shown}@{host}"
 
 
 class BatchqError(Exception):
@@ -151,3 +149,10 @@ class BrokerUnavailable(InfrastructureError):
         self.url = mask_url(url)
         detail = f": {reason}" if reason else ""
         super().__init__(f"cannot reach Redis at {self.url}{detail}")
+
+
+class RunCancelled(BatchqError):
+    """The run was cancelled (``batchq cancel``, Ctrl-C) and nothing in it failed: an
+    exit code of its own, so a script can tell "stopped on purpose" from "failed"."""
+
+    exit_code = 4

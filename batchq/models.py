@@ -146,8 +146,13 @@ class SandboxMode(StrEnum):
 
 
 class BatchStatus(StrEnum):
+    """``completed``: every member completed. ``partial_failure``: a member failed,
+    timed out or never reported (or, under ``fail``, a write no member can be blamed
+    for). ``cancelled``: nothing failed, but members were cancelled or skipped."""
+
     COMPLETED = "completed"
     PARTIAL_FAILURE = "partial_failure"
+    CANCELLED = "cancelled"
 
 
 class _Tolerant(BaseModel):
@@ -364,6 +369,9 @@ class PlannedBatch(BaseModel):
     parallel: bool
     after: int | None = None
     reasons: dict[str, str] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    """The members' dependencies outside the batch, for the report's "Batch N depends
+    on" line."""
 
 
 class Plan(BaseModel):
@@ -433,6 +441,11 @@ class NextStep(_Wire):
     seqs: list[str] = Field(default_factory=list)
     dependencies_satisfied: bool = False
     recommendation: str = ""
+    depends_on: list[str] = Field(default_factory=list)
+    """What batch ``batch`` depends on (the report's "Batch N depends on" line)."""
+    fix: list[str] = Field(default_factory=list)
+    """The subtasks that failed and must be fixed first: the failures themselves, never
+    the dependents skipped because of them."""
 
 
 class SkippedSubtask(_Wire):
@@ -440,6 +453,9 @@ class SkippedSubtask(_Wire):
 
     seq: str
     reason: str
+    cause: str | None = None
+    """The failed subtask this one was skipped because of (None: the run stopped)."""
+    title: str = ""
 
 
 class UndeclaredWrite(_Wire):
@@ -448,6 +464,8 @@ class UndeclaredWrite(_Wire):
 
     path: str
     candidates: list[str]
+    reason: str = ""
+    """Why no single candidate is blamed: whose windows overlapped whose."""
 
 
 class BatchReport(_Wire):
@@ -461,7 +479,11 @@ class BatchReport(_Wire):
     total: int
     completed: int
     failed: int
+    """Members that failed, timed out or never reported; never cancelled or skipped ones."""
     success_rate: float
+    cancelled: int = 0
+    skipped_count: int = 0
+    """``total == completed + failed + cancelled + skipped_count``."""
     next: NextStep = Field(default_factory=NextStep)
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
@@ -523,6 +545,9 @@ class Run:
     callable_s: Mapping[str, float] = field(default_factory=dict)
     """The longest recent duration of each python callable the feature uses (any
     feature's runs count), to tell tiny subtasks (:mod:`batchq.core.chunks`)."""
+    foreign: Mapping[str, list[str]] = field(default_factory=dict)
+    """The deliverables the root's other features declare, keyed ``feature <name>``:
+    their writes are theirs, never this run's undeclared writes."""
 
 
 def agent_name(subtask: Subtask) -> str:

@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from batchq import layout
-from batchq.errors import InputError, SpecError
+from batchq.errors import InputError, SpecError, mask_url
 from batchq.models import SandboxMode, WriteCheck
 
 __all__ = [
@@ -143,13 +143,28 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _url_from_file(self) -> Settings:
         if self.redis_url is None and self.redis_url_file is not None:
-            self.redis_url = read_url_file(self.redis_url_file)
+            url = read_url_file(self.redis_url_file)
+            problem = redis_url_problem(url)
+            if problem:
+                raise ValueError(
+                    f"BATCHQ_REDIS_URL_FILE={self.redis_url_file}: {mask_url(url)}: {problem}"
+                )
+            self.redis_url = url
         return self
 
     @field_validator("shell_allow", "python_allow", "protected_paths", mode="before")
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("redis_url", "result_url", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = redis_url_problem(value)
+            if problem:
+                raise ValueError(f"{mask_url(value)}: {problem}")
+        return value
 
     @field_validator("protected_paths", mode="after")
     @classmethod
@@ -200,6 +215,49 @@ def read_url_file(path: Path) -> str:
     return text
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "socket", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL, in words a user can act on; None when nothing.
+
+    Checked when settings load, so every command (``worker`` included) refuses a bad
+    URL with exit 2 instead of a traceback from deep inside kombu or redis-py."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "not a URL; expected redis://[:password@]host[:port][/db]"
+    if scheme not in _REDIS_SCHEMES:
+        return f"unknown scheme {scheme!r}; expected one of " + ", ".join(
+            f"{s}://" for s in _REDIS_SCHEMES
+        )
+    if scheme in ("redis+socket", "socket", "unix"):
+        return (
+            None if rest.partition("?")[0].startswith("/") else "expected an absolute socket path"
+        )
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and any(c in userinfo for c in "#/?"):
+        return "the password holds '#', '/' or '?': percent-encode it (%23, %2F, %3F)"
+    hostport, _, path = hostpart.partition("/")
+    path = path.partition("?")[0]
+    host, colon, port = (
+        hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+    )
+    if not colon:
+        host, port = hostport, ""
+    if not host:
+        return "no host; expected redis://host[:port][/db]"
+    if colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return f"port {port!r} is not a number from 1 to 65535"
+    if path and not (path.isascii() and path.isdigit()):
+        return f"database {path!r} is not a number"
+    return None
+
+
+def _message(msg: str) -> str:
+    """pydantic's message without its "Value error, " prefix."""
+    return msg.removeprefix("Value error, ")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -223,9 +281,9 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
         env_only = Settings()
     except ValidationError as exc:  # name the variable the user set, not the field
         problems = "; ".join(
-            f"BATCHQ_{str(e['loc'][0]).upper()}: {e['msg']}"
+            f"BATCHQ_{str(e['loc'][0]).upper()}: {_message(e['msg'])}"
             if e["loc"]
-            else str(e["msg"]).removeprefix("Value error, ")
+            else _message(str(e["msg"]))
             for e in exc.errors()
         )
         raise InputError(f"invalid environment: {problems}") from None
@@ -234,8 +292,11 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
     merged.update(overrides)
     try:
         settings = Settings.model_validate(merged)
-    except Exception as exc:  # pydantic.ValidationError, but keep the message short
-        raise SpecError(root / CONFIG_FILE if root else CONFIG_FILE, None, str(exc)) from exc
+    except ValidationError as exc:  # loc and msg only: the input may hold a password
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {_message(e['msg'])}" for e in exc.errors()
+        )
+        raise SpecError(root / CONFIG_FILE if root else CONFIG_FILE, None, problems) from None
     # model_fields_set must reflect only explicit env/override choices for allow_for().
     explicit = (env_only.model_fields_set | set(overrides)) & {"shell_allow", "python_allow"}
     object.__setattr__(

@@ -22,9 +22,10 @@ from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, o
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
 from batchq.core import planner
-from batchq.errors import BatchqError, ExecutionFailed, InputError, UsageError
+from batchq.errors import BatchqError, ExecutionFailed, InputError, RunCancelled, UsageError
 from batchq.models import (
     BatchReport,
+    BatchStatus,
     FailurePolicy,
     ResultState,
     RunMode,
@@ -287,16 +288,21 @@ def _interrupted(conn: Any, name: str, root: Path) -> None:
 
 
 def _conclude(result: RunResult, as_json: bool) -> None:
+    statuses = {r.status for r in result.reports}
+    failed = BatchStatus.PARTIAL_FAILURE in statuses
+    cancelled = not failed and BatchStatus.CANCELLED in statuses
     if as_json:
-        sys.stdout.write(
-            json.dumps({"event": "run_finished", "run_id": result.run_id, "ok": result.ok}) + "\n"
-        )
+        status = "failed" if failed else "cancelled" if cancelled else "completed"
+        finished = {"event": "run_finished", "run_id": result.run_id, "ok": result.ok}
+        sys.stdout.write(json.dumps(finished | {"status": status}) + "\n")
     if not result.reports:
         if not as_json:
             emit([f"Nothing to run: {result.feature.name} has no pending subtasks."])
         return
-    if not result.ok:
+    if failed:
         raise ExecutionFailed(f"run {result.run_id} stopped: a batch failed (see the report above)")
+    if cancelled:
+        raise RunCancelled(f"run {result.run_id} was cancelled (see the report above)")
 
 
 def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[BatchReport]:

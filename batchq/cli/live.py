@@ -22,9 +22,7 @@ def live_lines(feature: Feature, settings: Settings) -> list[str]:
     from batchq.store.state import StateStore
 
     try:
-        store = StateStore.from_url(
-            settings.redis_url, prefix=settings.key_prefix, timeout_s=TIMEOUT_S
-        )
+        store = StateStore.from_settings(settings, timeout_s=TIMEOUT_S)
     except Exception:
         return []
     try:

@@ -7,6 +7,8 @@ usage, 3 infrastructure unreachable). No command prints a traceback for bad inpu
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ import click
 import typer
 
 from batchq.cli import execution, views
-from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line
+from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line, out
 from batchq.core import planner
 from batchq.errors import BatchqError, SpecError, UsageError
 from batchq.files import taskfiles
@@ -316,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the app and map every error to its exit code in one place."""
     try:
         code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except SystemExit as exc:
+        # typer (after wrapping the streams in its PacifyFlushWrapper) and Rich (after
+        # going quiet) turn a closed stdout pipe into exit 1: the reader went away
+        # (`batchq report f | head -2`), which is not a failure of ours.
+        if exc.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper" or out.quiet):
+            raise SystemExit(0) from None
+        raise
     except BatchqError as exc:
         error_line(str(exc))
         raise SystemExit(exc.exit_code) from None
@@ -333,4 +342,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     except (click.exceptions.Exit, typer.Exit) as exc:
         raise SystemExit(exc.exit_code) from None
+    except BrokenPipeError:
+        # The reader went away (`batchq report f | head -2`): not a failure of ours.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+    except OSError as exc:
+        # A full disk or a read-only folder under a command: infrastructure, exit 3.
+        error_line(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        raise SystemExit(3) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -14,12 +14,14 @@ from rich.text import Text
 
 from batchq.models import (
     BatchReport,
+    BatchStatus,
     DeliverableCheck,
     Feature,
     Plan,
     ResultState,
     SkippedSubtask,
     SubtaskResult,
+    WriteCheck,
     seq_key,
 )
 
@@ -59,8 +61,25 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
+_STATUS_LINES: dict[BatchStatus, str] = {
+    BatchStatus.COMPLETED: "✅ ALL COMPLETED",
+    BatchStatus.PARTIAL_FAILURE: "❌ PARTIAL FAILURE",
+    BatchStatus.CANCELLED: "⊘ CANCELLED",
+}
+_HEADINGS: dict[BatchStatus, str] = {
+    BatchStatus.COMPLETED: "Execution Complete",
+    BatchStatus.PARTIAL_FAILURE: "Execution FAILED",
+    BatchStatus.CANCELLED: "Execution CANCELLED",
+}
+
+
 def _status_line(report: BatchReport) -> str:
-    return "✅ ALL COMPLETED" if report.ok else "❌ PARTIAL FAILURE"
+    return _STATUS_LINES[report.status]
+
+
+def _percent(rate: float) -> str:
+    """``100%``, ``66.7%``: the seed's whole percentages, a decimal only when needed."""
+    return f"{rate:.1f}".removesuffix(".0") + "%"
 
 
 def _deliverables(checks: list[DeliverableCheck]) -> str:
@@ -75,128 +94,170 @@ def _tail(output: str) -> list[str]:
     return lines[-TAIL_LINES:]
 
 
+def _headline(result: SubtaskResult) -> str:
+    """The seed's ``✅ Subtask 01 - <title>``; a failed or timed-out one is
+    ``❌ Subtask 02 - FAILED: <error>`` (its title follows as an extra)."""
+    if result.result in (ResultState.FAILED, ResultState.TIMED_OUT):
+        error = " ".join((result.error or result.error_type or result.result.value).split())
+        return f"❌ Subtask {result.seq} - FAILED: {error}"
+    return f"{_ICONS[result.result]} Subtask {result.seq} - {result.title}"
+
+
 def _result_block(result: SubtaskResult) -> list[str]:
-    lines = [
-        f"{_ICONS[result.result]} Subtask {result.seq} - {result.title}",
-        f"   Status: {result.result.value}",
-    ]
+    lines = [_headline(result), f"   - Status: {result.result.value}"]
     if result.deliverables:
-        lines.append(f"   Deliverables: {_deliverables(result.deliverables)}")
+        lines.append(f"   - Deliverables: {_deliverables(result.deliverables)}")
     if result.summary:
-        lines.append(f"   Summary: {result.summary}")
+        lines.append(f"   - Summary: {result.summary}")
+    if not result.ok and result.result is not ResultState.CANCELLED:
+        lines.append(f"   - Title: {result.title}")
+    elif result.result is ResultState.CANCELLED and result.error:
+        lines.append(f"   - Reason: {result.error}")
     if result.undeclared_writes:
-        lines.append(f"   Undeclared writes: {', '.join(result.undeclared_writes)}")
+        lines.append(f"   - Undeclared writes: {', '.join(result.undeclared_writes)}")
     if not result.ok:
-        error = result.error or result.error_type
-        if error:
-            lines.append(f"   Error: {error}")
         tail = _tail(result.output_tail)
         if tail:
-            lines.append("   Output (tail):")
+            lines.append("   - Output (tail):")
             lines.extend(f"     {line}" for line in tail)
     facts = [f"Duration: {format_duration(result.duration_s)}"]
     if result.worker:
         facts.append(f"Worker: {result.worker}")
     if result.attempts > 1:
         facts.append(f"Attempts: {result.attempts}")
-    lines.append("   " + " · ".join(facts))
+    lines.append("   - " + " · ".join(facts))
     if not result.ok and result.log_path:
-        lines.append(f"   Log: {result.log_path}")
+        lines.append(f"   - Log: {result.log_path}")
     return lines
 
 
 def _missing_block(seq: str) -> list[str]:
-    return [f"{_MISSING_ICON} Subtask {seq}", "   Status: no result received"]
+    return [
+        f"❌ Subtask {seq} - FAILED: no result received",
+        "   - Status: failed",
+        "   - Reason: no result before the batch deadline (worker lost or message lost)",
+    ]
 
 
 def _skipped_block(skip: SkippedSubtask) -> list[str]:
-    return [f"{_SKIPPED_ICON} Subtask {skip.seq}", f"   Status: skipped — {skip.reason}"]
-
-
-def _breakdown(report: BatchReport) -> str | None:
-    """How the failed count splits, when it is not simply "failed" (see report.py)."""
-    counts: dict[str, int] = {}
-    for result in report.results:
-        if not result.ok:
-            label = result.result.value.replace("_", " ")
-            counts[label] = counts.get(label, 0) + 1
-    if report.missing:
-        counts["missing"] = len(report.missing)
-    if report.skipped:
-        counts["skipped"] = len(report.skipped)
-    if set(counts) <= {"failed"}:
-        return None
-    order = ["failed", "timed out", "cancelled", "missing", "skipped"]
-    return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+    title = f" - {skip.title}" if skip.title else ""
+    return [
+        f"{_SKIPPED_ICON} Subtask {skip.seq}{title}",
+        "   - Status: skipped",
+        f"   - Reason: {skip.reason}",
+    ]
 
 
 def _statistics(report: BatchReport) -> list[str]:
+    """The seed's four lines, then what batchq adds: the counts the seed has no line
+    for (only when not zero), and the timings."""
     lines = [
-        f"- Total: {report.total}",
+        f"- Total tasks: {report.total}",
         f"- Completed: {report.completed}",
         f"- Failed: {report.failed}",
+        f"- Success rate: {_percent(report.success_rate)}",
     ]
-    breakdown = _breakdown(report)
-    if breakdown:
-        lines.append(f"- Not completed: {breakdown}")
-    lines += [
-        f"- Success rate: {report.success_rate:.1f}%",
+    timed_out = sum(1 for r in report.results if r.result is ResultState.TIMED_OUT)
+    extras = [
+        ("Timed out (counted in Failed)", timed_out),
+        ("No result (counted in Failed)", len(report.missing)),
+        ("Cancelled", report.cancelled),
+        ("Skipped", report.skipped_count),
+    ]
+    lines += [f"- {label}: {n}" for label, n in extras if n]
+    if report.undeclared_writes:
+        # Not a member's failure, so not in Failed; under ``fail`` it fails the batch.
+        effect = "fail the batch" if report.write_check is WriteCheck.FAIL else "warning"
+        lines.append(f"- Undeclared writes ({effect}): {len(report.undeclared_writes)}")
+    timing = (
         f"- Wall time: {format_duration(report.wall_s)}"
         f" · Summed subtask time: {format_duration(report.work_s)}"
-        f" · Parallel speed-up: {report.speedup:.1f}×",
-    ]
-    return lines
+    )
+    if report.speedup > 0:
+        timing += f" · Parallel speed-up: {report.speedup:.1f}×"
+    return [*lines, timing]
 
 
 def _next_steps(report: BatchReport) -> list[str]:
+    """In the seed's words: "Batch 1 complete. Ready to proceed to Batch 2 (subtask
+    04)." then "Batch 2 depends on: ... (all now satisfied)."; after a failure
+    "Recommendation: Fix subtask 02 before proceeding to Batch 2."."""
     step = report.next
-    seqs = ", ".join(step.seqs)
-    if step.dependencies_satisfied and step.batch is not None:
-        return [f"- ✅ Batch {step.batch} ({seqs}) is ready: dependencies satisfied"]
-    if step.dependencies_satisfied:
-        return [f"- ✅ {step.recommendation or 'All batches complete'}"]
-    lines = [f"- ❌ {step.recommendation}"]
+    if report.status is BatchStatus.COMPLETED:
+        lines = [step.recommendation or f"Batch {report.batch} complete."]
+        if step.batch is not None:
+            if step.depends_on:
+                deps = ", ".join(step.depends_on)
+                lines.append(f"Batch {step.batch} depends on: {deps} (all now satisfied).")
+            else:
+                lines.append(f"Batch {step.batch} depends on: nothing.")
+        return lines
+    if report.status is BatchStatus.CANCELLED:
+        return [step.recommendation]
+    lines = [f"Recommendation: {step.recommendation}"]
     if step.batch is not None:
-        lines.append(f"- ⏸ Batch {step.batch} ({seqs}) waits: dependencies not satisfied")
+        lines.append(
+            f"Batch {step.batch} ({', '.join(step.seqs)}) does not start; "
+            f"rerun `batchq run {report.feature}` once it is fixed."
+        )
     return lines
 
 
-def render_markdown(report: BatchReport) -> str:
-    """The seed format orchestrators already parse (SPEC 4), without a trailing newline.
-
-    Headers and statistics lines keep the seed's exact wording; anything batchq adds
-    (the forced-report warning, the breakdown of failures, discrepancies) is on lines
-    of its own so line-oriented parsers keep working.
-    """
-    lines = [
-        f"## Batch {report.batch} Execution Complete",
-        "",
-        f"Feature: {report.feature}",
-        f"Status: {_status_line(report)}",
-    ]
-    if report.forced:
-        who = ", ".join(report.missing) if report.missing else "no member"
-        lines.append(f"⚠ Forced report: no result from {who} (stalled)")
-    lines += ["", "### Individual Results:", ""]
-
+def _results(report: BatchReport) -> list[str]:
     blocks = [_result_block(r) for r in report.results]
     blocks += [_missing_block(seq) for seq in report.missing]
     blocks += [_skipped_block(skip) for skip in report.skipped]
     order = [r.seq for r in report.results] + list(report.missing)
     order += [skip.seq for skip in report.skipped]
+    lines: list[str] = []
     for _, block in sorted(zip(order, blocks, strict=True), key=lambda p: seq_key(p[0])):
         lines += [*block, ""]
+    return lines
 
-    lines += ["### Batch Statistics:", "", *_statistics(report), ""]
-    lines += ["### Next Steps:", "", *_next_steps(report)]
+
+def _members(report: BatchReport) -> list[str]:
+    seqs = [r.seq for r in report.results] + list(report.missing)
+    seqs += [skip.seq for skip in report.skipped]
+    return sorted(seqs, key=seq_key)
+
+
+def render_markdown(report: BatchReport) -> str:
+    """The seed format orchestrators already parse (SPEC 4), without a trailing newline.
+
+    The seed's skeleton comes first, line for line; batchq's extras (the forced-report
+    warning, undeclared writes, discrepancies) follow in sections of their own after
+    Next Steps, and extra per-subtask or statistics lines after the seed's ones, so
+    line-oriented parsers keep working.
+    """
+    lines = [
+        f"## Batch {report.batch} {_HEADINGS[report.status]}",
+        "",
+        f"Feature: {report.feature}",
+        f"Batch: {report.batch}",
+        f"Subtasks: {', '.join(_members(report))}",
+        f"Status: {_status_line(report)}",
+        "",
+        "### Individual Results:",
+        "",
+        *_results(report),
+        "### Batch Statistics:",
+        *_statistics(report),
+        "",
+        "### Next Steps:",
+        *_next_steps(report),
+    ]
+    if report.forced:
+        who = ", ".join(report.missing) if report.missing else "no member"
+        lines += ["", "### Forced Report:", f"- No result from {who} (stalled)"]
     if report.undeclared_writes:
-        lines += ["", "### Undeclared Writes:", ""]
+        lines += ["", "### Undeclared Writes:"]
         lines += [
             f"- {w.path} (not attributable; candidates: {', '.join(w.candidates)})"
+            + (f": {w.reason}" if w.reason else "")
             for w in report.undeclared_writes
         ]
     if report.discrepancies:
-        lines += ["", "### Discrepancies:", ""]
+        lines += ["", "### Discrepancies:"]
         lines += [f"- {note}" for note in report.discrepancies]
     return "\n".join(lines)
 
@@ -207,10 +268,12 @@ def render_table(report: BatchReport) -> Table:
         title=f"Batch {report.batch} · {report.feature} · {_status_line(report)}",
         caption=(
             f"Total {report.total} · Completed {report.completed} · Failed {report.failed}"
-            f" · Success {report.success_rate:.1f}%"
+            + (f" · Cancelled {report.cancelled}" if report.cancelled else "")
+            + (f" · Skipped {report.skipped_count}" if report.skipped_count else "")
+            + f" · Success {_percent(report.success_rate)}"
             f" · Wall {format_duration(report.wall_s)}"
             f" · Summed {format_duration(report.work_s)}"
-            f" · Speed-up {report.speedup:.1f}×"
+            + (f" · Speed-up {report.speedup:.1f}×" if report.speedup > 0 else "")
             + (f" · Forced: no result from {', '.join(report.missing)}" if report.forced else "")
             + "".join(
                 f" · Undeclared write {w.path} (candidates: {', '.join(w.candidates)})"

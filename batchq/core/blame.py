@@ -77,6 +77,19 @@ Window = tuple[datetime, datetime | None]
 """A subtask's time in flight outside the batch: start and end (None: still running)."""
 
 
+def _reasons(
+    seq: str, siblings: Sequence[str], outsiders: int, missing: Sequence[str]
+) -> list[str]:
+    """Why ``seq`` cannot be blamed alone for what it saw (empty: it can)."""
+    out = [" and ".join(sorted((seq, o), key=seq_key)) + " overlapped" for o in siblings]
+    if outsiders:
+        many = "s" if outsiders > 1 else ""
+        out.append(f"{seq} overlapped {outsiders} subtask{many} of other batches")
+    if missing:
+        out.append(f"{', '.join(missing)} left no result (its window is unknown)")
+    return out
+
+
 def blame(
     results: Sequence[SubtaskResult],
     declared: Mapping[str, Sequence[str]],
@@ -98,23 +111,27 @@ def blame(
     ]
     by_seq: dict[str, list[str]] = {}
     seen_by: dict[str, list[str]] = {}
+    why: dict[str, list[str]] = {}
     for result in results:
         stray = outside(result.observed_writes, union)
         if not stray:
             continue
-        alone = not missing and not any(
-            _overlap(windows[result.seq], windows[other])
-            for other in windows
-            if other != result.seq
+        mine = windows[result.seq]
+        siblings = sorted(
+            (o for o in windows if o != result.seq and _overlap(mine, windows[o])), key=seq_key
         )
-        alone = alone and not any(_overlap(windows[result.seq], w) for w in outside_windows)
+        outsiders = sum(1 for w in outside_windows if _overlap(mine, w))
+        reasons = _reasons(result.seq, siblings, outsiders, missing)
         for path in stray:
-            if alone:
+            if not reasons:
                 by_seq.setdefault(result.seq, []).append(path)
             else:
                 seen_by.setdefault(path, []).append(result.seq)
+                why.setdefault(path, []).extend(r for r in reasons if r not in why[path])
     batch_level = [
-        UndeclaredWrite(path=path, candidates=sorted(set(seqs), key=seq_key))
+        UndeclaredWrite(
+            path=path, candidates=sorted(set(seqs), key=seq_key), reason="; ".join(why[path])
+        )
         for path, seqs in sorted(seen_by.items())
     ]
     return Blame(by_seq={k: sorted(v) for k, v in by_seq.items()}, batch_level=batch_level)

@@ -37,6 +37,8 @@ class Skip:
 
     seq: str
     reason: str
+    cause: str | None = None
+    """The failed subtask behind the skip; None when the run stopped."""
 
 
 class FlowSchedule:
@@ -69,6 +71,8 @@ class FlowSchedule:
         self.in_flight: set[str] = set()
         self.results: dict[str, ResultState] = {}
         self.skipped: dict[str, str] = {}
+        self.causes: dict[str, str] = {}
+        """Skipped seq -> the failed subtask it was skipped because of."""
         self.stopped: str | None = None
         self._open = {b.number: len(b.seqs) for b in plan.batches}
 
@@ -128,7 +132,9 @@ class FlowSchedule:
         self.results[seq] = result
         self._open[self.batch_of[seq]] -= 1
         if result is not ResultState.COMPLETED:
-            return self._skip_dependents(seq, _WHAT[result])
+            # A cancelled dependency is nobody's fault: its dependents have no cause.
+            cause = None if result is ResultState.CANCELLED else seq
+            return self._skip_dependents(seq, _WHAT[result], cause)
         for dep in self.dependents[seq]:
             self._unmet[dep] -= 1
             if self._unmet[dep] == 0 and dep in self.waiting:
@@ -148,17 +154,19 @@ class FlowSchedule:
         self.waiting.discard(skip.seq)
         self.ready_set.discard(skip.seq)
         self.skipped[skip.seq] = skip.reason
+        if skip.cause is not None:
+            self.causes[skip.seq] = skip.cause
         self._open[self.batch_of[skip.seq]] -= 1
 
-    def _skip_dependents(self, failed: str, what: str) -> list[Skip]:
+    def _skip_dependents(self, failed: str, what: str, cause: str | None) -> list[Skip]:
         out: list[Skip] = []
         frontier = [(failed, f"{failed}, which {what}")]
         while frontier:
-            seq, cause = frontier.pop()
+            seq, why = frontier.pop()
             for dep in self.dependents[seq]:
                 if dep not in self.waiting:
                     continue  # already skipped through another failed dependency
-                skip = Skip(dep, f"depends on {cause}")
+                skip = Skip(dep, f"depends on {why}", cause)
                 self._skip(skip)
                 out.append(skip)
                 frontier.append((dep, f"{dep}, which was skipped ({failed} {what})"))

@@ -54,6 +54,7 @@ __all__ = [
     "check_batch",
     "dependency_tree",
     "mermaid",
+    "next_after",
     "plan",
     "problems",
     "ready",
@@ -422,11 +423,40 @@ def plan(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> Plan
                     parallel=parallel,
                     after=after,
                     reasons=reasons,
+                    depends_on=_outside(seqs, by_seq),
                 )
             )
     completed = [s for s in sorted(by_seq, key=seq_key) if by_seq[s].status is _COMPLETED]
     blocked = {s: left_out[s] for s in sorted(left_out, key=seq_key)}
     return Plan(feature=feature.name, batches=batches, blocked=blocked, completed=completed)
+
+
+def _outside(seqs: Sequence[str], by_seq: dict[str, Subtask]) -> list[str]:
+    """The dependencies of a batch's members that are not members themselves."""
+    inside = set(seqs)
+    deps = {d for s in seqs for d in by_seq[s].depends_on if d not in inside}
+    return sorted(deps, key=seq_key)
+
+
+def next_after(
+    feature: Feature, seqs: Sequence[str], protected: Sequence[str] = DEFAULT_PROTECTED
+) -> PlannedBatch | None:
+    """The feature's next batch once the explicit batch ``seqs`` has completed (what
+    ``batchq batch`` names next), numbered 2 after the explicit batch's 1; None when
+    nothing would be left to plan."""
+    done = set(seqs)
+    assumed = feature.model_copy(
+        update={
+            "subtasks": [
+                s.model_copy(update={"status": _COMPLETED}) if s.seq in done else s
+                for s in feature.subtasks
+            ]
+        }
+    )
+    batches = plan(assumed, protected).batches
+    if not batches:
+        return None
+    return batches[0].model_copy(update={"number": 2, "after": 1})
 
 
 def _cut_level(

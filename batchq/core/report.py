@@ -5,17 +5,18 @@ batch-of-one path and the deadline (forced) path all call it, so the three can n
 disagree about totals, status or the next step. It imports neither celery nor redis and
 does no I/O: the callers fetch results and write the report; this module only decides.
 
-Counting rules (SPEC 3, 4):
+Counting rules (SPEC 3, 4): counts count what they name.
 
-- ``total`` is the number of *expected* members, not the number of results received:
-  a member that never reported is ``missing`` and is not completed.
-- ``failed`` is ``total - completed``. Everything that did not complete counts as
-  failed, including ``timed_out``, ``cancelled`` and missing members. ``cancelled``
-  counts too because the batch did not do its work and the next batch must not start
-  (SPEC 3: "the next batch never starts after a failed one"); keeping
-  ``completed + failed == total`` also keeps the seed format's statistics consistent
-  for orchestrators that parse them. The per-member results still say *how* each one
-  ended, and the renderers break the count down.
+- ``total`` is the number of *expected* members, not the number of results received.
+- ``failed`` counts members that failed, timed out or never reported (``missing``: the
+  files record those as failed too). ``cancelled`` and ``skipped_count`` count members
+  that did not run to completion through no fault of their own; they are never
+  ``failed``. ``completed + failed + cancelled + skipped_count == total``.
+- The status: ``partial_failure`` when a member failed (or, under ``fail``, a write no
+  member can be blamed for); else ``cancelled`` when a member was cancelled or skipped;
+  else ``completed``. A flow batch whose members were skipped because a dependency in
+  another batch failed is a ``partial_failure`` with ``Failed: 0``: the advice names
+  the failed dependency (``NextStep.fix``), never the skipped dependents.
 - Write-set enforcement (:mod:`batchq.files.snapshot`): the members' observed writes are
   blamed here, where every member's deliverables and window are known. Under
   ``fail``, a member blamed alone ends ``failed`` in the report, and writes no single
@@ -116,46 +117,68 @@ def _wall_seconds(
     return max(0.0, (finished_at - start).total_seconds())
 
 
+def _subtasks(seqs: Sequence[str]) -> str:
+    return f"subtask{'s' if len(seqs) != 1 else ''} {_seq_list(seqs)}"
+
+
 def _next_step(
     feature: str,
-    ok: bool,
-    not_completed: Sequence[str],
+    batch: int,
+    status: BatchStatus,
+    fix: Sequence[str],
+    not_run: Sequence[str],
     next_batch: PlannedBatch | None,
     stray: Sequence[UndeclaredWrite] = (),
 ) -> NextStep:
-    if ok and next_batch is not None:
+    """The seed's Next Steps, as data: which batch is next, what it depends on, and the
+    one sentence the renderer prints (``recommendation``)."""
+    number = next_batch.number if next_batch else None
+    seqs = list(next_batch.seqs) if next_batch else []
+    deps = list(next_batch.depends_on) if next_batch else []
+    if status is BatchStatus.COMPLETED:
+        if next_batch is None:
+            text = f"Batch {batch} complete. All planned batches complete."
+        else:
+            text = (
+                f"Batch {batch} complete. Ready to proceed to Batch {next_batch.number} "
+                f"({_subtasks(next_batch.seqs)})."
+            )
         return NextStep(
-            batch=next_batch.number,
-            seqs=list(next_batch.seqs),
+            batch=number,
+            seqs=seqs,
+            depends_on=deps,
             dependencies_satisfied=True,
-            recommendation=f"Ready to run Batch {next_batch.number}: {_seq_list(next_batch.seqs)}",
+            recommendation=text,
         )
-    if ok:
-        return NextStep(dependencies_satisfied=True, recommendation="All batches complete")
-    if not not_completed:
-        return NextStep(
-            batch=next_batch.number if next_batch else None,
-            seqs=list(next_batch.seqs) if next_batch else [],
-            dependencies_satisfied=False,
-            recommendation=(
-                f"Undeclared writes that no single subtask can be blamed for: "
-                f"{_stray_list(stray)}; declare them as deliverables or fix the agents, "
-                f"then rerun `batchq run {feature}`"
-            ),
+    then = (
+        f" before proceeding to Batch {next_batch.number}"
+        if next_batch
+        else f", then rerun `batchq run {feature}`"
+    )
+    if status is BatchStatus.CANCELLED:
+        text = (
+            f"Batch {batch} was cancelled: {_subtasks(not_run)} did not complete. "
+            f"Rerun `batchq run {feature}` to resume."
         )
+    elif fix:
+        text = f"Fix {_subtasks(fix)}{then}."
+    else:
+        text = f"Declare or remove the undeclared writes {_stray_list(stray)}{then}."
     return NextStep(
-        batch=next_batch.number if next_batch else None,
-        seqs=list(next_batch.seqs) if next_batch else [],
+        batch=number,
+        seqs=seqs,
+        depends_on=deps,
         dependencies_satisfied=False,
-        recommendation=(
-            f"Fix the failed subtask(s) {_seq_list(not_completed)} first, "
-            f"then rerun `batchq run {feature}`"
-        ),
+        recommendation=text,
+        fix=list(fix),
     )
 
 
 def _stray_list(stray: Sequence[UndeclaredWrite]) -> str:
-    return "; ".join(f"{w.path} (candidates: {_seq_list(w.candidates)})" for w in stray)
+    return "; ".join(
+        f"{w.path} (candidates: {_seq_list(w.candidates)}" + (f"; {w.reason})" if w.reason else ")")
+        for w in stray
+    )
 
 
 def _blamed(
@@ -210,6 +233,8 @@ def build(
     declared: Mapping[str, Sequence[str]] | None = None,
     write_check: WriteCheck = WriteCheck.WARN,
     others: Sequence[blame.Window] = (),
+    causes: Mapping[str, str] | None = None,
+    titles: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Aggregate one batch's results into its report.
 
@@ -223,7 +248,10 @@ def build(
     ``declared`` maps each member to its deliverables, for the blame of undeclared
     writes (see the module docstring); ``write_check`` is the run's choice; ``others``
     (flow mode) the windows of subtasks outside the batch that ran meanwhile.
+    ``causes`` (flow mode) maps a skipped member to the failed subtask it waited on,
+    which the advice names; ``titles`` name the members that left no result.
     """
+    causes, titles = dict(causes or {}), dict(titles or {})
     skipped = dict(skipped or {})
     notes: list[str] = list(discrepancies)
     members = set(expected)
@@ -244,27 +272,43 @@ def build(
         [kept[seq] for seq in sorted(kept, key=seq_key)], declared, missing, write_check, others
     )
     kept = {r.seq: r for r in ordered}
-    not_completed = [seq for seq in expected_sorted if seq not in kept or not kept[seq].ok]
+    failing = (ResultState.FAILED, ResultState.TIMED_OUT)
+    failed = [
+        s for s in expected_sorted if s in missing or (s in kept and kept[s].result in failing)
+    ]
+    cancelled = [s for s in kept if kept[s].result is ResultState.CANCELLED]
+    skips = [s for s in expected_sorted if s in skipped and s not in kept]
+    completed = sum(1 for r in ordered if r.ok)
 
     total = len(expected_sorted)
-    completed = total - len(not_completed)
-    ok = not not_completed and not (write_check is WriteCheck.FAIL and stray)
+    fix = failed or sorted({causes[s] for s in skips if s in causes}, key=seq_key)
+    if failed or fix or (write_check is WriteCheck.FAIL and stray):
+        status = BatchStatus.PARTIAL_FAILURE
+    elif cancelled or skips:
+        status = BatchStatus.CANCELLED
+    else:
+        status = BatchStatus.COMPLETED
+    not_run = sorted([*cancelled, *skips], key=seq_key)
 
     wall_s = _wall_seconds(submitted_at, finished_at, ordered)
     work_s = sum(r.duration_s for r in ordered)
-    speedup = work_s / wall_s if wall_s > 0 else 0.0
+    ran = [r for r in ordered if r.duration_s > 0 and r.result is not ResultState.CANCELLED]
+    # A speed-up needs two members that ran and a wall time to divide by.
+    speedup = work_s / wall_s if wall_s > 0 and len(ran) > 1 else 0.0
 
     return BatchReport(
         feature=feature,
         run_id=run_id,
         batch=batch,
-        status=BatchStatus.COMPLETED if ok else BatchStatus.PARTIAL_FAILURE,
+        status=status,
         results=ordered,
         total=total,
         completed=completed,
-        failed=total - completed,
+        failed=len(failed),
+        cancelled=len(cancelled),
+        skipped_count=len(skips),
         success_rate=_success_rate(completed, total),
-        next=_next_step(feature, ok, not_completed, next_batch, stray),
+        next=_next_step(feature, batch, status, fix, not_run, next_batch, stray),
         submitted_at=submitted_at,
         finished_at=finished_at,
         wall_s=round(wall_s, 3),
@@ -273,9 +317,10 @@ def build(
         forced=forced,
         missing=missing,
         skipped=[
-            SkippedSubtask(seq=seq, reason=skipped[seq])
-            for seq in expected_sorted
-            if seq in skipped and seq not in kept
+            SkippedSubtask(
+                seq=seq, reason=skipped[seq], cause=causes.get(seq), title=titles.get(seq, "")
+            )
+            for seq in skips
         ],
         discrepancies=notes,
         undeclared_writes=stray,

@@ -39,7 +39,8 @@ from batchq.models import (
 )
 from batchq.protocol import CancelMode, EventKind
 from batchq.settings import Settings
-from batchq.store.state import CONNECTION_ERRORS, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import CONNECTION_ERRORS
 
 __all__ = [
     "RetryLater",
@@ -95,7 +96,7 @@ class _Attempt:
 class _Watch:
     """One running subtask as the heartbeat sees it."""
 
-    def __init__(self, store: StateStore, msg: SubtaskMessage, worker: str) -> None:
+    def __init__(self, store: Store, msg: SubtaskMessage, worker: str) -> None:
         self.store, self.msg, self.worker = store, msg, worker
         self.terminate = False
         self.renewed = time.monotonic()
@@ -131,7 +132,7 @@ class _Heartbeat(threading.Thread):
                 cls._instance = current
             return current
 
-    def watch(self, store: StateStore, msg: SubtaskMessage, worker: str) -> _Watch:
+    def watch(self, store: Store, msg: SubtaskMessage, worker: str) -> _Watch:
         watch = _Watch(store, msg, worker)
         with self.lock:
             self.watches.add(watch)
@@ -200,9 +201,7 @@ def _result(
     )
 
 
-def _finish(
-    store: StateStore, result: SubtaskResult, msg: SubtaskMessage, worker: str
-) -> SubtaskResult:
+def _finish(store: Store, result: SubtaskResult, msg: SubtaskMessage, worker: str) -> SubtaskResult:
     """Record the result once; on a failure, apply the batch's failure policy at once."""
     execution = msg.subtask.execution
     ran = result.result is not ResultState.CANCELLED  # a cancelled one mostly never started
@@ -263,7 +262,7 @@ def _workspace_ok(token_file: Path, token: str) -> bool:
     return True
 
 
-def _context(store: StateStore, run_id: str) -> str:
+def _context(store: Store, run_id: str) -> str:
     """The run's shared context, fetched once per worker process: it never changes."""
     if run_id not in _CONTEXTS:
         if len(_CONTEXTS) >= 64:
@@ -273,7 +272,7 @@ def _context(store: StateStore, run_id: str) -> str:
 
 
 def _claim(
-    store: StateStore,
+    store: Store,
     msg: SubtaskMessage,
     worker: str,
     task_id: str,
@@ -308,9 +307,7 @@ def _claim(
         time.sleep(BUSY_POLL_S)  # "busy": another copy runs; its result will be ours
 
 
-def _capped(
-    store: StateStore, msg: SubtaskMessage, worker: str, settings: Settings
-) -> SubtaskResult:
+def _capped(store: Store, msg: SubtaskMessage, worker: str, settings: Settings) -> SubtaskResult:
     info = store.subtask_info(msg.run_id, msg.seq)
     starts = int(info.get("starts", "0"))
     attempt = _Attempt(msg, worker, datetime.now(UTC), starts)
@@ -327,9 +324,7 @@ def _capped(
     return _finish(store, result, msg, worker)
 
 
-def _take_slot(
-    store: StateStore, watch: _Watch, agent: str, limit: int, settings: Settings
-) -> bool:
+def _take_slot(store: Store, watch: _Watch, agent: str, limit: int, settings: Settings) -> bool:
     """Wait for one of the agent's ``max_concurrency`` slots, across every worker.
 
     The claim stays renewed meanwhile (the heartbeat watches this subtask). Returns
@@ -382,7 +377,7 @@ def _watched_run(
 
 def execute(
     msg: SubtaskMessage,
-    store: StateStore,
+    store: Store,
     settings: Settings,
     *,
     task_id: str = "",
@@ -405,7 +400,7 @@ def execute(
 
 
 def _unexpected(
-    msg: SubtaskMessage, store: StateStore, settings: Settings, retries_done: int, exc: Exception
+    msg: SubtaskMessage, store: Store, settings: Settings, retries_done: int, exc: Exception
 ) -> SubtaskResult:
     """The failed (or, for Celery's soft limit, timed-out) result of an error that
     escaped the subtask's execution."""
@@ -437,7 +432,7 @@ def _unexpected(
 
 def _execute(
     msg: SubtaskMessage,
-    store: StateStore,
+    store: Store,
     settings: Settings,
     *,
     task_id: str,

@@ -3,8 +3,9 @@ no walk of the workspace.
 
 Walking a plain folder costs a ``stat`` per file: about 20 ms for 5,000 files here,
 twice per subtask, which would multiply the overhead of a batch of quick subtasks. A
-:class:`Tracker` walks once per worker process and workspace, then applies only the
-paths the kernel reported as created, written, deleted, moved or touched. Two rules
+:class:`Tracker` walks once per pool slot (process or thread) and workspace, then
+applies only the paths the kernel reported as created, written, deleted, moved or
+touched. Two rules
 keep it exact rather than merely fast: a reported path is re-``stat``-ed and compared
 with the kept signature (an open-for-write that wrote nothing is no change), and when
 the kernel's event queue overflows the tracker walks again and diffs the two
@@ -22,6 +23,8 @@ import functools
 import os
 import struct
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +92,9 @@ class _Inotify:
         self.fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
         if self.fd < 0:
             raise _Unavailable(os.strerror(ctypes.get_errno()))
+        # Closed once, by close() or when dropped: a thread's tracker is dropped with
+        # the thread (threads pool shutdown) without anyone calling close().
+        self._closer = weakref.finalize(self, os.close, self.fd)
 
     def add(self, path: str) -> int:
         wd = int(self._add(self.fd, os.fsencode(path), WATCH_MASK))
@@ -113,7 +119,7 @@ class _Inotify:
                 offset = start + length
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._closer()
 
 
 class Tracker:
@@ -230,21 +236,33 @@ class Tracker:
         self._drop_notify()
 
 
-_CURRENT: tuple[int, Tracker] | None = None
+class _Current(threading.local):
+    """The calling thread's tracker, with the pid that made it (a forked child gets
+    the forking thread's copy and must not use its parent's inotify instance)."""
+
+    entry: tuple[int, Tracker] | None = None
+
+
+_CURRENT = _Current()
 
 
 def tracker_for(root: str) -> Tracker:
-    """This process's tracker for ``root``. One at a time: a worker serves one
-    workspace at a time, and inotify instances are scarce (128 per user by default)."""
-    global _CURRENT
-    if _CURRENT is not None:
-        pid, tracker = _CURRENT
+    """This thread's tracker for ``root``. One per thread: a pool slot (a prefork child,
+    or a thread of the threads pool) runs one subtask at a time, so its windows never
+    overlap, whereas a tracker shared by threads would hand one window's changes to
+    another's ``changes()`` call, and two threads replacing it at once would close its
+    inotify descriptor twice (the second close can hit a descriptor reused meanwhile).
+    A thread keeps one workspace's tracker at a time: inotify instances are scarce
+    (128 per user by default)."""
+    current = _CURRENT.entry
+    if current is not None:
+        pid, tracker = current
         if pid == os.getpid() and tracker.root == root:
             return tracker
         if pid == os.getpid():
             tracker.close()
     tracker = Tracker(root)
-    _CURRENT = (os.getpid(), tracker)
+    _CURRENT.entry = (os.getpid(), tracker)
     return tracker
 
 

@@ -493,50 +493,103 @@ def _refresh_task(data: dict[str, Any], statuses: list[SubtaskStatus]) -> dict[s
     return new
 
 
-def mark_in_progress(agent_id: str, started_at: str) -> Mutation:
-    """A running subtask: ``in_progress`` with the worker as ``agent_id``."""
+def mark_in_progress(agent_id: str, started_at: str, run_id: str | None = None) -> Mutation:
+    """A running subtask: ``in_progress`` with the worker as ``agent_id``. A completion
+    the agent already recorded itself in run ``run_id`` (the progress event is written
+    late, coalesced) is not undone: the final result decides what stands."""
 
     def mutate(data: dict[str, Any]) -> None:
-        data["status"] = SubtaskStatus.IN_PROGRESS.value
+        if _claim(data, run_id) is None:
+            data["status"] = SubtaskStatus.IN_PROGRESS.value
         data["agent_id"] = agent_id
         data["started_at"] = started_at
 
     return mutate
 
 
+Claims = dict[str, str]
+"""seq -> the summary an agent recorded itself (``batchq complete`` during its run)."""
+
+
+def _claim(data: dict[str, Any], run_id: str | None) -> str | None:
+    """The summary of a completion the agent recorded itself during run ``run_id``: the
+    file says ``completed`` but not through this run's ``batchq`` block (our own writes
+    carry it), so the agent ran ``batchq complete``. None when there is no such claim."""
+    if run_id is None or data.get("status") != SubtaskStatus.COMPLETED.value:
+        return None
+    block = data.get("batchq")
+    if isinstance(block, dict) and block.get("run_id") == run_id:
+        return None
+    return str(data.get("completion_summary") or "")
+
+
 def mark_completed(
-    summary: str, completed_at: str, batchq_block: BatchqBlock | None = None
+    summary: str,
+    completed_at: str,
+    batchq_block: BatchqBlock | None = None,
+    claims: Claims | None = None,
 ) -> Mutation:
-    """A finished subtask; the summary is truncated to 200 characters."""
+    """A finished subtask; the summary is truncated to 200 characters. When the agent
+    completed itself during this run (``claims`` given, and the block's run), its own
+    summary and time are kept and noted in ``claims``: they are its words, not ours."""
+    run_id = batchq_block.run_id if batchq_block is not None and claims is not None else None
 
     def mutate(data: dict[str, Any]) -> None:
+        claimed = _claim(data, run_id)
         data["status"] = SubtaskStatus.COMPLETED.value
-        data["completed_at"] = completed_at
-        data["completion_summary"] = truncate_summary(summary)
+        if claimed and claims is not None:
+            claims[str(data.get("seq"))] = claimed
+        if not claimed or not data.get("completed_at"):
+            data["completed_at"] = completed_at
+        if not claimed:
+            data["completion_summary"] = truncate_summary(summary)
         if batchq_block is not None:
             data["batchq"] = batchq_block.model_dump(mode="json")
 
     return mutate
 
 
-def mark_blocked(block: BatchqBlock) -> Mutation:
-    """A failed or timed-out subtask: ``blocked``, with the ``batchq`` block saying why."""
+def mark_blocked(
+    block: BatchqBlock, claims: Claims | None = None, *, forget_completion: bool = False
+) -> Mutation:
+    """A failed or timed-out subtask: ``blocked``, with the ``batchq`` block saying why.
+    A completion the agent claimed during this run (``claims`` given) is noted there and
+    its ``completed_at``/``completion_summary`` are cleared to ``null``: a blocked file
+    keeps no stale completion. ``forget_completion`` clears them whatever wrote them (a
+    member the report failed after the mirror had written it completed)."""
+    run_id = block.run_id if claims is not None else None
 
     def mutate(data: dict[str, Any]) -> None:
+        claimed = _claim(data, run_id)
+        if claimed is not None and claims is not None:
+            claims[str(data.get("seq"))] = claimed
+        if claimed is not None or forget_completion:
+            for key in ("completed_at", "completion_summary"):
+                if key in data:
+                    data[key] = None
         data["status"] = SubtaskStatus.BLOCKED.value
         data["batchq"] = block.model_dump(mode="json")
 
     return mutate
 
 
-def mark_pending(block: BatchqBlock | None = None) -> Mutation:
+def mark_pending(block: BatchqBlock | None = None, claims: Claims | None = None) -> Mutation:
     """Back to ``pending`` (cancelled, or reset for a retry).
 
     A stale ``agent_id``/``started_at`` is cleared to ``null`` where present; the
-    ``batchq`` block is replaced when one is given and kept otherwise.
+    ``batchq`` block is replaced when one is given and kept otherwise. With ``claims``
+    (a run's result), a completion the agent claimed is noted and cleared as in
+    :func:`mark_blocked`.
     """
+    run_id = block.run_id if block is not None and claims is not None else None
 
     def mutate(data: dict[str, Any]) -> None:
+        claimed = _claim(data, run_id)
+        if claimed is not None and claims is not None:
+            claims[str(data.get("seq"))] = claimed
+            for key in ("completed_at", "completion_summary"):
+                if key in data:
+                    data[key] = None
         data["status"] = SubtaskStatus.PENDING.value
         for key in ("agent_id", "started_at"):
             if key in data:

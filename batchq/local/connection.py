@@ -44,12 +44,7 @@ def all_queues(settings: Settings) -> list[str]:
 
 def _open(settings: Settings, url: str, embedded: bool) -> Connection:
     settings = settings.model_copy(update={"redis_url": url})
-    store = StateStore.from_url(
-        url,
-        prefix=settings.key_prefix,
-        ttl_s=settings.state_ttl_s,
-        timeout_s=settings.socket_timeout_s,
-    )
+    store = StateStore.from_settings(settings)
     store.ping(url)
     return Connection(settings, create_app(settings), store, embedded)
 

@@ -41,7 +41,8 @@ from batchq.run.producer import (
     weights,
 )
 from batchq.settings import Settings
-from batchq.store.state import Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import Event
 from batchq.transport.publish import publish_each, signature
 
 __all__ = ["run_flow"]
@@ -55,7 +56,7 @@ class _FlowRun:
     def __init__(
         self,
         app: Celery,
-        store: StateStore,
+        store: Store,
         run: Run,
         feature: Feature,
         plan: Plan,
@@ -80,7 +81,7 @@ class _FlowRun:
         self.terminated = False
         # Write blame: in flow mode other batches' members run alongside a batch, so
         # every subtask's deliverables are declared and their windows are considered.
-        self.declared = declared_of(members, run.write_check)
+        self.declared = declared_of(members, run.write_check, run.foreign)
         self.enqueued_at: dict[str, datetime] = {}
         self.windows: dict[str, Window] = {}
         self.reported: set[int] = set()
@@ -191,6 +192,7 @@ class _FlowRun:
                 skipped,
                 going_on if still else None,
                 self._others(batch.seqs),
+                {s: self.schedule.causes[s] for s in skipped if s in self.schedule.causes},
             )
             self.on_report(built)
             # Only now: a Redis blip above makes the loop reread the events and retry.
@@ -235,7 +237,7 @@ def _window(data: dict[str, Any], enqueued: datetime | None) -> Window:
 
 def run_flow(
     app: Celery,
-    store: StateStore,
+    store: Store,
     run: Run,
     feature: Feature,
     plan: Plan,

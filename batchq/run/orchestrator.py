@@ -27,6 +27,7 @@ from batchq.errors import LockedError, UnsafeBatchError, UsageError
 from batchq.files import fingerprint
 from batchq.files.jsonfile import write_atomic
 from batchq.files.taskfiles import (
+    Claims,
     existing_feature_dir,
     feature_dir,
     load_feature,
@@ -57,7 +58,8 @@ from batchq.run import heap
 from batchq.run.flowloop import run_flow
 from batchq.run.producer import Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
-from batchq.store.state import Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import Event
 
 __all__ = ["Orchestrator", "RunOptions", "RunResult"]
 
@@ -103,7 +105,7 @@ class RunResult:
 
 
 class _Lease(threading.Thread):
-    def __init__(self, store: StateStore, fkey: str, holder: str) -> None:
+    def __init__(self, store: Store, fkey: str, holder: str) -> None:
         super().__init__(name="batchq-lease", daemon=True)
         self.store, self.fkey, self.holder = store, fkey, holder
         self.stopped = threading.Event()
@@ -138,6 +140,8 @@ class _Mirror:
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
+        self.claims: Claims = {}
+        """seq -> the summary an agent recorded itself during the run."""
         self.last_flush = time.monotonic()
         self.feature: Feature | None = None
 
@@ -147,10 +151,13 @@ class _Mirror:
                 self.pending[event.seq] = mark_in_progress(
                     str(event.data.get("worker", "")),
                     _timestamp(str(event.data.get("started_at", ""))),
+                    self.run_id,
                 )
             elif event.kind == EventKind.FINISHED and event.data:
                 result = SubtaskResult.model_validate(event.data)
-                self.pending[event.seq] = _final_change(result, self.run_id, self.recorder)
+                self.pending[event.seq] = _final_change(
+                    result, self.run_id, self.recorder, self.claims
+                )
                 self.finished[event.seq] = result.result
         if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
             self.flush()
@@ -172,7 +179,7 @@ class Orchestrator:
     """Runs one feature's batches on a Celery app and a state store."""
 
     def __init__(
-        self, root: Path, name: str, settings: Settings, app: Celery, store: StateStore
+        self, root: Path, name: str, settings: Settings, app: Celery, store: Store
     ) -> None:
         self.root, self.name, self.settings = root, name, settings
         self.app, self.store = app, store
@@ -224,30 +231,30 @@ class Orchestrator:
             return result
 
     def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
-        """Batch after batch, the plan recomputed after each; under ``changed`` the
-        completed dependents of what completed are rechecked after each batch."""
+        """The batches ``plan`` printed when the run started, in its order and with its
+        members (SPEC 4: "the batches reported are the batches plan printed"); the run
+        stops at the first batch that does not complete. Only a ``changed`` run that
+        resets completed dependents after a batch plans again, for what it reset."""
         done: set[str] = set()
-        while True:
-            plan = planner.plan(feature, self.settings.protected_paths)
-            if not plan.batches:
-                break
-            # Plans are recomputed after every batch; number batches across the run.
-            number = len(result.reports) + 1
-            batch = plan.batches[0].model_copy(update={"number": number, "after": None})
-            following = None
-            if len(plan.batches) > 1:
-                following = plan.batches[1].model_copy(
-                    update={"number": number + 1, "after": number}
-                )
+        schedule = list(planner.plan(feature, self.settings.protected_paths).batches)
+        while schedule:
+            batch, following = schedule[0], schedule[1] if len(schedule) > 1 else None
             built = self._run_one(run, feature, batch, following, options)
             result.reports.append(built)
+            schedule.pop(0)
             feature = load_feature(self.root, self.name)
-            if built.ok and options.changed:
-                done.update(r.seq for r in built.results if r.ok)
-                feature = self.recheck_dependents(feature, done, result, options)
             result.feature = feature
             if not built.ok:
                 break
+            if options.changed:
+                done.update(r.seq for r in built.results if r.ok)
+                rechecked = self.recheck_dependents(feature, done, result, options)
+                reset, feature = rechecked is not feature, rechecked
+                result.feature = feature
+                if reset:
+                    # What was reset is not in the schedule: plan the rest again.
+                    fresh = planner.plan(feature, self.settings.protected_paths)
+                    schedule = list(_renumbered(fresh, len(result.reports)).batches)
 
     def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
         """Plan once, then let :mod:`batchq.run.flowloop` publish each subtask when it is
@@ -317,7 +324,8 @@ class Orchestrator:
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
-            result.reports.append(self._run_one(run, feature, batch, None, options))
+            following = planner.next_after(feature, seqs, self.settings.protected_paths)
+            result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             return result
 
@@ -451,14 +459,22 @@ class Orchestrator:
         by_seq = {r.seq: r for r in built.results}
         for seq, res in by_seq.items():
             if written.get(seq) is not res.result:
-                changes[seq] = _final_change(res, run.run_id, recorder)
+                changes[seq] = _final_change(res, run.run_id, recorder, mirror.claims)
+        lost: list[str] = []
         for seq in built.missing:
             block = BatchqBlock(
                 result=ResultState.FAILED,
                 error="no result before the batch deadline (worker lost or message lost)",
                 run_id=run.run_id,
             )
-            changes[seq] = mark_blocked(block)
+            # The progress stream may have said it finished (then Redis lost the
+            # record): the file must not keep a completion the report does not have.
+            changes[seq] = mark_blocked(block, forget_completion=True)
+            if seq in mirror.finished:
+                lost.append(
+                    f"{seq}: its progress event said {mirror.finished[seq].value}, but no "
+                    "result is recorded in the store (state lost?); recorded as failed"
+                )
         for skip in built.skipped:
             block = BatchqBlock(
                 result=ResultState.CANCELLED, error=f"skipped: {skip.reason}", run_id=run.run_id
@@ -468,7 +484,7 @@ class Orchestrator:
             feature = update_subtasks(self.root, self.name, changes)
         else:  # as the mirror's last write left it, or read
             feature = mirror.feature or load_feature(self.root, self.name)
-        found: list[str] = []
+        found: list[str] = list(lost)
         if built.forced or built.missing:
             # A complete report was built from records, which are written once and
             # never change: only a forced one can disagree with the store (late results).
@@ -483,7 +499,9 @@ class Orchestrator:
             s.seq: _file_result(s.status, s.batchq) for s in feature.subtasks if s.seq in by_seq
         }
         found += report.discrepancies(built, files, source="files")
-        if found:
+        built, contradicted = _with_claims(built, mirror.claims)
+        found += contradicted
+        if found or built.results != list(by_seq.values()):
             built = built.model_copy(update={"discrepancies": [*built.discrepancies, *found]})
             self.store.overwrite_report(built)
         self._save(built)
@@ -497,6 +515,31 @@ class Orchestrator:
             built.model_dump_json(indent=2) + "\n",
             durable=False,
         )
+
+
+def _with_claims(built: BatchReport, claims: Claims) -> tuple[BatchReport, list[str]]:
+    """The report with the agents' own words: a completed member the agent completed
+    itself keeps the summary it recorded; one whose claim the result contradicts (its
+    verification failed, it timed out or was cancelled) is a discrepancy."""
+    results: list[SubtaskResult] = []
+    notes: list[str] = []
+    for res in built.results:
+        claim = claims.get(res.seq)
+        if claim is None:
+            results.append(res)
+        elif res.ok:
+            results.append(res.model_copy(update={"summary": claim or res.summary}))
+        else:
+            results.append(res)
+            why = res.error or res.result.value
+            said = f" ({claim!r})" if claim else ""
+            notes.append(
+                f"{res.seq}: the agent marked itself completed{said}, but the subtask "
+                f"{res.result.value}: {why}"
+            )
+    if results == built.results:
+        return built, notes
+    return built.model_copy(update={"results": results}), notes
 
 
 def _renumbered(plan: Plan, offset: int) -> Plan:
@@ -524,8 +567,10 @@ def _timestamp(iso: str) -> str:
 
 
 def _final_change(
-    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder
+    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder, claims: Claims
 ) -> Callable[[dict[str, Any]], None]:
+    """The file change for a final result; ``claims`` collects what agents said of
+    themselves through ``batchq complete`` meanwhile (kept, or contradicted)."""
     block = BatchqBlock(
         result=res.result,
         error=res.error,
@@ -537,10 +582,10 @@ def _final_change(
         block = recorder.stamp(res.seq, block)
     finished = utc_timestamp(res.finished_at or datetime.now(UTC))
     if res.result is ResultState.COMPLETED:
-        return mark_completed(res.summary or res.title, finished, block)
+        return mark_completed(res.summary or res.title, finished, block, claims)
     if res.result is ResultState.CANCELLED:
-        return mark_pending(block)
-    return mark_blocked(block)
+        return mark_pending(block, claims)
+    return mark_blocked(block, claims)
 
 
 def _rerun_changes(

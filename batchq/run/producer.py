@@ -22,7 +22,8 @@ from batchq import layout
 from batchq.agents.registry import agent_for
 from batchq.core import chunks, report
 from batchq.core.blame import Window
-from batchq.errors import BrokerUnavailable, PolicyError
+from batchq.errors import BatchqError, BrokerUnavailable, PolicyError
+from batchq.files.taskfiles import list_features, load_feature
 from batchq.models import (
     BatchReport,
     FailurePolicy,
@@ -37,7 +38,8 @@ from batchq.models import (
 )
 from batchq.protocol import CancelMode, EventKind
 from batchq.settings import Settings
-from batchq.store.state import CONNECTION_ERRORS, Event, StateStore
+from batchq.store.contract import Store
+from batchq.store.state import CONNECTION_ERRORS, Event
 from batchq.transport.app import (
     max_subtask_budget_s,
 )
@@ -101,7 +103,7 @@ def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, s
 
 
 def new_run(
-    store: StateStore,
+    store: Store,
     feature: Feature,
     policy: FailurePolicy,
     context: str = "",
@@ -144,7 +146,25 @@ def new_run(
         learned.durations,
         write_check,
         learned.callables,
+        foreign_deliverables(feature) if write_check is not WriteCheck.OFF else {},
     )
+
+
+def foreign_deliverables(feature: Feature) -> dict[str, list[str]]:
+    """What the other features in ``feature``'s root declare, keyed ``feature <name>``
+    (never a seq). Features sharing a root run side by side: a path one of them
+    declared is its own, never an undeclared write of this run. A feature that does
+    not load is left out (its own commands name the problem)."""
+    out: dict[str, list[str]] = {}
+    for name in list_features(feature.root):
+        if name == feature.name:
+            continue
+        try:
+            other = load_feature(feature.root, name)
+        except BatchqError:
+            continue
+        out[f"feature {name}"] = sorted({d for sub in other.subtasks for d in sub.deliverables})
+    return out
 
 
 def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:
@@ -159,11 +179,15 @@ def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[st
     return {sub.seq: weight(sub) for sub in members}
 
 
-def declared_of(members: Sequence[Subtask], write_check: WriteCheck) -> dict[str, list[str]] | None:
-    """Each member's deliverables, for the blame of undeclared writes (None when off)."""
+def declared_of(
+    members: Sequence[Subtask], write_check: WriteCheck, foreign: Mapping[str, list[str]]
+) -> dict[str, list[str]] | None:
+    """Each member's deliverables, for the blame of undeclared writes (None when off),
+    and the other features' (``foreign``, keyed ``feature <name>``), which are
+    declared by someone, so never blamed."""
     if write_check is WriteCheck.OFF:
         return None
-    return {sub.seq: list(sub.deliverables) for sub in members}
+    return {sub.seq: list(sub.deliverables) for sub in members} | dict(foreign)
 
 
 def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:
@@ -175,7 +199,7 @@ def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask
 
 def submit(
     app: Celery,
-    store: StateStore,
+    store: Store,
     run: Run,
     feature: Feature,
     batch: PlannedBatch,
@@ -187,7 +211,7 @@ def submit(
     members = [by_seq[seq] for seq in batch.seqs]
     agents = check_agents(members, settings)
     members = _order(members, run.learned)
-    declared = declared_of(members, run.write_check)
+    declared = declared_of(members, run.write_check, run.foreign)
     stream_from = store.start_batch(
         run.run_id,
         batch.number,
@@ -230,12 +254,13 @@ def submit(
 
 
 def report_from_store(
-    store: StateStore,
+    store: Store,
     sub: Submission,
     forced_reason: str | None = None,
     skipped: Mapping[str, str] | None = None,
     next_if_ok: NextStep | None = None,
     others: Sequence[Window] = (),
+    causes: Mapping[str, str] | None = None,
 ) -> BatchReport:
     """Build and store the report from the recorded results: the batch-of-one path,
     and the deadline path (``forced_reason``), which also stops members not yet
@@ -259,6 +284,8 @@ def report_from_store(
         declared=sub.declared,
         write_check=run.write_check,
         others=others,
+        causes=causes,
+        titles=sub.titles,
     )
     if next_if_ok is not None and built.ok:  # flow mode: no next batch to wait for
         built = built.model_copy(update={"next": next_if_ok})
@@ -269,7 +296,7 @@ def report_from_store(
 
 
 def wait(
-    store: StateStore,
+    store: Store,
     sub: Submission,
     settings: Settings,
     on_event: EventHandler | None = None,
@@ -313,7 +340,7 @@ def wait(
 
 
 def follow(
-    store: StateStore,
+    store: Store,
     run_id: str,
     after: str,
     settings: Settings,
@@ -366,7 +393,7 @@ def follow(
             time.sleep(OUTAGE_POLL_S)
 
 
-def _stall_reason(store: StateStore, sub: Submission, settings: Settings) -> str:
+def _stall_reason(store: Store, sub: Submission, settings: Settings) -> str:
     run = sub.run
     silent = [s for s in sub.expected if store.result(run.run_id, s) is None]
     reason = (

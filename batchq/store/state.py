@@ -46,9 +46,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 
-from batchq.errors import BrokerUnavailable, InputError
+from batchq.errors import BrokerUnavailable, InfrastructureError, InputError
 from batchq.models import BatchReport, SubtaskResult
 from batchq.protocol import BatchState
+from batchq.settings import Settings
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -296,6 +297,19 @@ class StateStore:
         )
         return cls(client, prefix=prefix, ttl_s=ttl_s)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout_s: float | None = None) -> StateStore:
+        """The one way batchq builds its store: ``settings.redis_url``, key prefix,
+        TTL and socket timeout (``timeout_s`` shortens it for read-only peeks)."""
+        if settings.redis_url is None:
+            raise InfrastructureError("no Redis configured: set BATCHQ_REDIS_URL")
+        return cls.from_url(
+            settings.redis_url,
+            prefix=settings.key_prefix,
+            ttl_s=settings.state_ttl_s,
+            timeout_s=settings.socket_timeout_s if timeout_s is None else timeout_s,
+        )
+
     def ping(self, url: str = "") -> None:
         """Fail fast with exit code 3 and the masked URL when Redis is unreachable."""
         try:
@@ -405,6 +419,8 @@ class StateStore:
             )
             if declared is not None:
                 mine = {seq: list(declared.get(seq, ())) for seq in expected}
+                # Other features' deliverables (keyed "feature <name>", never a seq).
+                mine |= {k: list(v) for k, v in declared.items() if k.startswith("feature ")}
                 pipe.hset(key, "declared", json.dumps(mine))
             pipe.expire(key, self.ttl)
         newest = pipe.execute()[0]

@@ -12,12 +12,71 @@ never depends on these events: it reads the run's Redis stream.
 
 from __future__ import annotations
 
+import ast
 import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker.request import Request
 
-__all__ = ["FLUSH_EVERY_S", "BatchedEvents", "MemberEvents"]
+__all__ = [
+    "FLUSH_EVERY_S",
+    "BatchedEvents",
+    "MemberEvents",
+    "TruthfulRequest",
+    "finished_event",
+    "outcome",
+]
+
+ERROR_LIMIT = 200
+"""Characters of a subtask's error carried in its return value (and so its event)."""
+_FAILED = {"failed", "timed_out"}
+_NOT_RUN = {"cancelled", "skipped"}
+
+
+def outcome(seq: str, result: str, error: str | None) -> dict[str, Any]:
+    """What ``run_subtask`` returns: small (the chord only counts members; the full
+    result is in Redis) but enough for :func:`finished_event` to tell Flower the truth."""
+    done: dict[str, Any] = {"seq": seq, "result": result}
+    if result != "completed":
+        done["error"] = " ".join((error or result).split())[:ERROR_LIMIT]
+    return done
+
+
+def finished_event(value: Any, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The task event that says how a member really ended, for a ``task-succeeded``
+    Celery would send: the task returns normally so the chord fires, but a failed or
+    timed-out subtask is ``task-failed`` (Flower's FAILURE, its Failed filter and its
+    Prometheus counter) with its error, and a cancelled one ``task-revoked`` (REVOKED).
+    ``value`` is the returned dict or, from a pool process, its repr."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return "task-succeeded", fields
+    if not isinstance(value, dict):
+        return "task-succeeded", fields
+    result = str(value.get("result", ""))
+    if result in _FAILED:
+        error = f"{result}: {value.get('error') or result}"
+        kept = {k: v for k, v in fields.items() if k not in ("result",)}
+        return "task-failed", kept | {"exception": error, "traceback": ""}
+    if result in _NOT_RUN:
+        kept = {k: v for k, v in fields.items() if k not in ("result", "runtime")}
+        return "task-revoked", kept | {"terminated": False, "signum": None, "expired": False}
+    return "task-succeeded", fields
+
+
+class TruthfulRequest(Request):  # type: ignore[misc]
+    """``run_subtask``'s worker request: its ``task-succeeded`` event becomes the event
+    :func:`finished_event` chooses. Only the event changes; the task still succeeds
+    for Celery, so its chord still fires (SPEC 3)."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded":
+            type, fields = finished_event(fields.get("result"), fields)
+        super().send_event(type, **fields)
+
 
 FLUSH_EVERY_S = 0.1
 BUFFER_LIMIT = 500
@@ -85,10 +144,11 @@ class MemberEvents:
         self.pending.append(("task-started", {"uuid": task_id, "timestamp": now}))
 
     def succeeded(self, task_id: str, value: Any) -> None:
+        """The member finished (whatever its result: see :func:`finished_event`)."""
         now = time.time()
         runtime = now - self.began.pop(task_id, now)
         fields = {"uuid": task_id, "result": repr(value), "runtime": runtime, "timestamp": now}
-        self.pending.append(("task-succeeded", fields))
+        self.pending.append(finished_event(value, fields))
         if time.monotonic() - self.flushed >= FLUSH_EVERY_S:
             self.flush()
 

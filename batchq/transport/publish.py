@@ -62,7 +62,10 @@ def chunk_signature(
         for sub in subs
     ]
     first, last = subs[0].seq, subs[-1].seq
-    shown = f"{len(subs)} subtasks seq={first}..{last} feature={run.feature} batch={batch}"
+    shown = (
+        f"feature={run.feature} batch={batch} seq={first}..{last} run={run.run_id} "
+        f"subtasks={len(subs)}"
+    )
     return app.signature(
         CHUNK_TASK,
         args=(members,),
@@ -89,8 +92,9 @@ def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePoli
 
 
 def _shown(run: Run, sub: Subtask, batch: int) -> str:
-    """seq and title first: Flower's args column shows about 45 characters."""
-    return f"seq={sub.seq} title={sub.title!r} feature={run.feature} batch={batch}"
+    """Where the subtask belongs first (feature, batch, seq, run), then its title: the
+    prefix is what tells two features' tasks apart in Flower's task list."""
+    return f"feature={run.feature} batch={batch} seq={sub.seq} run={run.run_id} title={sub.title!r}"
 
 
 def publish_each(app: Celery, signatures: Sequence[Any]) -> None:
@@ -194,7 +198,9 @@ def _publish(
         AGGREGATE_TASK,
         kwargs={"meta": meta},
         queue=CONTROL_QUEUE,
-        argsrepr=f"feature={run.feature} batch={batch.number} members={len(batch.seqs)}",
+        argsrepr=(
+            f"feature={run.feature} batch={batch.number} run={run.run_id} members={len(batch.seqs)}"
+        ),
         kwargsrepr="{}",
     )
     _apply_chord(app, signatures, callback, producer, sent)

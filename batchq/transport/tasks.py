@@ -28,8 +28,9 @@ from batchq.executor.runner import RetryLater, execute
 from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.protocol import AGGREGATE_TASK, CHUNK_TASK, RUN_TASK, BatchState, EventKind
 from batchq.settings import Settings
+from batchq.store.contract import Store
 from batchq.store.state import CONNECTION_ERRORS, StateStore
-from batchq.transport.events import MemberEvents
+from batchq.transport.events import MemberEvents, TruthfulRequest, outcome
 
 __all__ = ["register"]
 
@@ -40,12 +41,7 @@ def register(app: Celery, settings: Settings) -> None:
     @cache
     def store() -> StateStore:
         # One connection pool per worker process, opened on first use, not at import.
-        return StateStore.from_url(
-            settings.redis_url or "",
-            prefix=settings.key_prefix,
-            ttl_s=settings.state_ttl_s,
-            timeout_s=settings.socket_timeout_s,
-        )
+        return StateStore.from_settings(settings)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_TASK,
@@ -55,6 +51,7 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=None,
+        Request=TruthfulRequest,
     )
     def run_subtask(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         msg = SubtaskMessage.model_validate(message)
@@ -80,7 +77,7 @@ def register(app: Celery, settings: Settings) -> None:
             raise
         # The full result is recorded in Redis; the chord only needs to count members,
         # and a small value keeps Celery's repr for the task-succeeded event cheap.
-        return {"seq": result.seq, "result": result.result.value}
+        return outcome(result.seq, result.result.value, result.error)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=CHUNK_TASK,
@@ -104,7 +101,7 @@ def register(app: Celery, settings: Settings) -> None:
                 if shown is not None:
                     shown.started(member["id"], str(member.get("shown", "")))
                 result = _in_place(msg, member["id"], self.request.retries)
-                done = {"seq": result.seq, "result": result.result.value}
+                done = outcome(result.seq, result.result.value, result.error)
                 if shown is not None:
                     shown.succeeded(member["id"], done)
                 results.append(done)
@@ -137,9 +134,7 @@ def register(app: Celery, settings: Settings) -> None:
     del run_subtask, run_chunk, aggregate_batch
 
 
-def aggregate(
-    store: StateStore, results: list[dict[str, Any]], meta: dict[str, Any]
-) -> dict[str, Any]:
+def aggregate(store: Store, results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Chord callback body: build the report from the recorded results with the one
     pure function, and store it. A member whose chord value disagrees with its
     record (a redelivered copy, say) is named as a discrepancy."""

@@ -182,7 +182,8 @@ def test_flowers_tasks_page_shows_every_subtask_by_seq_and_title(
                 assert row.count() == 1, text
                 row_text = row.inner_text()
                 assert "batchq.run_subtask" in row_text
-                assert "feature=browserfeat" in row_text and "batch=1" in row_text
+                # The summary's order, as docs/flower.md shows it: where, then the title.
+                assert f"feature=browserfeat batch=1 seq={seq} run=" in row_text
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()

@@ -124,9 +124,14 @@ def test_members_of_a_chunk_keep_their_own_result_timeout_retry_and_task_events(
     assert chunk_ids <= sent  # the producer's task-sent events, sent as one task-multi
     assert len(members) == 7
     assert {e["parent_id"] for e in members if e["parent_id"] in chunk_ids} == chunk_ids
-    assert sorted(e["args"].split()[0] for e in members) == [f"seq=0{i}" for i in range(1, 8)]
-    for member in members:  # each member's own lifecycle, as Flower shows it
-        assert events.of(member["uuid"])[-1] == "task-succeeded", member["args"]
+    assert sorted(e["args"].split()[2] for e in members) == [f"seq=0{i}" for i in range(1, 8)]
+    assert all(e["args"].startswith("feature=") for e in members)
+    # Each member's own lifecycle, as Flower shows it: failed and timed-out ones end
+    # task-failed (Flower's FAILURE), the rest task-succeeded.
+    ends = {member["args"].split()[2]: events.of(member["uuid"])[-1] for member in members}
+    assert ends == {
+        f"seq=0{i}": "task-failed" if i in (2, 3) else "task-succeeded" for i in range(1, 8)
+    }
     assert published and published[0].expected == [f"0{i}" for i in range(1, 8)]
 
 
@@ -159,11 +164,12 @@ def test_a_small_batch_of_callables_known_to_be_tiny_shares_one_message(
     assert first.ok and second.ok
     received = [e for e in events.seen if e["type"] == "task-received"]
     (chunk,) = [e for e in received if e.get("name") == CHUNK_TASK]
-    assert chunk["args"].startswith("3 subtasks seq=01..03 feature=second")
+    assert chunk["args"].startswith("feature=second batch=1 seq=01..03 run=")
+    assert chunk["args"].endswith(" subtasks=3")
     children = [
         e for e in received if e.get("parent_id") == chunk["uuid"] and e.get("name") == RUN_TASK
     ]
-    assert sorted(e["args"].split()[0] for e in children) == ["seq=01", "seq=02", "seq=03"]
+    assert sorted(e["args"].split()[2] for e in children) == ["seq=01", "seq=02", "seq=03"]
     alone = [e for e in received if e.get("name") == RUN_TASK and "feature=first" in e["args"]]
     assert len(alone) == 3  # before anything was known, each in a message of its own
     callbacks = [e for e in received if e.get("name") == "batchq.aggregate_batch"]

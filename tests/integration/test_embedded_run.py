@@ -171,7 +171,7 @@ def test_the_broken_example_shows_a_partial_failure_and_leaves_no_process(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "❌ PARTIAL FAILURE" in result.stdout
     assert 'relation "user_tokens" does not exist' in result.stdout  # the stderr tail
-    assert "Fix the failed subtask(s) 02 first" in result.stdout
+    assert "Recommendation: Fix subtask 02 before proceeding to Batch 2." in result.stdout
     files = subtask_files(root, "broken")
     assert files["02"]["status"] == "blocked"
     assert files["02"]["batchq"]["result"] == "failed"

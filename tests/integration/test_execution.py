@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from batchq.cli.render import render_markdown
+from batchq.core.planner import plan
 from batchq.errors import LockedError, PolicyError, UnsafeBatchError
 from batchq.files.taskfiles import load_feature
 from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus
@@ -155,6 +158,57 @@ def test_a_failed_subtask_blocks_the_next_batch_and_keeps_sibling_results(
     assert block["result"] == "failed" and block["run_id"] == result.run_id
     assert Path(block["log"]).is_file()
     assert "boom" in Path(block["log"]).read_text()
+
+
+def test_run_executes_exactly_the_batches_plan_printed_in_its_order(
+    make_feature, subtask_data, orchestrator
+):
+    """01 parallel, 02 parallel: false, 03 after 01: plan says 01 | 02 | 03, and so
+    must the run, each report naming the batch that is submitted next."""
+    root = make_feature(
+        [
+            subtask_data("01", command=write("01")),
+            subtask_data("02", command=write("02"), parallel=False),
+            subtask_data("03", command=write("03"), depends_on=["01"]),
+        ]
+    )
+    planned = plan(load_feature(root, "feat")).batches
+    assert [b.seqs for b in planned] == [["01"], ["02"], ["03"]]
+    result = orchestrator(root).run()
+    assert result.ok, result.reports
+    ran = [[r.seq for r in rep.results] for rep in result.reports]
+    assert ran == [b.seqs for b in planned]
+    assert [rep.batch for rep in result.reports] == [1, 2, 3]
+    assert [(rep.next.batch, rep.next.seqs) for rep in result.reports] == [
+        (2, ["02"]),
+        (3, ["03"]),
+        (None, []),
+    ]
+    first = render_markdown(result.reports[0]).splitlines()
+    assert "Batch 1 complete. Ready to proceed to Batch 2 (subtask 02)." in first
+    assert "Batch 2 depends on: nothing." in first
+    second = render_markdown(result.reports[1]).splitlines()
+    assert "Batch 2 complete. Ready to proceed to Batch 3 (subtask 03)." in second
+    assert "Batch 3 depends on: 01 (all now satisfied)." in second
+
+
+def test_an_explicit_batch_names_the_features_real_next_batch(
+    make_feature, subtask_data, orchestrator
+):
+    root = make_feature(
+        [
+            *(subtask_data(s, command=write(s)) for s in ("01", "02", "03")),
+            subtask_data("04", command=write("04"), depends_on=["01", "02", "03"]),
+        ]
+    )
+    result = orchestrator(root).run_batch(["01", "02", "03"])
+    (report,) = result.reports
+    assert report.ok
+    assert (report.next.batch, report.next.seqs) == (2, ["04"])
+    lines = render_markdown(report).splitlines()
+    assert "Batch 1 complete. Ready to proceed to Batch 2 (subtask 04)." in lines
+    assert "Batch 2 depends on: 01, 02, 03 (all now satisfied)." in lines
+    assert statuses(root)["04"] == "pending"
 
 
 def test_a_missing_deliverable_fails_the_subtask_with_the_path(
@@ -525,6 +579,12 @@ def test_batchq_cancel_stops_the_running_batch(
     (report,) = outcome["r"].reports
     assert {r.result for r in report.results} == {ResultState.CANCELLED}
     assert statuses(root) == {"01": "pending", "02": "pending"}
+    # A cancel is a cancel: nothing failed and nothing is blamed.
+    assert report.status is BatchStatus.CANCELLED
+    assert (report.failed, report.cancelled) == (0, 2)
+    assert report.next.fix == []
+    md = render_markdown(report)
+    assert "Status: ⊘ CANCELLED" in md and "- Failed: 0" in md and "Fix" not in md
 
 
 def test_the_chord_callback_aggregates_the_batch_on_a_worker(
@@ -638,3 +698,45 @@ def test_an_unexpected_error_in_the_worker_is_a_failed_result_not_a_broken_chord
         assert not report.discrepancies
         assert statuses(root) == {"01": "blocked", "02": "completed"}
     assert grouped == [[1, 1], [2]]  # a chord of two messages, then one chunk
+
+
+def _self_completing(seq: str, words: str, then: str) -> str:
+    """A command that, like a coding agent, records its own completion through the task
+    CLI during its run, then carries on with ``then``."""
+    cli = f"{sys.executable} -m batchq complete feat {seq} {words} --root ."
+    return f"PYTHONPATH={REPO_ROOT} {cli} && {then}"
+
+
+def test_a_summary_the_agent_recorded_itself_is_kept(make_feature, subtask_data, orchestrator):
+    root = make_feature(
+        [subtask_data("01", command=_self_completing("01", "my own words", write("01")))]
+    )
+    result = orchestrator(root).run()
+    assert result.ok, result.reports
+    (report,) = result.reports
+    assert report.results[0].summary == "my own words"
+    assert report.discrepancies == []
+    data = raw(root, "01")
+    assert data["status"] == "completed"
+    assert data["completion_summary"] == "my own words"
+    assert data["batchq"]["result"] == "completed"
+
+
+def test_a_self_reported_completion_that_verification_contradicts_is_a_discrepancy(
+    make_feature, subtask_data, orchestrator
+):
+    # The agent says it is done, but never writes its deliverable.
+    root = make_feature(
+        [subtask_data("01", command=_self_completing("01", "all done", "echo finished"))]
+    )
+    result = orchestrator(root).run()
+    assert not result.ok
+    (report,) = result.reports
+    assert report.results[0].result is ResultState.FAILED
+    (note,) = report.discrepancies
+    assert note.startswith("01: the agent marked itself completed ('all done'), but the subtask")
+    assert "deliverable missing: out/01.txt" in note
+    data = raw(root, "01")
+    assert data["status"] == "blocked" and data["batchq"]["result"] == "failed"
+    assert data.get("completed_at") is None and data.get("completion_summary") is None
+    assert "### Discrepancies:" in render_markdown(report)

@@ -110,7 +110,8 @@ def test_a_diamond_and_a_chain_complete_with_every_dependency_finished_first(
     assert all(r.status is BatchStatus.COMPLETED for r in result.reports)
     # No "next batch" to wait for: a report says what goes on, the last one is the end.
     by_close = sorted(result.reports, key=lambda r: r.finished_at or 0)
-    assert by_close[-1].next.recommendation == "All batches complete"
+    last = by_close[-1]
+    assert last.next.recommendation == f"Batch {last.batch} complete. All planned batches complete."
     for early in by_close[:-1]:
         assert early.next.recommendation.startswith("Flow mode: batch")
         assert early.next.batch is None
@@ -253,8 +254,14 @@ def test_the_cli_runs_in_flow_mode_and_exits_1_on_a_failure(
         main(["run", "feat", "--root", str(root), "--mode", "flow"])
     assert info.value.code == 1
     out = capsys.readouterr().out
-    assert "## Batch 1 Execution Complete" in out and "## Batch 2 Execution Complete" in out
-    assert "⏭ Subtask 02" in out and "skipped — depends on 01, which failed" in out
+    assert "## Batch 1 Execution FAILED" in out and "## Batch 2 Execution FAILED" in out
+    # 02 never ran: it is skipped, not failed, and the advice names 01, which failed.
+    second = out[out.index("## Batch 2 Execution FAILED") :]
+    assert "⏭ Subtask 02 - Subtask 02\n   - Status: skipped\n" in second
+    assert "   - Reason: depends on 01, which failed" in second
+    assert "- Failed: 0\n" in second and "- Skipped: 1\n" in second
+    assert "Recommendation: Fix subtask 01, then rerun `batchq run feat`." in second
+    assert "Fix subtask 02" not in out and "0.0×" not in out
     assert statuses(root)["03"] == "completed"
 
 
@@ -289,6 +296,9 @@ def test_batchq_cancel_stops_a_flow_run_and_skips_what_never_started(
     skipped = {s.seq: s.reason for r in result.reports for s in r.skipped}
     assert skipped == {"02": "depends on 01, which was cancelled"}
     assert statuses(root) == {"01": "pending", "02": "pending"}
+    # Nothing failed: both planned batches say cancelled, count nothing failed, blame no one.
+    assert {r.status for r in result.reports} == {BatchStatus.CANCELLED}
+    assert all(r.failed == 0 and r.next.fix == [] for r in result.reports)
 
 
 def test_a_stalled_flow_run_gets_forced_reports_and_skips_what_never_started(

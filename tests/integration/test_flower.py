@@ -110,33 +110,30 @@ def flower_stack(
         flower.terminate(5)
 
 
-@pytest.fixture(scope="module")
-def finished_run(
-    flower_stack: FlowerStack, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """One batch of three parallel shell subtasks, run to completion."""
-    root = tmp_path_factory.mktemp("project")
-    (root / ".git").mkdir()
-    folder = root / ".tmp" / "tasks" / "flowerfeat"
+def run_feature(stack: FlowerStack, root: Path, name: str, commands: dict[str, str]) -> Any:
+    """Write feature ``name`` (one parallel shell subtask per seq of ``commands``, titled
+    from ``TITLES``) and run it on the stack's worker; returns the RunResult."""
+    (root / ".git").mkdir(exist_ok=True)
+    folder = root / ".tmp" / "tasks" / name
     folder.mkdir(parents=True)
     task = {
-        "id": "flowerfeat",
+        "id": name,
         "name": "Flower feature",
         "status": "active",
         "objective": "seen in Flower",
         "context_files": [],
         "reference_files": [],
         "exit_criteria": ["done"],
-        "subtask_count": len(TITLES),
+        "subtask_count": len(commands),
         "completed_count": 0,
         "created_at": "2026-01-01T00:00:00.000Z",
     }
     (folder / "task.json").write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")
-    for seq, title in TITLES.items():
+    for seq, command in commands.items():
         sub = {
-            "id": f"flowerfeat-{seq}",
+            "id": f"{name}-{seq}",
             "seq": seq,
-            "title": title,
+            "title": TITLES[seq],
             "status": "pending",
             "depends_on": [],
             "parallel": True,
@@ -145,19 +142,42 @@ def finished_run(
             "reference_files": [],
             "acceptance_criteria": ["file written"],
             "deliverables": [f"out/{seq}.txt"],
-            "execution": {"command": f"mkdir -p out && echo {seq} > out/{seq}.txt"},
+            "execution": {"command": command},
         }
         text = json.dumps(sub, indent=2, ensure_ascii=False) + "\n"
         (folder / f"subtask_{seq}.json").write_text(text, encoding="utf-8")
-    settings = load_settings(
-        root, redis_url=flower_stack.redis_url, shell_allow=["*"], stall_s=60.0
-    )
-    store = StateStore.from_url(flower_stack.redis_url, prefix=settings.key_prefix)
+    settings = load_settings(root, redis_url=stack.redis_url, shell_allow=["*"], stall_s=60.0)
+    store = StateStore.from_url(stack.redis_url, prefix=settings.key_prefix)
     try:
-        result = Orchestrator(root, "flowerfeat", settings, create_app(settings), store).run()
+        return Orchestrator(root, name, settings, create_app(settings), store).run()
     finally:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def finished_run(
+    flower_stack: FlowerStack, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One batch of three parallel shell subtasks, run to completion."""
+    root = tmp_path_factory.mktemp("project")
+    commands = {seq: f"mkdir -p out && echo {seq} > out/{seq}.txt" for seq in TITLES}
+    result = run_feature(flower_stack, root, "flowerfeat", commands)
     assert result.ok, result.reports
+    return {"run_id": result.run_id, "root": root}
+
+
+@pytest.fixture(scope="module")
+def failed_run(
+    flower_stack: FlowerStack, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """01 completes, 02 fails (exit 3): Flower must tell them apart."""
+    root = tmp_path_factory.mktemp("failing")
+    commands = {
+        "01": "mkdir -p out && echo 01 > out/01.txt",
+        "02": "echo no database >&2; exit 3",
+    }
+    result = run_feature(flower_stack, root, "flowerfail", commands)
+    assert not result.ok
     return {"run_id": result.run_id, "root": root}
 
 
@@ -190,8 +210,9 @@ def test_flower_lists_every_subtask_with_its_args_summary_and_final_state(
     for seq, task in by_seq.items():
         assert task["name"] == RUN_TASK
         args = task["args"]
-        assert "feature=flowerfeat" in args and "batch=1" in args
-        assert f"seq={seq}" in args and TITLES[seq] in args
+        prefix = f"feature=flowerfeat batch=1 seq={seq} run={finished_run['run_id']} title="
+        assert args.startswith(prefix), args
+        assert TITLES[seq] in args
         assert task["received"] and task["started"] and task["succeeded"]
         assert task["worker"].startswith("batchq-0@")
 
@@ -214,6 +235,42 @@ def test_metrics_count_the_subtask_events_under_the_one_task_name(flower_stack, 
     assert RUN_TASK in task_labels
     assert not any("seq" in label or "flowerfeat" in label for label in task_labels)
     assert "flower_task_runtime_seconds" in body
+
+
+def test_a_failed_subtask_is_failure_in_flower_with_its_error_and_counted(flower_stack, failed_run):
+    run_id = failed_run["run_id"]
+
+    def final() -> dict[str, dict[str, Any]] | None:
+        by_seq = {}
+        for task in subtask_tasks(flower_stack).values():
+            args = task.get("args") or ""
+            for seq in ("01", "02"):
+                if args.startswith(f"feature=flowerfail batch=1 seq={seq} run={run_id} "):
+                    by_seq[seq] = task
+        states = {t["state"] for t in by_seq.values()}
+        return by_seq if len(by_seq) == 2 and states <= {"SUCCESS", "FAILURE"} else None
+
+    by_seq = wait_for("both subtasks of the failing run to finish in Flower", final)
+    assert by_seq["01"]["state"] == "SUCCESS"
+    assert by_seq["02"]["state"] == "FAILURE"
+    assert by_seq["02"]["exception"].startswith("failed: ")
+    assert "3" in by_seq["02"]["exception"]
+    failed_filter = flower_stack.get(f"/api/tasks?taskname={RUN_TASK}&state=FAILURE&limit=1000")
+    assert failed_filter[0] == 200
+    stack_tasks = json.loads(failed_filter[1])
+    assert by_seq["02"]["uuid"] in stack_tasks and by_seq["01"]["uuid"] not in stack_tasks
+
+    def failed_counted() -> bool:
+        body = flower_stack.get("/metrics", auth=False)[1]
+        return any(
+            line.startswith("flower_events_total{")
+            and 'type="task-failed"' in line
+            and f'task="{RUN_TASK}"' in line
+            and float(line.rsplit(" ", 1)[1]) >= 1
+            for line in body.splitlines()
+        )
+
+    assert wait_for("Flower's task-failed counter for run_subtask", failed_counted)
 
 
 def test_worker_log_lines_about_a_subtask_are_json_with_feature_batch_and_seq(

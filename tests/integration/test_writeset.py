@@ -123,7 +123,9 @@ def test_concurrent_subtasks_share_an_unattributable_write_but_never_a_declared_
     assert "stray.txt" in by_seq["01"].observed_writes
     assert "stray.txt" in by_seq["02"].observed_writes
     assert "sync/02.ready" in by_seq["01"].observed_writes  # seen, but 02 declared it
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray.txt", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
     assert by_seq["01"].undeclared_writes == [] and by_seq["02"].undeclared_writes == []
 
 
@@ -161,8 +163,10 @@ def test_fail_mode_fails_the_batch_on_an_unattributable_write_but_no_member(
     (built,) = result.reports
     assert built.status is BatchStatus.PARTIAL_FAILURE
     assert (built.completed, built.failed) == (2, 0)
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
-    assert "stray.txt (candidates: 01, 02)" in built.next.recommendation
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray.txt", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
+    assert "stray.txt (candidates: 01, 02; 01 and 02 overlapped)" in built.next.recommendation
     assert statuses(root) == {"01": "completed", "02": "completed", "03": "pending"}
 
 
@@ -193,3 +197,25 @@ def test_in_a_git_work_tree_ignored_files_are_not_undeclared_writes(
     (only,) = orch.run().reports[0].results
     assert only.observed_writes == ["stray.txt"]
     assert only.undeclared_writes == ["stray.txt"]
+
+
+def test_another_features_deliverables_in_the_same_root_are_never_this_runs_writes(
+    make_feature, subtask_data, orchestrator
+):
+    """Features sharing a root run side by side: while feat's 01 runs, the other
+    feature's agent writes its own deliverable (played here by 01's command). Under
+    ``fail`` that is not feat's undeclared write; a path nobody declares still is."""
+    root = make_feature(
+        [subtask_data("01", command="mkdir -p docs && echo x > docs/api.md && " + write("01"))]
+    )
+    other = subtask_data("01", deliverables=["docs/api.md"])
+    other["id"] = "other-01"
+    make_feature([other], name="other", root=root)
+    orch, _ = orchestrator(root, undeclared_writes="fail")
+    result = orch.run()
+    assert result.ok, result.reports
+    (built,) = result.reports
+    assert built.undeclared_writes == [] and built.results[0].undeclared_writes == []
+    assert statuses(root) == {"01": "completed"}
+    # The other feature's files are untouched by feat's run.
+    assert load_feature(root, "other").subtasks[0].status.value == "pending"

@@ -119,7 +119,13 @@ def test_redis_restarted_empty_ends_the_run_with_a_clear_failure_by_the_stall_de
     start_worker(server.url, concurrency=4)
     root = _feature(make_feature, subtask_data)
     blip = Blip(server, graceful=False)
-    result = orchestrator(root, server.url, stall_s=5.0).run(RunOptions(on_events=blip.handler()))
+    inject, said_finished = blip.handler(), set()
+
+    def handle(events: list[Event]) -> None:
+        said_finished.update(e.seq for e in events if e.kind == "finished" and e.data)
+        inject(events)
+
+    result = orchestrator(root, server.url, stall_s=5.0).run(RunOptions(on_events=handle))
     blip.join()
     assert not result.ok
     (report,) = result.reports  # the next batch never starts
@@ -136,6 +142,11 @@ def test_redis_restarted_empty_ends_the_run_with_a_clear_failure_by_the_stall_de
         assert feature[seq].status.value == "blocked"
         assert block is not None and block.result is ResultState.FAILED
         assert "no result before the batch deadline" in (block.error or "")
+        # Report, progress lines and file agree: no completion is left on a failed file,
+        # and a member whose progress line said it finished is named as lost state.
+        assert feature[seq].completed_at is None and feature[seq].completion_summary is None
+        if seq in said_finished:
+            assert f"{seq}: its progress event said " in reason
     # What the workers still recorded after the restart is never recorded twice.
     client = client_for(server.redis_py_url)
     try:

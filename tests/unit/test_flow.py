@@ -117,9 +117,9 @@ def test_a_failure_skips_exactly_the_transitive_dependents_with_reasons() -> Non
     start(flow)
     skips = flow.finished("01", ResultState.FAILED)
     assert skips == [
-        Skip("03", "depends on 01, which failed"),
-        Skip("04", "depends on 03, which was skipped (01 failed)"),
-        Skip("06", "depends on 04, which was skipped (01 failed)"),
+        Skip("03", "depends on 01, which failed", "01"),
+        Skip("04", "depends on 03, which was skipped (01 failed)", "01"),
+        Skip("06", "depends on 04, which was skipped (01 failed)", "01"),
     ]
     flow.finished("02", OK)
     assert start(flow) == ["05"]  # independent of 01: still runs
@@ -132,7 +132,7 @@ def test_a_timed_out_dependency_is_named_as_such() -> None:
     flow = schedule(sub("01"), sub("02", "01"))
     start(flow)
     assert flow.finished("01", ResultState.TIMED_OUT) == [
-        Skip("02", "depends on 01, which timed out")
+        Skip("02", "depends on 01, which timed out", "01")
     ]
 
 

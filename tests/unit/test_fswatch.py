@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,28 @@ def test_a_window_outside_git_uses_the_tracker_and_ignores_earlier_writes(
     touch(workspace / "during.txt")
     assert window() == ["during.txt"]
     assert writewindow.tracker_for(str(workspace)) is writewindow.tracker_for(str(workspace))
+
+
+def test_each_thread_keeps_its_own_tracker_so_overlapping_windows_miss_nothing(
+    workspace: Path,
+) -> None:
+    """The threads pool runs subtasks side by side in one process: a window closed in
+    one thread must not consume the changes another thread's open window is owed."""
+    mine = writewindow.open_window(workspace)
+    seen: dict[str, object] = {}
+
+    def other_slot() -> None:
+        theirs = writewindow.open_window(workspace)
+        touch(workspace / "during.txt")
+        seen["theirs"] = theirs()
+        seen["tracker"] = writewindow.tracker_for(str(workspace))
+
+    thread = threading.Thread(target=other_slot)
+    thread.start()
+    thread.join(10)
+    assert seen["theirs"] == ["during.txt"]
+    assert mine() == ["during.txt"]
+    assert seen["tracker"] is not writewindow.tracker_for(str(workspace))
 
 
 def test_a_window_in_a_git_work_tree_uses_git_status(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -236,6 +237,7 @@ def _run(*argv: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
+@pytest.mark.slow
 @given(features())
 def test_cli_views_never_traceback(files: dict[str, bytes]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}

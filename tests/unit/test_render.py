@@ -85,7 +85,9 @@ def all_completed() -> BatchReport:
         batch=1,
         results=[result("01", "Setup project structure", ResultState.COMPLETED, duration_s=1.0)],
         expected=["01"],
-        next_batch=PlannedBatch(number=2, level=1, seqs=["03"], parallel=True, after=1),
+        next_batch=PlannedBatch(
+            number=2, level=1, seqs=["03"], parallel=True, after=1, depends_on=["01"]
+        ),
         submitted_at=T0,
         finished_at=T0 + timedelta(seconds=1),
     )
@@ -109,24 +111,30 @@ def section(md: str, header: str) -> list[str]:
 
 def test_markdown_opens_with_the_seed_header_lines() -> None:
     md = render_markdown(partial_failure())
-    assert md.splitlines()[:4] == [
-        "## Batch 1 Execution Complete",
+    assert md.splitlines()[:6] == [
+        "## Batch 1 Execution FAILED",
         "",
         "Feature: auth-system",
+        "Batch: 1",
+        "Subtasks: 01, 02, 03",
         "Status: ❌ PARTIAL FAILURE",
     ]
 
 
 def test_markdown_of_a_completed_batch_says_all_completed_and_the_next_batch_is_ready() -> None:
     md = render_markdown(all_completed())
+    assert md.splitlines()[0] == "## Batch 1 Execution Complete"
     assert "Status: ✅ ALL COMPLETED" in md.splitlines()
-    assert section(md, "### Next Steps:") == ["- ✅ Batch 2 (03) is ready: dependencies satisfied"]
+    assert section(md, "### Next Steps:") == [
+        "Batch 1 complete. Ready to proceed to Batch 2 (subtask 03).",
+        "Batch 2 depends on: 01 (all now satisfied).",
+    ]
 
 
 def test_markdown_statistics_are_the_seed_lines() -> None:
     md = render_markdown(partial_failure())
     assert section(md, "### Batch Statistics:") == [
-        "- Total: 3",
+        "- Total tasks: 3",
         "- Completed: 2",
         "- Failed: 1",
         "- Success rate: 66.7%",
@@ -134,11 +142,21 @@ def test_markdown_statistics_are_the_seed_lines() -> None:
     ]
 
 
+def test_a_whole_success_rate_has_no_decimal() -> None:
+    assert "- Success rate: 100%" in render_markdown(all_completed()).splitlines()
+
+
+def test_a_batch_of_one_shows_no_speed_up() -> None:
+    md = render_markdown(all_completed())
+    assert "- Wall time: 1.0s · Summed subtask time: 1.0s" in md.splitlines()
+    assert "speed-up" not in md
+
+
 def test_markdown_has_the_sections_in_seed_order_and_no_trailing_newline() -> None:
     md = render_markdown(partial_failure())
     headers = [line for line in md.splitlines() if line.startswith("##")]
     assert headers == [
-        "## Batch 1 Execution Complete",
+        "## Batch 1 Execution FAILED",
         "### Individual Results:",
         "### Batch Statistics:",
         "### Next Steps:",
@@ -152,10 +170,10 @@ def test_markdown_shows_a_completed_subtask_block_in_the_seed_shape() -> None:
     start = lines.index("✅ Subtask 01 - Setup project structure")
     assert lines[start : start + 6] == [
         "✅ Subtask 01 - Setup project structure",
-        "   Status: completed",
-        "   Deliverables: src/, package.json",
-        "   Summary: Created project layout",
-        "   Duration: 2.1s · Worker: batchq-1@host",
+        "   - Status: completed",
+        "   - Deliverables: src/, package.json",
+        "   - Summary: Created project layout",
+        "   - Duration: 2.1s · Worker: batchq-1@host",
         "",
     ]
 
@@ -163,28 +181,29 @@ def test_markdown_shows_a_completed_subtask_block_in_the_seed_shape() -> None:
 def test_markdown_shows_a_failed_subtask_with_its_error_tail_and_log() -> None:
     md = render_markdown(partial_failure())
     lines = md.splitlines()
-    start = lines.index("❌ Subtask 02 - Configure database")
+    start = lines.index("❌ Subtask 02 - FAILED: deliverable missing: src/db.ts")
     block = lines[start : lines.index("", start)]
     assert block[1:5] == [
-        "   Status: failed",
-        "   Deliverables: ✗ src/db.ts",
-        "   Error: deliverable missing: src/db.ts",
-        "   Output (tail):",
+        "   - Status: failed",
+        "   - Deliverables: ✗ src/db.ts",
+        "   - Title: Configure database",
+        "   - Output (tail):",
     ]
     tail = [line for line in block if line.startswith("     line ")]
     assert len(tail) == 20
     assert tail[-1] == "     line 29"
-    assert block[-1] == f"   Log: {LOG}"
+    assert block[-1] == f"   - Log: {LOG}"
 
 
 def test_markdown_next_steps_of_a_failure_name_the_subtask_to_fix() -> None:
     md = render_markdown(partial_failure())
-    assert section(md, "### Next Steps:")[0] == (
-        "- ❌ Fix the failed subtask(s) 02 first, then rerun `batchq run auth-system`"
-    )
+    assert section(md, "### Next Steps:") == [
+        "Recommendation: Fix subtask 02 before proceeding to Batch 2.",
+        "Batch 2 (04) does not start; rerun `batchq run auth-system` once it is fixed.",
+    ]
 
 
-def test_markdown_of_the_last_batch_says_all_batches_complete() -> None:
+def test_markdown_of_the_last_batch_says_all_planned_batches_complete() -> None:
     rep = report.build(
         feature="auth-system",
         run_id="r1",
@@ -195,7 +214,9 @@ def test_markdown_of_the_last_batch_says_all_batches_complete() -> None:
         submitted_at=T0,
         finished_at=T0,
     )
-    assert section(render_markdown(rep), "### Next Steps:") == ["- ✅ All batches complete"]
+    assert section(render_markdown(rep), "### Next Steps:") == [
+        "Batch 1 complete. All planned batches complete."
+    ]
 
 
 def test_markdown_of_a_forced_report_warns_and_lists_the_missing_member() -> None:
@@ -211,19 +232,26 @@ def test_markdown_of_a_forced_report_warns_and_lists_the_missing_member() -> Non
         forced=True,
     )
     md = render_markdown(rep)
-    assert "⚠ Forced report: no result from 04 (stalled)" in md.splitlines()
-    assert "⚠ Subtask 04" in md.splitlines()
-    assert "- Not completed: 1 missing" in md.splitlines()
+    assert section(md, "### Forced Report:") == ["- No result from 04 (stalled)"]
+    assert "❌ Subtask 04 - FAILED: no result received" in md.splitlines()
+    assert "- No result (counted in Failed): 1" in md.splitlines()
+    assert "Recommendation: Fix subtask 04, then rerun `batchq run auth-system`." in md
 
 
-def test_markdown_uses_distinct_icons_for_timed_out_and_cancelled() -> None:
+def test_markdown_marks_timed_out_as_failed_and_cancelled_as_cancelled() -> None:
     rep = report.build(
         feature="f",
         run_id="r1",
         batch=1,
         results=[
             SubtaskResult(
-                feature="f", run_id="r1", batch=1, seq="01", title="a", result=ResultState.TIMED_OUT
+                feature="f",
+                run_id="r1",
+                batch=1,
+                seq="01",
+                title="a",
+                result=ResultState.TIMED_OUT,
+                error="timed out after 5s",
             ),
             SubtaskResult(
                 feature="f", run_id="r1", batch=1, seq="02", title="b", result=ResultState.CANCELLED
@@ -235,9 +263,39 @@ def test_markdown_uses_distinct_icons_for_timed_out_and_cancelled() -> None:
         finished_at=T0,
     )
     lines = render_markdown(rep).splitlines()
-    assert "⏱ Subtask 01 - a" in lines
+    assert "❌ Subtask 01 - FAILED: timed out after 5s" in lines
+    assert "   - Status: timed_out" in lines
     assert "⊘ Subtask 02 - b" in lines
-    assert "- Not completed: 1 timed out, 1 cancelled" in lines
+    assert "- Failed: 1" in lines
+    assert "- Timed out (counted in Failed): 1" in lines
+    assert "- Cancelled: 1" in lines
+    assert "Recommendation: Fix subtask 01, then rerun `batchq run f`." in lines
+
+
+def test_a_cancelled_batch_says_so_and_counts_nothing_as_failed() -> None:
+    rep = report.build(
+        feature="f",
+        run_id="r1",
+        batch=1,
+        results=[
+            SubtaskResult(
+                feature="f", run_id="r1", batch=1, seq=s, title=s, result=ResultState.CANCELLED
+            )
+            for s in ("01", "02")
+        ],
+        expected=["01", "02"],
+        next_batch=None,
+        submitted_at=T0,
+        finished_at=T0,
+    )
+    md = render_markdown(rep)
+    assert md.splitlines()[0] == "## Batch 1 Execution CANCELLED"
+    assert "Status: ⊘ CANCELLED" in md.splitlines()
+    assert "- Failed: 0" in md.splitlines() and "- Cancelled: 2" in md.splitlines()
+    assert "Fix" not in md
+    assert section(md, "### Next Steps:") == [
+        "Batch 1 was cancelled: subtasks 01, 02 did not complete. Rerun `batchq run f` to resume."
+    ]
 
 
 def test_markdown_has_a_discrepancies_section_only_when_there_are_some() -> None:
@@ -387,8 +445,9 @@ def _with_skips() -> BatchReport:
 def test_markdown_lists_skipped_members_with_their_reason_and_counts_them() -> None:
     md = render_markdown(_with_skips())
     assert "❌ PARTIAL FAILURE" in md
-    assert "⏭ Subtask 04\n   Status: skipped — depends on 03, which failed" in md
-    assert "- Not completed: 1 failed, 1 skipped" in md
+    assert "⏭ Subtask 04\n   - Status: skipped\n   - Reason: depends on 03, which failed" in md
+    assert "- Failed: 1\n- Success rate: 0%\n- Skipped: 1\n" in md
+    assert "Recommendation: Fix subtask 03, then rerun `batchq run auth-system`." in md
 
 
 def test_the_table_shows_a_skipped_member_and_its_reason() -> None:

@@ -85,11 +85,35 @@ def test_one_failed_member_makes_a_partial_failure_with_a_rounded_success_rate()
     assert rep.success_rate == 66.7
 
 
-@pytest.mark.parametrize("state", [ResultState.TIMED_OUT, ResultState.CANCELLED])
-def test_timed_out_and_cancelled_members_count_as_failed(state: ResultState) -> None:
-    rep = build([result("01"), result("02", state)], ["01", "02"])
-    assert (rep.completed, rep.failed) == (1, 1)
+def test_a_timed_out_member_counts_as_failed() -> None:
+    rep = build([result("01"), result("02", ResultState.TIMED_OUT)], ["01", "02"])
+    assert (rep.completed, rep.failed, rep.cancelled) == (1, 1, 0)
     assert rep.status is BatchStatus.PARTIAL_FAILURE
+    assert rep.next.fix == ["02"]
+
+
+def test_a_cancelled_member_counts_as_cancelled_not_failed() -> None:
+    rep = build([result("01"), result("02", ResultState.CANCELLED)], ["01", "02"])
+    assert (rep.completed, rep.failed, rep.cancelled) == (1, 0, 1)
+    assert rep.status is BatchStatus.CANCELLED
+    assert rep.next.fix == []
+    assert not rep.next.dependencies_satisfied
+    assert rep.next.recommendation == (
+        "Batch 1 was cancelled: subtask 02 did not complete. "
+        "Rerun `batchq run auth-system` to resume."
+    )
+
+
+def test_graceful_cancels_after_a_failure_count_apart_and_only_the_failure_is_blamed() -> None:
+    rep = build(
+        [result("01", ResultState.FAILED), result("02", ResultState.CANCELLED)],
+        ["01", "02", "03"],
+        skipped={"03": "not started"},
+    )
+    assert rep.status is BatchStatus.PARTIAL_FAILURE
+    assert (rep.failed, rep.cancelled, rep.skipped_count) == (1, 1, 1)
+    assert rep.total == rep.completed + rep.failed + rep.cancelled + rep.skipped_count
+    assert rep.next.fix == ["01"]
 
 
 def test_a_forced_report_names_members_without_a_result_and_counts_them_failed() -> None:
@@ -215,17 +239,19 @@ def test_a_completed_batch_with_a_next_batch_says_it_is_ready() -> None:
     assert rep.next.batch == 2
     assert rep.next.seqs == ["03", "04"]
     assert rep.next.dependencies_satisfied
-    assert rep.next.recommendation == "Ready to run Batch 2: 03, 04"
+    assert rep.next.recommendation == (
+        "Batch 1 complete. Ready to proceed to Batch 2 (subtasks 03, 04)."
+    )
 
 
 def test_a_completed_last_batch_says_all_batches_are_complete() -> None:
     rep = build([result("01")], ["01"])
     assert rep.next.batch is None
     assert rep.next.dependencies_satisfied
-    assert rep.next.recommendation == "All batches complete"
+    assert rep.next.recommendation == "Batch 1 complete. All planned batches complete."
 
 
-def test_a_failed_batch_recommends_fixing_every_member_that_did_not_complete() -> None:
+def test_a_failed_batch_recommends_fixing_the_members_that_failed_not_the_cancelled() -> None:
     rep = build(
         [result("01"), result("02", ResultState.FAILED), result("03", ResultState.CANCELLED)],
         ["01", "02", "03", "04"],
@@ -234,9 +260,8 @@ def test_a_failed_batch_recommends_fixing_every_member_that_did_not_complete() -
     )
     assert not rep.next.dependencies_satisfied
     assert rep.next.batch == 2
-    assert rep.next.recommendation == (
-        "Fix the failed subtask(s) 02, 03, 04 first, then rerun `batchq run auth-system`"
-    )
+    assert rep.next.fix == ["02", "04"]
+    assert rep.next.recommendation == "Fix subtasks 02, 04 before proceeding to Batch 2."
 
 
 def test_the_report_is_a_frozen_wire_model() -> None:
@@ -288,14 +313,14 @@ def test_the_report_module_imports_neither_celery_nor_redis() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_skipped_members_count_as_not_completed_but_are_not_missing() -> None:
+def test_skipped_members_count_as_skipped_not_failed_and_not_missing() -> None:
     built = build(
         [result("01", ResultState.FAILED)],
         ["01", "02", "03"],
         skipped={"02": "depends on 01, which failed", "03": "depends on 01, which failed"},
     )
     assert built.status is BatchStatus.PARTIAL_FAILURE
-    assert (built.total, built.completed, built.failed) == (3, 0, 3)
+    assert (built.total, built.completed, built.failed, built.skipped_count) == (3, 0, 1, 2)
     assert built.missing == []
     assert [(s.seq, s.reason) for s in built.skipped] == [
         ("02", "depends on 01, which failed"),
@@ -306,3 +331,29 @@ def test_skipped_members_count_as_not_completed_but_are_not_missing() -> None:
 def test_a_skip_for_a_member_that_has_a_result_is_dropped() -> None:
     built = build([result("01")], ["01"], skipped={"01": "stale"})
     assert built.ok and built.skipped == []
+
+
+def test_a_batch_skipped_for_a_failure_elsewhere_names_that_failure_not_its_members() -> None:
+    built = build(
+        [],
+        ["07"],
+        skipped={"07": "depends on 06, which failed"},
+        causes={"07": "06"},
+        titles={"07": "Deploy"},
+    )
+    assert built.status is BatchStatus.PARTIAL_FAILURE
+    assert (built.failed, built.skipped_count) == (0, 1)
+    assert built.next.fix == ["06"]
+    assert built.next.recommendation == "Fix subtask 06, then rerun `batchq run auth-system`."
+    assert built.skipped[0].cause == "06" and built.skipped[0].title == "Deploy"
+
+
+def test_a_batch_skipped_because_the_run_stopped_is_cancelled() -> None:
+    built = build([], ["07"], skipped={"07": "not started: 01 was cancelled, the run stops"})
+    assert built.status is BatchStatus.CANCELLED
+    assert (built.failed, built.skipped_count) == (0, 1)
+
+
+def test_speedup_needs_two_members_that_ran() -> None:
+    assert build([result("01", duration_s=2.0)], ["01"], wall=1.0).speedup == 0.0
+    assert build([result("01"), result("02")], ["01", "02"], wall=1.0).speedup == 2.0

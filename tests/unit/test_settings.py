@@ -198,3 +198,52 @@ def test_the_readme_documents_every_setting() -> None:
         f"BATCHQ_{n.upper()}" for n in Settings.model_fields if f"BATCHQ_{n.upper()}" not in readme
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://localhost:6379", "unknown scheme 'http'"),
+        ("redis://localhost:notaport/0", "port 'notaport' is not a number"),
+        ("redis://:pa#ss@localhost:6379/0", "percent-encode it"),
+        ("redis://:pa/ss@localhost/0", "percent-encode it"),
+        ("redis://:pa?ss@localhost/0", "percent-encode it"),
+        ("redis://localhost:6379/x", "database 'x' is not a number"),
+        ("redis://:secret@/0", "no host"),
+        ("localhost:6379", "not a URL"),
+    ],
+)
+def test_a_malformed_redis_url_is_an_input_error_that_never_shows_the_password(
+    url: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHQ_REDIS_URL", url)
+    with pytest.raises(InputError) as info:
+        load_settings(None)
+    assert info.value.exit_code == 2
+    assert problem in str(info.value)
+    assert "BATCHQ_REDIS_URL" in str(info.value)
+    for secret in ("pa#ss", "pa/ss", "pa?ss", "secret"):
+        assert secret not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://:p%23w@127.0.0.1:6380/2",
+        "rediss://user:pw@host.example:6379/0?ssl_cert_reqs=required",
+        "redis+socket:///tmp/r.sock?virtual_host=1",
+        "unix:///tmp/r.sock?db=0",
+        "redis://[::1]:6379/0",
+    ],
+)
+def test_well_formed_redis_urls_pass(url: str) -> None:
+    assert load_settings(None, redis_url=url).redis_url == url
+
+
+def test_a_bad_url_in_batchq_toml_never_shows_its_password(tmp_path: Path) -> None:
+    (tmp_path / "batchq.toml").write_text('redis_url = "redis://:top#secret@h/0"\n')
+    with pytest.raises(SpecError) as info:
+        load_settings(tmp_path)
+    assert "top#secret" not in str(info.value)
+    assert "percent-encode" in str(info.value)

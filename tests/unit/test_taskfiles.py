@@ -530,6 +530,7 @@ complete_subtask(root, "feat", seq, "completed by process " + seq)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [12, 100])
 def test_concurrent_completions_from_real_processes_are_all_recorded(
     tmp_path: Path, count: int
@@ -633,3 +634,51 @@ def test_the_parse_cache_keeps_only_the_features_used_last(tmp_path: Path) -> No
     assert all(len(files) == 2 for files in taskfiles._PARSED.folders.values())
     load_feature(tmp_path, names[0])  # read again, correctly, after eviction
     assert next(reversed(taskfiles._PARSED.folders)).name == names[0]
+
+
+def _claimed(run_id: str = "r-old") -> dict[str, Any]:
+    """A subtask file as an agent left it after ``batchq complete`` during run r2."""
+    return {
+        "seq": "01",
+        "status": "completed",
+        "completed_at": "2024-05-01T12:00:00Z",
+        "completion_summary": "my own words",
+        "batchq": {"result": "failed", "run_id": run_id},
+    }
+
+
+def test_a_completion_the_agent_recorded_itself_keeps_its_words_and_is_noted() -> None:
+    from batchq.files.taskfiles import mark_completed
+    from batchq.models import BatchqBlock, ResultState
+
+    data, claims = _claimed(), {}
+    block = BatchqBlock(result=ResultState.COMPLETED, run_id="r2")
+    mark_completed("last output line", "2024-05-01T12:05:00Z", block, claims)(data)
+    assert data["completion_summary"] == "my own words"
+    assert data["completed_at"] == "2024-05-01T12:00:00Z"
+    assert data["batchq"]["run_id"] == "r2"
+    assert claims == {"01": "my own words"}
+
+
+def test_our_own_completion_is_not_mistaken_for_an_agents_claim() -> None:
+    from batchq.files.taskfiles import mark_blocked, mark_in_progress
+    from batchq.models import BatchqBlock, ResultState
+
+    data, claims = _claimed(run_id="r2"), {}
+    data["batchq"]["result"] = "completed"
+    mark_blocked(BatchqBlock(result=ResultState.FAILED, run_id="r2"), claims)(data)
+    assert claims == {} and data["completion_summary"] == "my own words"
+    fresh = _claimed()
+    mark_in_progress("w1", "2024-05-01T12:01:00Z", "r2")(fresh)
+    assert fresh["status"] == "completed"  # the late progress event does not undo the claim
+
+
+def test_a_contradicted_claim_leaves_no_stale_completion_fields() -> None:
+    from batchq.files.taskfiles import mark_blocked
+    from batchq.models import BatchqBlock, ResultState
+
+    data, claims = _claimed(), {}
+    mark_blocked(BatchqBlock(result=ResultState.FAILED, run_id="r2"), claims)(data)
+    assert data["status"] == "blocked"
+    assert data["completed_at"] is None and data["completion_summary"] is None
+    assert claims == {"01": "my own words"}

@@ -91,7 +91,9 @@ def test_a_write_seen_while_siblings_overlapped_goes_to_batch_level_with_candida
     ]
     verdict = blame.blame(results, {"01": [], "02": [], "03": []})
     assert verdict.by_seq == {}
-    assert verdict.batch_level == [UndeclaredWrite(path="stray.txt", candidates=["01", "02"])]
+    assert verdict.batch_level == [
+        UndeclaredWrite(path="stray.txt", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
 
 
 def test_a_siblings_declared_deliverable_is_never_blamed() -> None:
@@ -106,7 +108,11 @@ def test_a_siblings_declared_deliverable_is_never_blamed() -> None:
 def test_a_missing_member_may_have_run_alongside_so_nobody_is_blamed_alone() -> None:
     verdict = blame.blame([result("01", 0, 5, ["x"])], {"01": [], "02": []}, missing=["02"])
     assert verdict.by_seq == {}
-    assert verdict.batch_level == [UndeclaredWrite(path="x", candidates=["01"])]
+    assert verdict.batch_level == [
+        UndeclaredWrite(
+            path="x", candidates=["01"], reason="02 left no result (its window is unknown)"
+        )
+    ]
 
 
 def test_a_subtask_of_another_batch_in_flight_meanwhile_clears_no_suspect() -> None:
@@ -160,7 +166,7 @@ def test_fail_fails_the_blamed_subtask_with_the_paths_and_its_declarations() -> 
     assert first.result is ResultState.FAILED
     assert first.error == "undeclared write: src/x.py (declared: src/a.py)"
     assert first.error_type == "UndeclaredWrite"
-    assert built.next.recommendation.startswith("Fix the failed subtask(s) 01")
+    assert built.next.recommendation.startswith("Fix subtask 01")
     changed = report.amended(built, {r.seq: r for r in recorded})
     assert [r.seq for r in changed] == ["01"]
 
@@ -171,8 +177,12 @@ def test_fail_with_an_unattributable_write_fails_the_batch_but_no_member() -> No
     assert built.status is BatchStatus.PARTIAL_FAILURE
     assert (built.completed, built.failed) == (2, 0)
     assert all(r.ok for r in built.results)
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray", candidates=["01", "02"])]
-    assert "stray (candidates: 01, 02)" in built.next.recommendation
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray", candidates=["01", "02"], reason="01 and 02 overlapped")
+    ]
+    assert "stray (candidates: 01, 02; 01 and 02 overlapped)" in built.next.recommendation
+    md = render_markdown(built)
+    assert "- Failed: 0" in md and "- Undeclared writes (fail the batch): 1" in md
     assert not built.next.dependencies_satisfied
 
 
@@ -180,7 +190,10 @@ def test_warn_with_an_unattributable_write_reports_it_and_stays_completed() -> N
     results = [result("01", 0, 5, ["stray"]), result("02", 1, 4)]
     built = build(results, WriteCheck.WARN)
     assert built.ok
-    assert built.undeclared_writes == [UndeclaredWrite(path="stray", candidates=["01"])]
+    # The verdict names the sibling whose window overlapped, though 02 saw nothing.
+    assert built.undeclared_writes == [
+        UndeclaredWrite(path="stray", candidates=["01"], reason="01 and 02 overlapped")
+    ]
 
 
 def test_off_ignores_observed_writes() -> None:
@@ -201,7 +214,7 @@ def test_every_view_shows_blamed_and_batch_level_writes() -> None:
     results = [result("01", 0, 5, ["a.txt"]), result("02", 6, 9, ["b.txt"]), result("03", 8, 9)]
     built = build(results, WriteCheck.WARN)
     markdown = render_markdown(built)
-    assert "   Undeclared writes: a.txt" in markdown
+    assert "   - Undeclared writes: a.txt" in markdown
     assert "### Undeclared Writes:" in markdown
     assert "- b.txt (not attributable; candidates: 02)" in markdown
     assert '"undeclared_writes"' in render_json(built)
