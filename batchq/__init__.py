@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchq.core.planner import check_batch, plan, validate
+from batchq.core.planner import check_batch, plan, plan_for, validate
 from batchq.errors import (
     BatchqError,
     BrokerUnavailable,
@@ -81,6 +81,7 @@ __all__ = [
     "load_feature",
     "load_settings",
     "plan",
+    "plan_for",
     "validate",
 ]
 

@@ -32,6 +32,7 @@ __all__ = [
     "runs_dir",
     "state_dir",
     "subtask_file",
+    "subtask_relpath",
     "token_file",
 ]
 
@@ -49,6 +50,11 @@ STACK_FILE = Path(".tmp") / "batchq" / "stack.json"
 def subtask_file(seq: str) -> str:
     """The file name of subtask ``seq`` inside its feature folder."""
     return f"subtask_{seq}.json"
+
+
+def subtask_relpath(feature: str, seq: str) -> str:
+    """Subtask ``seq``'s file relative to the project root, as a prompt names it."""
+    return (TASKS_DIR / feature / subtask_file(seq)).as_posix()
 
 
 def state_dir(feature_path: Path) -> Path:

@@ -32,6 +32,7 @@ from batchq import layout
 __all__ = [
     "SEQ_MAX_DIGITS",
     "SEQ_PATTERN",
+    "BatchMember",
     "BatchReport",
     "BatchStatus",
     "BatchqBlock",
@@ -379,6 +380,9 @@ class Plan(BaseModel):
     batches: list[PlannedBatch] = Field(default_factory=list)
     blocked: dict[str, str] = Field(default_factory=dict)
     completed: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    """Advice that does not stop the plan (a batch of coding agents past the size
+    guidance); renderers print it, ``--json`` carries it."""
 
 
 class Violation(BaseModel):
@@ -506,6 +510,15 @@ def is_seq(value: Any) -> bool:
     return isinstance(value, str) and bool(_SEQ_RE.match(value))
 
 
+class BatchMember(_Wire):
+    """Another member of a subtask's batch, as its coding agent is told about it: what
+    runs beside it in the same workspace, and so what it must not touch."""
+
+    seq: str
+    title: str
+    deliverables: list[str] = Field(default_factory=list)
+
+
 class SubtaskMessage(_Wire):
     """The body of one ``batchq.run_subtask`` message: all a worker needs, as JSON.
 
@@ -523,6 +536,19 @@ class SubtaskMessage(_Wire):
     agent: str
     subtask: Subtask
     write_check: WriteCheck = WriteCheck.WARN
+    # What a coding agent's prompt says about the delegation (issue #23); defaults keep
+    # messages from an older producer decodable.
+    feature_name: str = ""
+    """``task.json`` ``name`` (the folder name is ``feature``)."""
+    objective: str | None = None
+    """``task.json`` ``objective``."""
+    subtask_file: str = ""
+    """The subtask's file, relative to ``root``; computed from the layout when empty."""
+    siblings: list[BatchMember] = Field(default_factory=list)
+    """The batch's other members (for agents that render a prompt; at most
+    ``SIBLINGS_CAP``), in seq order."""
+    siblings_total: int = 0
+    """How many other members the batch has, listed or not."""
 
     @property
     def seq(self) -> str:

@@ -34,6 +34,7 @@ from batchq.models import SandboxMode, WriteCheck
 
 __all__ = [
     "ALWAYS_PROTECTED",
+    "BUILTIN_AGENTS",
     "DEFAULT_PROTECTED",
     "SETTINGS_FILE_ENV",
     "URL_FILE_ENV",
@@ -57,6 +58,8 @@ DEFAULT_PROTECTED: tuple[str, ...] = (
     "*.key",
     "*.secret",
 )
+BUILTIN_AGENTS: frozenset[str] = frozenset({"shell", "python"})
+"""The agents batchq ships (entry points in pyproject.toml); they render no prompt."""
 CONFIG_FILE = layout.CONFIG_FILE
 SETTINGS_FILE_ENV = "BATCHQ_SETTINGS_FILE"
 """Set by batchq on the workers it starts itself: the path of the orchestrator's whole
@@ -80,6 +83,9 @@ class AgentConfig(BaseModel):
     env: list[str] = Field(default_factory=list)
     """Names of worker environment variables the agent gets inside the sandbox (API
     keys a coding CLI needs); everything else but the basics is dropped."""
+    prompt_template: str | None = None
+    """A CLI agent's own prompt template: a Markdown file, relative to the project root,
+    with the placeholders of :mod:`batchq.agents.prompt`; unset = the built-in one."""
 
 
 def _split(value: Any) -> Any:
@@ -125,6 +131,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     output_tail_chars: int = Field(default=2000, ge=0)
+    max_batch: int | None = Field(default=None, ge=1)
+    """At most this many subtasks per batch: ``plan`` and ``run`` cut a level's parallel
+    subtasks into batches of this size, by seq. Unset: a level's batch is unbounded."""
     chunk_max: int = Field(default=16, ge=1)
     """At most this many ``python`` subtasks share one message, when known tiny or in a
     big batch (:mod:`batchq.core.chunks`); 1 sends every subtask alone."""
@@ -190,6 +199,16 @@ class Settings(BaseSettings):
             return list(self.python_allow)
         config = self.agents.get(agent)
         return list(config.allow) if config else []
+
+    @property
+    def coding_agents(self) -> frozenset[str]:
+        """Names configured with a ``command``: the CLI (coding) agents, whose batches
+        the size guidance is about. The built-in ``shell`` and ``python`` never are."""
+        return frozenset(
+            name
+            for name, config in self.agents.items()
+            if config.command and name not in BUILTIN_AGENTS
+        )
 
     @property
     def backend_url(self) -> str | None:

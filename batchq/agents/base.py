@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from batchq.models import Subtask
+from batchq.models import BatchMember, Subtask
 from batchq.settings import Settings
 
 __all__ = [
@@ -45,6 +45,17 @@ class Delegation:
     context: str
     log_path: Path
     timeout_s: float
+    feature_name: str = ""
+    """``task.json`` ``name``; the fields below are what a coding agent's prompt says
+    about the delegation (:mod:`batchq.agents.prompt`)."""
+    objective: str | None = None
+    subtask_file: str = ""
+    """The subtask's file relative to the workspace, which the agent must not edit."""
+    siblings: tuple[BatchMember, ...] = ()
+    """The other members of the batch, running beside it: their deliverables are
+    off limits."""
+    siblings_total: int = 0
+    """How many other members the batch has (``siblings`` may list fewer)."""
 
 
 @dataclass

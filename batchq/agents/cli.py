@@ -6,7 +6,8 @@ Any agent name with ``[agents.NAME] command = "..."`` in ``batchq.toml`` is one:
     command = "opencode run --agent {agent} --prompt-file {prompt_file}"
     max_concurrency = 3
 
-The worker renders the prompt (:func:`batchq.agents.prompt.render_prompt`) to
+The worker renders the prompt (:func:`batchq.agents.prompt.render_prompt`, from the
+agent's ``prompt_template`` or the built-in one) to
 ``<log>.prompt.md`` beside the subtask's log, fills the template and runs it **without
 a shell**: every value is ``shlex.quote``-d before substitution and the result is cut
 with ``shlex.split``, so a title like ``Fix "auth"; rm -rf ~`` stays one argument.
@@ -34,6 +35,7 @@ from typing import ClassVar
 from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.policy import check_env, check_verify
 from batchq.agents.prompt import render_prompt
+from batchq.agents.prompttemplate import load_template
 from batchq.agents.sandbox import run_confined
 from batchq.agents.shell import outcome_from_process
 from batchq.errors import PolicyError
@@ -137,17 +139,12 @@ class CliAgent(Agent):
         sub = delegation.subtask
         try:
             self.check(sub)
+            prompt_template = load_template(self.name, self.settings, delegation.workspace)
         except PolicyError as exc:
             return AgentOutcome(ok=False, error=str(exc), error_type="PolicyError")
         assert self.template is not None
         prompt_file = delegation.log_path.with_name(delegation.log_path.stem + ".prompt.md")
-        prompt = render_prompt(
-            sub,
-            delegation.feature,
-            delegation.context,
-            delegation.workspace,
-            self.settings.protected_paths,
-        )
+        prompt = render_prompt(delegation, self.settings.protected_paths, prompt_template)
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt, encoding="utf-8")
         values = {

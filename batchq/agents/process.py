@@ -47,6 +47,7 @@ __all__ = [
     "ProcessResult",
     "last_line",
     "run_process",
+    "summary_line",
 ]
 
 DEFAULT_TAIL_BYTES = 64 * 1024
@@ -100,6 +101,23 @@ class ProcessResult:
         if self.exit_code:
             return f"exit code {self.exit_code}"
         return ""
+
+
+SUMMARY_MARKER = "SUMMARY:"
+"""A line starting with this (after blanks) is an agent's one-line summary."""
+
+
+def summary_line(output: str, limit: int = SUMMARY_CHARS) -> str:
+    """An agent's summary: the text after the last ``SUMMARY:`` marker line that has
+    any, else :func:`last_line`. The prompt asks coding agents to end with one, so
+    a closing remark or a progress line printed later does not become the summary."""
+    for line in reversed(output.splitlines()):
+        text = line.strip()
+        if text.startswith(SUMMARY_MARKER):
+            text = text[len(SUMMARY_MARKER) :].strip()
+            if text:
+                return text if len(text) <= limit else text[: limit - 1] + "…"
+    return last_line(output, limit)
 
 
 def last_line(output: str, limit: int = SUMMARY_CHARS) -> str:

@@ -1,8 +1,13 @@
 """Render the Markdown prompt a CLI agent (a coding-agent CLI) receives for a subtask.
 
-The prompt is self-contained — title, feature, the shared session context, acceptance
-criteria, deliverables, and the text of each context/reference file — so a CLI that
-starts with an empty conversation knows what to do and when it is done.
+The prompt is self-contained, so a CLI that starts with an empty conversation knows
+what to do, what not to touch and when it is done. It is rendered from one template
+(:mod:`batchq.agents.prompttemplate`, overridable per agent) and carries the feature's
+name and objective; the subtask's id, seq, title and file; its batch and the siblings
+running beside it with their deliverables; the shared session context; the text of
+each context/reference file; acceptance criteria, deliverables, what is verified
+afterwards, the workspace; and the completion paragraph: batchq records completion,
+the agent never edits ``.tmp/tasks/`` and ends with a ``SUMMARY: …`` line.
 
 File contents are included with care, because the prompt leaves the machine:
 
@@ -23,11 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from batchq.agents.base import Delegation
+from batchq.agents.process import SUMMARY_CHARS, SUMMARY_MARKER
+from batchq.agents.prompttemplate import DEFAULT_TEMPLATE
 from batchq.core.paths import PathError, is_protected, normalise
 from batchq.files.reading import NotRegular, open_regular
-from batchq.models import FileRef, Subtask
+from batchq.layout import TASKS_DIR
+from batchq.models import BatchMember, FileRef
 
-__all__ = ["FILE_CAP_BYTES", "parse_line_ranges", "render_prompt"]
+__all__ = ["FILE_CAP_BYTES", "parse_line_ranges", "prompt_fields", "render_prompt"]
 
 FILE_CAP_BYTES = 64 * 1024
 """Most of one file that goes into a prompt; the rest is replaced by a note."""
@@ -54,38 +63,111 @@ def parse_line_ranges(spec: str) -> list[tuple[int, int | None]]:
 
 
 def render_prompt(
-    subtask: Subtask,
-    feature_name: str,
-    context: str,
-    workspace: Path,
-    protected: Sequence[str],
+    delegation: Delegation, protected: Sequence[str], template: str = DEFAULT_TEMPLATE
 ) -> str:
-    """The Markdown prompt for ``subtask``; see the module docstring for what is read."""
-    out: list[str] = [f"# Subtask {subtask.seq}: {subtask.title}", ""]
-    out += [f"- Feature: `{feature_name}`", f"- Subtask id: `{subtask.id}`"]
-    out += [f"- Workspace (project root): `{workspace}`", ""]
-    out += [
-        "You are one of several agents working on this feature in parallel. Work only "
-        "inside the workspace, create or change only the deliverables listed below, and "
-        "finish when every acceptance criterion holds.",
-        "",
-    ]
-    if context.strip():
-        out += ["## Session context", "", context.strip(), ""]
-    out += ["## Acceptance criteria", ""]
-    out += [f"- {item}" for item in subtask.acceptance_criteria]
-    out += ["", "## Deliverables", ""]
-    out += [f"- `{item}`" for item in subtask.deliverables]
-    out.append("")
-    for heading, entries in (
-        ("Context files", subtask.context_files),
-        ("Reference files", subtask.reference_files),
-    ):
-        if entries:
-            out += [f"## {heading}", ""]
-            for entry in entries:
-                out += _file_section(entry, workspace, protected)
-    return "\n".join(out).rstrip("\n") + "\n"
+    """The Markdown prompt for ``delegation``, from a template already checked by
+    :func:`~batchq.agents.prompttemplate.check_template`."""
+    text = template.format_map(prompt_fields(delegation, protected))
+    return text.rstrip("\n") + "\n"
+
+
+def prompt_fields(delegation: Delegation, protected: Sequence[str]) -> dict[str, str]:
+    """Every template placeholder's text for ``delegation`` (see ``PLACEHOLDERS``)."""
+    sub = delegation.subtask
+    workspace = delegation.workspace
+    verify = sub.execution.verify if sub.execution else None
+    return {
+        "feature": delegation.feature,
+        "feature_name": delegation.feature_name or delegation.feature,
+        "objective": delegation.objective or "None given in task.json.",
+        "subtask_id": sub.id,
+        "seq": sub.seq,
+        "title": sub.title,
+        "subtask_file": delegation.subtask_file,
+        "batch": str(delegation.batch),
+        "batch_line": _batch_line(delegation),
+        "siblings": _siblings(delegation),
+        "session_context": delegation.context.strip() or "None given.",
+        "acceptance_criteria": "\n".join(f"- {item}" for item in sub.acceptance_criteria),
+        "deliverables": "\n".join(f"- {_code(item)}" for item in sub.deliverables),
+        "context_files": _files(sub.context_files, workspace, protected),
+        "reference_files": _files(sub.reference_files, workspace, protected),
+        "verify": _verify(verify),
+        "workspace": str(workspace),
+        "run_id": delegation.run_id,
+        "completion": _completion(delegation, verify),
+    }
+
+
+def _others(delegation: Delegation) -> tuple[list[str], int]:
+    """The listed siblings' seqs and how many more the batch has beyond them."""
+    listed = [m.seq for m in delegation.siblings]
+    return listed, max(delegation.siblings_total - len(listed), 0)
+
+
+def _batch_line(delegation: Delegation) -> str:
+    listed, more = _others(delegation)
+    if not listed and not more:
+        return f"Batch {delegation.batch}: no other subtask runs beside this one."
+    names = [*listed, f"{more} more"] if more else listed
+    joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    word = "subtask" if len(listed) + more == 1 else "subtasks"
+    return f"Batch {delegation.batch} running in parallel with {word} {joined}."
+
+
+def _siblings(delegation: Delegation) -> str:
+    listed, more = _others(delegation)
+    if not listed and not more:
+        return "None: this subtask is alone in its batch."
+    lines = [_sibling(member) for member in delegation.siblings]
+    if more:
+        lines.append(f"- … and {more} more subtasks of this batch (not listed)")
+    return "\n".join(lines)
+
+
+def _sibling(member: BatchMember) -> str:
+    paths = ", ".join(_code(p) for p in member.deliverables) or "no deliverables"
+    return f"- {member.seq} - {member.title}: {paths}"
+
+
+def _files(entries: Sequence[str | FileRef], workspace: Path, protected: Sequence[str]) -> str:
+    if not entries:
+        return "None."
+    out: list[str] = []
+    for entry in entries:
+        out += _file_section(entry, workspace, protected)
+    return "\n".join(out).rstrip("\n")
+
+
+def _verify(verify: str | None) -> str:
+    text = "When you finish, batchq checks that every deliverable exists in the workspace"
+    if verify:
+        return f"{text}, then runs {_code(verify)} there; it must exit 0."
+    return f"{text}; there is no verify command."
+
+
+def _completion(delegation: Delegation, verify: str | None) -> str:
+    checks = "the deliverables and the verify command" if verify else "the deliverables"
+    tasks = TASKS_DIR.as_posix() + "/"
+    return (
+        f"batchq, not you, records this subtask's completion: after you exit it verifies "
+        f"{checks} and marks subtask {delegation.subtask.seq} completed in "
+        f"{_code(delegation.subtask_file)}. Do not create, edit or delete anything under "
+        f"{_code(tasks)} (this subtask's file, `task.json`, the other subtasks), and do not "
+        f"run a task CLI to mark the subtask complete: batchq is the only writer of those "
+        f"files. End by printing one line that starts with `{SUMMARY_MARKER}` and says in "
+        f"at most {SUMMARY_CHARS} characters what you did, e.g. "
+        f"`{SUMMARY_MARKER} added login endpoint`; batchq records the text after the last "
+        f"such line as the subtask's `completion_summary` (without one, your last output "
+        f"line)."
+    )
+
+
+def _code(text: str) -> str:
+    """``text`` as Markdown inline code, whatever backticks it holds."""
+    fence = "`" * (_longest_backtick_run(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _file_section(entry: str | FileRef, workspace: Path, protected: Sequence[str]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
 from batchq.agents.policy import check_env, check_line, check_verify
-from batchq.agents.process import ProcessResult, last_line
+from batchq.agents.process import ProcessResult, summary_line
 from batchq.agents.sandbox import run_confined
 from batchq.errors import PolicyError
 from batchq.models import Subtask
@@ -33,7 +33,8 @@ def write_context_file(delegation: Delegation) -> Path | None:
 
 def outcome_from_process(result: ProcessResult, extra_log: Sequence[str] = ()) -> AgentOutcome:
     """Map a finished child to an outcome: exit 0 succeeds, exit 75 (EX_TEMPFAIL)
-    asks for a retry, and the last non-empty output line is the summary."""
+    asks for a retry, and the summary is the text of the last ``SUMMARY:`` line, else
+    the last non-empty output line (:func:`~batchq.agents.process.summary_line`)."""
     ok = result.ok
     error_type = result.error_type
     if not ok and error_type is None:
@@ -42,7 +43,7 @@ def outcome_from_process(result: ProcessResult, extra_log: Sequence[str] = ()) -
         ok=ok,
         exit_code=result.exit_code,
         output=result.output,
-        summary=last_line(result.output),
+        summary=summary_line(result.output),
         error=None if ok else result.describe(),
         error_type=None if ok else error_type,
         temporary=result.exit_code == TEMPORARY_EXIT and not result.timed_out,

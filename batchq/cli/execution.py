@@ -245,7 +245,9 @@ def _execute(
     f = ctx.feature(feature)
     planner.validate(f, ctx.settings.protected_paths)
     todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
-    check_agents(todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings)
+    check_agents(
+        todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings, f.root
+    )
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW)
     options = RunOptions(

@@ -122,7 +122,7 @@ def parallel(
     loaded, bad = _loaded(ctx, feature)
     rows = []
     for f, p in loaded:
-        plan = None if p else planner.plan(f, ctx.settings.protected_paths)
+        plan = None if p else planner.plan_for(f, ctx.settings)
         rows.append((f, p, plan))
     if as_json:
         emit_json(
@@ -286,7 +286,7 @@ def plan(
 
     ctx = Context(root)
     f = ctx.feature(feature)
-    schedule = planner.plan(f, ctx.settings.protected_paths)
+    schedule = planner.plan_for(f, ctx.settings)
     if as_json:
         emit_json(schedule.model_dump(mode="json"))
     elif mermaid:

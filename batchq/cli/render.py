@@ -349,6 +349,8 @@ def render_plan(plan: Plan, feature: Feature) -> str:
         lines.append("Blocked:")
         for seq in sorted(plan.blocked, key=seq_key):
             lines.append(f"  {seq}: {plan.blocked[seq]}")
+    if plan.warnings:
+        lines += ["", *(f"Warning: {text}" for text in plan.warnings)]
     if not lines:
         lines.append(
             f"[{feature.name}] Nothing to run: "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import graphlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -39,10 +39,11 @@ from batchq.models import (
     Subtask,
     SubtaskStatus,
     Violation,
+    agent_name,
     file_path,
     seq_key,
 )
-from batchq.settings import DEFAULT_PROTECTED
+from batchq.settings import DEFAULT_PROTECTED, Settings
 
 __all__ = [
     "DepNode",
@@ -56,10 +57,17 @@ __all__ = [
     "mermaid",
     "next_after",
     "plan",
+    "plan_for",
     "problems",
     "ready",
     "validate",
 ]
+
+CODING_BATCH_GUIDANCE = 8
+"""Past this many coding-agent (CLI) members a batch gets a warning: the seed's
+parallel-execution guidance is "optimal batch size 2–4 tasks, up to 8 if truly
+independent" (agents in one workspace step on each other, and review gets harder)."""
+GUIDANCE_TEXT = "optimal batch size 2–4 tasks, up to 8 if truly independent"
 
 MAX_CYCLES = 20
 """Cycles reported per feature; each costs a graph pass, and a few make the point."""
@@ -375,15 +383,37 @@ class PathIndex:
                 self._under.setdefault(folder, []).append((seq, path))
 
 
-def plan(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> Plan:
+def plan_for(feature: Feature, settings: Settings) -> Plan:
+    """:func:`plan` with a project's settings: its protected paths, ``max_batch`` and
+    coding agents. What ``plan`` prints and ``run`` runs."""
+    return plan(
+        feature,
+        settings.protected_paths,
+        max_batch=settings.max_batch,
+        coding_agents=settings.coding_agents,
+    )
+
+
+def plan(
+    feature: Feature,
+    protected: Sequence[str] = DEFAULT_PROTECTED,
+    *,
+    max_batch: int | None = None,
+    coding_agents: Collection[str] = (),
+) -> Plan:
     """The whole schedule (SPEC 2). Raises :class:`PlanError` on any problem.
 
     Level k holds the subtasks whose dependencies are completed or in levels < k. A
     level's ``parallel: true`` subtasks fill batches greedily by seq; one whose
-    deliverables overlap the current batch opens the next. Each ``parallel: false``
-    subtask then runs alone. ``blocked`` subtasks, and everything waiting on one, are
-    left out with the reason in ``Plan.blocked``. ``PlannedBatch.level`` counts from 1.
+    deliverables overlap the current batch, or that would make it larger than
+    ``max_batch``, opens the next. Each ``parallel: false`` subtask then runs alone.
+    ``blocked`` subtasks, and everything waiting on one, are left out with the reason
+    in ``Plan.blocked``. ``PlannedBatch.level`` counts from 1. A batch with more than
+    :data:`CODING_BATCH_GUIDANCE` members whose agent is in ``coding_agents`` gets a
+    line in ``Plan.warnings``; it is advice, never an error.
     """
+    if max_batch is not None and max_batch < 1:
+        raise UsageError(f"max_batch: {max_batch}; expected 1 or more")
     found = _checked(feature, protected)
     by_seq, graph = found.by_seq, found.graph
     levels: dict[str, int] = {}
@@ -413,7 +443,7 @@ def plan(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> Plan
         by_level.setdefault(levels[seq], []).append(seq)
     batches: list[PlannedBatch] = []
     for level in sorted(by_level):
-        for seqs, parallel, reasons in _cut_level(by_level[level], by_seq, graph):
+        for seqs, parallel, reasons in _cut_level(by_level[level], by_seq, graph, max_batch):
             after = batches[-1].number if batches else None
             batches.append(
                 PlannedBatch(
@@ -428,7 +458,28 @@ def plan(feature: Feature, protected: Sequence[str] = DEFAULT_PROTECTED) -> Plan
             )
     completed = [s for s in sorted(by_seq, key=seq_key) if by_seq[s].status is _COMPLETED]
     blocked = {s: left_out[s] for s in sorted(left_out, key=seq_key)}
-    return Plan(feature=feature.name, batches=batches, blocked=blocked, completed=completed)
+    return Plan(
+        feature=feature.name,
+        batches=batches,
+        blocked=blocked,
+        completed=completed,
+        warnings=_size_warnings(batches, by_seq, frozenset(coding_agents)),
+    )
+
+
+def _size_warnings(
+    batches: Sequence[PlannedBatch], by_seq: dict[str, Subtask], coding: frozenset[str]
+) -> list[str]:
+    warnings: list[str] = []
+    for batch in batches:
+        cli = [s for s in batch.seqs if agent_name(by_seq[s]) in coding]
+        if len(cli) > CODING_BATCH_GUIDANCE:
+            warnings.append(
+                f"Batch {batch.number} has {len(cli)} coding-agent subtasks "
+                f'({_join(cli)}); the guidance is "{GUIDANCE_TEXT}": '
+                "set max_batch in batchq.toml (or BATCHQ_MAX_BATCH) to cut it"
+            )
+    return warnings
 
 
 def _outside(seqs: Sequence[str], by_seq: dict[str, Subtask]) -> list[str]:
@@ -460,7 +511,10 @@ def next_after(
 
 
 def _cut_level(
-    seqs: list[str], by_seq: dict[str, Subtask], graph: dict[str, list[str]]
+    seqs: list[str],
+    by_seq: dict[str, Subtask],
+    graph: dict[str, list[str]],
+    max_batch: int | None = None,
 ) -> Iterator[tuple[list[str], bool, dict[str, str]]]:
     """The batches of one level, as (seqs, parallel, reasons), in run order."""
 
@@ -479,7 +533,8 @@ def _cut_level(
         if not sub.parallel:
             continue
         clash = next(index.clashes(sub.deliverables), None)
-        if clash is not None:
+        full = max_batch is not None and len(members) >= max_batch
+        if members and (clash is not None or full):
             yield members, True, reasons
             members, reasons, index = [], {}, PathIndex()
         members.append(seq)
@@ -487,6 +542,8 @@ def _cut_level(
         if clash is not None:
             mine, other, theirs = clash
             reasons[seq] += f"; deliverable {mine} overlaps {other}'s {theirs}"
+        elif full:
+            reasons[seq] += f"; the previous batch is full (max_batch {max_batch})"
         index.add(seq, sub.deliverables)
     if members:
         yield members, True, reasons

@@ -45,6 +45,7 @@ from batchq.store.state import CONNECTION_ERRORS
 __all__ = [
     "RetryLater",
     "backoff_s",
+    "delegation_for",
     "execute",
     "log_path_for",
     "token_path",
@@ -243,6 +244,26 @@ def _through_blip(write: Callable[[], bool], patience_s: float = RECORD_PATIENCE
 
 _CONTEXTS: dict[str, str] = {}
 _TOKENS_SEEN: set[tuple[Path, str]] = set()
+
+
+def delegation_for(msg: SubtaskMessage, root: Path, context: str, log_path: Path) -> Delegation:
+    """The agent's view of a message. A message from an older producer has no brief:
+    the feature's folder name and the layout's file name stand in."""
+    return Delegation(
+        feature=msg.feature,
+        run_id=msg.run_id,
+        batch=msg.batch,
+        subtask=msg.subtask,
+        workspace=root,
+        context=context,
+        log_path=log_path,
+        timeout_s=msg.subtask.timeout_s,
+        feature_name=msg.feature_name or msg.feature,
+        objective=msg.objective,
+        subtask_file=msg.subtask_file or layout.subtask_relpath(msg.feature, msg.seq),
+        siblings=tuple(msg.siblings),
+        siblings_total=max(msg.siblings_total, len(msg.siblings)),
+    )
 
 
 def _workspace_ok(token_file: Path, token: str) -> bool:
@@ -488,16 +509,7 @@ def _execute(
         attempt.attempts,
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    delegation = Delegation(
-        feature=msg.feature,
-        run_id=msg.run_id,
-        batch=msg.batch,
-        subtask=msg.subtask,
-        workspace=root,
-        context=_context(store, msg.run_id),
-        log_path=log_path,
-        timeout_s=msg.subtask.timeout_s,
-    )
+    delegation = delegation_for(msg, root, _context(store, msg.run_id), log_path)
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
     try:

@@ -43,7 +43,7 @@ from batchq.run.producer import (
 from batchq.settings import Settings
 from batchq.store.contract import Store
 from batchq.store.state import Event
-from batchq.transport.publish import publish_each, signature
+from batchq.transport.publish import Brief, publish_each, signature
 
 __all__ = ["run_flow"]
 
@@ -70,11 +70,16 @@ class _FlowRun:
         self.on_events, self.on_report = on_events, on_report
         by_seq = feature.by_seq()
         members = [by_seq[s] for b in plan.batches for s in b.seqs]
-        self.agents = check_agents(members, settings)
+        self.agents = check_agents(members, settings, feature.root)
         learned = weights(members, run.learned)
         self.schedule = FlowSchedule(feature, plan, learned)
         self.by_seq = by_seq
         self.batches = {b.number: b for b in plan.batches}
+        # What each member's prompt says about its planned batch, built once per batch.
+        self.briefs = {
+            b.number: Brief.of(feature, [by_seq[s] for s in b.seqs], self.agents)
+            for b in plan.batches
+        }
         self.submissions: dict[int, Submission] = {}
         self.hard_cap_s = sum(budget_s(s, settings) for s in members) + settings.stall_s
         self.stream_from = "0-0"  # set when the batches are registered
@@ -106,6 +111,7 @@ class _FlowRun:
                     batch_of[s],
                     # The workers never cancel a batch's siblings in flow mode.
                     FailurePolicy.CONTINUE,
+                    self.briefs[batch_of[s]],
                 )
                 for s in seqs
             ],

@@ -236,7 +236,7 @@ class Orchestrator:
         stops at the first batch that does not complete. Only a ``changed`` run that
         resets completed dependents after a batch plans again, for what it reset."""
         done: set[str] = set()
-        schedule = list(planner.plan(feature, self.settings.protected_paths).batches)
+        schedule = list(planner.plan_for(feature, self.settings).batches)
         while schedule:
             batch, following = schedule[0], schedule[1] if len(schedule) > 1 else None
             built = self._run_one(run, feature, batch, following, options)
@@ -253,7 +253,7 @@ class Orchestrator:
                 result.feature = feature
                 if reset:
                     # What was reset is not in the schedule: plan the rest again.
-                    fresh = planner.plan(feature, self.settings.protected_paths)
+                    fresh = planner.plan_for(feature, self.settings)
                     schedule = list(_renumbered(fresh, len(result.reports)).batches)
 
     def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
@@ -263,9 +263,7 @@ class Orchestrator:
         and a further flow runs the ones that must rerun (batch numbers go on)."""
         done: set[str] = set()
         while True:
-            plan = _renumbered(
-                planner.plan(feature, self.settings.protected_paths), len(result.reports)
-            )
+            plan = _renumbered(planner.plan_for(feature, self.settings), len(result.reports))
             if not plan.batches:
                 break
             passed = self._flow_pass(run, feature, plan, options, result)
@@ -320,7 +318,7 @@ class Orchestrator:
             if violations:
                 raise UnsafeBatchError(violations)
             by_seq = feature.by_seq()
-            check_agents([by_seq[s] for s in seqs], self.settings)
+            check_agents([by_seq[s] for s in seqs], self.settings, feature.root)
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
@@ -380,7 +378,7 @@ class Orchestrator:
         todo = [
             s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED or s.seq in found
         ]
-        check_agents(todo, self.settings)
+        check_agents(todo, self.settings, feature.root)
         changes: dict[str, Callable[[dict[str, Any]], None]] = _rerun_changes(feature, found)
         recent = self.store.recent_runs(feature_key(feature.name, feature.root))
         if recent:

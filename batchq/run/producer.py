@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from batchq import layout
+from batchq.agents.cli import CliAgent
+from batchq.agents.prompttemplate import load_template
 from batchq.agents.registry import agent_for
 from batchq.core import chunks, report
 from batchq.core.blame import Window
@@ -43,7 +46,7 @@ from batchq.store.state import CONNECTION_ERRORS, Event
 from batchq.transport.app import (
     max_subtask_budget_s,
 )
-from batchq.transport.publish import chunk_signature, publish_batch, signature
+from batchq.transport.publish import Brief, chunk_signature, publish_batch, signature
 
 __all__ = [
     "Submission",
@@ -85,13 +88,21 @@ def budget_s(sub: Subtask, settings: Settings) -> float:
     return sub.timeout_s * (retries + 1) + settings.retry_backoff_max_s * retries
 
 
-def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, str]:
+def check_agents(
+    subtasks: Sequence[Subtask], settings: Settings, root: Path | None = None
+) -> dict[str, str]:
     """Refuse, before anything is enqueued, an unknown agent, a disallowed command or
-    module, or a timeout the broker's visibility timeout cannot cover."""
+    module, a timeout the broker's visibility timeout cannot cover, or (given the
+    project ``root``) a CLI agent's unusable ``prompt_template``."""
     agents: dict[str, str] = {}
     limit = max_subtask_budget_s(settings)
+    templates: set[str] = set()
     for sub in subtasks:
-        agents[sub.seq] = agent_for(sub, settings).name
+        agent = agent_for(sub, settings)
+        agents[sub.seq] = agent.name
+        if root is not None and agent.kind == CliAgent.kind and agent.name not in templates:
+            load_template(agent.name, settings, root)
+            templates.add(agent.name)
         if budget_s(sub, settings) > limit:
             raise PolicyError(
                 sub.seq,
@@ -209,7 +220,7 @@ def submit(
     """Publish one batch: a chord for two or more members, a single task for one."""
     by_seq = feature.by_seq()
     members = [by_seq[seq] for seq in batch.seqs]
-    agents = check_agents(members, settings)
+    agents = check_agents(members, settings, feature.root)
     members = _order(members, run.learned)
     declared = declared_of(members, run.write_check, run.foreign)
     stream_from = store.start_batch(
@@ -232,8 +243,9 @@ def submit(
         settings.chunk_max,
         chunks.tiny(members, agents, known, run.callable_s),
     )
+    brief = Brief.of(feature, members, agents)
     signatures = [
-        signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy)
+        signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy, brief)
         if len(group) == 1
         else chunk_signature(app, run, group, batch.number, run.policy)
         for group in groups

@@ -9,10 +9,12 @@ batch), and the members' task-sent events as one ``task-multi`` message.
 
 from __future__ import annotations
 
+import itertools
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,21 +23,77 @@ from celery.events import Event as CeleryEvent
 from celery.utils import uuid
 from celery.utils.time import utcoffset
 
-from batchq.models import FailurePolicy, PlannedBatch, Run, Subtask, SubtaskMessage
+from batchq import layout
+from batchq.models import (
+    BatchMember,
+    FailurePolicy,
+    Feature,
+    PlannedBatch,
+    Run,
+    Subtask,
+    SubtaskMessage,
+)
 from batchq.protocol import AGGREGATE_TASK, CHUNK_TASK, CONTROL_QUEUE, RUN_TASK, agent_queue
+from batchq.settings import BUILTIN_AGENTS
 
-__all__ = ["PUBLISH_BATCH", "chunk_signature", "publish_batch", "publish_each", "signature"]
+__all__ = [
+    "PUBLISH_BATCH",
+    "SIBLINGS_CAP",
+    "Brief",
+    "chunk_signature",
+    "message",
+    "publish_batch",
+    "publish_each",
+    "signature",
+]
 
 PUBLISH_BATCH = 1000
+SIBLINGS_CAP = 32
+"""Most batch siblings one message lists: a prompt needs the neighbours, not a
+5,000-member batch copied into each of 5,000 messages (the prompt gives the count)."""
+
+
+@dataclass(frozen=True)
+class Brief:
+    """What each member's message tells its agent about the feature and the batch:
+    built once per batch, so a message costs its own siblings list only."""
+
+    feature_name: str = ""
+    objective: str | None = None
+    members: tuple[BatchMember, ...] = ()
+
+    @classmethod
+    def of(cls, feature: Feature, members: Sequence[Subtask], agents: Mapping[str, str]) -> Brief:
+        """The brief of a batch of ``members`` (any order; listed by seq), whose agents
+        by seq are ``agents``. When none of them renders a prompt the members are
+        left out: a big batch of shell or python subtasks pays nothing for them."""
+        if all(agents.get(s.seq) in BUILTIN_AGENTS for s in members):
+            members = ()
+        ordered = sorted(members, key=lambda s: s.number)
+        return cls(
+            feature_name=feature.task.name,
+            objective=feature.task.objective,
+            members=tuple(
+                BatchMember(seq=s.seq, title=s.title, deliverables=list(s.deliverables))
+                for s in ordered
+            ),
+        )
 
 
 def signature(
-    app: Celery, run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePolicy
+    app: Celery,
+    run: Run,
+    sub: Subtask,
+    agent: str,
+    batch: int,
+    policy: FailurePolicy,
+    brief: Brief | None = None,
 ) -> Any:
     """One subtask's ``run_subtask`` signature, routed to its agent's queue.
 
     ``policy`` is what the worker applies to the batch's siblings on a failure; flow
-    mode passes ``continue`` because its orchestrator applies the policy itself."""
+    mode passes ``continue`` because its orchestrator applies the policy itself.
+    ``brief`` is what a coding agent's prompt says about the feature and the batch."""
     options: dict[str, object] = {
         "queue": agent_queue(agent),
         "argsrepr": _shown(run, sub, batch),
@@ -43,8 +101,8 @@ def signature(
     }
     if agent == "python":
         options["soft_time_limit"] = sub.timeout_s
-    message = _message(run, sub, agent, batch, policy)
-    return app.signature(RUN_TASK, args=(message,), **options)
+    body = message(run, sub, agent, batch, policy, brief)
+    return app.signature(RUN_TASK, args=(body,), **options)
 
 
 def chunk_signature(
@@ -57,7 +115,7 @@ def chunk_signature(
         {
             "id": uuid(),
             "shown": _shown(run, sub, batch),
-            "message": _message(run, sub, "python", batch, policy),
+            "message": message(run, sub, "python", batch, policy),
         }
         for sub in subs
     ]
@@ -75,7 +133,22 @@ def chunk_signature(
     )
 
 
-def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePolicy) -> Any:
+def message(
+    run: Run,
+    sub: Subtask,
+    agent: str,
+    batch: int,
+    policy: FailurePolicy,
+    brief: Brief | None = None,
+) -> dict[str, Any]:
+    """The JSON body of one subtask's message. The batch's siblings go only to agents
+    that render a prompt (not the built-in ``shell`` and ``python``), at most
+    :data:`SIBLINGS_CAP` of them."""
+    brief = brief or Brief()
+    others = (m for m in brief.members if m.seq != sub.seq)
+    wants_siblings = agent not in BUILTIN_AGENTS
+    siblings = list(itertools.islice(others, SIBLINGS_CAP)) if wants_siblings else []
+    total = max(len(brief.members) - 1, 0) if wants_siblings else 0
     msg = SubtaskMessage(
         feature=run.feature,
         feature_key=run.feature_key,
@@ -87,8 +160,14 @@ def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePoli
         agent=agent,
         subtask=sub,
         write_check=run.write_check,
+        feature_name=brief.feature_name,
+        objective=brief.objective,
+        subtask_file=layout.subtask_relpath(run.feature, sub.seq),
+        siblings=siblings,
+        siblings_total=total,
     )
-    return msg.model_dump(mode="json", by_alias=True)
+    data: dict[str, Any] = msg.model_dump(mode="json", by_alias=True)
+    return data
 
 
 def _shown(run: Run, sub: Subtask, batch: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import textwrap
@@ -227,3 +228,38 @@ def test_a_quoted_placeholder_would_let_a_title_inject_so_it_is_refused_with_the
     assert "write placeholders bare" in message
     assert "sh -c 'echo \"$1\"' _ {title}" in message  # the fix
     CliAgent("CoderAgent", settings_for("sh -c 'echo \"$1\"' _ {title}")).check(make_subtask())
+
+
+CODER = textwrap.dedent(
+    """
+    import pathlib, sys
+    prompt = pathlib.Path(sys.argv[1]).read_text()
+    pathlib.Path("src").mkdir(exist_ok=True)
+    pathlib.Path("src/result.txt").write_text(prompt)
+    print("SUMMARY: added login endpoint")
+    print("bye")
+    """
+)
+
+
+def test_a_coding_agents_summary_line_and_its_own_template(tmp_path: Path) -> None:
+    """The agent reads the prompt rendered from its ``prompt_template``; the text of
+    its ``SUMMARY:`` line is the outcome's summary, not the line printed after it."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "coder.py").write_text(CODER)
+    (workspace / "prompt.md").write_text("Task {seq}: {title} in {subtask_file}\n{completion}\n")
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(workspace / 'coder.py'))}"
+    settings = Settings(
+        agents={
+            "CoderAgent": {"command": command + " {prompt_file}", "prompt_template": "prompt.md"}
+        }
+    )
+    d = delegation(tmp_path, make_subtask())
+    d = dataclasses.replace(d, subtask_file=".tmp/tasks/feat/subtask_02.json")
+    outcome = CliAgent("CoderAgent", settings).run(d, never)
+    assert outcome.ok, outcome
+    assert outcome.summary == "added login endpoint"
+    seen = (workspace / "src" / "result.txt").read_text()
+    assert seen.startswith("Task 02: Write the result in .tmp/tasks/feat/subtask_02.json\n")
+    assert "`SUMMARY:`" in seen

@@ -12,7 +12,7 @@ import pytest
 
 from batchq.agents import Delegation, agent_for
 from batchq.agents.policy import agent_env, check_line
-from batchq.agents.process import run_process
+from batchq.agents.process import run_process, summary_line
 from batchq.agents.shell import ShellAgent
 from batchq.errors import PolicyError
 from batchq.models import Subtask
@@ -285,6 +285,37 @@ def test_the_summary_is_the_last_non_empty_line_cut_to_200(tmp_path: Path) -> No
     outcome = shell("*").run(delegation(tmp_path, sub), never)
     assert len(outcome.summary) == 200
     assert outcome.summary.startswith("xxx")
+
+
+def test_a_summary_marker_line_wins_over_later_output(tmp_path: Path) -> None:
+    sub = make_subtask(command="echo working; echo '  SUMMARY: wrote out.txt '; echo bye")
+    outcome = shell("*").run(delegation(tmp_path, sub), never)
+    assert outcome.ok
+    assert outcome.summary == "wrote out.txt"
+
+
+@pytest.mark.parametrize(
+    ("output", "summary"),
+    [
+        ("SUMMARY: first\nSUMMARY: second\ntrailing\n", "second"),
+        ("SUMMARY: kept\nSUMMARY:   \nlast\n", "kept"),
+        ("SUMMARY:\nlast line\n", "last line"),
+        ("no marker\n\n", "no marker"),
+        ("the SUMMARY: is not at the start\n", "the SUMMARY: is not at the start"),
+        ("", ""),
+    ],
+)
+def test_summary_line_takes_the_last_marker_with_text_else_the_last_line(
+    output: str, summary: str
+) -> None:
+    assert summary_line(output) == summary
+
+
+def test_a_long_marked_summary_is_cut_to_the_limit() -> None:
+    text = summary_line("SUMMARY: " + "y" * 300 + "\nafter\n")
+    assert len(text) == 200
+    assert text.startswith("yyy")
+    assert text.endswith("…")
 
 
 def test_run_refuses_what_check_refuses(tmp_path: Path) -> None:

@@ -308,6 +308,48 @@ def test_plan_splits_a_level_on_overlapping_deliverables(
     assert any("overlaps 01's src/" in line for line in lines)
 
 
+@pytest.fixture
+def ten_coders(make_feature: MakeFeature, subtask_data: SubtaskData) -> Path:
+    root = make_feature([subtask_data(f"{n:02d}", agent="CoderAgent") for n in range(1, 11)])
+    (root / "batchq.toml").write_text(
+        '[agents.CoderAgent]\ncommand = "opencode run --prompt-file {prompt_file}"\n'
+    )
+    return root
+
+
+def test_plan_warns_about_ten_coding_agents_in_one_batch_and_exits_0(
+    cli: Cli, ten_coders: Path
+) -> None:
+    result = cli(ten_coders, "plan", "feat")
+    assert result.code == 0
+    assert result.lines[0] == "Batch 1 (Ready now): 01, 02, 03, 04, 05, 06, 07, 08, 09, 10"
+    warning = result.lines[-1]
+    assert warning.startswith("Warning: Batch 1 has 10 coding-agent subtasks")
+    assert "optimal batch size 2–4 tasks, up to 8 if truly independent" in warning
+    data = json.loads(cli(ten_coders, "plan", "feat", "--json").out)
+    assert data["warnings"] == [warning.removeprefix("Warning: ")]
+
+
+def test_max_batch_from_batchq_toml_or_the_environment_cuts_the_plan(
+    cli: Cli, ten_coders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = ten_coders / "batchq.toml"
+    toml.write_text("max_batch = 4\n" + toml.read_text())
+    lines = cli(ten_coders, "plan", "feat").lines
+    batches = [line for line in lines if line.startswith("Batch ")]
+    assert batches == [
+        "Batch 1 (Ready now): 01, 02, 03, 04",
+        "Batch 2 (After Batch 1): 05, 06, 07, 08",
+        "Batch 3 (After Batch 2): 09, 10",
+    ]
+    assert "  05: ready now; the previous batch is full (max_batch 4)" in lines
+    assert not any(line.startswith("Warning:") for line in lines)
+    monkeypatch.setenv("BATCHQ_MAX_BATCH", "5")
+    data = json.loads(cli(ten_coders, "plan", "feat", "--json").out)
+    assert [b["seqs"][0] for b in data["batches"]] == ["01", "06"]
+    assert data["warnings"] == []
+
+
 # --- --json on every command ------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from batchq.models import (
     SubtaskStatus,
     TaskFile,
 )
+from batchq.settings import Settings
 
 
 def sub(
@@ -245,6 +246,67 @@ def test_an_overlapping_deliverable_opens_the_next_batch_and_says_why() -> None:
     assert result.batches[1].level == 1
     assert result.batches[1].reasons["03"] == "ready now; deliverable src/a.py overlaps 02's src/"
     assert result.batches[1].reasons["04"] == "ready now"
+
+
+def test_max_batch_cuts_a_level_by_seq_and_says_why() -> None:
+    feat = feature(*(sub(f"{n:02d}") for n in range(1, 8)), sub("08", "01"))
+    result = planner.plan(feat, max_batch=3)
+    assert layout(result) == [["01", "02", "03"], ["04", "05", "06"], ["07"], ["08"]]
+    assert [b.level for b in result.batches] == [1, 1, 1, 2]
+    assert result.batches[1].reasons["04"] == "ready now; the previous batch is full (max_batch 3)"
+    assert result.batches[1].reasons["05"] == "ready now"
+    assert layout(planner.plan(feat)) == [[f"{n:02d}" for n in range(1, 8)], ["08"]]
+
+
+def test_max_batch_and_an_overlap_cut_at_the_first_reason() -> None:
+    result = planner.plan(
+        feature(
+            sub("01", deliverables=["src/"]),
+            sub("02", deliverables=["src/a.py"]),
+            sub("03"),
+            sub("04"),
+        ),
+        max_batch=2,
+    )
+    assert layout(result) == [["01"], ["02", "03"], ["04"]]
+    assert "overlaps 01's src/" in result.batches[1].reasons["02"]
+    assert "max_batch 2" in result.batches[2].reasons["04"]
+
+
+def test_max_batch_below_one_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="max_batch: 0"):
+        planner.plan(feature(sub("01")), max_batch=0)
+
+
+def coders(count: int, agent: str = "CoderAgent") -> Feature:
+    return feature(*(sub(f"{n:02d}", suggested_agent=agent) for n in range(1, count + 1)))
+
+
+def test_a_batch_of_more_than_eight_coding_agents_is_warned_about_not_refused() -> None:
+    result = planner.plan(coders(10), coding_agents={"CoderAgent"})
+    assert layout(result) == [[f"{n:02d}" for n in range(1, 11)]]
+    (warning,) = result.warnings
+    assert warning.startswith("Batch 1 has 10 coding-agent subtasks (01, 02, ")
+    assert '"optimal batch size 2–4 tasks, up to 8 if truly independent"' in warning
+    assert "max_batch" in warning
+
+
+def test_eight_coding_agents_or_many_shell_subtasks_get_no_warning() -> None:
+    assert planner.plan(coders(8), coding_agents={"CoderAgent"}).warnings == []
+    assert planner.plan(coders(12, "shell"), coding_agents={"CoderAgent"}).warnings == []
+    assert planner.plan(coders(12), coding_agents={"CoderAgent"}, max_batch=4).warnings == []
+
+
+def test_plan_for_takes_max_batch_and_the_coding_agents_from_the_settings() -> None:
+    settings = Settings(max_batch=4, agents={"CoderAgent": {"command": "run {prompt_file}"}})
+    assert settings.coding_agents == {"CoderAgent"}
+    assert layout(planner.plan_for(coders(10), settings)) == [
+        ["01", "02", "03", "04"],
+        ["05", "06", "07", "08"],
+        ["09", "10"],
+    ]
+    unbounded = Settings(agents={"CoderAgent": {"command": "run {prompt_file}"}})
+    assert len(planner.plan_for(coders(10), unbounded).warnings) == 1
 
 
 def test_equal_spellings_overlap_but_name_prefixes_do_not() -> None:
@@ -485,6 +547,21 @@ def test_no_batch_holds_overlapping_deliverables_or_a_lone_runner_with_company(
         for a, b in combinations(batch.seqs, 2):
             for pa in by_seq[a].deliverables:
                 assert not any(overlaps(pa, pb) for pb in by_seq[b].deliverables)
+
+
+@given(dag_features(), st.integers(min_value=1, max_value=4))
+def test_max_batch_bounds_every_batch_and_plans_the_same_subtasks(
+    feat: Feature, limit: int
+) -> None:
+    bounded, free = planner.plan(feat, max_batch=limit), planner.plan(feat)
+    assert all(len(b.seqs) <= limit for b in bounded.batches)
+    assert sorted(s for b in bounded.batches for s in b.seqs) == sorted(
+        s for b in free.batches for s in b.seqs
+    )
+    levels = {s: b.level for b in free.batches for s in b.seqs}
+    assert all(levels[s] == b.level for b in bounded.batches for s in b.seqs)
+    for batch in bounded.batches:
+        assert batch.seqs == sorted(batch.seqs, key=int)
 
 
 @given(dag_features())

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from batchq.agents import Delegation
 from batchq.agents.prompt import FILE_CAP_BYTES, parse_line_ranges, render_prompt
-from batchq.models import Subtask
+from batchq.models import BatchMember, Subtask
 from batchq.settings import DEFAULT_PROTECTED
 
 
@@ -24,8 +25,22 @@ def make_subtask(**fields: Any) -> Subtask:
     return Subtask.model_validate(data)
 
 
-def render(subtask: Subtask, workspace: Path, context: str = "") -> str:
-    return render_prompt(subtask, "auth-system", context, workspace, list(DEFAULT_PROTECTED))
+def delegation(subtask: Subtask, workspace: Path, context: str = "", **brief: Any) -> Delegation:
+    return Delegation(
+        feature="auth-system",
+        run_id="run-1",
+        batch=2,
+        subtask=subtask,
+        workspace=workspace,
+        context=context,
+        log_path=workspace / "04.log",
+        timeout_s=60,
+        **brief,
+    )
+
+
+def render(subtask: Subtask, workspace: Path, context: str = "", **brief: Any) -> str:
+    return render_prompt(delegation(subtask, workspace, context, **brief), list(DEFAULT_PROTECTED))
 
 
 def numbered(n: int) -> str:
@@ -47,12 +62,73 @@ def test_bad_line_ranges_are_refused(spec: str) -> None:
 
 
 def test_the_prompt_has_title_feature_context_criteria_and_deliverables(tmp_path: Path) -> None:
-    text = render(make_subtask(), tmp_path, context="Use Postgres.\n")
+    text = render(
+        make_subtask(),
+        tmp_path,
+        context="Use Postgres.\n",
+        feature_name="Authentication System",
+        objective="Add login",
+        subtask_file=".tmp/tasks/auth-system/subtask_04.json",
+    )
     assert text.startswith("# Subtask 04: Implement auth service\n")
-    assert "- Feature: `auth-system`" in text
+    assert "- Feature: `auth-system` (Authentication System)" in text
+    assert "- Objective: Add login\n" in text
+    assert (
+        "- Subtask: `feat-04` (seq 04), defined in `.tmp/tasks/auth-system/subtask_04.json`" in text
+    )
+    assert f"- Workspace (project root): `{tmp_path}`" in text
     assert "## Session context\n\nUse Postgres.\n" in text
     assert "## Acceptance criteria\n\n- login works\n- tests pass\n" in text
     assert "## Deliverables\n\n- `src/auth.py`\n- `tests/`\n" in text
+
+
+def test_without_a_brief_the_prompt_says_so_instead_of_leaving_holes(tmp_path: Path) -> None:
+    """An old producer's message has no objective or siblings: the prompt says none."""
+    text = render(make_subtask(), tmp_path)
+    assert "- Feature: `auth-system` (auth-system)" in text
+    assert "- Objective: None given in task.json." in text
+    assert "- Batch 2: no other subtask runs beside this one." in text
+    assert "None: this subtask is alone in its batch." in text
+    assert "## Session context\n\nNone given.\n" in text
+    assert "{" not in text.replace("{{", "")
+
+
+def test_siblings_are_named_with_their_deliverables(tmp_path: Path) -> None:
+    siblings = (
+        BatchMember(seq="02", title="Configure database", deliverables=["config/db.js"]),
+        BatchMember(seq="03", title="Install deps", deliverables=["package.json", "lib/"]),
+    )
+    text = render(make_subtask(), tmp_path, siblings=siblings, siblings_total=2)
+    assert "- Batch 2 running in parallel with subtasks 02 and 03.\n" in text
+    assert "- 02 - Configure database: `config/db.js`\n" in text
+    assert "- 03 - Install deps: `package.json`, `lib/`\n" in text
+
+
+def test_one_sibling_and_unlisted_siblings_read_naturally(tmp_path: Path) -> None:
+    one = (BatchMember(seq="07", title="Other", deliverables=["b.py"]),)
+    assert "running in parallel with subtask 07." in render(
+        make_subtask(), tmp_path, siblings=one, siblings_total=1
+    )
+    text = render(make_subtask(), tmp_path, siblings=one, siblings_total=41)
+    assert "running in parallel with subtasks 07 and 40 more." in text
+    assert "- … and 40 more subtasks of this batch (not listed)" in text
+
+
+def test_the_completion_paragraph_keeps_the_agent_out_of_the_task_files(tmp_path: Path) -> None:
+    sub = make_subtask(execution={"verify": "pytest -q"})
+    text = render(sub, tmp_path, subtask_file=".tmp/tasks/auth-system/subtask_04.json")
+    completion = text.split("## Completion\n\n", 1)[1]
+    assert "verifies the deliverables and the verify command" in completion
+    assert "marks subtask 04 completed in `.tmp/tasks/auth-system/subtask_04.json`" in completion
+    assert "Do not create, edit or delete anything under `.tmp/tasks/`" in completion
+    assert "`SUMMARY: added login endpoint`" in completion
+    assert "`completion_summary`" in completion
+    assert "then runs `pytest -q` there; it must exit 0." in text
+
+
+def test_backticks_in_a_verify_command_stay_inline_code(tmp_path: Path) -> None:
+    text = render(make_subtask(execution={"verify": "test `cat n` = 1"}), tmp_path)
+    assert "runs ``test `cat n` = 1`` there" in text
 
 
 def test_a_line_range_includes_only_those_lines(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from batchq.agents import Delegation
 from batchq.agents.prompt import render_prompt
 from batchq.files.fingerprint import hash_file_set
 from batchq.files.reading import NotRegular, open_regular
@@ -32,6 +33,20 @@ def subtask(**fields: Any) -> Subtask:
     }
     data.update(fields)
     return Subtask.model_validate(data)
+
+
+def prompt_for(sub: Subtask, workspace: Path) -> str:
+    delegation = Delegation(
+        feature="feat",
+        run_id="r1",
+        batch=1,
+        subtask=sub,
+        workspace=workspace,
+        context="",
+        log_path=workspace / "01.log",
+        timeout_s=5,
+    )
+    return render_prompt(delegation, DEFAULT_PROTECTED)
 
 
 def test_open_regular_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
@@ -59,9 +74,7 @@ def test_open_regular_can_refuse_a_second_hard_link(tmp_path: Path) -> None:
 
 def test_a_fifo_context_file_is_noted_not_read(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "ctx.md")
-    prompt = render_prompt(
-        subtask(context_files=["ctx.md"]), "feat", "", tmp_path, DEFAULT_PROTECTED
-    )
+    prompt = prompt_for(subtask(context_files=["ctx.md"]), tmp_path)
     assert "ctx.md" in prompt
     assert "not read: not a regular file" in prompt
 
@@ -69,9 +82,7 @@ def test_a_fifo_context_file_is_noted_not_read(tmp_path: Path) -> None:
 def test_a_hard_linked_env_file_is_never_inlined(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("BATCHQ_REDIS_URL=redis://:hunter2@db/0\n")
     os.link(tmp_path / ".env", tmp_path / "config.txt")
-    prompt = render_prompt(
-        subtask(context_files=["config.txt"]), "feat", "", tmp_path, DEFAULT_PROTECTED
-    )
+    prompt = prompt_for(subtask(context_files=["config.txt"]), tmp_path)
     assert "hunter2" not in prompt
     assert "hard links" in prompt
 
