@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,7 @@ from pydantic import (
 from batchq import layout
 
 __all__ = [
+    "SEQ_MAX_DIGITS",
     "SEQ_PATTERN",
     "BatchMember",
     "BatchReport",
@@ -61,7 +63,11 @@ __all__ = [
     "seq_key",
 ]
 
-SEQ_PATTERN = r"^\d{2,}$"
+SEQ_MAX_DIGITS = 6
+SEQ_PATTERN = rf"^[0-9]{{2,{SEQ_MAX_DIGITS}}}$"
+"""ASCII digits only (``\\d`` would take Arabic-Indic or fullwidth digits, which
+``int()`` reads as numbers), and at most six: a seq names a file, and a number of
+thousands of digits is refused by ``int()`` itself."""
 _SEQ_RE = re.compile(SEQ_PATTERN)
 SUMMARY_LIMIT = 200
 DEFAULT_TIMEOUT_S = 3600.0
@@ -156,12 +162,25 @@ class _Tolerant(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+def _no_nul(value: str, what: str) -> str:
+    """Refuse a NUL byte: no path, argv or environment entry can carry one, so it
+    would only fail later, on a worker (where an exception would break the chord)."""
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL byte")
+    return value
+
+
 class FileRef(_Tolerant):
     """A context or reference file, optionally narrowed to a line range."""
 
     path: str
     lines: str | None = None
     reason: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_has_no_nul(cls, value: str) -> str:
+        return _no_nul(value, "the path")
 
 
 FileEntry = str | FileRef
@@ -182,6 +201,23 @@ class Execution(_Tolerant):
     retries: int = Field(default=0, ge=0, le=20)
     estimate_s: float | None = Field(default=None, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command", "verify")
+    @classmethod
+    def _command_has_no_nul(cls, value: str | None) -> str | None:
+        return None if value is None else _no_nul(value, "the command")
+
+    @field_validator("env")
+    @classmethod
+    def _env_entries(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not name:
+                raise ValueError("an empty variable name")
+            _no_nul(name, f"the variable name {name!r}")
+            if "=" in name:
+                raise ValueError(f"the variable name {name!r} contains '='")
+            _no_nul(item, f"the value of {name}")
+        return value
 
     @field_validator("callable_")
     @classmethod
@@ -221,7 +257,13 @@ class BatchqBlock(_Tolerant):
 _FINGERPRINT_KEYS = ("fingerprint", "inputs", "outputs")
 
 
-Seq = Annotated[str, Field(pattern=SEQ_PATTERN)]
+def _check_seq(value: str) -> str:
+    if not _SEQ_RE.match(value):
+        raise ValueError(f'a seq is 2 to {SEQ_MAX_DIGITS} ASCII digits (0-9), like "01"')
+    return value
+
+
+Seq = Annotated[str, AfterValidator(_check_seq)]
 
 
 class Subtask(_Tolerant):
@@ -244,6 +286,11 @@ class Subtask(_Tolerant):
     completion_summary: str | None = None
     execution: Execution | None = None
     batchq: BatchqBlock | None = None
+
+    @field_validator("deliverables", "context_files", "reference_files")
+    @classmethod
+    def _paths_have_no_nul(cls, value: list[Any]) -> list[Any]:
+        return _entries_without_nul(value)
 
     @property
     def number(self) -> int:
@@ -268,6 +315,18 @@ class TaskFile(_Tolerant):
     completed_count: int | None = None
     created_at: str | None = None
     completed_at: str | None = None
+
+    @field_validator("context_files", "reference_files")
+    @classmethod
+    def _paths_have_no_nul(cls, value: list[FileEntry]) -> list[FileEntry]:
+        return _entries_without_nul(value)
+
+
+def _entries_without_nul(entries: list[Any]) -> list[Any]:
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str):
+            _no_nul(entry, f"entry {index}")
+    return entries
 
 
 class Feature(BaseModel):

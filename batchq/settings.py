@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,10 +37,12 @@ __all__ = [
     "BUILTIN_AGENTS",
     "DEFAULT_PROTECTED",
     "SETTINGS_FILE_ENV",
+    "URL_FILE_ENV",
     "AgentConfig",
     "Settings",
     "dump_settings",
     "load_settings",
+    "read_url_file",
     "settings_from_json",
     "worker_settings",
 ]
@@ -55,6 +64,9 @@ CONFIG_FILE = layout.CONFIG_FILE
 SETTINGS_FILE_ENV = "BATCHQ_SETTINGS_FILE"
 """Set by batchq on the workers it starts itself: the path of the orchestrator's whole
 :class:`Settings`, so what an API caller passed reaches them unchanged."""
+
+URL_FILE_ENV = "BATCHQ_REDIS_URL_FILE"
+"""The variable naming a file that holds the Redis URL (see ``Settings.redis_url_file``)."""
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -89,6 +101,10 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     """Broker and state store. Unset: `run` starts an embedded redis-server."""
+    redis_url_file: Path | None = None
+    """A file holding ``redis_url``, read when ``redis_url`` is unset: the URL (and its
+    password) then never sits in a worker's environment block, which any process of
+    the same user can read in ``/proc/<pid>/environ``."""
     result_url: str | None = None
     """Celery result backend; unset means ``redis_url``
     (see :func:`batchq.transport.app.create_app`)."""
@@ -132,6 +148,18 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _url_from_file(self) -> Settings:
+        if self.redis_url is None and self.redis_url_file is not None:
+            url = read_url_file(self.redis_url_file)
+            problem = redis_url_problem(url)
+            if problem:
+                raise ValueError(
+                    f"BATCHQ_REDIS_URL_FILE={self.redis_url_file}: {mask_url(url)}: {problem}"
+                )
+            self.redis_url = url
+        return self
 
     @field_validator("shell_allow", "python_allow", "protected_paths", mode="before")
     @classmethod
@@ -191,6 +219,19 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis URL is configured and batchq must start its own."""
         return self.redis_url is None
+
+
+def read_url_file(path: Path) -> str:
+    """The Redis URL in ``path`` (surrounding whitespace dropped); ``ValueError``
+    naming ``BATCHQ_REDIS_URL_FILE`` when it cannot be read or is empty."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"BATCHQ_REDIS_URL_FILE={path}: cannot read: {reason}") from None
+    if not text:
+        raise ValueError(f"BATCHQ_REDIS_URL_FILE={path}: the file is empty")
+    return text
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "socket", "unix")
@@ -260,8 +301,9 @@ def load_settings(root: Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:  # name the variable the user set, not the field
         problems = "; ".join(
             f"BATCHQ_{str(e['loc'][0]).upper()}: {_message(e['msg'])}"
-            for e in exc.errors()
             if e["loc"]
+            else _message(str(e["msg"]))
+            for e in exc.errors()
         )
         raise InputError(f"invalid environment: {problems}") from None
     merged: dict[str, Any] = dict(file_values)

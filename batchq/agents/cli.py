@@ -11,7 +11,11 @@ agent's ``prompt_template`` or the built-in one) to
 ``<log>.prompt.md`` beside the subtask's log, fills the template and runs it **without
 a shell**: every value is ``shlex.quote``-d before substitution and the result is cut
 with ``shlex.split``, so a title like ``Fix "auth"; rm -rf ~`` stays one argument.
-Write placeholders bare (``--title {title}``), not inside quotes of your own.
+Write placeholders bare (``--title {title}``), not inside quotes of your own: inside
+``'...'`` or ``"..."`` the quotes batchq adds would close the template's own, so a
+title could write shell code into ``sh -c 'echo {title}'``. Such a template is
+refused at pre-flight (:func:`quoted_placeholders`); to hand a value to a shell
+script, pass it as an argument: ``sh -c 'echo "$1"' _ {title}``.
 
 Placeholders: ``{agent}``, ``{prompt_file}``, ``{workspace}``, ``{seq}``,
 ``{feature}``, ``{title}``, ``{run_id}``, ``{log_file}``; ``{{``/``}}`` are literal
@@ -37,7 +41,7 @@ from batchq.agents.shell import outcome_from_process
 from batchq.errors import PolicyError
 from batchq.models import Subtask
 
-__all__ = ["PLACEHOLDERS", "CliAgent", "build_argv", "template_fields"]
+__all__ = ["PLACEHOLDERS", "CliAgent", "build_argv", "quoted_placeholders", "template_fields"]
 
 PLACEHOLDERS: frozenset[str] = frozenset(
     {"agent", "prompt_file", "workspace", "seq", "feature", "title", "run_id", "log_file"}
@@ -57,6 +61,31 @@ def template_fields(template: str) -> list[str]:
             raise ValueError(f"placeholder {{{name}}} must be a bare name like {{title}}")
         names.append(name)
     return names
+
+
+def quoted_placeholders(template: str) -> list[str]:
+    """The placeholders that sit inside the template's own single or double quotes,
+    read as :func:`shlex.split` reads them (POSIX rules: a backslash escapes outside
+    quotes and, before ``\\``, ``"``, ``$`` or a backtick, inside double quotes)."""
+    found: list[str] = []
+    quote: str | None = None
+    for literal, name, _, _ in string.Formatter().parse(template):
+        index = 0
+        while index < len(literal):
+            char = literal[index]
+            if quote is None:
+                if char == "\\":
+                    index += 1
+                elif char in "'\"":
+                    quote = char
+            elif quote == '"' and char == "\\":
+                index += 1
+            elif char == quote:
+                quote = None
+            index += 1
+        if name is not None and quote is not None:
+            found.append(name)
+    return found
 
 
 def build_argv(template: str, values: Mapping[str, str]) -> list[str]:
@@ -92,6 +121,15 @@ class CliAgent(Agent):
                 )
             if not build_argv(template, dict.fromkeys(PLACEHOLDERS, "x")):
                 raise ValueError("the command is empty")
+            quoted = quoted_placeholders(template)
+            if quoted:
+                shown = ", ".join("{" + name + "}" for name in quoted)
+                raise ValueError(
+                    f"placeholder(s) {shown} inside the template's own quotes; batchq "
+                    "shell-quotes every value, so write placeholders bare "
+                    "(--title {title}, not '{title}' or \"{title}\"); to give a value to "
+                    "a shell script, pass it as an argument: sh -c 'echo \"$1\"' _ {title}"
+                )
         except ValueError as exc:
             raise PolicyError(self.name, f"{where}: {exc}") from exc
         check_env(subtask)

@@ -5,7 +5,12 @@ would only add start-up time. The price is trust: the callable runs with the wor
 privileges, so only modules on the allow-list (``BATCHQ_PYTHON_ALLOW`` or
 ``[agents.python] allow``) are imported, matched at dot boundaries — ``pkg`` allows
 ``pkg`` and ``pkg.sub`` but not ``pkgx``; ``*`` allows every module. The check runs
-before the import, so a refused module's import-time code never runs.
+before the import, so a refused module's import-time code never runs. The list is
+judged on the object reached too, since an allowed module's namespace also holds what
+it imported: every object on the attribute path must be defined in an allowed module
+(its own ``__module__``), no step may be a module or a dunder name, so
+``mypkg:os.system``, ``mypkg:subprocess.run`` and ``mypkg:helper_mod.run`` are
+refused with ``mypkg`` allowed (see :func:`resolve_callable`).
 
 The call is ``function(subtask, context)``:
 
@@ -39,6 +44,7 @@ import io
 import signal
 import threading
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,16 +98,52 @@ def module_allowed(module: str, patterns: list[str]) -> bool:
     return False
 
 
-def resolve_callable(spec: str) -> Callable[..., Any]:
-    """Import ``pkg.module:attr.path`` and return the attribute; raises what the
-    import raises (``ImportError``, ``AttributeError``) or ``TypeError``."""
+def resolve_callable(spec: str, patterns: list[str] | None = None) -> Callable[..., Any]:
+    """Import ``pkg.module:attr.path`` and return the attribute.
+
+    With ``patterns`` (the allow-list), the module is checked before it is imported,
+    and every object on the attribute path must be defined in an allowed module (its
+    own ``__module__``), never be a module itself, and never be reached through a
+    dunder name: ``mypkg:os.system`` (``os`` imported into ``mypkg``),
+    ``mypkg:run`` after ``from subprocess import run`` and ``mypkg:helper.run`` (a
+    module beside ``mypkg``) all raise :class:`PolicyError`. Otherwise raises what
+    the import raises (``ImportError``, ``AttributeError``) or ``TypeError``."""
     module_name, _, attr_path = spec.partition(":")
+    if patterns is not None and not module_allowed(module_name, patterns):
+        raise PolicyError(spec, f"module {module_name!r} is not allowed by the python allow-list")
     target: Any = importlib.import_module(module_name)
-    for part in attr_path.split("."):
+    parts = attr_path.split(".")
+    for index, part in enumerate(parts):
+        if patterns is not None and part.startswith("__"):
+            raise PolicyError(spec, f"{part!r} is a dunder name; name a function")
         target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{spec} is a {type(target).__name__}, not a callable")
+        last = index == len(parts) - 1
+        if last and not callable(target):
+            raise TypeError(f"{spec} is a {type(target).__name__}, not a callable")
+        if patterns is not None:
+            walked = f"{module_name}:{'.'.join(parts[: index + 1])}"
+            _check_defined_in_allowed(walked, target, patterns)
     return target  # type: ignore[no-any-return]
+
+
+def _check_defined_in_allowed(walked: str, target: object, patterns: list[str]) -> None:
+    """The allow-list is about code, so it is judged on the object reached, not on the
+    text before ``:``: an allowed module's namespace also holds what it imported."""
+    if isinstance(target, types.ModuleType):
+        raise PolicyError(
+            walked,
+            f"{walked} is the module {target.__name__!r}; the attribute path may not "
+            f"go through a module (name it before ':', as '{target.__name__}:...', "
+            "if the allow-list covers it)",
+        )
+    owner = getattr(target, "__module__", None)
+    if not isinstance(owner, str) or not module_allowed(owner, patterns):
+        where = f"module {owner!r}" if isinstance(owner, str) else "no module"
+        raise PolicyError(
+            walked,
+            f"{walked} is defined in {where}, which the python allow-list does not "
+            "cover (only code defined in an allowed module may be called)",
+        )
 
 
 class PythonAgent(Agent):
@@ -129,6 +171,11 @@ class PythonAgent(Agent):
                 f"{where}: module {module!r} is not allowed by the python allow-list "
                 f"(modules: {shown})",
             )
+        dunder = next((p for p in spec.partition(":")[2].split(".") if p.startswith("__")), None)
+        if dunder is not None:
+            raise PolicyError(
+                subtask.seq, f"{where} {spec!r}: {dunder!r} is a dunder name; name a function"
+            )
         check_env(subtask)
         check_verify(subtask, self.settings)
 
@@ -147,9 +194,13 @@ class PythonAgent(Agent):
         buffer = io.StringIO()
         try:
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                function = resolve_callable(spec)
+                function = resolve_callable(spec, self.settings.allow_for("python"))
                 with _alarm(delegation.timeout_s):
                     value = function(sub, CallContext(delegation.context, delegation))
+        except PolicyError as exc:
+            error = f"subtask {sub.seq}: execution.callable {spec!r}: {exc}"
+            outcome = AgentOutcome(ok=False, error=error, error_type="PolicyError")
+            return self._finish(delegation, buffer, outcome)
         except _PROPAGATE:
             _append_log(delegation.log_path, buffer.getvalue() + "[batchq] time limit reached\n")
             raise

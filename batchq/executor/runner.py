@@ -404,7 +404,61 @@ def execute(
     task_id: str = "",
     retries_done: int = 0,
 ) -> SubtaskResult:
-    """Run one subtask to a recorded result, or raise :class:`RetryLater`."""
+    """Run one subtask to a recorded result, or raise :class:`RetryLater`.
+
+    Nothing else leaves: an exception out of a Celery task fails the batch's chord
+    (TRAPS), and the batch would wait for the stall deadline to report "worker lost".
+    So any unexpected error (a bug, an input validation missed) becomes this subtask's
+    failed result, recorded once with its events like any other. Only Redis outages
+    pass, for the task layer to requeue the message."""
+    passing: tuple[type[Exception], ...] = (RetryLater, *CONNECTION_ERRORS)
+    try:
+        return _execute(msg, store, settings, task_id=task_id, retries_done=retries_done)
+    except passing:
+        raise
+    except Exception as exc:
+        return _unexpected(msg, store, settings, retries_done, exc)
+
+
+def _unexpected(
+    msg: SubtaskMessage, store: Store, settings: Settings, retries_done: int, exc: Exception
+) -> SubtaskResult:
+    """The failed (or, for Celery's soft limit, timed-out) result of an error that
+    escaped the subtask's execution."""
+    worker = worker_id()
+    timed_out = type(exc).__name__ == "SoftTimeLimitExceeded"
+    log.exception("subtask %s: unexpected error on the worker", msg.seq)
+    attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
+    result = _result(
+        attempt,
+        ResultState.TIMED_OUT if timed_out else ResultState.FAILED,
+        error=(
+            f"timed out after {msg.subtask.timeout_s:g}s (soft time limit)"
+            if timed_out
+            else f"unexpected error on the worker: {type(exc).__name__}: {exc}"[:1000]
+        ),
+        error_type="Timeout" if timed_out else type(exc).__name__,
+        output=traceback.format_exc()[-4000:],
+        log_path=log_path_for(Path(msg.root), msg.feature, msg.run_id, msg.seq),
+        settings=settings,
+    )
+    try:
+        return _finish(store, result, msg, worker)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception:  # recording failed too: the chord still gets its member's value
+        log.exception("subtask %s: the failed result could not be recorded", msg.seq)
+        return result
+
+
+def _execute(
+    msg: SubtaskMessage,
+    store: Store,
+    settings: Settings,
+    *,
+    task_id: str,
+    retries_done: int,
+) -> SubtaskResult:
     worker = worker_id()
     root = Path(msg.root)
     final = _claim(store, msg, worker, task_id, settings, retries_done + 1)

@@ -136,6 +136,8 @@ def read_document(path: Path, max_bytes: int = MAX_BYTES) -> JsonDocument:
         raise JsonReadError("JSON is nested too deeply") from exc
     if not isinstance(data, dict):
         raise JsonReadError(f"expected a JSON object at the top level, got {_kind(data)}")
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(data)
     start = _skip(body, 0)
     tail_len = len(body) - len(body.rstrip(" \t\n\r"))
     head = bom + body[:start]
@@ -145,6 +147,41 @@ def read_document(path: Path, max_bytes: int = MAX_BYTES) -> JsonDocument:
 
 class _ConstantError(ValueError):
     pass
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A ``\\uD800``-``\\uDFFF`` escape: the only way a decoded UTF-8 file can hold a
+surrogate. Most are halves of a valid pair (an emoji); only then is the data walked."""
+
+
+def _refuse_lone_surrogates(data: Any) -> None:
+    """Raise :class:`JsonReadError` naming the first key or string that holds a lone
+    surrogate: ``json`` accepts ``"\\ud800"``, but such a string cannot be encoded as
+    UTF-8, so printing it, hashing it or writing the file back would raise later."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else str(key)
+                _check_text(key, name)
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        shown = where.encode("utf-8", "backslashreplace").decode("ascii")
+        raise JsonReadError(
+            f"{shown}: a lone surrogate (\\u{code:04x}) is not text; "
+            "write the character itself or a complete surrogate pair"
+        ) from None
 
 
 def _refuse_constant(name: str) -> Any:

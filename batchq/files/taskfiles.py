@@ -34,6 +34,7 @@ from batchq.errors import SpecError, UsageError
 from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
 from batchq.files.locking import feature_lock
 from batchq.models import (
+    SEQ_MAX_DIGITS,
     SUMMARY_LIMIT,
     BatchqBlock,
     Feature,
@@ -69,7 +70,8 @@ __all__ = [
 TASK_FILE = layout.TASK_FILE
 ARCHIVE_DIR = "completed"
 ROOT_MARKERS = (".git", "package.json")
-SUBTASK_RE = re.compile(r"^subtask_(\d{2,})\.json$")
+SUBTASK_RE = re.compile(rf"^subtask_([0-9]{{2,{SEQ_MAX_DIGITS}}})\.json$")
+"""ASCII digits, as the ``seq`` inside must be (:data:`batchq.models.SEQ_PATTERN`)."""
 
 Mutation = Callable[[dict[str, Any]], None]
 """Changes one subtask's raw JSON dict in place; applied under the feature lock.
@@ -309,7 +311,11 @@ def _read(path: Path) -> JsonDocument:
 def _check_subtask(path: Path, sub: Subtask) -> Subtask:
     match = SUBTASK_RE.match(path.name)
     if match is None:
-        raise SpecError(path, None, "file name should be subtask_NN.json (NN: two or more digits)")
+        raise SpecError(
+            path,
+            None,
+            f"file name should be subtask_NN.json (NN: 2 to {SEQ_MAX_DIGITS} ASCII digits)",
+        )
     if int(match.group(1)) != sub.number:
         raise SpecError(
             path, "seq", f"expected {match.group(1)!r} to match the file name, got {sub.seq!r}"

@@ -54,7 +54,7 @@ from batchq.local.stackfile import (
 )
 from batchq.local.stackfile import write_stack_file as _write_record
 from batchq.protocol import DEFAULT_QUEUES
-from batchq.settings import SETTINGS_FILE_ENV, Settings, dump_settings
+from batchq.settings import SETTINGS_FILE_ENV, URL_FILE_ENV, Settings, dump_settings
 from batchq.store.state import redis_py_url
 
 __all__ = [
@@ -319,10 +319,12 @@ def worker_argv(
 class LocalWorkers:
     """``count`` Celery worker subprocesses on ``redis_url``, each its own group.
 
-    The environment is ours plus ``BATCHQ_REDIS_URL`` and ``env``; an inherited
-    ``BATCHQ_RESULT_URL`` is dropped so results go to the same private server. Given
-    ``settings``, the workers get that whole object (pointed at ``redis_url``) through
-    a private file, not a rebuild from the environment.
+    The environment is ours plus ``env``; an inherited ``BATCHQ_RESULT_URL`` is
+    dropped so results go to the same private server. The URL itself never enters the
+    workers' environment block (``/proc/<pid>/environ``, readable by every process of
+    the user, agents included when there is no sandbox): given ``settings``, the
+    workers get that whole object (pointed at ``redis_url``) through a private file
+    (``BATCHQ_SETTINGS_FILE``), otherwise the URL alone (``BATCHQ_REDIS_URL_FILE``).
     """
 
     def __init__(
@@ -353,22 +355,28 @@ class LocalWorkers:
         self.children: list[procs.Child] = []
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "BATCHQ_RESULT_URL"}
+        inherited = {"BATCHQ_RESULT_URL", "BATCHQ_REDIS_URL", URL_FILE_ENV, SETTINGS_FILE_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in inherited}
         env.update(self.extra_env)
-        env["BATCHQ_REDIS_URL"] = self.redis_url
         if self.settings is not None:
             env[SETTINGS_FILE_ENV] = str(self._write_settings(self.settings))
+        else:
+            env[URL_FILE_ENV] = str(self._write_private("redis-url", self.redis_url + "\n"))
         return env
+
+    def _write_private(self, name: str, text: str) -> Path:
+        """A file only its owner can read, in the workers' log folder."""
+        path = self.log_dir / name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
 
     def _write_settings(self, settings: Settings) -> Path:
         """The settings file the workers read (owner-only: it may hold secrets)."""
         ours = settings.model_copy(update={"redis_url": self.redis_url, "result_url": None})
-        path = self.log_dir / "settings.json"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_settings(ours))
-        return path
+        return self._write_private("settings.json", dump_settings(ours))
 
     def argv(self, index: int) -> list[str]:
         return worker_argv(index, self.queues, self.concurrency, self.pool, app=self.app)

@@ -68,3 +68,18 @@ def fails_once(subtask: Subtask, context: Any) -> str:
 def quick(subtask: Subtask, context: Any) -> str:
     """Writes its deliverable; used only where a test counts this callable's runs."""
     return write_deliverable(subtask, context)
+
+
+def breaks_the_worker_next(subtask: Subtask, context: Any) -> str:
+    """Writes its deliverable, then makes the worker's own next step (verification)
+    raise once: a stand-in for any bug outside the agent, inside a real worker."""
+    from batchq.executor import runner
+
+    original = runner.verify_delegation
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        runner.verify_delegation = original
+        raise RuntimeError("injected fault in the worker")
+
+    runner.verify_delegation = broken
+    return write_deliverable(subtask, context)

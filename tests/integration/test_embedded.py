@@ -294,10 +294,40 @@ def test_workers_get_the_url_and_extra_env_but_not_a_stray_result_url(
     monkeypatch.setenv("BATCHQ_RESULT_URL", "redis://elsewhere:6379/0")
     group = LocalWorkers("redis+socket:///x.sock", env={"BATCHQ_STALL_S": "5"}, log_dir=tmp_path)
     env = group.environment()
-    assert env["BATCHQ_REDIS_URL"] == "redis+socket:///x.sock"
+    assert "BATCHQ_REDIS_URL" not in env  # never in the environment block
+    url_file = Path(env["BATCHQ_REDIS_URL_FILE"])
+    assert url_file.read_text().strip() == "redis+socket:///x.sock"
+    assert url_file.stat().st_mode & 0o077 == 0
     assert env["BATCHQ_STALL_S"] == "5"
     assert "BATCHQ_RESULT_URL" not in env
     assert env["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("handed_settings", [True, False], ids=["settings-file", "url-file"])
+def test_a_real_workers_environment_block_holds_no_redis_url(
+    workers: WorkersFactory,
+    worker_app: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    handed_settings: bool,
+) -> None:
+    """``/proc/<pid>/environ`` is what an agent without a sandbox can read: the URL
+    (and a password in it) travels in an owner-only file instead, even when the
+    starter's own environment has it."""
+    from batchq.settings import Settings
+
+    monkeypatch.setenv("BATCHQ_REDIS_URL", redis_url)
+    settings = Settings(redis_url=redis_url) if handed_settings else None
+    group = workers(count=1, concurrency=1, app=worker_app, settings=settings)
+    pids = [group.children[0].pid, *group.pool_pids(0)]
+    assert len(pids) == 2
+    for pid in pids:
+        block = Path(f"/proc/{pid}/environ").read_bytes()
+        assert redis_url.encode() not in block
+        assert b"BATCHQ_REDIS_URL=" not in block
+        names = {entry.split(b"=", 1)[0] for entry in block.split(b"\0") if entry}
+        assert (b"BATCHQ_SETTINGS_FILE" in names) is handed_settings
+        assert (b"BATCHQ_REDIS_URL_FILE" in names) is not handed_settings
 
 
 def test_a_worker_that_cannot_start_fails_wait_ready_with_its_log(

@@ -654,6 +654,53 @@ def test_without_a_waiting_producer_the_chord_callback_builds_and_stores_the_rep
     }
 
 
+def test_an_unexpected_error_in_the_worker_is_a_failed_result_not_a_broken_chord(
+    make_feature, subtask_data, orchestrator, tmp_path, monkeypatch
+):
+    """Two rounds: in the second the callables are known to be tiny, so the batch
+    travels as one ``run_chunk`` message (the chunk path) instead of a chord of two."""
+    from batchq.core import chunks
+
+    grouped: list[list[int]] = []
+    planned = chunks.plan
+
+    def spy(*args: Any, **kwargs: Any) -> list[list[Any]]:
+        groups = planned(*args, **kwargs)
+        grouped.append([len(g) for g in groups])
+        return groups
+
+    monkeypatch.setattr(chunks, "plan", spy)
+    for round_ in range(2):
+        root = make_feature(
+            [
+                subtask_data(
+                    "01",
+                    callable_="tests.fixtures_pkg.callables:breaks_the_worker_next",
+                    deliverables=["01.txt"],
+                ),
+                subtask_data(
+                    "02", callable_="tests.fixtures_pkg.callables:quick", deliverables=["02.txt"]
+                ),
+            ],
+            root=tmp_path / f"round{round_}",
+        )
+        # continue: in a chunk the members run one after the other, and under the
+        # default policy 01's failure would cancel 02 before it starts
+        result = orchestrator(root).run(RunOptions(policy=FailurePolicy.CONTINUE))
+        (report,) = result.reports
+        by_seq = {r.seq: r for r in report.results}
+        assert by_seq["01"].result is ResultState.FAILED, by_seq["01"]
+        assert by_seq["01"].error_type == "RuntimeError"
+        assert by_seq["01"].error == (
+            "unexpected error on the worker: RuntimeError: injected fault in the worker"
+        )
+        assert "injected fault" in by_seq["01"].output_tail
+        assert by_seq["02"].result is ResultState.COMPLETED
+        assert not report.discrepancies
+        assert statuses(root) == {"01": "blocked", "02": "completed"}
+    assert grouped == [[1, 1], [2]]  # a chord of two messages, then one chunk
+
+
 def test_a_sandboxed_agent_cannot_mark_itself_done_in_its_task_file(
     make_feature, subtask_data, orchestrator
 ):

@@ -1,5 +1,7 @@
 """Bad messages and secrets: pickle is refused, a worker enforces its own allow-list,
-passwords never show, TLS URLs are accepted, Flower stays on loopback without auth.
+passwords never show, TLS URLs are accepted, Flower stays on loopback without auth,
+and an allowed command in the default sandbox can neither copy the worker's
+environment nor rewrite ``batchq.toml`` (docs/security.md lists every defence).
 
 The worker-side allow-list is also covered by
 ``tests/integration/test_execution.py::test_a_worker_refuses_a_callable_its_own_allow_list_does_not_cover``;
@@ -141,3 +143,55 @@ def test_tls_redis_urls_are_accepted_and_verify_certificates_by_default():
         Settings(redis_url="rediss://redis.example:6380/0?ssl_cert_reqs=CERT_OPTIONAL")
     )
     assert explicit.backend.connparams["ssl_cert_reqs"] == 1
+
+
+NARROW_ALLOW = "echo *,cp *,mkdir *"
+WORKER_SECRET = "sekrit-4f1d9c"
+
+
+def test_an_allowed_command_can_neither_read_the_workers_secrets_nor_rewrite_its_policy(
+    redis_target, start_worker, orchestrator, make_feature, subtask_data
+):
+    """Issue #17's attacks 2 and 3 on a real worker with a narrow allow-list and the
+    default sandbox setting (on where bwrap works, as here and in CI)."""
+    from batchq.agents.sandbox import bwrap_status
+
+    usable, reason = bwrap_status()
+    if not usable:
+        pytest.skip(f"bwrap does not work here: {reason}")
+    env = {**FAULT_ENV, "BATCHQ_SHELL_ALLOW": NARROW_ALLOW, "MY_SERVICE_TOKEN": WORKER_SECRET}
+    env["BATCHQ_SANDBOX"] = "auto"  # the default, whatever the test process inherited
+    worker = start_worker(redis_target.url, env=env, concurrency=2)
+    assert WORKER_SECRET.encode() in Path(f"/proc/{worker.pid}/environ").read_bytes()
+    root = make_feature(
+        [
+            subtask_data(
+                "01",
+                command="cp /proc/$PPID/environ leak.txt",
+                deliverables=["leak.txt"],
+                timeout_s=4,
+            ),
+            subtask_data(
+                "02",
+                command="echo '[agents.shell]' > batchq.toml",
+                deliverables=["out/02.txt"],
+                timeout_s=4,
+            ),
+        ]
+    )
+    policy = '[agents.shell]\nallow = ["echo *"]\n'
+    (root / "batchq.toml").write_text(policy)
+    result = orchestrator(root, redis_target.url, shell_allow=NARROW_ALLOW.split(",")).run()
+    by_seq = {r.seq: r for r in result.reports[0].results}
+
+    copied = by_seq["01"]
+    assert copied.result is ResultState.COMPLETED, copied  # the command was allowed and ran
+    leaked = (root / "leak.txt").read_bytes()
+    assert b"BATCHQ_SEQ=01" in leaked  # it did copy an environment: the sandbox's own
+    assert WORKER_SECRET.encode() not in leaked
+    assert redis_target.url.encode() not in leaked
+    assert b"BATCHQ_REDIS_URL" not in leaked
+
+    rewrite = by_seq["02"]
+    assert rewrite.result is ResultState.FAILED, rewrite
+    assert (root / "batchq.toml").read_text() == policy

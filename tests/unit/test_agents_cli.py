@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from batchq.agents import Delegation, agent_for
-from batchq.agents.cli import CliAgent, build_argv, template_fields
+from batchq.agents.cli import CliAgent, build_argv, quoted_placeholders, template_fields
 from batchq.errors import PolicyError
 from batchq.models import Subtask
 from batchq.settings import Settings
@@ -194,6 +194,40 @@ def test_the_cli_is_killed_at_the_delegation_timeout(tmp_path: Path) -> None:
     )
     assert outcome.timed_out
     assert not outcome.ok
+
+
+@pytest.mark.parametrize(
+    ("template", "quoted"),
+    [
+        ("sh -c 'echo {title}'", ["title"]),
+        ('run --prompt "{prompt_file}"', ["prompt_file"]),
+        ("run --x='a {seq}' {title}", ["seq"]),
+        ('sh -c "echo \\"{title}\\""', ["title"]),
+        ("run {title} 'literal' {seq}", []),
+        ("run --title={title} \\' {seq}", []),  # an escaped quote opens nothing
+        ("sh -c 'echo \"$1\"' _ {title}", []),
+        ("run '{{not a placeholder}}' {title}", []),
+    ],
+)
+def test_placeholders_inside_the_templates_own_quotes_are_found(
+    template: str, quoted: list[str]
+) -> None:
+    assert quoted_placeholders(template) == quoted
+
+
+def test_a_quoted_placeholder_would_let_a_title_inject_so_it_is_refused_with_the_fix() -> None:
+    template = "sh -c 'echo {title}'"
+    injected = build_argv(template, {"title": "x'; touch pwned; '"})
+    assert "touch pwned" in injected[2] and injected[2] != "echo x'; touch pwned; '"
+    agent = CliAgent("CoderAgent", settings_for(template))
+    with pytest.raises(PolicyError) as info:
+        agent.check(make_subtask())
+    message = str(info.value)
+    assert "agents.CoderAgent.command" in message
+    assert "{title} inside the template's own quotes" in message
+    assert "write placeholders bare" in message
+    assert "sh -c 'echo \"$1\"' _ {title}" in message  # the fix
+    CliAgent("CoderAgent", settings_for("sh -c 'echo \"$1\"' _ {title}")).check(make_subtask())
 
 
 CODER = textwrap.dedent(

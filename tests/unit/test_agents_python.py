@@ -241,3 +241,48 @@ def test_a_stopped_batch_does_not_start_the_callable(tmp_path: Path) -> None:
     outcome = agent("*").run(delegation(tmp_path, sub), lambda: True)
     assert outcome.cancelled
     assert not (tmp_path / "result.txt").exists()
+
+
+MYPKG = "fixtures_pkg.mypkg"
+
+
+@pytest.mark.parametrize(
+    ("attr", "reason"),
+    [
+        ("os.system", "is the module 'os'"),
+        ("subprocess.run", "is the module 'subprocess'"),
+        ("helper_mod.run", "is the module 'fixtures_pkg.helper_mod'"),
+        ("imported_function", "defined in module 'subprocess'"),
+        ("own.__globals__", "dunder name"),
+    ],
+)
+def test_the_allow_list_judges_the_object_reached_not_the_text_before_the_colon(
+    tmp_path: Path, attr: str, reason: str
+) -> None:
+    from fixtures_pkg import helper_mod
+
+    spec = f"{MYPKG}:{attr}"
+    outcome = agent(MYPKG).run(delegation(tmp_path, make_subtask(spec)), never)
+    assert not outcome.ok
+    assert outcome.error_type == "PolicyError"
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"subtask 05: execution.callable {spec!r}: ")
+    assert reason in outcome.error
+    assert helper_mod.CALLS == []  # refused before the call
+
+
+@pytest.mark.parametrize(
+    ("attr", "summary"),
+    [("own", "mypkg.own ran"), ("Steps.nested", "mypkg.Steps.nested ran")],
+)
+def test_code_defined_in_an_allowed_module_still_runs(
+    tmp_path: Path, attr: str, summary: str
+) -> None:
+    outcome = agent(MYPKG).run(delegation(tmp_path, make_subtask(f"{MYPKG}:{attr}")), never)
+    assert outcome.ok, outcome.error
+    assert outcome.summary == summary
+
+
+def test_a_dunder_step_is_refused_at_pre_flight_without_importing() -> None:
+    with pytest.raises(PolicyError, match="dunder name"):
+        agent(MYPKG).check(make_subtask(f"{MYPKG}:own.__globals__"))

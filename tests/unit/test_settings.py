@@ -121,6 +121,33 @@ def test_a_separate_result_url_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().result_url == "rediss://results:6380/2"
 
 
+def test_the_redis_url_can_come_from_a_file_so_it_stays_out_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BATCHQ_REDIS_URL", raising=False)
+    url_file = tmp_path / "redis-url"
+    url_file.write_text("rediss://:s3cret@redis.example.com:6380/0\n")
+    monkeypatch.setenv("BATCHQ_REDIS_URL_FILE", str(url_file))
+    settings = load_settings(tmp_path)
+    assert settings.redis_url == "rediss://:s3cret@redis.example.com:6380/0"
+    assert not settings.embedded
+    monkeypatch.setenv("BATCHQ_REDIS_URL", "redis://explicit:6379/0")
+    assert load_settings(tmp_path).redis_url == "redis://explicit:6379/0"  # the variable wins
+
+
+@pytest.mark.parametrize(("content", "reason"), [(None, "cannot read"), ("  \n", "empty")])
+def test_an_unreadable_or_empty_url_file_is_an_input_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, reason: str
+) -> None:
+    monkeypatch.delenv("BATCHQ_REDIS_URL", raising=False)
+    url_file = tmp_path / "redis-url"
+    if content is not None:
+        url_file.write_text(content)
+    monkeypatch.setenv("BATCHQ_REDIS_URL_FILE", str(url_file))
+    with pytest.raises(InputError, match=f"BATCHQ_REDIS_URL_FILE={url_file}: .*{reason}"):
+        load_settings(tmp_path)
+
+
 def test_invalid_toml_is_a_spec_error_naming_the_file(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "[agents.shell\nallow = [\n")
     with pytest.raises(SpecError) as caught:

@@ -244,7 +244,7 @@ BROKEN: list[tuple[str, str, bytes, str | None, str]] = [
     ("no-deliverables", "subtask_02.json", _without("deliverables"), "deliverables", "missing"),
     ("empty-deliverables", "subtask_02.json", _sub(deliverables=[]), "deliverables", "at least"),
     ("bad-status", "subtask_02.json", _sub(status="done"), "status", "'pending'"),
-    ("bad-seq", "subtask_02.json", _sub(seq="2"), "seq", "pattern"),
+    ("bad-seq", "subtask_02.json", _sub(seq="2"), "seq", "2 to 6 ASCII digits"),
     ("seq-mismatch", "subtask_02.json", _sub(seq="03"), "seq", "match the file name"),
     ("bad-dep", "subtask_02.json", _sub(depends_on=[1]), "depends_on.0", "string"),
     (
