@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+    mcp_token: SecretStr | None = None
+    """``batchq mcp --http``: the bearer token every request must carry; without it the
+    server binds loopback only (:mod:`batchq.mcp.http`)."""
 
     @field_validator("shell_allow", "python_allow", "protected_paths", mode="before")
     @classmethod
