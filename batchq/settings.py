@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,6 +31,7 @@ from pydantic_settings import (
 from batchq import layout
 from batchq.errors import InputError, SpecError
 from batchq.models import SandboxMode, WriteCheck
+from batchq.presets import expand_preset
 
 __all__ = [
     "ALWAYS_PROTECTED",
@@ -59,6 +67,9 @@ CommaList = Annotated[list[str], NoDecode]
 class AgentConfig(BaseModel):
     """One ``[agents.NAME]`` table of ``batchq.toml``."""
 
+    preset: Literal["opencode", "claude", "codex", "aider", "gemini"] | None = None
+    """A coding-agent CLI's documented command line, network and API-key names
+    (:mod:`batchq.presets`); what the table sets itself wins."""
     command: str | None = None
     allow: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -68,6 +79,11 @@ class AgentConfig(BaseModel):
     env: list[str] = Field(default_factory=list)
     """Names of worker environment variables the agent gets inside the sandbox (API
     keys a coding CLI needs); everything else but the basics is dropped."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        return expand_preset(value) if isinstance(value, dict) else value
 
 
 def _split(value: Any) -> Any:
