@@ -25,6 +25,7 @@ from batchq.local.connection import connect
 from batchq.mcp import http
 from batchq.mcp.server import BatchqMCPServer, build_server
 from batchq.mcp.service import Service
+from batchq.mcp.stdio import serve_stdio
 from batchq.settings import Settings
 
 __all__ = ["serve"]
@@ -48,6 +49,7 @@ def serve(
         http.check_bind(host, token)
         sock = http.listen(host, port)  # before the stack: a taken port costs nothing
     procs.install_sigterm_reaper()
+    signum: int | None = None
     try:
         with connect(settings, root, embedded_ok=True, workers=workers) as conn:
             service = Service(root, conn.settings, conn)
@@ -56,7 +58,7 @@ def serve(
                 if sock is not None:
                     anyio.run(_serve_http, server, sock, host, token)
                 else:
-                    anyio.run(server.run_stdio_async)
+                    signum = anyio.run(serve_stdio, server)
             finally:
                 service.runs.shutdown(timeout_s=SHUTDOWN_GRACE_S)
                 if conn.embedded:
@@ -64,6 +66,8 @@ def serve(
     finally:
         if sock is not None:
             sock.close()
+    if signum is not None:  # stopped by a signal: say so in the exit status
+        raise SystemExit(128 + signum)
 
 
 async def _serve_http(

@@ -87,6 +87,12 @@ class BatchqMCPServer(MCPServer[Any]):
         super().__init__(**kwargs)
         self.service = service
 
+    async def serve_streams(self, read: Any, write: Any) -> None:
+        """``run_stdio_async`` without its ``stdio_server()``: :mod:`batchq.mcp.stdio`
+        brings streams that a signal can stop."""
+        low = self._lowlevel_server
+        await low.run(read, write, low.create_initialization_options())
+
     async def list_resources(self) -> list[Resource]:
         static = await super().list_resources()
         return static + await anyio.to_thread.run_sync(self._file_resources)

@@ -306,3 +306,44 @@ def test_over_http_a_wrong_or_missing_token_is_rejected(http_server: str) -> Non
             return [f["feature"] for f in result.structured_content["features"]]
 
     assert anyio.run(with_the_right_token) == ["auth-system"]
+
+
+def test_sigterm_stops_the_server_and_its_embedded_stack(project: Path) -> None:
+    """A client that kills the server (SIGTERM, as the SDK does after its grace) must
+    not leave the redis-server and workers it started running."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "batchq", "mcp", "--root", str(project)],
+        cwd=project,
+        env={**os.environ, **_server_env()},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            },
+        }
+        child.stdin.write((json.dumps(hello) + "\n").encode())
+        child.stdin.flush()
+        answer = json.loads(child.stdout.readline())  # served: the stack is up
+        assert answer["id"] == 1 and "result" in answer, answer
+        seen = _descendants(child.pid)
+        assert seen, "no embedded stack under the server"
+        child.terminate()
+        assert child.wait(60) != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        child.stdin.close()
+        child.stdout.close()
+    assert _still_alive(seen) == []
