@@ -9,8 +9,9 @@ embedded one (redis-server and local workers) and stops it when the server ends.
 An MCP client ends a stdio server by closing its stdin, then SIGTERM after a grace of
 about two seconds, then SIGKILL (the SDK's policy). A SIGKILLed server cannot stop its
 children, so the teardown must fit in that grace: runs still going are cancelled, and
-the embedded stack's processes get a short grace before they are killed.
-SIGTERM reaps them too (:func:`batchq.procs.install_sigterm_reaper`).
+the embedded stack's processes get a short grace before they are killed. SIGTERM or
+SIGINT while serving stdio ends the serving at once (:mod:`batchq.mcp.stdio`) and the
+same teardown runs; outside it, SIGTERM reaps them (:func:`batchq.procs.install_sigterm_reaper`).
 """
 
 from __future__ import annotations
