@@ -31,6 +31,7 @@ from pydantic_settings import (
 from batchq import layout
 from batchq.errors import InputError, SpecError, mask_url
 from batchq.models import SandboxMode, WriteCheck
+from batchq.presets import expand_preset
 
 __all__ = [
     "ALWAYS_PROTECTED",
@@ -74,6 +75,9 @@ CommaList = Annotated[list[str], NoDecode]
 class AgentConfig(BaseModel):
     """One ``[agents.NAME]`` table of ``batchq.toml``."""
 
+    preset: Literal["opencode", "claude", "codex", "aider", "gemini"] | None = None
+    """A coding-agent CLI's documented command line, network and API-key names
+    (:mod:`batchq.presets`); what the table sets itself wins."""
     command: str | None = None
     allow: list[str] = Field(default_factory=list)
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -86,6 +90,11 @@ class AgentConfig(BaseModel):
     prompt_template: str | None = None
     """A CLI agent's own prompt template: a Markdown file, relative to the project root,
     with the placeholders of :mod:`batchq.agents.prompt`; unset = the built-in one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        return expand_preset(value) if isinstance(value, dict) else value
 
 
 def _split(value: Any) -> Any:
@@ -148,6 +157,9 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str | None = None
     flower_password: SecretStr | None = None
+    mcp_token: SecretStr | None = None
+    """``batchq mcp --http``: the bearer token every request must carry; without it the
+    server binds loopback only (:mod:`batchq.mcp.http`)."""
 
     @model_validator(mode="after")
     def _url_from_file(self) -> Settings:

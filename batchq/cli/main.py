@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from batchq.cli import execution, views
+from batchq.cli import execution, mcpserve, views
 from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line, out
 from batchq.core import planner
 from batchq.errors import BatchqError, SpecError, UsageError
@@ -312,6 +312,7 @@ def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> Non
 
 
 execution.register(app)
+mcpserve.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
