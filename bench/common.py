@@ -177,9 +177,15 @@ def run_process(
 
 
 def batchq_argv() -> list[str]:
-    """The ``batchq`` console script a user runs (``python -m batchq`` without one)."""
-    script = Path(sys.executable).with_name("batchq")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "batchq"]
+    """What the ``batchq`` console script runs, read from pyproject.toml: the script pip
+    generated may predate a change of entry point in this tree (it is
+    ``import sys; from MODULE import FUNC; sys.exit(FUNC())`` all the same)."""
+    import tomllib
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["batchq"]
+    module, func = target.split(":")
+    code = f"import sys; sys.argv[0] = 'batchq'; from {module} import {func}; sys.exit({func}())"
+    return [sys.executable, "-c", code]
 
 
 def batchq_env(url: str) -> dict[str, str]:
