@@ -28,6 +28,7 @@ def test_the_flow_references_are_computed_from_the_dag() -> None:
     assert p4_flow.random_dag(60, 1) == p4_flow.random_dag(60, 1)
 
 
+@pytest.mark.timeout(900)  # every repetition starts its own worker and programs
 def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["--quick"]) == 0
     out = capsys.readouterr().out
@@ -68,3 +69,14 @@ def test_p1_goals_compare_the_median_with_the_bare_best_run() -> None:
     assert p1_goal.startswith("- ❌") and "×1.20" in p1_goal
     per = next(line for line in lines if "per-subtask" in line)
     assert per.startswith("- ✅") and "×1.00" in per
+
+
+def test_the_bimodality_probe_counts_the_producer_calls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import bimodal
+
+    assert bimodal.main(["--n", "5", "--reps", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("rep 0: process") and "publish" in line
+    assert "pubsub replies drained" in line and "result GETs" in line
