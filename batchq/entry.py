@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(f"batchq {version('batchq')}\n")
         sys.stdout.flush()
         raise SystemExit(0)
+    # lazy: the whole command machinery, for every command but a lone --version
     from batchq.cli.main import main as run
 
     run(argv)
