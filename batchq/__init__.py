@@ -1,48 +1,48 @@
 """batchq: run batches of subtask delegations in parallel on Celery workers.
 
 The typed Python API the CLI is built on. Loading, validating and planning never
-touch Celery or Redis; the names that do (``Orchestrator``, ``connect``) are imported
-on first use, so ``import batchq`` stays cheap for tools that only read task files.
+touch Celery or Redis. Every name is imported on first use (PEP 562): ``import
+batchq`` costs nothing, which keeps every ``batchq`` command's start-up (the package
+is imported before its CLI) down to what that command needs.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchq.core.planner import check_batch, plan, plan_for, validate
-from batchq.errors import (
-    BatchqError,
-    BrokerUnavailable,
-    ExecutionFailed,
-    InfrastructureError,
-    InputError,
-    LockedError,
-    PlanError,
-    PolicyError,
-    SpecError,
-    UnsafeBatchError,
-    UsageError,
-)
-from batchq.files.taskfiles import complete_subtask, find_root, list_features, load_feature
-from batchq.models import (
-    BatchReport,
-    FailurePolicy,
-    Feature,
-    Plan,
-    PlannedBatch,
-    ResultState,
-    RunMode,
-    Subtask,
-    SubtaskResult,
-    SubtaskStatus,
-    UndeclaredWrite,
-    WriteCheck,
-)
-from batchq.settings import Settings, load_settings
-
 if TYPE_CHECKING:
+    from batchq.core.planner import check_batch, plan, plan_for, validate
+    from batchq.errors import (
+        BatchqError,
+        BrokerUnavailable,
+        ExecutionFailed,
+        InfrastructureError,
+        InputError,
+        LockedError,
+        PlanError,
+        PolicyError,
+        SpecError,
+        UnsafeBatchError,
+        UsageError,
+    )
+    from batchq.files.taskfiles import complete_subtask, find_root, list_features, load_feature
     from batchq.local.connection import Connection, connect
+    from batchq.models import (
+        BatchReport,
+        FailurePolicy,
+        Feature,
+        Plan,
+        PlannedBatch,
+        ResultState,
+        RunMode,
+        Subtask,
+        SubtaskResult,
+        SubtaskStatus,
+        UndeclaredWrite,
+        WriteCheck,
+    )
     from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
+    from batchq.settings import Settings, load_settings
 
 __all__ = [
     "BatchReport",
@@ -85,20 +85,50 @@ __all__ = [
     "validate",
 ]
 
-_LAZY = {
-    "Connection": "batchq.local.connection",
-    "connect": "batchq.local.connection",
-    "Orchestrator": "batchq.run.orchestrator",
-    "RunOptions": "batchq.run.orchestrator",
-    "RunResult": "batchq.run.orchestrator",
+_MODULES = {
+    "batchq.core.planner": ("check_batch", "plan", "plan_for", "validate"),
+    "batchq.errors": (
+        "BatchqError",
+        "BrokerUnavailable",
+        "ExecutionFailed",
+        "InfrastructureError",
+        "InputError",
+        "LockedError",
+        "PlanError",
+        "PolicyError",
+        "SpecError",
+        "UnsafeBatchError",
+        "UsageError",
+    ),
+    "batchq.files.taskfiles": ("complete_subtask", "find_root", "list_features", "load_feature"),
+    "batchq.local.connection": ("Connection", "connect"),
+    "batchq.models": (
+        "BatchReport",
+        "FailurePolicy",
+        "Feature",
+        "Plan",
+        "PlannedBatch",
+        "ResultState",
+        "RunMode",
+        "Subtask",
+        "SubtaskResult",
+        "SubtaskStatus",
+        "UndeclaredWrite",
+        "WriteCheck",
+    ),
+    "batchq.run.orchestrator": ("Orchestrator", "RunOptions", "RunResult"),
+    "batchq.settings": ("Settings", "load_settings"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
-    """Import the execution side (Celery, Redis) only when it is asked for."""
+    """Import a public name's module when the name is first asked for."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'batchq' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value

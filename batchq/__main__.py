@@ -1,5 +1,5 @@
 """``python -m batchq``: the same as the ``batchq`` command."""
 
-from batchq.cli import main
+from batchq.entry import main
 
 main()

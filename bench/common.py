@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,7 +56,9 @@ class Stats:
         return ordered[index]
 
     def fmt(self, unit: str = "s") -> str:
-        return f"{self.median:.3f}{unit} ({self.lo:.3f}–{self.hi:.3f})"
+        """``min / median / max``: the spread is part of the figure (bare Celery's runs
+        are bimodal, see docs/benchmarks.md)."""
+        return f"{self.lo:.3f} / {self.median:.3f} / {self.hi:.3f} {unit}"
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -69,6 +76,16 @@ def measure(fn: Callable[[], T]) -> tuple[float, T]:
 def redis() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@contextmanager
+def fresh_workers(server: RedisServer, app: str, **kwargs: Any) -> Iterator[LocalWorkers]:
+    """Workers started for one repetition on an emptied Redis (queues, results, chord
+    counters and batchq's state all flushed): no repetition inherits another's
+    leftovers or a warm worker."""
+    server.client().flushall()
+    with workers(server.url, app, **kwargs) as group:
+        yield group
 
 
 @contextmanager
@@ -101,6 +118,130 @@ def workers(
         yield group
     finally:
         group.stop(grace_s=10)
+
+
+@dataclass
+class ProcRun:
+    """One whole program run as a user runs it: wall time from fork to exit, its peak
+    RSS (the kernel's high-water mark, reported by ``wait4``) and its output."""
+
+    wall_s: float
+    peak_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self, what: str) -> ProcRun:
+        if self.returncode != 0:
+            raise RuntimeError(
+                f"{what} exited {self.returncode}:\n{self.stdout[-2000:]}\n{self.stderr[-2000:]}"
+            )
+        return self
+
+    def json_line(self) -> Any:
+        """The last line of stdout that is a JSON object."""
+        for line in reversed(self.stdout.splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"no JSON line in: {self.stdout[-500:]}")
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout_s: float = 3600,
+) -> ProcRun:
+    """Run ``argv`` to completion; output to files (no pipe can fill and stall it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
+        timer = threading.Timer(timeout_s, lambda: os.kill(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ProcRun(
+            wall,
+            usage.ru_maxrss / 1024,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+        )
+
+
+def batchq_argv() -> list[str]:
+    """What the ``batchq`` console script runs, read from pyproject.toml: the script pip
+    generated may predate a change of entry point in this tree (it is
+    ``import sys; from MODULE import FUNC; sys.exit(FUNC())`` all the same)."""
+    import tomllib
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["batchq"]
+    module, func = target.split(":")
+    code = f"import sys; sys.argv[0] = 'batchq'; from {module} import {func}; sys.exit({func}())"
+    return [sys.executable, "-c", code]
+
+
+def batchq_env(url: str) -> dict[str, str]:
+    """A user's environment for ``batchq`` on this Redis, importing this tree."""
+    env = {k: v for k, v in os.environ.items() if k != "BATCHQ_RESULT_URL"}
+    env.update(
+        BATCHQ_REDIS_URL=url,
+        BATCHQ_PYTHON_ALLOW="bench",
+        BATCHQ_LOG_FORMAT="text",
+        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
+    )
+    return env
+
+
+def bare_process(url: str, n: int, runs: int = 1, timeout_s: float = 3600) -> ProcRun:
+    """``python bench/bare.py``: the bare-Celery user's whole program, fresh."""
+    argv = [sys.executable, str(REPO / "bench" / "bare.py"), "--url", url, "--n", str(n)]
+    argv += ["--runs", str(runs), "--timeout", str(timeout_s)]
+    return run_process(argv, env=batchq_env(url), timeout_s=timeout_s + 60).check("bare.py")
+
+
+def worker_peak_mb(group: LocalWorkers) -> float:
+    """The largest peak RSS among the workers' main and pool processes (read while
+    they are alive)."""
+    from batchq.procs import child_pids
+
+    peak = 0.0
+    for child in group.children:
+        pids = [child.pid, *child_pids(child.pid)]
+        peak = max([peak, *(proc_peak_mb(p) for p in pids)])
+    return peak
+
+
+_DRAMATIQ_READY = re.compile(r"is ready for action")
+
+
+@contextmanager
+def dramatiq_workers(server: RedisServer, processes: int = 2) -> Iterator[Any]:
+    """A fresh ``dramatiq bench.dramatiq_ref`` worker (``processes`` × 1 thread, the
+    shape of one Celery worker with 2 prefork processes) on an emptied Redis."""
+    from batchq import procs
+
+    server.client().flushall()
+    log_dir = tmpdir("bench-dramatiq-")
+    argv = [sys.executable, "-m", "dramatiq", "bench.dramatiq_ref"]
+    argv += ["--processes", str(processes), "--threads", "1"]
+    child = procs.spawn(argv, log_dir / "worker.log", env=batchq_env(server.url), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while len(_DRAMATIQ_READY.findall(child.read_log())) < processes:
+            if not child.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"dramatiq worker not ready:\n{child.log_tail()}")
+            time.sleep(0.05)
+        yield child
+    finally:
+        child.terminate(10)
 
 
 def bare_app(url: str, tuned: bool = False) -> Any:

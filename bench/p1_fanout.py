@@ -1,139 +1,155 @@
 """P1 fan-out/fan-in: one batch of N no-op subtasks, submit to report.
 
-bare:   ``chord(group(noop.s() × N), done.s())().get()`` — what a user writes.
-batchq: ``Orchestrator.run()`` on a feature folder of N ``python``-agent subtasks,
-        including validation, planning, file mirroring and the verified report.
-Both on one worker with 2 prefork processes; the repetitions alternate (bare, batchq, ...).
+Every repetition of every side is a fresh program against a freshly started worker
+on an emptied Redis, as a user runs it; the bench process only starts them and reads
+their clocks:
+
+bare:     ``python bench/bare.py``: ``chord(group(noop.s() × N), done.s())().get()``;
+          the chord's in-process time and the whole process's wall time.
+dramatiq: ``python bench/dramatiq_ref.py``: a group with its Redis results backend
+          (the reference row, another queue on the same Redis).
+batchq:   ``batchq run p1`` on a feature folder of N ``python``-agent subtasks:
+          the whole CLI process (start-up, loading and validating N files, planning,
+          mirroring, the verified report) and the report's own submit-to-report
+          ``wall_s`` (read from the saved report); the process's peak RSS is the
+          orchestrator's memory.
+
+One worker with 2 processes for each side; the sides alternate within a repetition
+(bare, dramatiq, batchq), so a burst of load on the shared machine lands on all.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery import chord, group
-
+from batchq.files.taskfiles import load_feature
+from batchq.run.orchestrator import saved_reports
 from bench.common import (
     REPO,
-    BatchqClient,
     Stats,
-    bare_app,
-    measure,
+    bare_process,
+    batchq_argv,
+    batchq_env,
+    dramatiq_workers,
+    fresh_workers,
     noop_feature,
     redis,
-    self_peak_mb,
-    timed,
+    run_process,
     tmpdir,
-    workers,
+    worker_peak_mb,
 )
 
-SETTLE_S = 1.0
+
+@dataclass
+class Row:
+    """The figures of one size: each list holds one value per repetition."""
+
+    bare_chord: list[float] = field(default_factory=list)
+    bare_process: list[float] = field(default_factory=list)
+    dramatiq_group: list[float] = field(default_factory=list)
+    dramatiq_process: list[float] = field(default_factory=list)
+    batchq_report: list[float] = field(default_factory=list)
+    batchq_process: list[float] = field(default_factory=list)
+    orchestrator_peak_mb: float = 0.0
+    worker_peak_mb: float = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            key: Stats(getattr(self, key))
+            for key in (
+                "bare_chord",
+                "bare_process",
+                "dramatiq_group",
+                "dramatiq_process",
+                "batchq_report",
+                "batchq_process",
+            )
+            if getattr(self, key)
+        }
+        out["orchestrator_peak_mb"] = self.orchestrator_peak_mb
+        out["worker_peak_mb"] = self.worker_peak_mb
+        return out
 
 
-def run_pair(url: str, n: int, reps: int) -> tuple[Stats, Stats, float, float]:
-    """Bare and batchq wall times, interleaved (bare, batchq, bare, ...) so that both
-    see the same machine: on a shared VM a burst of load otherwise lands on one side.
-    Each side has its own worker, idle while the other runs, and each run starts after
-    a pause, so that neither side's leftover work lands in the other's figure. Also
-    the batchq worker's peak RSS and the orchestrator's: one more run in a process of
-    its own (this one's heap still holds what the bare runs used)."""
-    bare = bare_app(url)
-    client = BatchqClient(url)
-    bare_values: list[float] = []
-    values: list[float] = []
-    roots: list[Path] = []
-    try:
-        with workers(url, "bench.bare"), workers(url, "batchq.worker") as group_:
-            for _ in range(reps):
-                bare_values.append(
-                    timed(
-                        lambda: chord(group(bare.noop.s() for _ in range(n)), bare.done.s())().get(
-                            timeout=900
-                        )
-                    )
-                )
-                time.sleep(SETTLE_S)
-                root = tmpdir("bench-p1-")
-                roots.append(root)
-                noop_feature(root, "p1", n)
-                elapsed, run = measure(client.orchestrator(root, "p1").run)
-                values.append(elapsed)
-                assert run.ok and run.reports[0].completed == n, run.reports[0].status
-                time.sleep(SETTLE_S)
-            orchestrator_peak = _orchestrator_peak_mb(url, n)
-            from batchq.procs import child_pids
-            from bench.common import proc_peak_mb
+def dramatiq_available() -> bool:
+    return importlib.util.find_spec("dramatiq") is not None
 
-            peak = 0.0
-            for child in group_.children:
-                peak = max(
-                    [peak, proc_peak_mb(child.pid)]
-                    + [proc_peak_mb(p) for p in child_pids(child.pid)]
-                )
-    finally:
-        client.close()
-        # Deleted after the scenario, not between runs: see the note on `discard` in
-        # bench/__main__.py; a rep would otherwise pay for trimming the last one's files.
-        for root in roots:
+
+def run_size(server: Any, n: int, reps: int, *, with_dramatiq: bool = True) -> Row:
+    row = Row()
+    timeout = max(900.0, n * 0.2)
+    for _ in range(reps):
+        with fresh_workers(server, "bench.bare"):
+            run = bare_process(server.url, n, timeout_s=timeout)
+        row.bare_process.append(run.wall_s)
+        row.bare_chord.append(run.json_line()["chord_s"][0])
+        if with_dramatiq:
+            with dramatiq_workers(server):
+                argv = [sys.executable, str(REPO / "bench" / "dramatiq_ref.py")]
+                argv += ["--url", server.url, "--n", str(n), "--timeout", str(timeout)]
+                run = run_process(argv, env=batchq_env(server.url), timeout_s=timeout + 60)
+                run.check("dramatiq_ref.py")
+            row.dramatiq_process.append(run.wall_s)
+            row.dramatiq_group.append(run.json_line()["group_s"])
+        root = tmpdir("bench-p1-")
+        try:
+            noop_feature(root, "p1", n)  # set-up, before the clock
+            with fresh_workers(server, "batchq.worker") as group:
+                argv = [*batchq_argv(), "run", "p1", "--root", str(root)]
+                run = run_process(argv, env=batchq_env(server.url), timeout_s=timeout + 60)
+                run.check("batchq run")
+                row.worker_peak_mb = max(row.worker_peak_mb, worker_peak_mb(group))
+            row.batchq_report.append(report_wall_s(root, "p1", n))
+        finally:
             shutil.rmtree(root, ignore_errors=True)
-    return Stats(bare_values), Stats(values), peak, orchestrator_peak
+        row.batchq_process.append(run.wall_s)
+        row.orchestrator_peak_mb = max(row.orchestrator_peak_mb, run.peak_mb)
+    return row
 
 
-def _orchestrator_peak_mb(url: str, n: int) -> float:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.p1_fanout", "--memory-of", url, "--sizes", str(n)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return float(done.stdout.split()[-1])
-
-
-def _one_run_peak_mb(url: str, n: int) -> float:
-    """This process's peak RSS over one batchq run of ``n`` (workers already serve
-    ``url``): what an orchestrator needs, imports included."""
-    client = BatchqClient(url)
-    root = tmpdir("bench-p1-mem-")
-    try:
-        noop_feature(root, "p1", n)
-        assert client.orchestrator(root, "p1").run().ok
-    finally:
-        client.close()
-        shutil.rmtree(root, ignore_errors=True)
-    return self_peak_mb()
+def report_wall_s(root: Path, name: str, n: int) -> float:
+    """The submit-to-report time batchq's saved reports record, checked complete."""
+    reports = saved_reports(load_feature(root, name))
+    if sum(r.completed for r in reports) != n:
+        raise RuntimeError(f"batchq completed {[r.completed for r in reports]} of {n}")
+    return sum(r.wall_s for r in reports)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="500,2000,5000")
+    parser.add_argument(
+        "--sizes",
+        default="1000,5000,20000",
+        help="three sizes: the per-subtask reference, the P1 goal size, the scale size",
+    )
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--memory-of", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--big-reps", type=int, default=3, help="repetitions at the last size")
+    parser.add_argument("--no-dramatiq", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    if args.memory_of:
-        print(f"{_one_run_peak_mb(args.memory_of, sizes[0]):.1f}")
-        return {}
+    with_dramatiq = dramatiq_available() and not args.no_dramatiq
     rows: dict[str, Any] = {}
     with redis() as server:
-        for n in sizes:
-            bare, ours, worker_peak, orchestrator_peak = run_pair(server.url, n, args.reps)
-            rows[str(n)] = {
-                "bare": bare,
-                "batchq": ours,
-                "worker_peak_mb": worker_peak,
-                "orchestrator_peak_mb": orchestrator_peak,
-            }
+        for i, n in enumerate(sizes):
+            reps = args.big_reps if i == len(sizes) - 1 and len(sizes) > 1 else args.reps
+            stats = run_size(server, n, reps, with_dramatiq=with_dramatiq).stats()
+            rows[str(n)] = stats
+            bare_best = stats["bare_process"].lo
+            ours = stats["batchq_process"]
             print(
-                f"P1 N={n:>5}: bare {bare.fmt()}  batchq {ours.fmt()}  "
-                f"speed-up ×{bare.median / ours.median:.2f}  "
-                f"batchq per subtask {ours.median / n * 1000:.2f} ms",
+                f"P1 N={n:>5}: bare chord {stats['bare_chord'].fmt()}, "
+                f"bare process {stats['bare_process'].fmt()}; "
+                f"batchq run process {ours.fmt()}; median/bare best ×"
+                f"{ours.median / bare_best:.2f}; per subtask {ours.median / n * 1000:.2f} ms; "
+                f"orchestrator {stats['orchestrator_peak_mb']:.0f} MiB, "
+                f"worker {stats['worker_peak_mb']:.0f} MiB",
                 flush=True,
             )
     return rows

@@ -1,30 +1,38 @@
 """P2 small-batch latency: a batch of 4 no-op subtasks, submit to report, many runs.
 
-bare:   ``chord(group(noop.s() × 4), done.s())().get()``.
-batchq: ``Orchestrator.run()`` on a fresh 4-subtask feature of one project each time
-        (validation, lock, run token, publish, wait, file mirroring, saved report).
-The two alternate in blocks of runs.
+In-process (submit to report, the figure a long-lived orchestrator sees):
+  bare:   ``chord(group(noop.s() × 4), done.s())().get()`` in ``python bench/bare.py
+          --runs K`` processes;
+  batchq: ``Orchestrator.run()`` on a fresh 4-subtask feature of one project each time
+          (validation, lock, run token, publish, wait, file mirroring, saved report), in
+          ``python -m bench.p2_latency --inproc`` processes.
+  The two alternate in blocks, each block a fresh process (never the bench's own).
+Whole programs (what a user times): ``python bench/bare.py --n 4`` against
+  ``batchq run <feature>``, one process each, alternating.
+One fresh worker per side (2 prefork processes) on an emptied Redis.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
-
-from celery import chord, group
 
 from bench.common import (
     BatchqClient,
     Stats,
-    bare_app,
+    bare_process,
+    batchq_argv,
+    batchq_env,
     measure,
     noop_feature,
     redis,
-    timed,
+    run_process,
     tmpdir,
     workers,
 )
@@ -33,61 +41,85 @@ SIZE = 4
 BLOCK = 5
 
 
-def run_pair(url: str, runs: int) -> tuple[Stats, Stats]:
-    """Bare and batchq latencies in alternating blocks of back-to-back runs, so that
-    both see the same machine (see P1). The first run of every block is not counted:
-    it starts while the other side's last run may still have work in flight (batchq's
-    chord callback, batched task events), and after the other side warmed the caches.
-    batchq: one project, a fresh 4-subtask feature per run, which is what a user has
-    (the workers' per-workspace set-up, such as the write check's watch, is paid once,
-    as in use)."""
-    bare = bare_app(url)
+def _inproc_batchq(url: str, root: Path, runs: int, start: int) -> list[float]:
+    """``runs`` batchq runs in this process, each on a fresh feature."""
     client = BatchqClient(url)
+    values = []
+    try:
+        for k in range(start, start + runs):
+            name = f"p2-{k}"
+            noop_feature(root, name, SIZE)
+            elapsed, result = measure(client.orchestrator(root, name).run)
+            assert result.ok
+            values.append(elapsed)
+    finally:
+        client.close()
+    return values
+
+
+def run_pair(url: str, runs: int, cli_runs: int) -> dict[str, Stats]:
+    """The first run of every block is not counted: it pays for the process's
+    connections and warms its caches, and may start while the other side's last run
+    still has work in flight (batchq's chord callback, batched task events). batchq
+    uses one project, a fresh 4-subtask feature per run, which is what a user has (the
+    workers' per-workspace set-up, such as the write check's watch, is paid once, as in
+    use)."""
     bare_values: list[float] = []
     values: list[float] = []
+    bare_cli: list[float] = []
+    ours_cli: list[float] = []
     root = tmpdir("bench-p2-")
     count = itertools.count()
-
-    def bare_once() -> float:
-        return timed(
-            lambda: chord(group(bare.noop.s() for _ in range(SIZE)), bare.done.s())().get(
-                timeout=60
-            )
-        )
-
-    def batchq_once() -> float:
-        name = f"p2-{next(count)}"
-        noop_feature(root, name, SIZE)
-        elapsed, result = measure(client.orchestrator(root, name).run)
-        assert result.ok
-        return elapsed
-
+    env = batchq_env(url)
     try:
         with workers(url, "bench.bare"), workers(url, "batchq.worker"):
             while len(values) < runs:
                 block = min(BLOCK, runs - len(values))
-                bare_values += [bare_once() for _ in range(block + 1)][1:]
-                values += [batchq_once() for _ in range(block + 1)][1:]
+                bare_values += bare_process(url, SIZE, runs=block + 1).json_line()["chord_s"][1:]
+                argv = [sys.executable, "-m", "bench.p2_latency", "--inproc", url, str(root)]
+                argv += ["--runs", str(block + 1), "--start", str(next(count) * 100)]
+                run = run_process(argv, env=env).check("p2 --inproc")
+                values += run.json_line()["times"][1:]
+            for k in range(cli_runs):
+                bare_cli.append(bare_process(url, SIZE).wall_s)
+                name = f"p2-cli-{k}"
+                noop_feature(root, name, SIZE)
+                argv = [*batchq_argv(), "run", name, "--root", str(root)]
+                ours_cli.append(run_process(argv, env=env).check("batchq run").wall_s)
     finally:
-        client.close()
         shutil.rmtree(root, ignore_errors=True)
-    return Stats(bare_values), Stats(values)
+    return {
+        "bare": Stats(bare_values),
+        "batchq": Stats(values),
+        "bare_process": Stats(bare_cli),
+        "batchq_process": Stats(ours_cli),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--cli-runs", type=int, default=15)
+    parser.add_argument("--inproc", nargs=2, metavar=("URL", "ROOT"), help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.inproc:
+        times = _inproc_batchq(args.inproc[0], Path(args.inproc[1]), args.runs, args.start)
+        print(json.dumps({"times": times}), flush=True)
+        return {}
     with redis() as server:
-        bare, ours = run_pair(server.url, args.runs)
+        server.client().flushall()
+        stats = run_pair(server.url, args.runs, args.cli_runs)
+    bare, ours = stats["bare"], stats["batchq"]
     print(
         f"P2 batch of {SIZE}: bare p50 {bare.median * 1000:.1f} ms "
         f"p95 {bare.pct(95) * 1000:.1f} ms; "
         f"batchq p50 {ours.median * 1000:.1f} ms p95 {ours.pct(95) * 1000:.1f} ms; "
-        f"ratio p50 ×{ours.median / bare.median:.2f}",
+        f"ratio p50 ×{ours.median / bare.median:.2f}; whole programs: python bare.py "
+        f"{stats['bare_process'].fmt()}, batchq run {stats['batchq_process'].fmt()}",
         flush=True,
     )
-    return {"bare": bare, "batchq": ours}
+    return stats
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
@@ -37,6 +36,8 @@ from batchq.protocol import CONTROL_QUEUE, BatchState, CancelMode, EventKind, ag
 from batchq.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from batchq.run.orchestrator import RunResult
     from batchq.run.producer import Submission
     from batchq.store.state import Event
@@ -136,6 +137,15 @@ class _Live:
         self.close()
         label = batch if isinstance(batch, str) else f"Batch {batch}"
         out.print(f"▶ {label}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
+        # lazy: rich.progress costs every other command's start-up a tenth of its imports
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.progress = Progress(
             TextColumn("  {task.fields[batch]}"),
             BarColumn(),

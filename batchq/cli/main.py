@@ -67,6 +67,29 @@ def _feature_json(feature: Feature, problems: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # lazy: only this option needs it
+
+        emit([f"batchq {version('batchq')}"])
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print batchq's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Run batches of subtask delegations in parallel on Celery workers."""
+
+
 # --- task-file commands --------------------------------------------------------------
 
 

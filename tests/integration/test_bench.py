@@ -6,6 +6,7 @@ import pytest
 
 from bench import __main__ as bench_main
 from bench import p3_makespan, p4_flow
+from bench.common import Stats
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +28,55 @@ def test_the_flow_references_are_computed_from_the_dag() -> None:
     assert p4_flow.random_dag(60, 1) == p4_flow.random_dag(60, 1)
 
 
+@pytest.mark.timeout(900)  # every repetition starts its own worker and programs
 def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    for heading in ("## P1", "## P2", "## P3", "## P4", "## P5"):
+    for heading in ("## P1", "## P2", "## P3", "## P4", "## P5", "## Start-up"):
         assert heading in out
-    assert "speed-up" in out and "p50 ratio" in out and "second run" in out
+    assert "bare best" in out and "p50 ratio" in out and "second run" in out
+    assert "dramatiq group" in out and "`batchq run` process" in out
+    assert "orchestrator peak RSS" in out and "start-up `batchq --version` median" in out
     assert "P4 flow within 1.10" in out
     assert "P5 shell without verify" in out and "P5 cli with verify" in out
+
+
+def test_the_notes_below_the_marker_survive_a_rewrite() -> None:
+    previous = f"# old figures\n\n{bench_main.NOTES_MARKER}\n## How\nkept\n"
+    text = bench_main.with_notes("# new figures\n", previous)
+    assert text.startswith("# new figures\n")
+    assert "old figures" not in text and text.endswith("## How\nkept\n")
+    assert bench_main.with_notes("# new\n", "no marker") == "# new\n"
+
+
+def test_p1_goals_compare_the_median_with_the_bare_best_run() -> None:
+    def row(bare: list[float], ours: list[float]) -> dict[str, object]:
+        return {
+            "bare_process": Stats(bare),
+            "batchq_process": Stats(ours),
+            "orchestrator_peak_mb": 50.0,
+            "worker_peak_mb": 60.0,
+        }
+
+    # bare's best is 5 s although its median is 30 s: batchq's median 6 s fails.
+    p1 = {
+        "1": row([1.0], [0.001]),
+        "5": row([5.0, 30.0, 31.0], [6.0, 6.0]),
+        "20": row([1.0], [0.02]),
+    }
+    lines = bench_main._goals(p1, None, None)
+    p1_goal = next(line for line in lines if "P1 at N=5" in line)
+    assert p1_goal.startswith("- ❌") and "×1.20" in p1_goal
+    per = next(line for line in lines if "per-subtask" in line)
+    assert per.startswith("- ✅") and "×1.00" in per
+
+
+def test_the_bimodality_probe_counts_the_producer_calls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import bimodal
+
+    assert bimodal.main(["--n", "5", "--reps", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("rep 0: process") and "publish" in line
+    assert "pubsub replies drained" in line and "result GETs" in line
