@@ -38,6 +38,7 @@ __all__ = [
     "FailurePolicy",
     "Feature",
     "FileRef",
+    "Isolation",
     "NextStep",
     "Plan",
     "PlannedBatch",
@@ -125,6 +126,17 @@ class WriteCheck(StrEnum):
     WARN = "warn"
     FAIL = "fail"
     OFF = "off"
+
+
+class Isolation(StrEnum):
+    """``BATCHQ_ISOLATE``: where a delegation's agent works.
+
+    ``none`` runs every agent in the shared workspace (writes are watched by time
+    windows); ``worktree`` gives each one a git worktree at a snapshot of the workspace
+    and merges its declared deliverables back (:mod:`batchq.run.merge`)."""
+
+    NONE = "none"
+    WORKTREE = "worktree"
 
 
 class SandboxMode(StrEnum):
@@ -361,6 +373,16 @@ class SubtaskResult(_Wire):
     are not this subtask's own deliverables. A sibling running meanwhile shows here too."""
     undeclared_writes: list[str] = Field(default_factory=list)
     """Set by the batch report: the observed writes blamed on this subtask alone."""
+    # --- isolation (``isolate = "worktree"``); absent in older results -----------
+    isolated_commit: str | None = None
+    """The commit of everything the agent changed in its worktree, on
+    ``refs/batchq/<run>/<seq>``; its parent is the batch's snapshot."""
+    changed_paths: list[str] = Field(default_factory=list)
+    """Every path that commit changes, declared or not (exact: no time windows)."""
+    diffstat: str | None = None
+    """``git diff --shortstat`` of that commit, e.g. ``2 files changed, 3 insertions(+)``."""
+    merged_paths: list[str] = Field(default_factory=list)
+    """Set by the orchestrator: the deliverable paths merged back into the workspace."""
 
     @property
     def ok(self) -> bool:
@@ -442,6 +464,8 @@ class SubtaskMessage(_Wire):
     agent: str
     subtask: Subtask
     write_check: WriteCheck = WriteCheck.WARN
+    isolate: Isolation = Isolation.NONE
+    """``worktree``: run in a worktree at ``refs/batchq/<run>/base-<batch>``."""
 
     @property
     def seq(self) -> str:
@@ -464,6 +488,7 @@ class Run:
     callable_s: Mapping[str, float] = field(default_factory=dict)
     """The longest recent duration of each python callable the feature uses (any
     feature's runs count), to tell tiny subtasks (:mod:`batchq.core.chunks`)."""
+    isolate: Isolation = Isolation.NONE
 
 
 def agent_name(subtask: Subtask) -> str:

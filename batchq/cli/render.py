@@ -86,6 +86,8 @@ def _result_block(result: SubtaskResult) -> list[str]:
         lines.append(f"   Summary: {result.summary}")
     if result.undeclared_writes:
         lines.append(f"   Undeclared writes: {', '.join(result.undeclared_writes)}")
+    if result.diffstat:  # isolation (issue 19); `batchq diff` prints the patch
+        lines.append(f"   Diff: {result.diffstat}")
     if not result.ok:
         error = result.error or result.error_type
         if error:

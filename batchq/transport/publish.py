@@ -84,6 +84,7 @@ def _message(run: Run, sub: Subtask, agent: str, batch: int, policy: FailurePoli
         agent=agent,
         subtask=sub,
         write_check=run.write_check,
+        isolate=run.isolate,
     )
     return msg.model_dump(mode="json", by_alias=True)
 
