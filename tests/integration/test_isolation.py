@@ -206,3 +206,31 @@ def test_isolation_is_refused_outside_a_git_work_tree_and_in_flow_mode(
 
 
 __all__ = ["repo"]  # the imported fixture
+
+
+def test_parallel_members_each_get_their_own_worktree_and_all_merge(
+    repo, make_feature, subtask_data, orchestrator
+):
+    """Four members at once, each rewriting the same undeclared scratch file and its own
+    deliverable: no one sees another's scratch, and the strays are each one's own."""
+    subtasks = [
+        subtask_data(
+            seq,
+            command=f"echo {seq} > scratch.txt && mkdir -p out && "
+            f"cat a.txt scratch.txt > out/{seq}.txt",
+        )
+        for seq in ("01", "02", "03", "04")
+    ]
+    make_feature(subtasks, root=repo)
+    orch, _ = orchestrator(repo)
+    result = orch.run(ISOLATED)
+    assert result.ok
+    (built,) = result.reports
+    assert built.undeclared_writes == []  # exact blame: no batch-level candidates
+    for r in built.results:
+        assert (repo / "out" / f"{r.seq}.txt").read_text() == f"v2\n{r.seq}\n"
+        assert r.undeclared_writes == ["scratch.txt"]
+        assert r.merged_paths == [f"out/{r.seq}.txt"]
+    assert len({r.isolated_commit for r in built.results}) == 4
+    assert not (repo / "scratch.txt").exists()
+    assert leftovers(repo) == []
