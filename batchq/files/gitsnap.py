@@ -54,7 +54,7 @@ GIT_TIMEOUT_S = 300.0
 """A bound on one git command: a checkout of a very large tree can take a while, a
 hung one (a network filesystem, a lock) must not hold a worker forever."""
 
-EXCLUDED: tuple[str, ...] = (".tmp/tasks", ".tmp/batchq")
+EXCLUDED: tuple[str, ...] = (".tmp/tasks", ".tmp/batchq", ".batchq")
 """batchq's own state never enters a snapshot or a result commit: the task files, run
 tokens, logs and reports (``.tmp/tasks/``, with every ``.batchq/``) and the stack file."""
 

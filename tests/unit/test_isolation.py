@@ -16,7 +16,7 @@ from batchq.agents.base import Delegation
 from batchq.agents.sandbox import bwrap_status, run_confined
 from batchq.cli.main import main
 from batchq.core.mergeplan import decide
-from batchq.errors import UsageError
+from batchq.errors import SpecError, UsageError
 from batchq.executor import isolation
 from batchq.files import gitsnap
 from batchq.models import ResultState, Subtask, SubtaskResult, WriteCheck
@@ -278,3 +278,36 @@ def test_the_bench_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> No
     assert p6_isolation.main(["--files", "12", "--batch", "2", "--reps", "1", "--dirty", "2"]) == 0
     out = capsys.readouterr().out
     assert "## P6 isolation: 12 files" in out and "| merge (whole batch) |" in out
+
+
+def test_messages_and_results_from_before_isolation_still_decode() -> None:
+    from batchq.models import Isolation, SubtaskMessage
+
+    sub = {"id": "f-01", "seq": "01", "title": "t", "acceptance_criteria": ["x"],
+           "deliverables": ["out.txt"]}  # fmt: skip
+    old = {"feature": "f", "feature_key": "k", "run_id": "r", "batch": 1, "root": "/w",
+           "token": "t", "agent": "shell", "subtask": sub}  # fmt: skip
+    assert SubtaskMessage.model_validate(old).isolate is Isolation.NONE
+    result = SubtaskResult.model_validate_json(
+        '{"feature":"f","run_id":"r","batch":1,"seq":"01","title":"t","result":"completed"}'
+    )
+    assert result.isolated_commit is None and result.changed_paths == []
+    assert result.merged_paths == [] and result.diffstat is None
+
+
+def test_isolate_comes_from_batchq_toml_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchq.models import Isolation
+    from batchq.settings import load_settings
+
+    monkeypatch.delenv("BATCHQ_ISOLATE", raising=False)
+    (tmp_path / "batchq.toml").write_text('isolate = "worktree"\n')
+    assert load_settings(tmp_path).isolate is Isolation.WORKTREE
+    monkeypatch.setenv("BATCHQ_ISOLATE", "none")
+    assert load_settings(tmp_path).isolate is Isolation.NONE
+    (tmp_path / "batchq.toml").write_text('isolate = "container"\n')
+    monkeypatch.delenv("BATCHQ_ISOLATE")
+    with pytest.raises(SpecError, match=r"batchq\.toml") as caught:
+        load_settings(tmp_path)
+    assert caught.value.exit_code == 2 and "'none' or 'worktree'" in str(caught.value)
