@@ -88,7 +88,14 @@ class Worktree:
     base: str
     run_id: str
     seq: str
+    prefix: str = ""
+    """The project root's place in the repository ("" when it is the top)."""
     closed: bool = field(default=False)
+
+    @property
+    def workspace(self) -> Path:
+        """The project root inside the worktree: the agent's workspace."""
+        return self.path / self.prefix if self.prefix else self.path
 
     @property
     def marker(self) -> Path:
@@ -99,12 +106,14 @@ class Worktree:
         ``.gitignore``) on the subtask's result ref."""
         ref = result_ref(self.run_id, self.seq)
         message = f"batchq {self.run_id} subtask {self.seq}"
-        commit = gitsnap.commit_worktree(self.path, self.base, ref, message, deliverables)
+        commit = gitsnap.commit_worktree(
+            self.path, self.workspace, self.base, ref, message, deliverables
+        )
         return Recorded(
             commit=commit,
-            changed=gitsnap.changed_paths(self.top, self.base, commit),
-            diffstat=gitsnap.shortstat(self.top, self.base, commit),
-            patch=gitsnap.patch(self.top, self.base, commit),
+            changed=gitsnap.changed_paths(self.workspace, self.base, commit),
+            diffstat=gitsnap.shortstat(self.workspace, self.base, commit),
+            patch=gitsnap.patch(self.workspace, self.base, commit),
         )
 
     def close(self) -> None:
@@ -185,7 +194,9 @@ def open_worktree(root: Path, run_id: str, batch: int, seq: str) -> Worktree:
         raise InfrastructureError(f"isolation: worktree {path} is still in use by a live process")
     path.parent.mkdir(parents=True, exist_ok=True)
     _marker_for(path).write_text(json.dumps(_owner()) + "\n", encoding="utf-8")
-    tree = Worktree(top=top, path=path, base=base, run_id=run_id, seq=seq)
+    prefix = root.resolve().relative_to(top).as_posix()
+    prefix = "" if prefix == "." else prefix
+    tree = Worktree(top=top, path=path, base=base, run_id=run_id, seq=seq, prefix=prefix)
     try:
         gitsnap.worktree_add(top, path, base)
     except BaseException:

@@ -393,7 +393,7 @@ def _isolated_run(
     except BatchqError as exc:
         failed = AgentOutcome(ok=False, error=str(exc), error_type="IsolationFailed")
         return None, failed, delegation
-    inside = dataclasses.replace(delegation, workspace=tree.path)
+    inside = dataclasses.replace(delegation, workspace=tree.workspace)
     outcome = _run_agent(agent, inside, heartbeat)
     try:
         recorded = tree.record(list(msg.subtask.deliverables))

@@ -156,70 +156,82 @@ def _commit_index(cwd: Path, env: Mapping[str, str], parent: str | None, message
     return _text(git(cwd, "commit-tree", tree, *parents, "-m", message, env=env))
 
 
-def _add_all(cwd: Path, env: Mapping[str, str]) -> None:
-    git(cwd, "add", "-A", env=env)
+def _add_all(top: Path, project: Path, env: Mapping[str, str]) -> None:
+    """Stage the whole work tree at ``top``, then take batchq's state out of the
+    project at ``project`` (the project root may be a folder inside the repository)."""
+    git(top, "add", "-A", env=env)
     # Taken out afterwards, not excluded by pathspec: git refuses an exclude pathspec
     # naming an ignored folder (``.tmp/`` often is). Also drops a committed copy.
-    git(cwd, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *EXCLUDED, env=env)
+    git(project, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *EXCLUDED, env=env)
 
 
 def snapshot(root: Path, ref: str, message: str) -> str:
-    """Record the workspace at ``root`` as a commit on ``ref`` (parent: HEAD, when
+    """Record the work tree ``root`` is in as a commit on ``ref`` (parent: HEAD, when
     there is one) and return its id. Only a temporary index is written."""
     top = require_work_tree(root)
+    project = root.resolve()
     user_index = Path(_text(git(top, "rev-parse", "--git-path", "index")))
     user_index = user_index if user_index.is_absolute() else top / user_index
     head = ref_commit(top, "HEAD")
-    with tempfile.TemporaryDirectory(prefix="batchq-snap-", dir=common_dir(top)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="batchq-snap-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if user_index.is_file():  # its stat data spares re-hashing unchanged files
             shutil.copyfile(user_index, env["GIT_INDEX_FILE"])
         elif head:
             git(top, "read-tree", head, env=env)
         try:
-            _add_all(top, env)
+            _add_all(top, project, env)
         except InfrastructureError:  # e.g. a split index the copy cannot resolve
             Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
             if head:
                 git(top, "read-tree", head, env=env)
-            _add_all(top, env)
+            _add_all(top, project, env)
         commit = _commit_index(top, env, head, message)
     git(top, "update-ref", ref, commit)
     return commit
 
 
 def commit_worktree(
-    worktree: Path, base: str, ref: str, message: str, force: Sequence[str] = ()
+    worktree: Path,
+    project: Path,
+    base: str,
+    ref: str,
+    message: str,
+    force: Sequence[str] = (),
 ) -> str:
     """Commit everything in ``worktree`` (a batchq worktree: its index is ours) with
     ``base`` as parent, on ``ref``; return the commit id. The ``force`` paths (the
-    subtask's deliverables) are added even when ``.gitignore`` ignores them."""
+    subtask's deliverables, relative to ``project``, the project root inside the
+    worktree) are added even when ``.gitignore`` ignores them."""
     env = {"GIT_INDEX_FILE": str(Path(_text(git(worktree, "rev-parse", "--git-path", "index"))))}
     index = Path(env["GIT_INDEX_FILE"])
     if not index.is_absolute():
         env["GIT_INDEX_FILE"] = str(worktree / index)
-    _add_all(worktree, env)
-    present = [p for p in force if (worktree / p).exists() or (worktree / p).is_symlink()]
+    _add_all(worktree, project, env)
+    present = [p for p in force if (project / p).exists() or (project / p).is_symlink()]
     if present:
-        git(worktree, "--literal-pathspecs", "add", "-f", "-A", "--", *present, env=env)
+        git(project, "--literal-pathspecs", "add", "-f", "-A", "--", *present, env=env)
     commit = _commit_index(worktree, env, base, message)
     git(worktree, "update-ref", ref, commit)
     return commit
 
 
-def changed_paths(root: Path, old: str, new: str) -> list[str]:
-    """Paths that differ between two commits (no rename detection: each side counts)."""
-    done = git(root, "diff", "--name-only", "-z", "--no-renames", old, new)
+def changed_paths(cwd: Path, old: str, new: str) -> list[str]:
+    """Paths under ``cwd`` that differ between two commits, relative to it (no rename
+    detection: each side counts). Every diff here is ``--relative`` to its ``cwd``,
+    the project root, which may be a folder inside the repository."""
+    done = git(cwd, "diff", "--relative", "--name-only", "-z", "--no-renames", old, new)
     return sorted(p for p in done.stdout.decode("utf-8", "surrogateescape").split("\0") if p)
 
 
-def shortstat(root: Path, old: str, new: str) -> str:
-    return _text(git(root, "diff", "--shortstat", "--no-renames", old, new))
+def shortstat(cwd: Path, old: str, new: str) -> str:
+    return _text(git(cwd, "diff", "--relative", "--shortstat", "--no-renames", old, new))
 
 
-def patch(root: Path, old: str, new: str) -> str:
-    """The unified diff ``old..new`` (binary files as git binary patches)."""
-    done = git(root, "diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv", old, new)
+def patch(cwd: Path, old: str, new: str) -> str:
+    """The unified diff ``old..new`` under ``cwd`` (binary files as git binary patches)."""
+    flags = ("--relative", "--binary", "--no-color", "--no-ext-diff", "--no-textconv")
+    done = git(cwd, "diff", *flags, old, new)
     return done.stdout.decode("utf-8", "replace")
 
 
@@ -233,7 +245,8 @@ class Entry:
 
 
 def tree_entries(root: Path, rev: str, paths: Sequence[str]) -> dict[str, Entry]:
-    """The entries of ``paths`` in commit ``rev`` (absent paths are left out)."""
+    """The entries of ``paths`` (relative to ``root``, as the names returned) in commit
+    ``rev``; absent paths are left out."""
     if not paths:
         return {}
     done = git(root, "--literal-pathspecs", "ls-tree", "-r", "-z", rev, "--", *paths)
@@ -278,8 +291,9 @@ def workspace_entries(root: Path, paths: Sequence[str]) -> dict[str, Entry]:
 
 
 def read_blob(root: Path, rev: str, path: str) -> bytes:
-    """``rev:path``'s content as a checkout would write it (smudge filters apply)."""
-    return git(root, "cat-file", "--filters", f"{rev}:{path}").stdout
+    """``rev:path``'s content (``path`` relative to ``root``) as a checkout would write
+    it (smudge filters apply)."""
+    return git(root, "cat-file", "--filters", f"{rev}:./{path}").stdout
 
 
 def worktree_add(root: Path, path: Path, commit: str) -> None:
@@ -304,13 +318,15 @@ def linked_git_dirs(workspace: Path) -> list[Path]:
 
     The sandbox binds it read-only: under a ``/tmp`` tmpfs it would be hidden and the
     agent's ``git status`` would find no repository."""
-    marker = workspace / ".git"
+    found = (d / ".git" for d in (workspace, *workspace.parents) if (d / ".git").exists())
+    marker = next(found, None)
     try:
-        if marker.is_symlink() or not marker.is_file():
+        if marker is None or marker.is_symlink() or not marker.is_file():
             return []
         text = marker.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return []
+    workspace = marker.parent
     if not text.startswith("gitdir:"):
         return []
     gitdir = Path(text.removeprefix("gitdir:").strip())

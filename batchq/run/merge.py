@@ -72,10 +72,12 @@ def snapshot_batch(run: Run, batch: int) -> str | None:
     )
 
 
-def apply_paths(top: Path, commit: str, theirs: dict[str, gitsnap.Entry], paths: list[str]) -> None:
-    """Make each of ``paths`` in the workspace what it is in ``commit``: written (with
+def apply_paths(
+    project: Path, commit: str, theirs: dict[str, gitsnap.Entry], paths: list[str]
+) -> None:
+    """Make each of ``paths`` in the project what it is in ``commit``: written (with
     its mode, or as a symlink) atomically, or deleted when ``commit`` has none."""
-    root = top.resolve()
+    root = project.resolve()
     for name in paths:
         target = root / normalise(name)
         if not target.parent.resolve().is_relative_to(root):
@@ -92,9 +94,9 @@ def apply_paths(top: Path, commit: str, theirs: dict[str, gitsnap.Entry], paths:
             os.close(fd)
             if entry.mode == "120000":
                 tmp.unlink()
-                os.symlink(gitsnap.read_blob(top, commit, name), tmp)
+                os.symlink(gitsnap.read_blob(root, commit, name), tmp)
             else:
-                tmp.write_bytes(gitsnap.read_blob(top, commit, name))
+                tmp.write_bytes(gitsnap.read_blob(root, commit, name))
                 tmp.chmod(0o755 if entry.mode == "100755" else 0o644)
             os.replace(tmp, target)
         finally:
@@ -102,22 +104,23 @@ def apply_paths(top: Path, commit: str, theirs: dict[str, gitsnap.Entry], paths:
 
 
 def merge_one(
-    top: Path, result: SubtaskResult, deliverables: Sequence[str], write_check: WriteCheck
+    project: Path, result: SubtaskResult, deliverables: Sequence[str], write_check: WriteCheck
 ) -> SubtaskResult:
-    """Merge one completed isolated result into the workspace; the result as amended
-    (merged paths, undeclared writes, or failed naming why)."""
+    """Merge one completed isolated result into the project at ``project`` (every path
+    here is relative to it); the result as amended (merged paths, undeclared writes, or
+    failed naming why)."""
     commit = result.isolated_commit
     if commit is None or not result.ok:
         return result
     base = f"{commit}^"
     changed = result.changed_paths
     declared = sorted(set(changed) - set(outside(changed, deliverables)))
-    theirs = gitsnap.tree_entries(top, commit, declared)
+    theirs = gitsnap.tree_entries(project, commit, declared)
     verdict = mergeplan.decide(
         changed,
         deliverables,
-        _contents(gitsnap.tree_entries(top, base, declared)),
-        _contents(gitsnap.workspace_entries(top, declared)),
+        _contents(gitsnap.tree_entries(project, base, declared)),
+        _contents(gitsnap.workspace_entries(project, declared)),
         _contents(theirs),
         write_check,
     )
@@ -126,7 +129,7 @@ def merge_one(
         error_type = "MergeConflict" if verdict.conflicts else "UndeclaredWrite"
         update |= {"result": ResultState.FAILED, "error": verdict.failure, "error_type": error_type}
         return result.model_copy(update=update)
-    apply_paths(top, commit, theirs, verdict.apply)
+    apply_paths(project, commit, theirs, verdict.apply)
     update["merged_paths"] = verdict.apply
     return result.model_copy(update=update)
 
@@ -141,13 +144,13 @@ def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feat
     run = sub.run
     if run.isolate is Isolation.NONE:
         return built
-    top = gitsnap.require_work_tree(run.root)
+    gitsnap.require_work_tree(run.root)
     by_seq = feature.by_seq()
     amended: list[SubtaskResult] = []
     for result in sorted(built.results, key=lambda r: seq_key(r.seq)):
         deliverables = by_seq[result.seq].deliverables if result.seq in by_seq else []
         try:
-            amended.append(merge_one(top, result, deliverables, run.write_check))
+            amended.append(merge_one(run.root, result, deliverables, run.write_check))
         except (BatchqError, OSError, ValueError) as exc:
             amended.append(
                 result.model_copy(
@@ -212,4 +215,4 @@ def subtask_patch(feature: Feature, seq: str, run_id: str | None = None) -> str:
         )
     if gitsnap.ref_commit(top, commit) is None:
         raise UsageError(f"{feature.name} subtask {seq}: commit {commit} is gone from {top}")
-    return gitsnap.patch(top, f"{commit}^", commit)
+    return gitsnap.patch(feature.root, f"{commit}^", commit)

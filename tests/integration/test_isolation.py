@@ -234,3 +234,27 @@ def test_parallel_members_each_get_their_own_worktree_and_all_merge(
     assert len({r.isolated_commit for r in built.results}) == 4
     assert not (repo / "scratch.txt").exists()
     assert leftovers(repo) == []
+
+
+def test_a_project_root_inside_the_repository_is_the_agents_workspace(
+    repo, make_feature, subtask_data, orchestrator
+):
+    project = repo / "app"
+    project.mkdir()
+    (project / "local.txt").write_text("local\n")
+    command = "mkdir -p out && cat ../notes.txt local.txt > out/01.txt; { echo s > ../stray.txt; } 2>/dev/null; true"
+    make_feature([subtask_data("01", command=command)], root=project)
+    (project / ".git").rmdir()  # make_feature's marker: here the repository is above
+    before = git_state(repo)
+    orch, _ = orchestrator(project)
+    result = orch.run(ISOLATED)
+    assert result.ok, [r.error for b in result.reports for r in b.results]
+    (only,) = result.reports[0].results
+    assert (project / "out" / "01.txt").read_text() == "hello\nlocal\n"
+    assert only.changed_paths == ["out/01.txt"]  # relative to the project, as declared
+    assert only.merged_paths == ["out/01.txt"]
+    assert not (repo / "stray.txt").exists()  # outside the project: never merged
+    base = f"refs/batchq/{result.run_id}/base-1"
+    assert not [p for p in git(repo, "ls-tree", "-r", "--name-only", base).split() if ".tmp" in p]
+    assert git_state(repo) == before
+    assert leftovers(repo) == []
