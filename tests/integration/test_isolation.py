@@ -242,7 +242,11 @@ def test_a_project_root_inside_the_repository_is_the_agents_workspace(
     project = repo / "app"
     project.mkdir()
     (project / "local.txt").write_text("local\n")
-    command = "mkdir -p out && cat ../notes.txt local.txt > out/01.txt; { echo s > ../stray.txt; } 2>/dev/null; true"
+    # Outside the project the sandbox is read-only; without one the write is not merged.
+    command = (
+        "mkdir -p out && cat ../notes.txt local.txt > out/01.txt;"
+        " { echo s > ../stray.txt; } 2>/dev/null; true"
+    )
     make_feature([subtask_data("01", command=command)], root=project)
     (project / ".git").rmdir()  # make_feature's marker: here the repository is above
     before = git_state(repo)
