@@ -390,7 +390,7 @@ def _isolated_run(
     msg = attempt.message
     try:
         tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.batch, msg.seq)
-    except BatchqError as exc:
+    except (BatchqError, OSError) as exc:
         failed = AgentOutcome(ok=False, error=str(exc), error_type="IsolationFailed")
         return None, failed, delegation
     inside = dataclasses.replace(delegation, workspace=tree.workspace)
@@ -399,7 +399,7 @@ def _isolated_run(
         recorded = tree.record(list(msg.subtask.deliverables))
         isolation.append_patch(delegation.log_path, recorded)
         attempt.isolated = recorded.fields()
-    except BatchqError as exc:
+    except (BatchqError, OSError) as exc:
         if outcome.ok:
             outcome = AgentOutcome(
                 ok=False,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from batchq.core.mergeplan import decide
 from batchq.errors import SpecError, UsageError
 from batchq.executor import isolation
 from batchq.files import gitsnap
-from batchq.models import ResultState, Subtask, SubtaskResult, WriteCheck
+from batchq.models import Isolation, ResultState, Subtask, SubtaskResult, WriteCheck
 from batchq.run.merge import merge_one
 from batchq.settings import Settings
 
@@ -311,3 +312,49 @@ def test_isolate_comes_from_batchq_toml_and_the_environment(
     with pytest.raises(SpecError, match=r"batchq\.toml") as caught:
         load_settings(tmp_path)
     assert caught.value.exit_code == 2 and "'none' or 'worktree'" in str(caught.value)
+
+
+# --- the worker's half, on the memory store ----------------------------------------
+
+
+def _isolated_message(repo: Path, make_feature: Any, command: str) -> Any:
+    from tests.conftest import subtask
+    from tests.memrun import message
+
+    data = subtask("01", command=command, deliverables=["01.txt"])
+    make_feature([data], root=repo)
+    return message(repo, data).model_copy(update={"isolate": Isolation.WORKTREE})
+
+
+def test_a_worker_runs_the_agent_in_a_worktree_and_records_what_it_changed(
+    repo: Path, make_feature: Any
+) -> None:
+    from batchq.executor.runner import execute
+    from batchq.store.memory import MemoryStore
+    from tests.memrun import settings
+
+    msg = _isolated_message(repo, make_feature, "touch 01.txt")
+    gitsnap.snapshot(repo, isolation.base_ref(msg.run_id, 1), "snap")
+    result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
+    assert result.result is ResultState.COMPLETED, result.error
+    assert result.changed_paths == ["01.txt"] and result.isolated_commit
+    assert result.observed_writes == []
+    assert not (repo / "01.txt").exists()  # merging back is the orchestrator's job
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert "[batchq] isolated result" in Path(result.log_path or "").read_text()
+
+
+def test_a_missing_snapshot_fails_the_subtask_without_raising(
+    repo: Path, make_feature: Any
+) -> None:
+    from batchq.executor.runner import execute
+    from batchq.store.memory import MemoryStore
+    from tests.memrun import settings
+
+    msg = _isolated_message(repo, make_feature, "touch 01.txt")
+    result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
+    assert result.result is ResultState.FAILED and result.error_type == "IsolationFailed"
+    assert "snapshot" in (result.error or "")
+    assert not (repo / ".git" / "batchq-worktrees").exists() or not any(
+        (repo / ".git" / "batchq-worktrees").rglob("*")
+    )
