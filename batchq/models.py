@@ -41,6 +41,7 @@ __all__ = [
     "FailurePolicy",
     "Feature",
     "FileRef",
+    "Isolation",
     "NextStep",
     "Plan",
     "PlannedBatch",
@@ -132,6 +133,17 @@ class WriteCheck(StrEnum):
     WARN = "warn"
     FAIL = "fail"
     OFF = "off"
+
+
+class Isolation(StrEnum):
+    """``BATCHQ_ISOLATE``: where a delegation's agent works.
+
+    ``none`` runs every agent in the shared workspace (writes are watched by time
+    windows); ``worktree`` gives each one a git worktree at a snapshot of the workspace
+    and merges its declared deliverables back (:mod:`batchq.run.merge`)."""
+
+    NONE = "none"
+    WORKTREE = "worktree"
 
 
 class SandboxMode(StrEnum):
@@ -432,6 +444,16 @@ class SubtaskResult(_Wire):
     are not this subtask's own deliverables. A sibling running meanwhile shows here too."""
     undeclared_writes: list[str] = Field(default_factory=list)
     """Set by the batch report: the observed writes blamed on this subtask alone."""
+    # --- isolation (``isolate = "worktree"``); absent in older results -----------
+    isolated_commit: str | None = None
+    """The commit of everything the agent changed in its worktree, on
+    ``refs/batchq/<run>/<seq>``; its parent is the batch's snapshot."""
+    changed_paths: list[str] = Field(default_factory=list)
+    """Every path that commit changes, declared or not (exact: no time windows)."""
+    diffstat: str | None = None
+    """``git diff --shortstat`` of that commit, e.g. ``2 files changed, 3 insertions(+)``."""
+    merged_paths: list[str] = Field(default_factory=list)
+    """Set by the orchestrator: the deliverable paths merged back into the workspace."""
 
     @property
     def ok(self) -> bool:
@@ -549,6 +571,8 @@ class SubtaskMessage(_Wire):
     ``SIBLINGS_CAP``), in seq order."""
     siblings_total: int = 0
     """How many other members the batch has, listed or not."""
+    isolate: Isolation = Isolation.NONE
+    """``worktree``: run in a worktree at ``refs/batchq/<run>/base-<batch>``."""
 
     @property
     def seq(self) -> str:
@@ -574,6 +598,7 @@ class Run:
     foreign: Mapping[str, list[str]] = field(default_factory=dict)
     """The deliverables the root's other features declare, keyed ``feature <name>``:
     their writes are theirs, never this run's undeclared writes."""
+    isolate: Isolation = Isolation.NONE
 
 
 def agent_name(subtask: Subtask) -> str:

@@ -30,7 +30,7 @@ from pydantic_settings import (
 
 from batchq import layout
 from batchq.errors import InputError, SpecError, mask_url
-from batchq.models import SandboxMode, WriteCheck
+from batchq.models import Isolation, SandboxMode, WriteCheck
 from batchq.presets import expand_preset
 
 __all__ = [
@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""
+    isolate: Isolation = Isolation.NONE
+    """The run's default isolation (none|worktree); ``--isolate`` overrides it. It
+    travels to workers in each message (:mod:`batchq.run.merge`)."""
 
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555

@@ -69,6 +69,7 @@ from batchq.agents.base import Delegation
 from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
 from batchq.agents.process import ProcessResult, run_process
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
+from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
 from batchq.settings import Settings
 
@@ -454,6 +455,8 @@ def run_confined(
             writable=[run_dir],
             tmp_dir=run_dir / f"{delegation.subtask.seq}.tmp",
             network=config.network if config else False,
+            # An isolated worktree: its repository's .git, read-only, so git works in it.
+            extra_protected=linked_git_dirs(delegation.workspace),
         )
     except BatchqError as exc:
         return _refused(target, str(exc), type(exc).__name__, started)

@@ -26,6 +26,7 @@ from batchq.models import (
     BatchReport,
     BatchStatus,
     FailurePolicy,
+    Isolation,
     ResultState,
     RunMode,
     SubtaskStatus,
@@ -69,6 +70,15 @@ UndeclaredOpt = Annotated[
         "--undeclared-writes",
         help="Writes outside the declared deliverables: warn (default), fail or off "
         "(default from BATCHQ_UNDECLARED_WRITES).",
+    ),
+]
+IsolateOpt = Annotated[
+    Isolation | None,
+    typer.Option(
+        "--isolate",
+        help="worktree: each subtask in its own git worktree at a snapshot of the "
+        "workspace, its declared deliverables merged back; none (default from "
+        "BATCHQ_ISOLATE).",
     ),
 ]
 ContextOpt = Annotated[
@@ -245,15 +255,18 @@ def _execute(
     changed: bool = False,
     mode: RunMode = RunMode.BATCH,
     write_check: WriteCheck | None = None,
+    isolate: Isolation | None = None,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     # lazy: celery, redis and the run machinery stay out of start-up
     from batchq.local.connection import connect
+    from batchq.run import merge
     from batchq.run.orchestrator import Orchestrator, RunOptions
     from batchq.run.producer import check_agents
 
     f = ctx.feature(feature)
     planner.validate(f, ctx.settings.protected_paths)
+    merge.check(ctx.root, isolate or ctx.settings.isolate, mode)
     todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
     check_agents(
         todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings, f.root
@@ -271,6 +284,7 @@ def _execute(
         changed=changed,
         on_rerun=live.reruns,
         write_check=write_check,
+        isolate=isolate,
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
@@ -364,6 +378,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         undeclared_writes: UndeclaredOpt = None,
+        isolate: IsolateOpt = None,
     ) -> None:
         """Run the feature batch after batch until done or a batch fails (--mode flow:
         each subtask as soon as its dependencies are completed)."""
@@ -380,6 +395,7 @@ def register(app: typer.Typer) -> None:
             changed,
             mode,
             undeclared_writes,
+            isolate,
         )
         _conclude(result, as_json)
 
@@ -393,6 +409,7 @@ def register(app: typer.Typer) -> None:
         workers: WorkersOpt = None,
         as_json: JsonOpt = False,
         undeclared_writes: UndeclaredOpt = None,
+        isolate: IsolateOpt = None,
     ) -> None:
         """Run one explicit batch after checking it is safe to run in parallel."""
         ctx = Context(root)
@@ -406,6 +423,7 @@ def register(app: typer.Typer) -> None:
             workers,
             as_json,
             write_check=undeclared_writes,
+            isolate=isolate,
         )
         _conclude(result, as_json)
 
@@ -429,6 +447,20 @@ def register(app: typer.Typer) -> None:
             else:
                 out.print(render_markdown(r), markup=False)
                 out.print("", markup=False)
+
+    @app.command()
+    def diff(
+        feature: str,
+        seq: str,
+        root: RootOpt = None,
+        run_id: Annotated[str | None, typer.Option("--run")] = None,
+    ) -> None:
+        """Print an isolated subtask's patch (the latest run that isolated it, or --run)."""
+        # lazy: the run machinery stays out of start-up
+        from batchq.run.merge import subtask_patch
+
+        ctx = Context(root)
+        sys.stdout.write(subtask_patch(ctx.feature(feature), seq, run_id))
 
     @app.command()
     def watch(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:

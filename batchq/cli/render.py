@@ -115,6 +115,8 @@ def _result_block(result: SubtaskResult) -> list[str]:
         lines.append(f"   - Reason: {result.error}")
     if result.undeclared_writes:
         lines.append(f"   - Undeclared writes: {', '.join(result.undeclared_writes)}")
+    if result.diffstat:  # isolation: `batchq diff` prints the patch
+        lines.append(f"   - Diff: {result.diffstat}")
     if not result.ok:
         tail = _tail(result.output_tail)
         if tail:

@@ -9,6 +9,7 @@ and — under ``terminate`` — while the agent runs, and a failure never raises
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -26,12 +27,13 @@ from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
 from batchq.core import blame
 from batchq.errors import BatchqError
-from batchq.executor import writewindow
+from batchq.executor import isolation, writewindow
 from batchq.executor.verify import verify_delegation
 from batchq.files.taskfiles import feature_dir
 from batchq.models import (
     DeliverableCheck,
     FailurePolicy,
+    Isolation,
     ResultState,
     SubtaskMessage,
     SubtaskResult,
@@ -92,6 +94,8 @@ class _Attempt:
     started_at: datetime
     attempts: int
     observed: list[str] = field(default_factory=list)
+    isolated: dict[str, object] = field(default_factory=dict)
+    """The result fields of an isolated run (:meth:`isolation.Recorded.fields`)."""
 
 
 class _Watch:
@@ -180,7 +184,7 @@ def _result(
 ) -> SubtaskResult:
     msg = attempt.message
     finished = datetime.now(UTC)
-    return SubtaskResult(
+    result = SubtaskResult(
         feature=msg.feature,
         run_id=msg.run_id,
         batch=msg.batch,
@@ -200,6 +204,7 @@ def _result(
         log_path=str(log_path) if log_path else None,
         observed_writes=attempt.observed,
     )
+    return result.model_copy(update=attempt.isolated) if attempt.isolated else result
 
 
 def _finish(store: Store, result: SubtaskResult, msg: SubtaskMessage, worker: str) -> SubtaskResult:
@@ -396,6 +401,36 @@ def _watched_run(
     return outcome
 
 
+def _isolated_run(
+    agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
+) -> tuple[isolation.Worktree | None, AgentOutcome, Delegation]:
+    """Run the agent in a worktree of its own at the batch's snapshot, then commit what
+    it changed (before verification: a verify command's own outputs are not the
+    agent's) and keep the patch in the log. Returns the worktree — the caller removes
+    it after verifying inside it — and the delegation as the agent saw it."""
+    msg = attempt.message
+    try:
+        tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.batch, msg.seq)
+    except (BatchqError, OSError) as exc:
+        failed = AgentOutcome(ok=False, error=str(exc), error_type="IsolationFailed")
+        return None, failed, delegation
+    inside = dataclasses.replace(delegation, workspace=tree.workspace)
+    outcome = _run_agent(agent, inside, heartbeat)
+    try:
+        recorded = tree.record(list(msg.subtask.deliverables))
+        isolation.append_patch(delegation.log_path, recorded)
+        attempt.isolated = recorded.fields()
+    except (BatchqError, OSError) as exc:
+        if outcome.ok:
+            outcome = AgentOutcome(
+                ok=False,
+                error=f"isolation: the result could not be committed: {exc}",
+                error_type="IsolationFailed",
+                output=outcome.output,
+            )
+    return tree, outcome, inside
+
+
 def execute(
     msg: SubtaskMessage,
     store: Store,
@@ -512,12 +547,15 @@ def _execute(
     delegation = delegation_for(msg, root, _context(store, msg.run_id), log_path)
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
+    tree: isolation.Worktree | None = None
     try:
         limit = agent.max_concurrency
         if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
             outcome = AgentOutcome(
                 ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
             )
+        elif msg.isolate is Isolation.WORKTREE:  # --- isolation (issue 19) ---
+            tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt)
         else:
             outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
@@ -532,6 +570,8 @@ def _execute(
                 if verification.verify is not None:
                     outcome.output += verification.verify.output
     finally:
+        if tree is not None:
+            tree.close()
         beats.unwatch(heartbeat)
         if heartbeat.slot is not None:
             store.release_slot(heartbeat.slot[0], heartbeat.holder)

@@ -7,6 +7,7 @@ feature folder (same host) plus a Redis lease renewed in the background (any hos
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import socket
@@ -43,6 +44,7 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    Isolation,
     Plan,
     PlannedBatch,
     ResultState,
@@ -54,7 +56,7 @@ from batchq.models import (
     feature_key,
 )
 from batchq.protocol import BatchState, EventKind
-from batchq.run import heap
+from batchq.run import heap, merge
 from batchq.run.flowloop import run_flow
 from batchq.run.producer import Submission, check_agents, new_run, submit, wait
 from batchq.settings import Settings
@@ -89,6 +91,8 @@ class RunOptions:
     on_rerun: RerunHandler | None = None
     write_check: WriteCheck | None = None
     """None: ``Settings.undeclared_writes``."""
+    isolate: Isolation | None = None
+    """None: ``Settings.isolate`` (:mod:`batchq.run.merge`)."""
 
 
 @dataclass
@@ -366,7 +370,10 @@ class Orchestrator:
 
     def _new_run(self, feature: Feature, options: RunOptions) -> Run:
         check = options.write_check or self.settings.undeclared_writes
-        return new_run(self.store, feature, options.policy, options.context, options.mode, check)
+        isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
+        merge.check(self.root, isolate, options.mode)
+        run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
+        return dataclasses.replace(run, isolate=isolate)
 
     def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
         """Validate everything, refuse bad agents up front, and reset what we may rerun:
@@ -430,6 +437,7 @@ class Orchestrator:
     ) -> BatchReport:
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
+        merge.snapshot_batch(run, batch.number)  # isolation (issue 19): before publishing
         submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
         if options.on_submit is not None:
             options.on_submit(submission)
@@ -437,6 +445,9 @@ class Orchestrator:
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
         built = wait(self.store, submission, self.settings, mirror)
         mirror.flush()
+        if run.isolate is Isolation.WORKTREE:  # isolation (issue 19): merge, then restamp all
+            built = merge.merge_batch(self.store, submission, built, feature)
+            mirror.written.clear()
         built = self._settle(run, built, mirror, recorder)
         if options.on_report is not None:
             options.on_report(built)

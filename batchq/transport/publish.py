@@ -165,6 +165,7 @@ def message(
         subtask_file=layout.subtask_relpath(run.feature, sub.seq),
         siblings=siblings,
         siblings_total=total,
+        isolate=run.isolate,
     )
     data: dict[str, Any] = msg.model_dump(mode="json", by_alias=True)
     return data
