@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from batchq.core import planner
+from batchq.core.textsafe import inline, terminal_safe
 from batchq.files import taskfiles
 from batchq.models import Feature
 from batchq.settings import Settings, load_settings
@@ -64,14 +65,15 @@ class Context:
 
 def emit(lines: Sequence[str]) -> None:
     """Print established-format lines verbatim: no Rich markup, emoji codes or tab
-    expansion may touch a title an orchestrator will parse."""
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    expansion may touch a title an orchestrator will parse; a line break or escape
+    sequence inside one (from a title) is shown as a space, so a line stays a line."""
+    sys.stdout.write("".join(f"{terminal_safe(line)}\n" for line in lines))
     sys.stdout.flush()
 
 
 def error_line(message: str) -> None:
     """One ``error: ...`` line on stderr, whatever line breaks the message holds."""
-    sys.stderr.write(f"error: {' '.join(message.splitlines())}\n")
+    sys.stderr.write(f"error: {inline(message)}\n")
     sys.stderr.flush()
 
 

@@ -21,6 +21,7 @@ from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, o
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
 from batchq.core import planner
+from batchq.core.textsafe import inline
 from batchq.errors import BatchqError, ExecutionFailed, InputError, RunCancelled, UsageError
 from batchq.models import (
     BatchReport,
@@ -195,11 +196,11 @@ class _Live:
                 data = event.data
                 state = ResultState(data.get("result", "failed"))
                 line = (
-                    f"  {ICON[state]} {event.seq} {data.get('title', '')} "
+                    f"  {ICON[state]} {event.seq} {inline(str(data.get('title', '')))} "
                     f"[{state.value}] {float(data.get('duration_s', 0.0)):.1f}s"
                 )
                 if data.get("error"):
-                    line += f" — {str(data['error']).splitlines()[0][:160]}"
+                    line += f" — {inline(str(data['error']))[:160]}"
                 (self.progress.console if self.progress else out).print(line, markup=False)
                 if self.progress is not None:
                     self.progress.advance(self.task)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from batchq.core.textsafe import inline, terminal_safe
 from batchq.models import (
     BatchReport,
     BatchStatus,
@@ -85,22 +86,24 @@ def _percent(rate: float) -> str:
 def _deliverables(checks: list[DeliverableCheck]) -> str:
     """Plain paths when all were verified; otherwise mark each one ✓ or ✗."""
     if all(c.verified for c in checks):
-        return ", ".join(c.path for c in checks)
-    return ", ".join(f"{'✓' if c.verified else '✗'} {c.path}" for c in checks)
+        return ", ".join(inline(c.path) for c in checks)
+    return ", ".join(f"{'✓' if c.verified else '✗'} {inline(c.path)}" for c in checks)
 
 
 def _tail(output: str) -> list[str]:
+    """The output's last lines, each made safe (they are indented under the result,
+    so none can stand for a heading or a field of the report)."""
     lines = output.rstrip("\n").splitlines()
-    return lines[-TAIL_LINES:]
+    return [terminal_safe(line).rstrip() for line in lines[-TAIL_LINES:]]
 
 
 def _headline(result: SubtaskResult) -> str:
     """The seed's ``✅ Subtask 01 - <title>``; a failed or timed-out one is
     ``❌ Subtask 02 - FAILED: <error>`` (its title follows as an extra)."""
     if result.result in (ResultState.FAILED, ResultState.TIMED_OUT):
-        error = " ".join((result.error or result.error_type or result.result.value).split())
+        error = inline(result.error or result.error_type or result.result.value)
         return f"❌ Subtask {result.seq} - FAILED: {error}"
-    return f"{_ICONS[result.result]} Subtask {result.seq} - {result.title}"
+    return f"{_ICONS[result.result]} Subtask {result.seq} - {inline(result.title)}"
 
 
 def _result_block(result: SubtaskResult) -> list[str]:
@@ -108,13 +111,14 @@ def _result_block(result: SubtaskResult) -> list[str]:
     if result.deliverables:
         lines.append(f"   - Deliverables: {_deliverables(result.deliverables)}")
     if result.summary:
-        lines.append(f"   - Summary: {result.summary}")
+        lines.append(f"   - Summary: {inline(result.summary)}")
     if not result.ok and result.result is not ResultState.CANCELLED:
-        lines.append(f"   - Title: {result.title}")
+        lines.append(f"   - Title: {inline(result.title)}")
     elif result.result is ResultState.CANCELLED and result.error:
-        lines.append(f"   - Reason: {result.error}")
+        lines.append(f"   - Reason: {inline(result.error)}")
     if result.undeclared_writes:
-        lines.append(f"   - Undeclared writes: {', '.join(result.undeclared_writes)}")
+        paths = ", ".join(inline(p) for p in result.undeclared_writes)
+        lines.append(f"   - Undeclared writes: {paths}")
     if result.diffstat:  # isolation: `batchq diff` prints the patch
         lines.append(f"   - Diff: {result.diffstat}")
     if not result.ok:
@@ -142,7 +146,7 @@ def _missing_block(seq: str) -> list[str]:
 
 
 def _skipped_block(skip: SkippedSubtask) -> list[str]:
-    title = f" - {skip.title}" if skip.title else ""
+    title = f" - {inline(skip.title)}" if skip.title else ""
     return [
         f"{_SKIPPED_ICON} Subtask {skip.seq}{title}",
         "   - Status: skipped",
@@ -298,11 +302,11 @@ def render_table(report: BatchReport) -> Table:
                 r.seq,
                 [
                     Text(r.seq),
-                    Text(r.title),
+                    Text(inline(r.title)),
                     Text(f"{icon} {r.result.value}", style=_STYLES[r.result]),
                     Text(format_duration(r.duration_s)),
                     Text(r.worker or "-"),
-                    Text(_error_cell(r)),
+                    Text(inline(_error_cell(r))),
                 ],
             )
         )
@@ -338,7 +342,7 @@ def render_plan(plan: Plan, feature: Feature) -> str:
     A member without a recorded reason falls back to its title so every member gets a
     line; the ``Batch N (...)`` lines keep SPEC 2's wording for parsers.
     """
-    titles = {sub.seq: sub.title for sub in feature.subtasks}
+    titles = {sub.seq: inline(sub.title) for sub in feature.subtasks}
     lines: list[str] = []
     for batch in plan.batches:
         when = "Ready now" if batch.after is None else f"After Batch {batch.after}"
