@@ -417,6 +417,8 @@ class _Wire(BaseModel):
 class DeliverableCheck(_Wire):
     path: str
     verified: bool
+    problem: str | None = None
+    """Why it did not verify when it exists: it resolves to a protected path."""
 
 
 class SubtaskResult(_Wire):

@@ -24,7 +24,7 @@ from batchq.agents.base import Delegation
 from batchq.agents.policy import check_verify
 from batchq.agents.process import ProcessResult, last_line
 from batchq.agents.sandbox import run_confined
-from batchq.core.paths import PathError, normalise
+from batchq.core.paths import PathError, is_protected, normalise
 from batchq.models import DeliverableCheck, Subtask
 from batchq.settings import Settings
 
@@ -39,9 +39,13 @@ __all__ = [
 _REASON_TAIL_CHARS = 300
 
 
-def verify_deliverables(subtask: Subtask, workspace: Path) -> list[DeliverableCheck]:
+def verify_deliverables(
+    subtask: Subtask, workspace: Path, protected: Sequence[str] = ()
+) -> list[DeliverableCheck]:
     """One check per deliverable, in the order the subtask lists them. A path that
-    escapes the workspace (absolute, ``..``, or a symlink leading out) never verifies."""
+    escapes the workspace (absolute, ``..``, or a symlink leading out) never verifies,
+    nor one whose resolved path is protected (``gitlink/config`` with ``gitlink`` a
+    link to ``.git``): the pre-flight judged the name as written, this the file."""
     root = workspace.resolve()
     checks: list[DeliverableCheck] = []
     for item in subtask.deliverables:
@@ -53,6 +57,12 @@ def verify_deliverables(subtask: Subtask, workspace: Path) -> list[DeliverableCh
         target = (root / name).resolve()
         inside = target.is_relative_to(root)
         found = target.is_dir() if name.endswith("/") else target.is_file()
+        real = target.relative_to(root).as_posix() if inside and target != root else ""
+        hit = is_protected(real, protected) if real else None
+        if found and inside and hit is not None:
+            problem = f"{item} resolves to {real}, protected by {hit!r}"
+            checks.append(DeliverableCheck(path=item, verified=False, problem=problem))
+            continue
         checks.append(DeliverableCheck(path=item, verified=inside and found))
     return checks
 
@@ -61,6 +71,9 @@ def first_failure(
     checks: Sequence[DeliverableCheck], verify: ProcessResult | None = None
 ) -> str | None:
     """The reason verification failed, or None when it passed."""
+    refused = [check.problem for check in checks if check.problem]
+    if refused:
+        return "deliverable refused: " + "; ".join(refused)
     missing = [check.path for check in checks if not check.verified]
     if len(missing) == 1:
         return f"deliverable missing: {missing[0]}"
@@ -100,7 +113,7 @@ def verify_delegation(
     missing: the reason is already known), run like a shell agent's command — the
     same allow-list, sandbox and reduced environment — with the subtask's timeout.
     Its output is appended to the subtask's log after a header line."""
-    checks = verify_deliverables(delegation.subtask, delegation.workspace)
+    checks = verify_deliverables(delegation.subtask, delegation.workspace, settings.protected_paths)
     result = Verification(deliverables=checks)
     line = delegation.subtask.execution.verify if delegation.subtask.execution else None
     if line and all(check.verified for check in checks):

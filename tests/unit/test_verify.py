@@ -159,3 +159,21 @@ def test_agent_for_checks_verify_for_third_party_agents(monkeypatch: pytest.Monk
     sub = make_subtask(["a"], verify="rm -rf /").model_copy(update={"suggested_agent": "mine"})
     with pytest.raises(PolicyError, match=r"execution\.verify"):
         agent_for(sub, Settings(shell_allow=["echo *"]))
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "deliverable"),
+    [("gitlink", ".git", "gitlink/config"), ("config.txt", ".env", "config.txt")],
+)
+def test_a_deliverable_that_resolves_to_a_protected_path_is_refused(
+    tmp_path: Path, link: str, target: str, deliverable: str
+) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    (tmp_path / ".env").write_text("SECRET=1\n")
+    (tmp_path / link).symlink_to(tmp_path / target)
+    sub = make_subtask([deliverable])
+    result = verify_delegation(delegation(tmp_path, sub), SETTINGS)
+    assert not result.ok
+    assert result.failure is not None and result.failure.startswith("deliverable refused: ")
+    assert "protected by" in result.failure
