@@ -6,6 +6,7 @@ live under a project root.
 <root>/.tmp/tasks/<feature>/task.json      the feature's header
 <root>/.tmp/tasks/<feature>/subtask_NN.json one file per subtask
 <root>/.tmp/tasks/<feature>/.batchq/lock   the per-feature flock
+                  .batchq/orchestrator.lock  held by the run's orchestrator
                   .batchq/runs/<run>.token the run token workers check
                   .batchq/logs/<run>/<seq>.log  an agent's full output
                   .batchq/reports/         saved batch reports
@@ -28,6 +29,7 @@ __all__ = [
     "TASK_FILE",
     "lock_file",
     "log_file",
+    "orchestrator_lock",
     "reports_dir",
     "runs_dir",
     "state_dir",
@@ -57,6 +59,11 @@ def state_dir(feature_path: Path) -> Path:
 
 def lock_file(feature_path: Path) -> Path:
     return state_dir(feature_path) / LOCK_NAME
+
+
+def orchestrator_lock(feature_path: Path) -> Path:
+    """Held (``flock``) by the one orchestrator running the feature; names it inside."""
+    return state_dir(feature_path) / "orchestrator.lock"
 
 
 def runs_dir(feature_path: Path) -> Path:

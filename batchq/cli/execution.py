@@ -21,7 +21,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
-from batchq.core import planner
 from batchq.errors import BatchqError, ExecutionFailed, InputError, RunCancelled, UsageError
 from batchq.models import (
     BatchReport,
@@ -29,7 +28,6 @@ from batchq.models import (
     FailurePolicy,
     ResultState,
     RunMode,
-    SubtaskStatus,
     WriteCheck,
     feature_key,
 )
@@ -240,12 +238,10 @@ def _execute(
     # lazy: celery, redis and the run machinery stay out of start-up
     from batchq.local.connection import connect
     from batchq.run.orchestrator import Orchestrator, RunOptions
-    from batchq.run.producer import check_agents
+    from batchq.run.preflight import require
 
-    f = ctx.feature(feature)
-    planner.validate(f, ctx.settings.protected_paths)
-    todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
-    check_agents(todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings)
+    # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
+    f = require(ctx.root, feature, ctx.settings, seqs=seqs)
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW)
     options = RunOptions(
@@ -259,6 +255,7 @@ def _execute(
         changed=changed,
         on_rerun=live.reruns,
         write_check=write_check,
+        prechecked=True,
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)

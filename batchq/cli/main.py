@@ -243,22 +243,30 @@ def validate(
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check files and dependency graphs; exit 2 on any problem."""
+    """Every check `run` makes before it enqueues (files, graph, agents, allow-lists,
+    environment, time budgets), every problem of every file; exit 2 on any."""
+    # lazy: the pre-flight knows the broker's limits, which pulls in celery
+    from batchq.run.preflight import check
+
     ctx = Context(root)
     results: list[tuple[str, list[str]]] = []
     for name in ctx.names(feature):
-        try:
-            f = ctx.feature(name)
-        except SpecError as exc:
-            results.append((name, [str(exc)]))
-            continue
-        results.append((name, [str(p) for p in ctx.problems(f)]))
+        found = check(ctx.root, name, ctx.settings).problems
+        results.append((name, [line for p in found for line in _problem_lines(p)]))
     if as_json:
         emit_json({name: {"ok": not errors, "errors": errors} for name, errors in results})
     else:
         emit(views.format_validate(results))
     if any(errors for _, errors in results):
         raise typer.Exit(2)
+
+
+def _problem_lines(problem: BatchqError) -> list[str]:
+    """A graph error holds several problems: one line each, as ``validate`` prints."""
+    listed = getattr(problem, "problems", None)
+    if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
+        return list(listed)
+    return [str(problem)]
 
 
 @app.command()

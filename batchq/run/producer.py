@@ -19,10 +19,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from batchq import layout
-from batchq.agents.registry import agent_for
 from batchq.core import chunks, report
 from batchq.core.blame import Window
-from batchq.errors import BatchqError, BrokerUnavailable, PolicyError
+from batchq.errors import BatchqError, BrokerUnavailable
 from batchq.files.taskfiles import list_features, load_feature
 from batchq.models import (
     BatchReport,
@@ -34,9 +33,11 @@ from batchq.models import (
     RunMode,
     Subtask,
     WriteCheck,
+    agent_name,
     feature_key,
 )
 from batchq.protocol import CancelMode, EventKind
+from batchq.run.preflight import budget_s
 from batchq.settings import Settings
 from batchq.store.contract import Store
 from batchq.store.state import CONNECTION_ERRORS, Event
@@ -47,8 +48,8 @@ from batchq.transport.publish import chunk_signature, publish_batch, signature
 
 __all__ = [
     "Submission",
+    "agent_names",
     "budget_s",
-    "check_agents",
     "follow",
     "new_run",
     "report_from_store",
@@ -80,26 +81,11 @@ class Submission:
     declared: dict[str, list[str]] | None = None
 
 
-def budget_s(sub: Subtask, settings: Settings) -> float:
-    retries = sub.execution.retries if sub.execution else 0
-    return sub.timeout_s * (retries + 1) + settings.retry_backoff_max_s * retries
-
-
-def check_agents(subtasks: Sequence[Subtask], settings: Settings) -> dict[str, str]:
-    """Refuse, before anything is enqueued, an unknown agent, a disallowed command or
-    module, or a timeout the broker's visibility timeout cannot cover."""
-    agents: dict[str, str] = {}
-    limit = max_subtask_budget_s(settings)
-    for sub in subtasks:
-        agents[sub.seq] = agent_for(sub, settings).name
-        if budget_s(sub, settings) > limit:
-            raise PolicyError(
-                sub.seq,
-                f"subtask {sub.seq}: execution.timeout_s: {sub.timeout_s:g}s with its retries "
-                f"needs {budget_s(sub, settings):g}s, over the {limit:g}s the broker's "
-                "visibility timeout allows; raise BATCHQ_VISIBILITY_TIMEOUT_S or lower it",
-            )
-    return agents
+def agent_names(members: Sequence[Subtask]) -> dict[str, str]:
+    """Each member's agent, by seq. Nothing is checked here: the pre-flight
+    (:mod:`batchq.run.preflight`) refused what may not run before the run began, and
+    the worker checks once more before it runs anything."""
+    return {sub.seq: agent_name(sub) for sub in members}
 
 
 def new_run(
@@ -209,7 +195,7 @@ def submit(
     """Publish one batch: a chord for two or more members, a single task for one."""
     by_seq = feature.by_seq()
     members = [by_seq[seq] for seq in batch.seqs]
-    agents = check_agents(members, settings)
+    agents = agent_names(members)
     members = _order(members, run.learned)
     declared = declared_of(members, run.write_check, run.foreign)
     stream_from = store.start_batch(
