@@ -8,6 +8,7 @@ live under a project root.
 <root>/.tmp/tasks/<feature>/.batchq/lock   the per-feature flock
                   .batchq/orchestrator.lock  held by the run's orchestrator
                   .batchq/runs/<run>.token the run token workers check
+                  .batchq/runs/<run>.json  when and how the run started (`batchq runs`)
                   .batchq/logs/<run>/<seq>.log  an agent's full output
                   .batchq/reports/         saved batch reports
 <root>/.tmp/batchq/stack.json              the `batchq up` stack record
@@ -31,6 +32,7 @@ __all__ = [
     "log_file",
     "orchestrator_lock",
     "reports_dir",
+    "run_record",
     "runs_dir",
     "state_dir",
     "subtask_file",
@@ -73,6 +75,11 @@ def runs_dir(feature_path: Path) -> Path:
 def token_file(feature_path: Path, run_id: str) -> Path:
     """The run token: written by the producer, checked by workers before they run."""
     return runs_dir(feature_path) / f"{run_id}.token"
+
+
+def run_record(feature_path: Path, run_id: str) -> Path:
+    """When and how a run started: read by ``batchq runs`` after Redis forgot it."""
+    return runs_dir(feature_path) / f"{run_id}.json"
 
 
 def log_file(feature_path: Path, run_id: str, seq: str) -> Path:

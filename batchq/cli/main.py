@@ -10,13 +10,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Annotated, Any
 
 import click
 import typer
 
-from batchq.cli import execution, views
-from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line, out
+from batchq.cli import execution, history, views
+from batchq.cli.common import (
+    Context,
+    JsonOpt,
+    RootOpt,
+    app,
+    emit,
+    emit_json,
+    error_line,
+    keep_root,
+    out,
+)
 from batchq.core import planner
 from batchq.errors import BatchqError, SpecError, UsageError
 from batchq.files import taskfiles
@@ -65,6 +76,26 @@ def _feature_json(feature: Feature, problems: Sequence[Any]) -> dict[str, Any]:
         "problems": [str(p) for p in problems],
         "warnings": feature.warnings,
     }
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            found = metadata.version("batchq")
+        except metadata.PackageNotFoundError:  # run from a source tree, not installed
+            found = "unknown (not installed)"
+        emit([f"batchq {found}"])
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Options before any command (``--version``)."""
 
 
 # --- task-file commands --------------------------------------------------------------
@@ -320,6 +351,18 @@ def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> Non
 
 
 execution.register(app)
+history.register(app)
+
+
+def _given_root(argv: Sequence[str] | None) -> str | None:
+    """The ``--root`` on the command line, for advice that works as printed."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--root" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--root="):
+            return arg.removeprefix("--root=")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -334,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(0) from None
         raise
     except BatchqError as exc:
-        error_line(str(exc))
+        error_line(keep_root(str(exc), _given_root(argv)))
         raise SystemExit(exc.exit_code) from None
     except (click.exceptions.Abort, typer.Abort):
         error_line("aborted")

@@ -15,6 +15,7 @@ that is what the established tools write. Nothing here prints.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from batchq import layout
-from batchq.errors import SpecError, UsageError
+from batchq.errors import InfrastructureError, SpecError, UsageError
 from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
 from batchq.files.locking import feature_lock
 from batchq.models import (
@@ -80,6 +81,8 @@ nested value in place: it gets a shallow copy of the parsed file, whose nested v
 are shared with the parse cache (a deep copy cost more than the render)."""
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+"""Write errors that say the file system cannot take it, whatever the file."""
 
 
 # --- locations -----------------------------------------------------------------
@@ -476,6 +479,8 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
             write_many(texts)
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else path
+            if exc.errno in _NO_ROOM:  # the disk, not the file: infrastructure (exit 3)
+                raise InfrastructureError(f"{where}: cannot write: {exc.strerror or exc}") from exc
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         for file, text in texts:
             if file in written:

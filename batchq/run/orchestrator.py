@@ -358,7 +358,7 @@ class Orchestrator:
         """Run one explicit batch after the BatchExecutor safety check (SPEC 2)."""
         options = options or RunOptions()
         with self.exclusive():
-            feature = self._checked(options, seqs)
+            feature = self._retrying(self._checked(options, seqs), seqs, options)
             violations = planner.check_batch(feature, seqs, self.settings.protected_paths)
             if violations:
                 raise UnsafeBatchError(violations)
@@ -370,6 +370,40 @@ class Orchestrator:
                 result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             return result
+
+    def _retrying(self, feature: Feature, seqs: list[str], options: RunOptions) -> Feature:
+        """An explicit batch retries what a batchq run left behind: an interrupted run's
+        results are adopted first, then a member it left ``in_progress`` (no live claim)
+        or ``blocked`` (it failed, timed out) returns to ``pending``. A member blocked by
+        hand (no failed result recorded) is refused with how to unblock it."""
+        recent = self.store.recent_runs(feature_key(feature.name, feature.root))
+        if self._adopt(feature, recent[:ADOPT_RUNS], options):
+            feature = load_feature(self.root, self.name)
+        by_seq = feature.by_seq()
+        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        for seq in seqs:
+            sub = by_seq.get(seq)
+            if sub is None:
+                continue  # the safety check names it
+            block = sub.batchq
+            if sub.status is SubtaskStatus.IN_PROGRESS:
+                if not any(self.store.live_claims(r, [seq]) for r in recent):
+                    changes[seq] = mark_pending(block)
+            elif sub.status is SubtaskStatus.BLOCKED:
+                if block is None or block.result not in RESETTABLE:
+                    raise UsageError(
+                        f"subtask {seq} of {self.name} is blocked, but not by a batchq run "
+                        "(its file records no failed result): set its status to pending "
+                        "to run it again"
+                    )
+                changes[seq] = mark_pending(block)
+                if options.on_note is not None:
+                    options.on_note(
+                        f"↻ retrying {seq}: it {block.result.value.replace('_', ' ')} in run "
+                        f"{block.run_id or '?'}"
+                        + (f" ({block.error.splitlines()[0][:160]})" if block.error else "")
+                    )
+        return update_subtasks(self.root, self.name, changes) if changes else feature
 
     def recheck_dependents(
         self, feature: Feature, done: Collection[str], result: RunResult, options: RunOptions

@@ -8,6 +8,7 @@ or past the hard cap, yields a forced report naming the members that never repor
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -108,20 +109,19 @@ def new_run(
     callables = sorted(
         {s.execution.callable_ for s in feature.subtasks if s.execution and s.execution.callable_}
     )
-    learned = store.create_run(
-        run_id,
-        {
-            "feature": feature.name,
-            "feature_key": fkey,
-            "root": str(feature.root),
-            "policy": policy.value,
-            "mode": mode.value,
-            "write_check": write_check.value,
-            "created_at": datetime.now(UTC).isoformat(),
-        },
-        context,
-        callables,
-    )
+    fields = {
+        "feature": feature.name,
+        "feature_key": fkey,
+        "root": str(feature.root),
+        "policy": policy.value,
+        "mode": mode.value,
+        "write_check": write_check.value,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    # `batchq runs` lists runs from the files: Redis forgets (an embedded one at once).
+    record = {"run_id": run_id} | {k: fields[k] for k in ("created_at", "mode", "policy")}
+    layout.run_record(feature.path, run_id).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    learned = store.create_run(run_id, fields, context, callables)
     return Run(
         run_id,
         feature.name,
