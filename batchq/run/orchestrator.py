@@ -22,7 +22,13 @@ from celery import Celery
 
 from batchq import layout
 from batchq.core import planner, report
-from batchq.errors import BatchqError, LockedError, UnsafeBatchError, UsageError
+from batchq.errors import (
+    BatchqError,
+    InfrastructureError,
+    LockedError,
+    UnsafeBatchError,
+    UsageError,
+)
 from batchq.files import fingerprint
 from batchq.files.taskfiles import (
     Claims,
@@ -216,8 +222,13 @@ class Orchestrator:
                 found = holder.recorded(lock_file)
                 name = self.store.lock_holder(fkey) or str(found or "another process here")
                 raise LockedError(self.name, name, root=self.root) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (self.holder + "\n").encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (self.holder + "\n").encode(), 0)
+            except OSError as exc:  # a full disk or a read-only folder: exit 3
+                raise InfrastructureError(
+                    f"cannot start a run of {self.name}: {lock_file}: {exc.strerror or exc}"
+                ) from exc
             current = self.store.acquire_lock(fkey, self.holder, LEASE_S)
             if current is not None and holder.gone_here(current):
                 # Its process is gone (we hold the flock it held): no need to wait

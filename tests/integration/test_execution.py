@@ -748,3 +748,66 @@ def test_a_self_reported_completion_that_verification_contradicts_is_a_discrepan
     assert data["status"] == "blocked" and data["batchq"]["result"] == "failed"
     assert data.get("completed_at") is None and data.get("completion_summary") is None
     assert "### Discrepancies:" in render_markdown(report)
+
+
+def _cli(monkeypatch: Any, capsys: Any, stack: str, *args: str) -> tuple[int, str, str]:
+    from batchq.cli.main import main
+
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "*")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return int(info.value.code or 0), out, err
+
+
+def test_a_failed_subtask_is_retried_alone_and_its_runs_and_logs_are_listed(
+    make_feature, subtask_data, stack, monkeypatch, capsys
+):
+    fails = "test -e fixed || { echo broke here >&2; exit 1; }; " + write("01")
+    root = make_feature(
+        [subtask_data("01", command=fails), subtask_data("02", command=write("02"))]
+    )
+    r = str(root)
+    code, out, _ = _cli(monkeypatch, capsys, stack, "run", "feat", "--root", r)
+    assert code == 1 and statuses(root)["01"] == "blocked", out
+    first = load_feature(root, "feat").by_seq()["01"].batchq
+    assert first is not None and first.run_id
+    # watch exits with the run's code
+    assert _cli(monkeypatch, capsys, stack, "watch", "feat", "--root", r)[0] == 1
+    (root / "fixed").touch()
+    code, out, err = _cli(monkeypatch, capsys, stack, "batch", "feat", "01", "--root", r)
+    assert code == 0, out + err
+    assert f"↻ retrying 01: it failed in run {first.run_id}" in err
+    assert statuses(root)["01"] == "completed"
+    # the agent's full log of either run
+    code, out, _ = _cli(
+        monkeypatch, capsys, stack, "logs", "feat", "1", "--root", r, "--run", first.run_id
+    )
+    assert code == 0 and "broke here" in out
+    code, out, _ = _cli(monkeypatch, capsys, stack, "logs", "feat", "01", "--root", r)
+    assert code == 0 and "wrote 01" in out and "broke here" not in out
+    code, _, err = _cli(monkeypatch, capsys, stack, "logs", "feat", "09", "--root", r)
+    assert code == 2 and "its subtasks: 01, 02" in err
+    code, out, _ = _cli(monkeypatch, capsys, stack, "runs", "feat", "--root", r, "--json")
+    rows = json.loads(out)
+    assert [(x["status"], x["mode"]) for x in rows] == [("completed", "batch"), ("failed", "batch")]
+    assert rows[1]["run_id"] == first.run_id and rows[1]["started"]
+    # an unknown run is a usage error naming the runs that have reports
+    code, _, err = _cli(
+        monkeypatch, capsys, stack, "report", "feat", "--root", r, "--run", "nosuch"
+    )
+    assert code == 2 and first.run_id in err and "nosuch" in err
+
+
+def test_a_subtask_blocked_by_hand_is_not_retried_by_batch(
+    make_feature, subtask_data, stack, monkeypatch, capsys
+):
+    root = make_feature([subtask_data("01", command=write("01"), status="blocked")])
+    code, _, err = _cli(
+        monkeypatch, capsys, stack, "run", "feat", "--root", str(root), "--only", "01"
+    )
+    assert code == 2 and "blocked, but not by a batchq run" in err
+    assert statuses(root) == {"01": "blocked"}
