@@ -83,10 +83,10 @@ def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
         return True
     members = [seq for n in states for seq in store.batch_members(run_id, n)]
     by_seq = feature.by_seq()
-    results = store.results(run_id, members)
+    results = _final(store, run_id, states, members)
     for seq in members:
         sub = by_seq.get(seq)
-        if sub is None:
+        if sub is None or _newer(sub.batchq, run_id):
             continue
         if sub.status is SubtaskStatus.IN_PROGRESS:
             return True
@@ -94,6 +94,25 @@ def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
         if res is not None and not _written(sub.batchq, sub.status, run_id, res.result):
             return True
     return False
+
+
+def _final(
+    store: Store, run_id: str, states: Mapping[int, str], members: list[str]
+) -> dict[str, SubtaskResult]:
+    """Each member's final result: its batch report's verdict where there is one (it
+    may fail a completed member for an undeclared write), else its record."""
+    final: dict[str, SubtaskResult] = dict(store.results(run_id, members))
+    for n in states:
+        rep = store.report(run_id, n)
+        if rep is not None:
+            final.update({r.seq: r for r in rep.results})
+    return final
+
+
+def _newer(block: BatchqBlock | None, run_id: str) -> bool:
+    """The file already records a later run (run ids start with their start time):
+    an older run's result must not replace it."""
+    return block is not None and block.run_id is not None and block.run_id > run_id
 
 
 def settle(
@@ -122,10 +141,7 @@ def settle(
     _wait_for_running(store, run_id, everyone, wait_s, on_wait)
 
     stored = {n: store.report(run_id, n) for n in states}
-    final: dict[str, SubtaskResult] = dict(store.results(run_id, everyone))
-    for rep in stored.values():
-        if rep is not None:  # the report's verdicts (blamed writes) over raw records
-            final.update({r.seq: r for r in rep.results})
+    final = _final(store, run_id, states, everyone)
     feature = load_feature(root, name)
     by_seq = feature.by_seq()
     done = [seq for seq, r in final.items() if r.result is ResultState.COMPLETED]
@@ -134,7 +150,7 @@ def settle(
     changes: dict[str, Callable[[dict[str, Any]], None]] = {}
     for seq in everyone:
         sub = by_seq.get(seq)
-        if sub is None:
+        if sub is None or _newer(sub.batchq, run_id):
             continue
         res = final.get(seq)
         if res is not None:
