@@ -157,9 +157,7 @@ def settle(
             if not _written(sub.batchq, sub.status, run_id, res.result):
                 changes[seq] = final_change(res, run_id, recorder, claims)
             settled.adopted[seq] = res.result
-        elif sub.status is SubtaskStatus.IN_PROGRESS or (
-            sub.batchq is not None and sub.batchq.run_id == run_id
-        ):
+        elif sub.status is SubtaskStatus.IN_PROGRESS:  # a pending file stays as it is
             block = BatchqBlock(result=ResultState.CANCELLED, error=reason, run_id=run_id)
             changes[seq] = mark_pending(block)
             settled.returned.append(seq)
