@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from batchq import layout
-from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json
+from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, error_line
 from batchq.errors import UsageError
 from batchq.models import BatchReport, BatchStatus, Feature, seq_key
 
@@ -59,6 +60,14 @@ def run_rows(feature: Feature) -> list[RunRow]:
             continue
         rows.setdefault(report.run_id, RunRow(report.run_id)).reports.append(report)
     return sorted(rows.values(), key=lambda r: r.run_id, reverse=True)
+
+
+def _shown(started: str) -> str:
+    """``2026-12-01 21:22:50`` from the recorded ISO time."""
+    try:
+        return datetime.fromisoformat(started).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return started or "-"
 
 
 def _latest_log(feature: Feature, seq: str) -> Path | None:
@@ -108,11 +117,12 @@ def register(app: typer.Typer) -> None:
         if not rows:
             emit([f"No runs of {f.name} yet: `batchq run {f.name}`."])
             return
-        lines = [f"{'RUN':<25} {'STARTED':<26} {'MODE':<6} {'STATUS':<10} BATCHES"]
+        lines = [f"{'RUN':<25} {'STARTED (UTC)':<19} {'MODE':<6} {'STATUS':<10} BATCHES"]
         for r in rows:
             batches = ", ".join(f"{b.batch}:{b.status.value}" for b in r.reports) or "-"
             lines.append(
-                f"{r.run_id:<25} {r.started or '-':<26} {r.mode or '-':<6} {r.status:<10} {batches}"
+                f"{r.run_id:<25} {_shown(r.started):<19} {r.mode or '-':<6} {r.status:<10} "
+                f"{batches}"
             )
         emit(lines)
 
@@ -141,5 +151,8 @@ def register(app: typer.Typer) -> None:
                     f"no log of subtask {real} in run {run_id!r}; runs with its log: "
                     f"{', '.join(known) or 'none'}"
                 )
-        sys.stdout.buffer.write(path.read_bytes())
+        data = path.read_bytes()
+        if not data:
+            error_line(f"the log of {real} in run {path.parent.name} is empty: it printed nothing")
+        sys.stdout.buffer.write(data)
         sys.stdout.flush()
