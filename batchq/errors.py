@@ -20,6 +20,7 @@ the context attributes instead of parsing messages::
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,14 @@ class UsageError(InputError):
 class LockedError(InputError):
     """Another orchestrator already runs this feature."""
 
-    def __init__(self, feature: str, holder: str) -> None:
+    def __init__(self, feature: str, holder: str, root: Path | None = None) -> None:
         self.feature = feature
         self.holder = holder
+        # The advice must work as printed from anywhere: it names the root.
+        where = f" --root {shlex.quote(str(root))}" if root is not None else ""
         super().__init__(
             f"feature {feature!r} is already being run by {holder}; "
-            f"wait for it, or `batchq cancel {feature}`"
+            f"wait for it, or stop it with `batchq cancel {feature}{where}`"
         )
 
 

@@ -6,7 +6,9 @@ live under a project root.
 <root>/.tmp/tasks/<feature>/task.json      the feature's header
 <root>/.tmp/tasks/<feature>/subtask_NN.json one file per subtask
 <root>/.tmp/tasks/<feature>/.batchq/lock   the per-feature flock
+                  .batchq/orchestrator.lock  held by the run's orchestrator
                   .batchq/runs/<run>.token the run token workers check
+                  .batchq/runs/<run>.json  when and how the run started (`batchq runs`)
                   .batchq/logs/<run>/<seq>.log  an agent's full output
                   .batchq/reports/         saved batch reports
 <root>/.tmp/batchq/stack.json              the `batchq up` stack record
@@ -28,7 +30,9 @@ __all__ = [
     "TASK_FILE",
     "lock_file",
     "log_file",
+    "orchestrator_lock",
     "reports_dir",
+    "run_record",
     "runs_dir",
     "state_dir",
     "subtask_file",
@@ -65,6 +69,11 @@ def lock_file(feature_path: Path) -> Path:
     return state_dir(feature_path) / LOCK_NAME
 
 
+def orchestrator_lock(feature_path: Path) -> Path:
+    """Held (``flock``) by the one orchestrator running the feature; names it inside."""
+    return state_dir(feature_path) / "orchestrator.lock"
+
+
 def runs_dir(feature_path: Path) -> Path:
     return state_dir(feature_path) / "runs"
 
@@ -72,6 +81,11 @@ def runs_dir(feature_path: Path) -> Path:
 def token_file(feature_path: Path, run_id: str) -> Path:
     """The run token: written by the producer, checked by workers before they run."""
     return runs_dir(feature_path) / f"{run_id}.token"
+
+
+def run_record(feature_path: Path, run_id: str) -> Path:
+    """When and how a run started: read by ``batchq runs`` after Redis forgot it."""
+    return runs_dir(feature_path) / f"{run_id}.json"
 
 
 def log_file(feature_path: Path, run_id: str, seq: str) -> Path:

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     field_validator,
     model_serializer,
 )
@@ -72,6 +73,9 @@ thousands of digits is refused by ``int()`` itself."""
 _SEQ_RE = re.compile(SEQ_PATTERN)
 SUMMARY_LIMIT = 200
 DEFAULT_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""A week: a longer ``timeout_s`` (``1e300``) is a typo, and Redis forgets a run after
+a week anyway (the state TTL)."""
 
 
 def seq_key(seq: str) -> tuple[int, int, str]:
@@ -209,7 +213,7 @@ class Execution(_Tolerant):
     command: str | None = None
     callable_: str | None = Field(default=None, alias="callable")
     verify: str | None = None
-    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=20)
     estimate_s: float | None = Field(default=None, ge=0)
     env: dict[str, str] = Field(default_factory=dict)
@@ -286,7 +290,9 @@ class Subtask(_Tolerant):
     title: str = Field(min_length=1)
     status: SubtaskStatus = SubtaskStatus.PENDING
     depends_on: list[Seq] = Field(default_factory=list)
-    parallel: bool = False
+    parallel: StrictBool = False
+    """A JSON boolean, as the established task CLI insists: ``"yes"``, ``1`` or ``"on"``
+    are refused, not guessed."""
     suggested_agent: str | None = None
     context_files: list[FileEntry] = Field(default_factory=list)
     reference_files: list[FileEntry] = Field(default_factory=list)

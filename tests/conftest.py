@@ -104,6 +104,8 @@ def make_feature(tmp_path: Path) -> MakeFeature:
         }
         (folder / "task.json").write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")
         for data in subtasks:
+            if name != "feat" and str(data.get("id", "")).startswith("feat-"):
+                data = {**data, "id": f"{name}-{data['id'][5:]}"}  # ids are <feature>-NN
             text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
             (folder / f"subtask_{data['seq']}.json").write_text(text, encoding="utf-8")
         return root

@@ -4,6 +4,8 @@ options, the :class:`Context` (root and settings) and the verbatim line writers.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "emit_json",
     "err",
     "error_line",
+    "keep_root",
     "out",
 ]
 
@@ -50,6 +53,8 @@ class Context:
     """What every command needs: the project root and its settings."""
 
     def __init__(self, root: Path | None) -> None:
+        self.given_root = root
+        """``--root`` as the user gave it (None: found from the working folder)."""
         self.root = taskfiles.find_root(root=root)
         self.settings: Settings = load_settings(self.root)
 
@@ -61,6 +66,23 @@ class Context:
 
     def problems(self, feature: Feature) -> list[planner.Problem]:
         return planner.problems(feature, self.settings.protected_paths)
+
+
+_ADVICE = re.compile(r"`(batchq [a-z]+(?: [^`]*)?)`")
+
+
+def keep_root(text: str, root: Path | str | None) -> str:
+    """Advice as a user can follow it: every quoted `batchq ...` command in ``text``
+    gets the ``--root`` the user gave, so it works from wherever they are."""
+    if root is None:
+        return text
+    given = f" --root {shlex.quote(str(root))}"
+
+    def add(match: re.Match[str]) -> str:
+        command = match.group(1)
+        return match.group(0) if "--root" in command else f"`{command}{given}`"
+
+    return _ADVICE.sub(add, text)
 
 
 def emit(lines: Sequence[str]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -17,20 +19,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, out
+from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, keep_root, out
 from batchq.cli.render import render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
-from batchq.core import planner
 from batchq.core.textsafe import inline
-from batchq.errors import BatchqError, ExecutionFailed, InputError, RunCancelled, UsageError
+from batchq.errors import (
+    BatchqError,
+    ExecutionFailed,
+    InputError,
+    LockedError,
+    RunCancelled,
+    UsageError,
+)
 from batchq.models import (
     BatchReport,
     BatchStatus,
     FailurePolicy,
+    Feature,
     Isolation,
     ResultState,
     RunMode,
-    SubtaskStatus,
     WriteCheck,
     feature_key,
 )
@@ -122,8 +130,17 @@ class _Live:
     run and each batch's report is printed above it as the batch closes.
     """
 
-    def __init__(self, as_json: bool, *, follow: bool = False, flow: bool = False) -> None:
+    def __init__(
+        self,
+        as_json: bool,
+        *,
+        follow: bool = False,
+        flow: bool = False,
+        root: Path | None = None,
+    ) -> None:
         self.as_json = as_json
+        self.root = root
+        """The ``--root`` the user gave, kept in the reports' advice."""
         self.follow = follow
         self.flow = flow
         self.progress: Progress | None = None
@@ -229,7 +246,7 @@ class _Live:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
         else:
             console = self.progress.console if self.progress is not None else out
-            console.print(render_markdown(report), markup=False)
+            console.print(keep_root(render_markdown(report), self.root), markup=False)
             console.print("", markup=False)
 
     def close(self) -> None:
@@ -263,17 +280,13 @@ def _execute(
     from batchq.local.connection import connect
     from batchq.run import merge
     from batchq.run.orchestrator import Orchestrator, RunOptions
-    from batchq.run.producer import check_agents
+    from batchq.run.preflight import require
 
-    f = ctx.feature(feature)
-    planner.validate(f, ctx.settings.protected_paths)
+    # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
+    f = require(ctx.root, feature, ctx.settings, seqs=seqs)
     merge.check(ctx.root, isolate or ctx.settings.isolate, mode)
-    todo = [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED]
-    check_agents(
-        todo if seqs is None else [s for s in f.subtasks if s.seq in seqs], ctx.settings, f.root
-    )
     text = _read_context(context)
-    live = _Live(as_json, flow=mode is RunMode.FLOW)
+    live = _Live(as_json, flow=mode is RunMode.FLOW, root=ctx.given_root)
     options = RunOptions(
         policy=policy,
         mode=mode,
@@ -286,32 +299,132 @@ def _execute(
         on_rerun=live.reruns,
         write_check=write_check,
         isolate=isolate,
+        prechecked=True,
+        on_note=lambda line: err.print(line, markup=False),
     )
     with connect(ctx.settings, ctx.root, embedded_ok=True, workers=workers) as conn:
+        options.cancel_on_interrupt = conn.embedded
         orch = Orchestrator(ctx.root, feature, conn.settings, conn.app, conn.store)
         try:
             return orch.run(options) if seqs is None else orch.run_batch(seqs, options)
         except KeyboardInterrupt:
             live.close()
-            _interrupted(conn, f.name, ctx.root)
+            _interrupted(conn.embedded, f.name, ctx.root)
             raise
         finally:
             live.close()
 
 
-def _interrupted(conn: Any, name: str, root: Path) -> None:
-
-    if conn.embedded:
-        for run_id in conn.store.recent_runs(feature_key(name, root), 1):
-            for n in conn.store.batch_states(run_id):
-                conn.store.cancel(run_id, n, CancelMode.TERMINATE)
-        err.print("interrupted: cancelled the run and stopped the embedded stack", markup=False)
-    else:
+def _interrupted(embedded: bool, name: str, root: Path) -> None:
+    where = f" --root {shlex.quote(str(root))}"
+    if embedded:
         err.print(
-            f"interrupted: the run goes on on the workers. Follow it with `batchq watch {name}`, "
-            f"stop it with `batchq cancel {name}`.",
+            "interrupted: cancelled the run and stopped the embedded stack; what finished is "
+            "recorded, the rest is pending again. See what finished with "
+            f"`batchq report {name}{where}`.",
             markup=False,
         )
+    else:
+        err.print(
+            "interrupted: the run goes on on the workers. Follow it (and record its results) "
+            f"with `batchq watch {name}{where}`, stop it with `batchq cancel {name}{where}`; "
+            f"the next `batchq run {name}` adopts what it completed.",
+            markup=False,
+        )
+
+
+def _ended(conn: Any, fkey: str, run_id: str, quiet_s: float) -> bool:
+    """``watch`` stops when no live orchestrator holds the feature and the run has no
+    batch in flight (or its members went quiet past ``stall_s`` with no live claim)."""
+    # lazy: the run machinery stays out of start-up
+    from batchq.run import holder
+
+    current = conn.store.lock_holder(fkey)
+    if current is not None and not holder.gone_here(current):
+        return False
+    running = [n for n, st in conn.store.batch_states(run_id).items() if st == BatchState.RUNNING]
+    if not running:
+        return quiet_s >= 1.0
+    members = [seq for n in running for seq in conn.store.batch_members(run_id, n)]
+    missing = [s for s in members if s not in conn.store.results(run_id, members)]
+    if not missing:
+        return quiet_s >= 1.0
+    return quiet_s >= conn.settings.stall_s and not conn.store.live_claims(run_id, missing)
+
+
+def _settle_orphan(
+    ctx: Context, name: str, conn: Any, run_id: str, as_json: bool, *, cancelled: bool = False
+) -> list[str]:
+    """Record in the files what run ``run_id`` recorded in Redis when its orchestrator is
+    gone (the next ``run`` would too); a live orchestrator does it itself. Returns the
+    seqs written."""
+    # lazy: the run machinery stays out of start-up
+    from batchq.run import adopt
+    from batchq.run.orchestrator import INTERRUPT_WAIT_S, Orchestrator
+
+    orch = Orchestrator(ctx.root, name, conn.settings, conn.app, conn.store)
+    try:
+        with orch.exclusive():
+            feature = ctx.feature(name)
+            if not adopt.unsettled(conn.store, run_id, feature):
+                return []
+            done = adopt.settle(
+                ctx.root,
+                name,
+                conn.store,
+                conn.settings,
+                run_id,
+                reason=(
+                    "cancelled (`batchq cancel`) before it finished"
+                    if cancelled
+                    else "its run ended without its orchestrator; it runs again"
+                ),
+                cancel=CancelMode.TERMINATE if cancelled else None,
+                wait_s=INTERRUPT_WAIT_S if cancelled else 0.0,
+            )
+    except LockedError:  # an orchestrator runs the feature: it records its own results
+        return []
+    written = sorted([*done.adopted, *done.returned], key=lambda s: (len(s), s))
+    if written and not as_json:
+        err.print(
+            f"recorded run {run_id} in the files of {name}: "
+            f"{sum(r is ResultState.COMPLETED for r in done.adopted.values())} completed, "
+            f"{len(done.returned)} back to pending",
+            markup=False,
+        )
+    return written
+
+
+def _exit_with_run(run_id: str, reports: list[BatchReport]) -> None:
+    statuses = {r.status for r in reports}
+    if BatchStatus.PARTIAL_FAILURE in statuses:
+        raise ExecutionFailed(f"run {run_id} failed (see the reports above)")
+    if BatchStatus.CANCELLED in statuses:
+        raise RunCancelled(f"run {run_id} was cancelled (see the reports above)")
+
+
+def _cancel_embedded(f: Feature, as_json: bool) -> None:
+    """No Redis another process could reach: an embedded run is interrupted as Ctrl-C
+    would (it records what finished and returns the rest to pending), through the pid
+    its orchestrator wrote in the feature's lock file."""
+    # lazy: the run machinery stays out of start-up
+    from batchq import layout
+    from batchq.run import holder
+
+    found = holder.recorded(layout.orchestrator_lock(f.path))
+    if found is not None and found.pid != os.getpid():
+        os.kill(found.pid, signal.SIGINT)
+    if as_json:
+        emit_json({"interrupted": found.pid if found else None})
+    elif found is not None:
+        emit(
+            [
+                f"Interrupted the embedded run of {f.name} (pid {found.pid}); it records what "
+                "finished and returns the rest to pending."
+            ]
+        )
+    else:
+        emit([f"No running batch of {f.name}."])
 
 
 def _conclude(result: RunResult, as_json: bool) -> None:
@@ -333,15 +446,19 @@ def _conclude(result: RunResult, as_json: bool) -> None:
 
 
 def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[BatchReport]:
+    """The reports of ``run_id`` (default: the latest run), from Redis or the saved
+    copies; an unknown run is a usage error naming the runs that have reports."""
     # lazy: celery, redis and the run machinery stay out of start-up
     from batchq.local.connection import connect
     from batchq.run.orchestrator import saved_reports
 
     f = ctx.feature(feature)
     fkey = feature_key(f.name, f.root)
+    known: list[str] = []
     try:
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
             refs = conn.store.report_refs(fkey)
+            known = list(dict.fromkeys(r for r, _ in refs))
             if refs:
                 wanted = run_id or refs[0][0]
                 found = [conn.store.report(r, n) for r, n in refs if r == wanted]
@@ -350,11 +467,21 @@ def _latest_reports(ctx: Context, feature: str, run_id: str | None) -> list[Batc
                     return reports
     except Exception:  # no Redis now: the saved copies outlive an embedded run
         pass
-    saved = saved_reports(f)
-    if not saved:
+    try:
+        saved = saved_reports(f)
+    except UsageError:
+        saved = []
+    known += [r for r in dict.fromkeys(x.run_id for x in reversed(saved)) if r not in known]
+    if not known:
         raise UsageError(f"no reports for {feature} yet: run `batchq run {feature}`")
-    wanted = run_id or saved[-1].run_id
-    return [r for r in saved if r.run_id == wanted]
+    wanted = run_id or (saved[-1].run_id if saved else known[0])
+    reports = [r for r in saved if r.run_id == wanted]
+    if not reports:
+        shown = ", ".join(known[:10]) + (
+            f" (and {len(known) - 10} more)" if len(known) > 10 else ""
+        )
+        raise UsageError(f"no reports of run {wanted!r} for {feature}; runs with reports: {shown}")
+    return reports
 
 
 def register(app: typer.Typer) -> None:
@@ -380,14 +507,24 @@ def register(app: typer.Typer) -> None:
         ] = False,
         undeclared_writes: UndeclaredOpt = None,
         isolate: IsolateOpt = None,
+        only: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--only",
+                help="Run just this subtask (repeat for more), as one batch like `batchq "
+                "batch`: one a batchq run left blocked (failed, timed out) is retried.",
+            ),
+        ] = None,
     ) -> None:
         """Run the feature batch after batch until done or a batch fails (--mode flow:
         each subtask as soon as its dependencies are completed)."""
         ctx = Context(root)
+        if only and (changed or mode is RunMode.FLOW):
+            raise UsageError("--only runs one explicit batch: no --changed or --mode flow")
         result = _execute(
             ctx,
             feature,
-            None,
+            only or None,
             on_failure,
             not no_retry_failed,
             context,
@@ -446,7 +583,7 @@ def register(app: typer.Typer) -> None:
             if table:
                 out.print(render_table(r))
             else:
-                out.print(render_markdown(r), markup=False)
+                out.print(keep_root(render_markdown(r), root), markup=False)
                 out.print("", markup=False)
 
     @app.command()
@@ -465,7 +602,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def watch(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
-        """Follow the progress events of the feature's latest run until it ends."""
+        """Follow the feature's latest run until it ends, record its results in the files
+        if its orchestrator went away, and exit with the run's code (1 failed, 4
+        cancelled)."""
         # lazy: celery, redis and the run machinery stay out of start-up
         from batchq.local.connection import connect
 
@@ -478,7 +617,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"no run of {feature} is recorded in Redis")
             run_id = runs[0]
             flow = conn.store.run_info(run_id).get("mode") == RunMode.FLOW.value
-            live = _Live(as_json, follow=True, flow=flow)
+            live = _Live(as_json, follow=True, flow=flow, root=ctx.given_root)
             if as_json:
                 live._json({"event": "watching", "run_id": run_id, "feature": f.name})
             else:
@@ -497,30 +636,45 @@ def register(app: typer.Typer) -> None:
                                     live.report(r)
                     else:
                         quiet += 1.0
-                    if conn.store.lock_holder(fkey) is None and quiet >= 2.0:
+                    if _ended(conn, fkey, run_id, quiet):
                         break
             finally:
                 live.close()
+            _settle_orphan(ctx, f.name, conn, run_id, as_json)
+            reports = [conn.store.report(run_id, n) for n in conn.store.batch_states(run_id)]
+        _exit_with_run(run_id, [r for r in reports if r is not None])
 
     @app.command()
     def cancel(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
-        """Stop the feature's running batch (terminate: running agents are killed)."""
+        """Stop the feature's running batch (terminate: running agents are killed); an
+        orphaned run (its orchestrator gone) is settled in the files and released."""
         # lazy: celery, redis and the run machinery stay out of start-up
+        from batchq.local import embedded
         from batchq.local.connection import connect
 
         ctx = Context(root)
         f = ctx.feature(feature)
+        if ctx.settings.redis_url is None and embedded.live_stack_url(ctx.root) is None:
+            _cancel_embedded(f, as_json)
+            return
         cancelled: list[str] = []
+        settled: list[str] = []
         with connect(ctx.settings, ctx.root, embedded_ok=False) as conn:
-            for run_id in conn.store.recent_runs(feature_key(f.name, f.root), 5):
+            recent = conn.store.recent_runs(feature_key(f.name, f.root), 5)
+            for run_id in recent:
                 for n, state in conn.store.batch_states(run_id).items():
                     if state == BatchState.RUNNING:
                         conn.store.cancel(run_id, n, CancelMode.TERMINATE)
                         cancelled.append(f"{run_id}:{n}")
+            if recent:
+                settled = _settle_orphan(ctx, f.name, conn, recent[0], as_json, cancelled=True)
         if as_json:
-            emit_json({"cancelled": cancelled})
+            emit_json({"cancelled": cancelled, "settled": settled})
         else:
-            emit([f"Cancelled batch {c}" for c in cancelled] or [f"No running batch of {feature}."])
+            lines = [f"Cancelled batch {c}" for c in cancelled] or [
+                f"No running batch of {feature}."
+            ]
+            emit(lines)
 
     @app.command()
     def worker(

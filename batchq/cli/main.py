@@ -10,13 +10,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Annotated, Any
 
 import click
 import typer
 
-from batchq.cli import execution, mcpserve, views
-from batchq.cli.common import Context, JsonOpt, RootOpt, app, emit, emit_json, error_line, out
+from batchq.cli import execution, history, mcpserve, views
+from batchq.cli.common import (
+    Context,
+    JsonOpt,
+    RootOpt,
+    app,
+    emit,
+    emit_json,
+    error_line,
+    keep_root,
+    out,
+)
 from batchq.core import planner
 from batchq.errors import BatchqError, SpecError, UsageError
 from batchq.files import taskfiles
@@ -67,24 +78,21 @@ def _feature_json(feature: Feature, problems: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _print_version(value: bool) -> None:
+def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version  # lazy: only this option needs it
-
-        emit([f"batchq {version('batchq')}"])
+        try:
+            found = metadata.version("batchq")
+        except metadata.PackageNotFoundError:  # run from a source tree, not installed
+            found = "unknown (not installed)"
+        emit([f"batchq {found}"])
         raise typer.Exit()
 
 
 @app.callback()
 def _options(
-    show_version: Annotated[
+    version: Annotated[
         bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            help="Print batchq's version and exit.",
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """Run batches of subtask delegations in parallel on Celery workers."""
@@ -266,22 +274,30 @@ def validate(
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check files and dependency graphs; exit 2 on any problem."""
+    """Every check `run` makes before it enqueues (files, graph, agents, allow-lists,
+    environment, time budgets), every problem of every file; exit 2 on any."""
+    # lazy: the pre-flight knows the broker's limits, which pulls in celery
+    from batchq.run.preflight import check
+
     ctx = Context(root)
     results: list[tuple[str, list[str]]] = []
     for name in ctx.names(feature):
-        try:
-            f = ctx.feature(name)
-        except SpecError as exc:
-            results.append((name, [str(exc)]))
-            continue
-        results.append((name, [str(p) for p in ctx.problems(f)]))
+        found = check(ctx.root, name, ctx.settings).problems
+        results.append((name, [line for p in found for line in _problem_lines(p)]))
     if as_json:
         emit_json({name: {"ok": not errors, "errors": errors} for name, errors in results})
     else:
         emit(views.format_validate(results))
     if any(errors for _, errors in results):
         raise typer.Exit(2)
+
+
+def _problem_lines(problem: BatchqError) -> list[str]:
+    """A graph error holds several problems: one line each, as ``validate`` prints."""
+    listed = getattr(problem, "problems", None)
+    if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
+        return list(listed)
+    return [str(problem)]
 
 
 @app.command()
@@ -336,6 +352,18 @@ def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> Non
 
 execution.register(app)
 mcpserve.register(app)
+history.register(app)
+
+
+def _given_root(argv: Sequence[str] | None) -> str | None:
+    """The ``--root`` on the command line, for advice that works as printed."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--root" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--root="):
+            return arg.removeprefix("--root=")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -350,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(0) from None
         raise
     except BatchqError as exc:
-        error_line(str(exc))
+        error_line(keep_root(str(exc), _given_root(argv)))
         raise SystemExit(exc.exit_code) from None
     except (click.exceptions.Abort, typer.Abort):
         error_line("aborted")

@@ -124,9 +124,14 @@ def read_document(path: Path, max_bytes: int = MAX_BYTES) -> JsonDocument:
     bom = _BOM if text.startswith(_BOM) else ""
     body = text[len(bom) :]
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except _ConstantError as exc:
         raise JsonReadError(f"malformed JSON: {exc} (JSON has no NaN or Infinity)") from exc
+    except _DuplicateKey as exc:
+        raise JsonReadError(
+            f"duplicate key {exc.key!r}: JSON readers disagree on which copy counts "
+            "(most keep the last); keep one"
+        ) from exc
     except json.JSONDecodeError as exc:
         line, col = exc.lineno, exc.colno
         if bom and line == 1:
@@ -186,6 +191,23 @@ def _check_text(text: str, where: str) -> None:
 
 def _refuse_constant(name: str) -> Any:
     raise _ConstantError(f"{name} is not valid JSON")
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with one key twice is refused: a second ``"command"`` would silently
+    replace the first one a reviewer read."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
 
 
 def _kind(value: Any) -> str:

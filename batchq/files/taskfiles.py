@@ -15,6 +15,7 @@ that is what the established tools write. Nothing here prints.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from batchq import layout
-from batchq.errors import SpecError, UsageError
+from batchq.errors import InfrastructureError, SpecError, UsageError
 from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
 from batchq.files.locking import feature_lock
 from batchq.models import (
@@ -61,6 +62,7 @@ __all__ = [
     "mark_completed",
     "mark_in_progress",
     "mark_pending",
+    "spec_problems",
     "tasks_dir",
     "truncate_summary",
     "update_subtasks",
@@ -81,6 +83,8 @@ nested value in place: it gets a shallow copy of the parsed file, whose nested v
 are shared with the parse cache (a deep copy cost more than the render)."""
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+"""Write errors that say the file system cannot take it, whatever the file."""
 
 
 # --- locations -----------------------------------------------------------------
@@ -342,18 +346,56 @@ def _is_tag(part: str | int) -> bool:
 
 
 def _spec_error(path: Path, exc: ValidationError) -> SpecError:
-    """The first validation problem as one line: dotted field and what was expected."""
+    """The first validation problem as one line: dotted field and what was expected
+    (``validate`` lists them all: :func:`spec_problems`)."""
+    first, *rest = _spec_errors(path, exc)
+    if not rest:
+        return first
+    more = len(rest)
+    expected = f"{first.expected} (and {more} more problem{'s' if more > 1 else ''})"
+    return SpecError(path, first.field, expected)
+
+
+def _spec_errors(path: Path, exc: ValidationError) -> list[SpecError]:
+    """Every validation problem of one file, one per field."""
     groups: dict[tuple[str | int, ...], list[Any]] = {}
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         cut = next((i for i, part in enumerate(loc) if _is_tag(part)), len(loc))
         groups.setdefault(loc[:cut], []).append(err)
-    loc, errs = next(iter(groups.items()))
-    field, expected = _describe(loc, errs)
-    more = len(groups) - 1
-    if more:
-        expected += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return SpecError(path, field or None, expected.replace("\n", " "))
+    found = []
+    for loc, errs in groups.items():
+        field, expected = _describe(loc, errs)
+        found.append(SpecError(path, field or None, expected.replace("\n", " ")))
+    return found
+
+
+def spec_problems(root: Path, name: str) -> list[SpecError]:
+    """Every format problem of every file of a feature (loading stops at the first):
+    what ``validate`` lists. Empty when :func:`load_feature` would succeed."""
+    path = existing_feature_dir(root, name)
+    found: list[SpecError] = []
+    files = sorted(path.glob("subtask_*.json"), key=lambda f: (len(f.name), f.name))
+    for file in [path / TASK_FILE, *files]:
+        if file.name != TASK_FILE and not file.is_file():
+            continue
+        try:
+            doc = _read(file)
+        except SpecError as exc:
+            found.append(exc)
+            continue
+        model: type[BaseModel] = TaskFile if file.name == TASK_FILE else Subtask
+        try:
+            parsed = model.model_validate(doc.data)
+        except ValidationError as exc:
+            found.extend(_spec_errors(file, exc))
+            continue
+        if isinstance(parsed, Subtask):
+            try:
+                _check_subtask(file, parsed)
+            except SpecError as exc:
+                found.append(exc)
+    return found
 
 
 def _describe(loc: tuple[str | int, ...], errs: list[Any]) -> tuple[str, str]:
@@ -443,6 +485,8 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
             write_many(texts)
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else path
+            if exc.errno in _NO_ROOM:  # the disk, not the file: infrastructure (exit 3)
+                raise InfrastructureError(f"{where}: cannot write: {exc.strerror or exc}") from exc
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         for file, text in texts:
             if file in written:

@@ -28,12 +28,11 @@ from batchq.models import (
     Plan,
     ResultState,
     RunMode,
-    SubtaskStatus,
     feature_key,
 )
 from batchq.protocol import BatchState, CancelMode
+from batchq.run import preflight
 from batchq.run.orchestrator import RunOptions, saved_reports
-from batchq.run.producer import check_agents
 from batchq.settings import Settings
 
 __all__ = [
@@ -204,9 +203,8 @@ class Service:
         names = [feature] if feature else taskfiles.list_features(self.root)
         checks: dict[str, FeatureCheck] = {}
         for name in names:
-            try:
-                f = self._feature(name)
-                errors = [str(p) for p in planner.problems(f, self.settings.protected_paths)]
+            try:  # exactly what `batchq validate` and `run` check (the one pre-flight)
+                errors = [str(p) for p in preflight.check(self.root, name, self.settings).problems]
             except BatchqError as exc:
                 errors = [str(exc)]
             checks[name] = FeatureCheck(ok=not errors, errors=errors)
@@ -219,7 +217,7 @@ class Service:
 
     def plan(self, feature: str) -> tuple[Plan, str]:
         f = self._feature(feature)
-        schedule = planner.plan(f, self.settings.protected_paths)
+        schedule = planner.plan_for(f, self.settings)
         return schedule, render_plan(schedule, f)
 
     # --- runs ----------------------------------------------------------------------
@@ -233,8 +231,7 @@ class Service:
         context: str | None,
     ) -> tuple[RunStarted, str]:
         """Check everything a run would refuse, then start it in the background."""
-        f = self._feature(feature)
-        planner.validate(f, self.settings.protected_paths)
+        f = preflight.require(self.root, feature, self.settings, seqs=seqs)
         busy = [t for t in self.runs.all() if t.feature == f.name and not t.done.is_set()]
         if busy:
             raise UsageError(
@@ -249,16 +246,9 @@ class Service:
             violations = planner.check_batch(f, seqs, self.settings.protected_paths)
             if violations:
                 raise UnsafeBatchError(violations)
-            by_seq = f.by_seq()
-            check_agents([by_seq[s] for s in seqs], self.settings)
             planned = len(seqs)
         else:
-            check_agents(
-                [s for s in f.subtasks if s.status is not SubtaskStatus.COMPLETED], self.settings
-            )
-            planned = sum(
-                len(b.seqs) for b in planner.plan(f, self.settings.protected_paths).batches
-            )
+            planned = sum(len(b.seqs) for b in planner.plan_for(f, self.settings).batches)
         options = RunOptions(
             policy=on_failure,
             mode=mode,

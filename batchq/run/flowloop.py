@@ -33,8 +33,8 @@ from batchq.protocol import CancelMode, EventKind
 from batchq.run.producer import (
     EventHandler,
     Submission,
+    agent_names,
     budget_s,
-    check_agents,
     declared_of,
     follow,
     report_from_store,
@@ -70,7 +70,7 @@ class _FlowRun:
         self.on_events, self.on_report = on_events, on_report
         by_seq = feature.by_seq()
         members = [by_seq[s] for b in plan.batches for s in b.seqs]
-        self.agents = check_agents(members, settings, feature.root)
+        self.agents = agent_names(members)
         learned = weights(members, run.learned)
         self.schedule = FlowSchedule(feature, plan, learned)
         self.by_seq = by_seq

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,19 @@ from celery import Celery
 
 from batchq import layout
 from batchq.core import planner, report
-from batchq.errors import LockedError, UnsafeBatchError, UsageError
+from batchq.errors import (
+    BatchqError,
+    InfrastructureError,
+    LockedError,
+    UnsafeBatchError,
+    UsageError,
+)
 from batchq.files import fingerprint
-from batchq.files.jsonfile import write_atomic
 from batchq.files.taskfiles import (
     Claims,
     existing_feature_dir,
-    feature_dir,
     load_feature,
     mark_blocked,
-    mark_completed,
     mark_in_progress,
     mark_pending,
     update_subtasks,
@@ -55,18 +57,27 @@ from batchq.models import (
     WriteCheck,
     feature_key,
 )
-from batchq.protocol import BatchState, EventKind
-from batchq.run import heap, merge
+from batchq.protocol import CancelMode, EventKind
+from batchq.run import adopt, heap, holder, merge
+from batchq.run.adopt import final_change as _final_change
 from batchq.run.flowloop import run_flow
-from batchq.run.producer import Submission, check_agents, new_run, submit, wait
+from batchq.run.preflight import PreflightError, agent_problems, require
+from batchq.run.producer import Submission, new_run, submit, wait
 from batchq.settings import Settings
 from batchq.store.contract import Store
 from batchq.store.state import Event
+from batchq.transport.app import max_subtask_budget_s
 
 __all__ = ["Orchestrator", "RunOptions", "RunResult"]
 
+ADOPT_RUNS = 3
+"""How many of the feature's latest runs a new run checks for unsettled results."""
+
 LEASE_S = 60.0
 MIRROR_EVERY_S = 0.5
+INTERRUPT_WAIT_S = 15.0
+"""How long an interrupted embedded run waits for its terminated members to record
+how they ended before its Redis goes away (they notice within a heartbeat)."""
 RESETTABLE = {ResultState.FAILED, ResultState.TIMED_OUT, ResultState.CANCELLED}
 
 EventsHandler = Callable[[list[Event]], None]
@@ -93,6 +104,15 @@ class RunOptions:
     """None: ``Settings.undeclared_writes``."""
     isolate: Isolation | None = None
     """None: ``Settings.isolate`` (:mod:`batchq.run.merge`)."""
+    cancel_on_interrupt: bool = False
+    """Ctrl-C cancels the run and settles the files before returning (embedded mode:
+    its Redis and workers go with this process); otherwise the run goes on on the
+    workers, and the next ``run`` or ``watch`` of the feature adopts its results."""
+    on_note: Callable[[str], None] | None = None
+    """One line for the user (adopting an orphaned run, waiting for its members)."""
+    prechecked: bool = False
+    """The caller ran :func:`batchq.run.preflight.require` just before (the CLI does,
+    before it starts a Redis or a worker): the run does not check the same twice."""
 
 
 @dataclass
@@ -187,26 +207,40 @@ class Orchestrator:
     ) -> None:
         self.root, self.name, self.settings = root, name, settings
         self.app, self.store = app, store
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = str(holder.current())
 
     # --- locking ----------------------------------------------------------------
 
     @contextmanager
     def exclusive(self) -> Iterator[str]:
         """Hold this feature for one orchestrator; yields the feature key."""
-        state_dir = layout.state_dir(existing_feature_dir(self.root, self.name))
+        folder = existing_feature_dir(self.root, self.name)
         fkey = feature_key(self.name, self.root)
-        state_dir.mkdir(exist_ok=True)
-        fd = os.open(state_dir / "orchestrator.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        layout.state_dir(folder).mkdir(exist_ok=True)
+        lock_file = layout.orchestrator_lock(folder)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self.store.lock_holder(fkey) or "another process on this host"
-                raise LockedError(self.name, holder) from None
+                found = holder.recorded(lock_file)
+                name = self.store.lock_holder(fkey) or str(found or "another process here")
+                raise LockedError(self.name, name, root=self.root) from None
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (self.holder + "\n").encode(), 0)
+            except OSError as exc:  # a full disk or a read-only folder: exit 3
+                raise InfrastructureError(
+                    f"cannot start a run of {self.name}: {lock_file}: {exc.strerror or exc}"
+                ) from exc
             current = self.store.acquire_lock(fkey, self.holder, LEASE_S)
+            if current is not None and holder.gone_here(current):
+                # Its process is gone (we hold the flock it held): no need to wait
+                # for its lease to lapse.
+                self.store.release_lock(fkey, current)
+                current = self.store.acquire_lock(fkey, self.holder, LEASE_S)
             if current is not None:
-                raise LockedError(self.name, current)
+                raise LockedError(self.name, current, root=self.root)
             lease = _Lease(self.store, fkey, self.holder)
             lease.start()
             try:
@@ -227,12 +261,33 @@ class Orchestrator:
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
-            self._announce(result, reruns, options)
-            if options.mode is RunMode.FLOW:
-                self._flows(run, feature, result, options)
-            else:
-                self._batches(run, feature, result, options)
+            with self._interruptible(run.run_id, options):
+                self._announce(result, reruns, options)
+                if options.mode is RunMode.FLOW:
+                    self._flows(run, feature, result, options)
+                else:
+                    self._batches(run, feature, result, options)
             return result
+
+    @contextmanager
+    def _interruptible(self, run_id: str, options: RunOptions) -> Iterator[None]:
+        """On Ctrl-C in embedded mode, cancel the run and settle its files (see
+        :mod:`batchq.run.adopt`) while its Redis still exists; then let it propagate."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if options.cancel_on_interrupt:
+                adopt.settle(
+                    self.root,
+                    self.name,
+                    self.store,
+                    self.settings,
+                    run_id,
+                    reason="interrupted (Ctrl-C) before it finished; it runs again next time",
+                    cancel=CancelMode.TERMINATE,
+                    wait_s=INTERRUPT_WAIT_S,
+                )
+            raise
 
     def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
         """The batches ``plan`` printed when the run started, in its order and with its
@@ -316,20 +371,52 @@ class Orchestrator:
         """Run one explicit batch after the BatchExecutor safety check (SPEC 2)."""
         options = options or RunOptions()
         with self.exclusive():
-            feature = load_feature(self.root, self.name)
-            planner.validate(feature, self.settings.protected_paths)
+            feature = self._retrying(self._checked(options, seqs), seqs, options)
             violations = planner.check_batch(feature, seqs, self.settings.protected_paths)
             if violations:
                 raise UnsafeBatchError(violations)
-            by_seq = feature.by_seq()
-            check_agents([by_seq[s] for s in seqs], self.settings, feature.root)
             batch = PlannedBatch(number=1, level=0, seqs=sorted(seqs, key=int), parallel=True)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             following = planner.next_after(feature, seqs, self.settings.protected_paths)
-            result.reports.append(self._run_one(run, feature, batch, following, options))
+            with self._interruptible(run.run_id, options):
+                result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             return result
+
+    def _retrying(self, feature: Feature, seqs: list[str], options: RunOptions) -> Feature:
+        """An explicit batch retries what a batchq run left behind: an interrupted run's
+        results are adopted first, then a member it left ``in_progress`` (no live claim)
+        or ``blocked`` (it failed, timed out) returns to ``pending``. A member blocked by
+        hand (no failed result recorded) is refused with how to unblock it."""
+        recent = self.store.recent_runs(feature_key(feature.name, feature.root))
+        if self._adopt(feature, recent[:ADOPT_RUNS], options):
+            feature = load_feature(self.root, self.name)
+        by_seq = feature.by_seq()
+        changes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        for seq in seqs:
+            sub = by_seq.get(seq)
+            if sub is None:
+                continue  # the safety check names it
+            block = sub.batchq
+            if sub.status is SubtaskStatus.IN_PROGRESS:
+                if not any(self.store.live_claims(r, [seq]) for r in recent):
+                    changes[seq] = mark_pending(block)
+            elif sub.status is SubtaskStatus.BLOCKED:
+                if block is None or block.result not in RESETTABLE:
+                    raise UsageError(
+                        f"subtask {seq} of {self.name} is blocked, but not by a batchq run "
+                        "(its file records no failed result): set its status to pending "
+                        "to run it again"
+                    )
+                changes[seq] = mark_pending(block)
+                if options.on_note is not None:
+                    options.on_note(
+                        f"↻ retrying {seq}: it {block.result.value.replace('_', ' ')} in run "
+                        f"{block.run_id or '?'}"
+                        + (f" ({block.error.splitlines()[0][:160]})" if block.error else "")
+                    )
+        return update_subtasks(self.root, self.name, changes) if changes else feature
 
     def recheck_dependents(
         self, feature: Feature, done: Collection[str], result: RunResult, options: RunOptions
@@ -352,7 +439,7 @@ class Orchestrator:
         found = fingerprint.stale(feature, self.settings, candidates)
         if not found:
             return feature
-        check_agents([feature.by_seq()[seq] for seq in found], self.settings)
+        _refuse(agent_problems([feature.by_seq()[seq] for seq in found], self.settings, self.root))
         feature = update_subtasks(self.root, self.name, _rerun_changes(feature, found))
         self._announce(result, found, options)
         return feature
@@ -379,17 +466,24 @@ class Orchestrator:
         """Validate everything, refuse bad agents up front, and reset what we may rerun:
         failed and orphaned subtasks, and under ``changed`` the completed ones whose
         fingerprint or outputs changed."""
-        feature = load_feature(self.root, self.name)
-        planner.validate(feature, self.settings.protected_paths)
+        feature = self._checked(options)  # the subtasks not completed
         found = fingerprint.stale(feature, self.settings) if options.changed else {}
+        by_seq = feature.by_seq()
+        _refuse(
+            agent_problems([by_seq[seq] for seq in found], self.settings, self.root)
+        )  # and these
         todo = [
             s for s in feature.subtasks if s.status is not SubtaskStatus.COMPLETED or s.seq in found
         ]
-        check_agents(todo, self.settings, feature.root)
         changes: dict[str, Callable[[dict[str, Any]], None]] = _rerun_changes(feature, found)
         recent = self.store.recent_runs(feature_key(feature.name, feature.root))
-        if recent:
-            self._refuse_if_still_running(recent[0])
+        if self._adopt(feature, recent[:ADOPT_RUNS], options):
+            feature = load_feature(self.root, self.name)
+            todo = [
+                s
+                for s in feature.subtasks
+                if s.status is not SubtaskStatus.COMPLETED or s.seq in found
+            ]
         for sub in todo:
             if sub.seq in found:
                 continue
@@ -404,28 +498,49 @@ class Orchestrator:
             feature = update_subtasks(self.root, self.name, changes)
         return feature, found
 
-    def _refuse_if_still_running(self, run_id: str) -> None:
-        """A run whose orchestrator went away (Ctrl-C with a Redis URL) goes on on the
-        workers; starting another would run its queued members twice. It counts as
-        alive while a member holds a claim or its stream moved within ``stall_s``."""
-        running = [
-            n for n, state in self.store.batch_states(run_id).items() if state == BatchState.RUNNING
-        ]
-        if not running:
-            return
-        # Batch mode has one running batch; flow mode may have several at once.
-        members = [seq for n in running for seq in self.store.batch_members(run_id, n)]
-        recorded = self.store.results(run_id, members)
-        missing = [seq for seq in members if seq not in recorded]
-        if not missing:
-            return
-        quiet_s = self.store.seconds_since_last_event(run_id)
-        if self.store.live_claims(run_id, missing) or quiet_s < self.settings.stall_s:
-            raise LockedError(
+    def _checked(self, options: RunOptions, seqs: list[str] | None = None) -> Feature:
+        """The pre-flight, once per run: here, or by the caller (``prechecked``)."""
+        if options.prechecked:
+            return load_feature(self.root, self.name)
+        return require(self.root, self.name, self.settings, seqs=seqs)
+
+    def _adopt(self, feature: Feature, runs: list[str], options: RunOptions) -> bool:
+        """Settle the runs whose orchestrator went away before it mirrored them (we
+        hold the feature now, so theirs is gone): their recorded results become the
+        files' truth, members still running on the workers are waited for, and
+        nothing they completed runs again. True when any was settled."""
+        settled = False
+        for run_id in reversed(runs):  # oldest first: the newest run has the last word
+            if not adopt.unsettled(self.store, run_id, feature):
+                continue
+
+            def waiting(seqs: list[str], run_id: str = run_id) -> None:
+                if options.on_note is not None:
+                    options.on_note(
+                        f"waiting for {', '.join(seqs)} of the interrupted run {run_id}, "
+                        "still running on the workers"
+                    )
+
+            done = adopt.settle(
+                self.root,
                 self.name,
-                f"run {run_id} on the workers (batch {', '.join(map(str, running))}: "
-                f"{len(recorded)}/{len(members)} reported)",
+                self.store,
+                self.settings,
+                run_id,
+                reason=f"its run {run_id} ended without its orchestrator; it runs again",
+                cancel=CancelMode.GRACEFUL,
+                wait_s=max_subtask_budget_s(self.settings) + self.settings.stall_s,
+                on_wait=waiting,
             )
+            if options.on_note is not None:
+                kept = sorted(s for s, r in done.adopted.items() if r is ResultState.COMPLETED)
+                options.on_note(
+                    f"adopted the interrupted run {run_id}: "
+                    f"{len(kept)} completed there ({', '.join(kept) or 'none'}), "
+                    f"{len(done.returned)} back to pending"
+                )
+            settled = True
+        return settled
 
     def _run_one(
         self,
@@ -517,13 +632,14 @@ class Orchestrator:
         return built
 
     def _save(self, built: BatchReport) -> None:
-        folder = layout.reports_dir(feature_dir(self.root, self.name))
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            folder / f"{built.run_id}-{built.batch:03d}.json",
-            built.model_dump_json(indent=2) + "\n",
-            durable=False,
-        )
+        adopt.save_report(self.root, self.name, built)
+
+
+def _refuse(problems: list[BatchqError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise PreflightError(problems)
 
 
 def _with_claims(built: BatchReport, claims: Claims) -> tuple[BatchReport, list[str]]:
@@ -573,28 +689,6 @@ def _timestamp(iso: str) -> str:
         return utc_timestamp(datetime.fromisoformat(iso))
     except ValueError:
         return utc_timestamp()
-
-
-def _final_change(
-    res: SubtaskResult, run_id: str, recorder: fingerprint.Recorder, claims: Claims
-) -> Callable[[dict[str, Any]], None]:
-    """The file change for a final result; ``claims`` collects what agents said of
-    themselves through ``batchq complete`` meanwhile (kept, or contradicted)."""
-    block = BatchqBlock(
-        result=res.result,
-        error=res.error,
-        attempts=res.attempts,
-        run_id=run_id,
-        log=res.log_path,
-    )
-    if res.result is ResultState.COMPLETED:
-        block = recorder.stamp(res.seq, block)
-    finished = utc_timestamp(res.finished_at or datetime.now(UTC))
-    if res.result is ResultState.COMPLETED:
-        return mark_completed(res.summary or res.title, finished, block, claims)
-    if res.result is ResultState.CANCELLED:
-        return mark_pending(block, claims)
-    return mark_blocked(block, claims)
 
 
 def _rerun_changes(

@@ -8,24 +8,21 @@ or past the hard cap, yields a forced report naming the members that never repor
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from batchq import layout
-from batchq.agents.cli import CliAgent
-from batchq.agents.prompttemplate import load_template
-from batchq.agents.registry import agent_for
 from batchq.core import chunks, report
 from batchq.core.blame import Window
-from batchq.errors import BatchqError, BrokerUnavailable, PolicyError
+from batchq.errors import BatchqError, BrokerUnavailable
 from batchq.files.taskfiles import list_features, load_feature
 from batchq.models import (
     BatchReport,
@@ -37,9 +34,11 @@ from batchq.models import (
     RunMode,
     Subtask,
     WriteCheck,
+    agent_name,
     feature_key,
 )
 from batchq.protocol import CancelMode, EventKind
+from batchq.run.preflight import budget_s
 from batchq.settings import Settings
 from batchq.store.contract import Store
 from batchq.store.state import CONNECTION_ERRORS, Event
@@ -50,8 +49,8 @@ from batchq.transport.publish import Brief, chunk_signature, publish_batch, sign
 
 __all__ = [
     "Submission",
+    "agent_names",
     "budget_s",
-    "check_agents",
     "follow",
     "new_run",
     "report_from_store",
@@ -83,34 +82,11 @@ class Submission:
     declared: dict[str, list[str]] | None = None
 
 
-def budget_s(sub: Subtask, settings: Settings) -> float:
-    retries = sub.execution.retries if sub.execution else 0
-    return sub.timeout_s * (retries + 1) + settings.retry_backoff_max_s * retries
-
-
-def check_agents(
-    subtasks: Sequence[Subtask], settings: Settings, root: Path | None = None
-) -> dict[str, str]:
-    """Refuse, before anything is enqueued, an unknown agent, a disallowed command or
-    module, a timeout the broker's visibility timeout cannot cover, or (given the
-    project ``root``) a CLI agent's unusable ``prompt_template``."""
-    agents: dict[str, str] = {}
-    limit = max_subtask_budget_s(settings)
-    templates: set[str] = set()
-    for sub in subtasks:
-        agent = agent_for(sub, settings)
-        agents[sub.seq] = agent.name
-        if root is not None and agent.kind == CliAgent.kind and agent.name not in templates:
-            load_template(agent.name, settings, root)
-            templates.add(agent.name)
-        if budget_s(sub, settings) > limit:
-            raise PolicyError(
-                sub.seq,
-                f"subtask {sub.seq}: execution.timeout_s: {sub.timeout_s:g}s with its retries "
-                f"needs {budget_s(sub, settings):g}s, over the {limit:g}s the broker's "
-                "visibility timeout allows; raise BATCHQ_VISIBILITY_TIMEOUT_S or lower it",
-            )
-    return agents
+def agent_names(members: Sequence[Subtask]) -> dict[str, str]:
+    """Each member's agent, by seq. Nothing is checked here: the pre-flight
+    (:mod:`batchq.run.preflight`) refused what may not run before the run began, and
+    the worker checks once more before it runs anything."""
+    return {sub.seq: agent_name(sub) for sub in members}
 
 
 def new_run(
@@ -133,20 +109,19 @@ def new_run(
     callables = sorted(
         {s.execution.callable_ for s in feature.subtasks if s.execution and s.execution.callable_}
     )
-    learned = store.create_run(
-        run_id,
-        {
-            "feature": feature.name,
-            "feature_key": fkey,
-            "root": str(feature.root),
-            "policy": policy.value,
-            "mode": mode.value,
-            "write_check": write_check.value,
-            "created_at": datetime.now(UTC).isoformat(),
-        },
-        context,
-        callables,
-    )
+    fields = {
+        "feature": feature.name,
+        "feature_key": fkey,
+        "root": str(feature.root),
+        "policy": policy.value,
+        "mode": mode.value,
+        "write_check": write_check.value,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    # `batchq runs` lists runs from the files: Redis forgets (an embedded one at once).
+    record = {"run_id": run_id} | {k: fields[k] for k in ("created_at", "mode", "policy")}
+    layout.run_record(feature.path, run_id).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    learned = store.create_run(run_id, fields, context, callables)
     return Run(
         run_id,
         feature.name,
@@ -220,7 +195,7 @@ def submit(
     """Publish one batch: a chord for two or more members, a single task for one."""
     by_seq = feature.by_seq()
     members = [by_seq[seq] for seq in batch.seqs]
-    agents = check_agents(members, settings, feature.root)
+    agents = agent_names(members)
     members = _order(members, run.learned)
     declared = declared_of(members, run.write_check, run.foreign)
     stream_from = store.start_batch(

@@ -172,6 +172,8 @@ def test_the_broken_example_shows_a_partial_failure_and_leaves_no_process(
     assert "❌ PARTIAL FAILURE" in result.stdout
     assert 'relation "user_tokens" does not exist' in result.stdout  # the stderr tail
     assert "Recommendation: Fix subtask 02 before proceeding to Batch 2." in result.stdout
+    # advice that works as printed: the --root given is kept
+    assert f"rerun `batchq run broken --root {root}` once it is fixed" in result.stdout
     files = subtask_files(root, "broken")
     assert files["02"]["status"] == "blocked"
     assert files["02"]["batchq"]["result"] == "failed"

@@ -17,7 +17,7 @@ from batchq.cli.render import render_markdown
 from batchq.core.planner import plan
 from batchq.errors import LockedError, PolicyError, UnsafeBatchError
 from batchq.files.taskfiles import load_feature
-from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus
+from batchq.models import BatchStatus, FailurePolicy, ResultState, SubtaskStatus, feature_key
 from batchq.protocol import DEFAULT_QUEUES
 from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.run.producer import new_run, submit, wait
@@ -527,33 +527,88 @@ def test_status_adds_a_live_line_when_redis_is_configured(
     assert lines[4] == f"  ⟳ live: run {run_id} batch 1 reported: 1/1 reported, 0 running"
 
 
-def test_a_run_still_going_on_the_workers_is_not_started_twice(
+def test_a_run_whose_orchestrator_went_away_is_adopted_not_run_again(
     make_feature, subtask_data, orchestrator
 ):
-    """The orchestrator went away (Ctrl-C with a Redis URL) but its batch still runs:
-    a new `run` is refused until it ends, is cancelled, or goes quiet past stall_s."""
-    root = make_feature([subtask_data("01", command=write("01"))])
+    """The orchestrator went away (Ctrl-C with a Redis URL, SIGKILL) while its batch
+    went on on the workers: the next run records what they completed, waits for the
+    member still running, returns the never-started one to pending, and runs only it."""
+    import threading
+
+    from batchq.models import SubtaskResult
+
+    root = make_feature([subtask_data(s, command=write(s)) for s in ("01", "02", "03")])
     orch = orchestrator(root)
     feature = load_feature(root, "feat")
     old = new_run(orch.store, feature, FailurePolicy.GRACEFUL)
-    orch.store.start_batch(old.run_id, 1, ["01"], "graceful")
-    orch.store.emit(old.run_id, "started", 1, "01", worker="elsewhere")
-    with pytest.raises(LockedError, match=f"run {old.run_id} on the workers"):
-        orch.run()
-    assert statuses(root) == {"01": "pending"}
-    # Once the old run's member is recorded, the feature is free again.
-    from batchq.models import SubtaskResult
+    orch.store.start_batch(old.run_id, 1, ["01", "02", "03"], "graceful")
 
-    done = SubtaskResult(
-        feature="feat",
-        run_id=old.run_id,
-        batch=1,
-        seq="01",
-        title="t",
-        result=ResultState.CANCELLED,
+    def result(seq: str) -> SubtaskResult:
+        return SubtaskResult(
+            feature="feat",
+            run_id=old.run_id,
+            batch=1,
+            seq=seq,
+            title=f"Subtask {seq}",
+            result=ResultState.COMPLETED,
+            summary=f"did {seq} elsewhere",
+        )
+
+    assert orch.store.record_result(result("01"), old.feature_key, "elsewhere")
+    decision = orch.store.begin(
+        old.run_id, 1, "02", "elsewhere", "t-02", claim_ttl_s=30, max_starts=3
     )
-    assert orch.store.record_result(done, old.feature_key, "elsewhere")
+    assert decision == "run"
+    notes: list[str] = []
+    finish = threading.Timer(
+        1.5, lambda: orch.store.record_result(result("02"), old.feature_key, "elsewhere")
+    )
+    finish.start()
+    try:
+        again = orch.run(RunOptions(on_note=notes.append))
+    finally:
+        finish.cancel()
+    assert again.ok, again.reports
+    assert statuses(root) == dict.fromkeys(["01", "02", "03"], "completed")
+    # 01 and 02 were never run here (their commands write out/NN.txt); 03 was.
+    assert not (root / "out/01.txt").exists() and not (root / "out/02.txt").exists()
+    assert (root / "out/03.txt").read_text().strip() == "done-03"
+    assert raw(root, "01")["completion_summary"] == "did 01 elsewhere"
+    assert [r.seq for r in again.reports[0].results] == ["03"]
+    assert any("waiting for 02" in n for n in notes), notes
+    assert any(f"adopted the interrupted run {old.run_id}: 2 completed" in n for n in notes)
+    # The old batch's report was saved: `batchq report --run` shows it.
+    saved = root / ".tmp/tasks/feat/.batchq/reports" / f"{old.run_id}-001.json"
+    assert saved.is_file()
+
+
+def test_a_dead_holder_on_this_host_does_not_hold_the_feature(
+    make_feature, subtask_data, orchestrator
+):
+    """A SIGKILLed orchestrator's lease outlives it; on the same host its pid and start
+    time show it is gone, so the next run is not refused for a minute."""
+    import subprocess
+    import sys
+
+    from batchq.run import holder
+
+    root = make_feature([subtask_data("01", command=write("01"))])
+    orch = orchestrator(root)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = holder.Holder(holder.current().host, int(gone.stdout), 1)
+    fkey = feature_key("feat", root)
+    assert orch.store.acquire_lock(fkey, str(dead), 60.0) is None
     assert orch.run().ok
+    # A live holder elsewhere is still refused, with advice that works as printed.
+    assert orch.store.acquire_lock(fkey, "elsewhere:1:1", 60.0) is None
+    with pytest.raises(LockedError, match=rf"`batchq cancel feat --root {root}`"):
+        orch.run()
+    orch.store.release_lock(fkey, "elsewhere:1:1")
 
 
 def test_batchq_cancel_stops_the_running_batch(
@@ -720,3 +775,66 @@ def test_a_sandboxed_agent_cannot_mark_itself_done_in_its_task_file(
     assert data["status"] == "blocked"
     assert data.get("completion_summary") != "my own words"
     assert data["title"] == before["title"]
+
+
+def _cli(monkeypatch: Any, capsys: Any, stack: str, *args: str) -> tuple[int, str, str]:
+    from batchq.cli.main import main
+
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "*")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return int(info.value.code or 0), out, err
+
+
+def test_a_failed_subtask_is_retried_alone_and_its_runs_and_logs_are_listed(
+    make_feature, subtask_data, stack, monkeypatch, capsys
+):
+    fails = "test -e fixed || { echo broke here >&2; exit 1; }; " + write("01")
+    root = make_feature(
+        [subtask_data("01", command=fails), subtask_data("02", command=write("02"))]
+    )
+    r = str(root)
+    code, out, _ = _cli(monkeypatch, capsys, stack, "run", "feat", "--root", r)
+    assert code == 1 and statuses(root)["01"] == "blocked", out
+    first = load_feature(root, "feat").by_seq()["01"].batchq
+    assert first is not None and first.run_id
+    # watch exits with the run's code
+    assert _cli(monkeypatch, capsys, stack, "watch", "feat", "--root", r)[0] == 1
+    (root / "fixed").touch()
+    code, out, err = _cli(monkeypatch, capsys, stack, "batch", "feat", "01", "--root", r)
+    assert code == 0, out + err
+    assert f"↻ retrying 01: it failed in run {first.run_id}" in err
+    assert statuses(root)["01"] == "completed"
+    # the agent's full log of either run
+    code, out, _ = _cli(
+        monkeypatch, capsys, stack, "logs", "feat", "1", "--root", r, "--run", first.run_id
+    )
+    assert code == 0 and "broke here" in out
+    code, out, _ = _cli(monkeypatch, capsys, stack, "logs", "feat", "01", "--root", r)
+    assert code == 0 and "wrote 01" in out and "broke here" not in out
+    code, _, err = _cli(monkeypatch, capsys, stack, "logs", "feat", "09", "--root", r)
+    assert code == 2 and "its subtasks: 01, 02" in err
+    code, out, _ = _cli(monkeypatch, capsys, stack, "runs", "feat", "--root", r, "--json")
+    rows = json.loads(out)
+    assert [(x["status"], x["mode"]) for x in rows] == [("completed", "batch"), ("failed", "batch")]
+    assert rows[1]["run_id"] == first.run_id and rows[1]["started"]
+    # an unknown run is a usage error naming the runs that have reports
+    code, _, err = _cli(
+        monkeypatch, capsys, stack, "report", "feat", "--root", r, "--run", "nosuch"
+    )
+    assert code == 2 and first.run_id in err and "nosuch" in err
+
+
+def test_a_subtask_blocked_by_hand_is_not_retried_by_batch(
+    make_feature, subtask_data, stack, monkeypatch, capsys
+):
+    root = make_feature([subtask_data("01", command=write("01"), status="blocked")])
+    code, _, err = _cli(
+        monkeypatch, capsys, stack, "run", "feat", "--root", str(root), "--only", "01"
+    )
+    assert code == 2 and "blocked, but not by a batchq run" in err
+    assert statuses(root) == {"01": "blocked"}

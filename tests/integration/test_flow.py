@@ -260,7 +260,8 @@ def test_the_cli_runs_in_flow_mode_and_exits_1_on_a_failure(
     assert "⏭ Subtask 02 - Subtask 02\n   - Status: skipped\n" in second
     assert "   - Reason: depends on 01, which failed" in second
     assert "- Failed: 0\n" in second and "- Skipped: 1\n" in second
-    assert "Recommendation: Fix subtask 01, then rerun `batchq run feat`." in second
+    # the advice keeps the --root given, so it works as printed
+    assert f"Recommendation: Fix subtask 01, then rerun `batchq run feat --root {root}`." in second
     assert "Fix subtask 02" not in out and "0.0×" not in out
     assert statuses(root)["03"] == "completed"
 

@@ -82,6 +82,13 @@ def project(tmp_path: Path, case: str | None) -> Path:
                 continue
             target = root if path.name == "batchq.toml" else feature
             shutil.copyfile(path, target / path.name)
+    if case is not None and not (BAD / case / "task.json").exists():
+        # A case that adds a subtask file keeps the header's count true: a wrong
+        # subtask_count is a problem of its own, which would hide the case's.
+        task = feature / "task.json"
+        data = json.loads(task.read_text(encoding="utf-8"))
+        data["subtask_count"] = len(list(feature.glob("subtask_*.json")))
+        task.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     spec = note(case).get("generate") if case else None
     if spec:
         padding = "x" * int(spec["bytes"])
@@ -138,10 +145,19 @@ def test_bad_input_is_refused_on_one_line_and_changes_nothing(
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if note(c)["commands"] == ["run"]])
-def test_read_only_commands_never_refuse_a_policy_case(cli: Cli, tmp_path: Path, case: str) -> None:
+def test_a_policy_case_is_refused_by_validate_as_run_refuses_it_but_not_by_the_views(
+    cli: Cli, tmp_path: Path, case: str
+) -> None:
+    """One pre-flight: `validate` refuses what `run` refuses before it enqueues, with
+    the same line; the read-only views still print (SPEC 1)."""
     root = project(tmp_path, case)
     before = snapshot(root)
-    for argv in (["validate", "feat"], ["status", "feat"], ["plan", "feat"]):
+    refused = cli(root, "run", "feat")
+    checked = cli(root, "validate", "feat")
+    assert (refused.code, checked.code) == (2, 2), (refused, checked)
+    errors = [x for x in checked.out.splitlines() if x.startswith("  ✗ ERROR: ")]
+    assert [f"error: {e.removeprefix('  ✗ ERROR: ')}" for e in errors] == refused.err.splitlines()
+    for argv in (["status", "feat"], ["plan", "feat"]):
         assert cli(root, *argv).code == 0, argv
     assert snapshot(root) == before
 

@@ -78,18 +78,21 @@ def appendix(make_feature: MakeFeature, subtask_data: SubtaskData) -> Path:
     """A project whose feature prints every block of the SPEC appendix."""
     root = make_feature(
         [
-            subtask_data("01", title="Setup project structure", status="completed"),
-            subtask_data("02", title="Configure database"),
-            subtask_data("03", title="Install dependencies", status="in_progress"),
+            subtask_data("01", title="Setup project structure", status="completed", command="true"),
+            subtask_data("02", title="Configure database", command="true"),
+            subtask_data("03", title="Install dependencies", status="in_progress", command="true"),
             subtask_data(
                 "04",
                 title="Implement auth service",
                 depends_on=["01", "02", "03"],
                 parallel=False,
+                command="true",
             ),
         ],
         name="auth-system",
     )
+    # Runnable as well as printable: `validate` checks what `run` would (its agents).
+    (root / "batchq.toml").write_text('[agents.shell]\nallow = ["true"]\n', encoding="utf-8")
     task = root / ".tmp/tasks/auth-system/task.json"
     data = json.loads(task.read_text(encoding="utf-8"))
     data.update(name="Authentication System Implementation", completed_count=1)

@@ -13,7 +13,6 @@ from celery import Celery
 
 from batchq import layout
 from batchq.core import planner
-from batchq.errors import PolicyError
 from batchq.files.taskfiles import load_feature
 from batchq.models import (
     BatchStatus,
@@ -142,14 +141,6 @@ def test_submit_registers_the_batch_and_publishes_one_message_per_member(
     assert sorted(m.seq for m in messages) == ["01", "02"]
     assert {m.token for m in messages} == {sub.run.token}
     assert {m.policy for m in messages} == {FailurePolicy.GRACEFUL}
-
-
-def test_submit_refuses_a_disallowed_command_before_publishing(
-    app: Celery, store: MemoryStore, feature: Feature, published: Published
-) -> None:
-    with pytest.raises(PolicyError):
-        submit_first(app, store, feature, shell_allow=["echo"])
-    assert published.calls == []
 
 
 def test_wait_builds_the_report_once_every_member_is_recorded(

@@ -20,7 +20,7 @@ from batchq.agents.prompttemplate import (
 )
 from batchq.errors import PolicyError
 from batchq.models import Subtask
-from batchq.run.producer import check_agents
+from batchq.run.preflight import agent_problems
 from batchq.settings import Settings
 
 OWN = "Do {title} ({seq}) in {workspace}.\n\n{completion}\n"
@@ -163,10 +163,11 @@ def test_a_hard_link_to_a_protected_file_is_refused_as_a_template(tmp_path: Path
 
 def test_pre_flight_refuses_a_bad_template_before_anything_is_enqueued(tmp_path: Path) -> None:
     settings = settings_with("missing.md")
-    with pytest.raises(PolicyError, match=r"prompt_template: missing\.md: no such file"):
-        check_agents([make_subtask()], settings, tmp_path)
+    (problem,) = agent_problems([make_subtask()], settings, tmp_path)
+    assert isinstance(problem, PolicyError)
+    assert "prompt_template: missing.md: no such file" in str(problem)
     (tmp_path / "missing.md").write_text(OWN)
-    assert check_agents([make_subtask()], settings, tmp_path) == {"02": "CoderAgent"}
+    assert agent_problems([make_subtask()], settings, tmp_path) == []
 
 
 def test_the_worker_fails_the_subtask_on_a_bad_template_without_running_it(

@@ -1,0 +1,92 @@
+"""Errors a user can act on: advice that works as printed, --version, unknown runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batchq.cli.common import keep_root
+from batchq.cli.main import main
+from batchq.models import BatchReport, BatchStatus, NextStep
+
+NO_REDIS = "redis+socket:///nonexistent/batchq-test.sock"
+
+
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    for key in list(os.environ):
+        if key.startswith("BATCHQ_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("BATCHQ_REDIS_URL", NO_REDIS)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return int(info.value.code or 0), out, err
+
+
+def test_advice_keeps_the_root_the_user_gave() -> None:
+    text = "rerun `batchq run feat` once fixed, or `batchq cancel feat --root /x`"
+    assert keep_root(text, "/my proj") == (
+        "rerun `batchq run feat --root '/my proj'` once fixed, or `batchq cancel feat --root /x`"
+    )
+    assert keep_root(text, None) == text
+
+
+def test_version_is_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(monkeypatch, capsys, "--version")
+    assert code == 0 and out.startswith("batchq ")
+
+
+def test_report_of_an_unknown_run_names_the_runs_it_knows(
+    make_feature: Callable[..., Path],
+    subtask_data: Callable[..., dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    folder = root / ".tmp/tasks/feat/.batchq/reports"
+    folder.mkdir(parents=True)
+    saved = BatchReport(
+        feature="feat",
+        run_id="20260101T000000-abcd1234",
+        batch=1,
+        status=BatchStatus.COMPLETED,
+        results=[],
+        total=0,
+        completed=0,
+        failed=0,
+        success_rate=100.0,
+        next=NextStep(recommendation="Batch 1 complete."),
+    )
+    (folder / "20260101T000000-abcd1234-001.json").write_text(saved.model_dump_json())
+    code, _, err = cli(monkeypatch, capsys, "report", "feat", "--root", str(root), "--run", "x")
+    assert code == 2
+    assert "no reports of run 'x' for feat; runs with reports: 20260101T000000-abcd1234" in err
+    code, out, _ = cli(monkeypatch, capsys, "report", "feat", "--root", str(root))
+    assert code == 0 and "Batch 1 complete." in out
+
+
+def test_runs_and_logs_read_the_files_alone(
+    make_feature: Callable[..., Path],
+    subtask_data: Callable[..., dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    code, out, _ = cli(monkeypatch, capsys, "runs", "feat", "--root", str(root))
+    assert code == 0 and "No runs of feat yet" in out
+    code, _, err = cli(monkeypatch, capsys, "logs", "feat", "01", "--root", str(root))
+    assert code == 2 and "no log of subtask 01 of feat yet" in err
+    log = root / ".tmp/tasks/feat/.batchq/logs/20260101T000000-abcd1234/01.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"every line\nof the agent\n")
+    code, out, _ = cli(monkeypatch, capsys, "logs", "feat", "1", "--root", str(root))
+    assert (code, out) == (0, "every line\nof the agent\n")
