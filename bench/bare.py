@@ -33,6 +33,8 @@ from typing import Any  # noqa: E402
 
 from celery import Celery, chord, group  # noqa: E402
 
+from bench.urls import redis_url  # noqa: E402
+
 
 def make_app(url: str, tuned: bool = False) -> Celery:
     app = Celery("bare", broker=url, backend=url, set_as_current=False)
@@ -65,7 +67,7 @@ def make_app(url: str, tuned: bool = False) -> Celery:
 
 
 app = make_app(
-    os.environ.get("BATCHQ_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    redis_url(),
     tuned=os.environ.get("BENCH_BARE_TUNED") == "1",
 )
 

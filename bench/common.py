@@ -273,7 +273,9 @@ def write_feature(root: Path, name: str, subtasks: Sequence[dict[str, Any]]) -> 
     }
     (folder / "task.json").write_text(json.dumps(task, indent=2) + "\n")
     for sub in subtasks:
-        (folder / f"subtask_{sub['seq']}.json").write_text(json.dumps(sub, indent=2) + "\n")
+        # The seed's rule (checked by the pre-flight): ids are <feature>-<seq>.
+        data = {**sub, "id": f"{name}-{sub['seq']}"}
+        (folder / f"subtask_{sub['seq']}.json").write_text(json.dumps(data, indent=2) + "\n")
     # On disk before the clock starts, as a user's feature folder is: otherwise the
     # run's first fsync pays for writing back what the set-up just wrote (ext4 commits
     # those files with it), up to 0.5 ms per subtask file here.

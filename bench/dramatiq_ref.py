@@ -18,7 +18,6 @@ _T0 = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
@@ -27,13 +26,15 @@ from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 from dramatiq.results import Results  # noqa: E402
 from dramatiq.results.backends.redis import RedisBackend  # noqa: E402
 
+from bench.urls import redis_url as bare_redis_url  # noqa: E402
+
 
 def redis_py_url(url: str) -> str:
     """kombu's ``redis+socket://PATH`` as redis-py's ``unix://PATH``."""
     return "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+") else url
 
 
-_URL = redis_py_url(os.environ.get("BATCHQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
+_URL = redis_py_url(bare_redis_url())
 broker = RedisBroker(url=_URL)
 broker.add_middleware(Results(backend=RedisBackend(url=_URL)))
 dramatiq.set_broker(broker)

@@ -87,9 +87,11 @@ def keep_root(text: str, root: Path | str | None) -> str:
 
 def emit(lines: Sequence[str]) -> None:
     """Print established-format lines verbatim: no Rich markup, emoji codes or tab
-    expansion may touch a title an orchestrator will parse; a line break or escape
-    sequence inside one (from a title) is shown as a space, so a line stays a line."""
-    sys.stdout.write("".join(f"{terminal_safe(line)}\n" for line in lines))
+    expansion may touch a title an orchestrator will parse. Escape sequences and
+    control characters are shown as spaces; the views make untrusted text one line
+    (:func:`batchq.core.textsafe.inline`) before it gets here."""
+    shown = (terminal_safe(part) for line in lines for part in line.split("\n"))
+    sys.stdout.write("".join(f"{part}\n" for part in shown))
     sys.stdout.flush()
 
 

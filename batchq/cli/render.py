@@ -103,7 +103,7 @@ def _headline(result: SubtaskResult) -> str:
     if result.result in (ResultState.FAILED, ResultState.TIMED_OUT):
         error = inline(result.error or result.error_type or result.result.value)
         return f"❌ Subtask {result.seq} - FAILED: {error}"
-    return f"{_ICONS[result.result]} Subtask {result.seq} - {inline(result.title)}"
+    return f"{_ICONS[result.result]} Subtask {result.seq} - {terminal_safe(result.title)}"
 
 
 def _result_block(result: SubtaskResult) -> list[str]:

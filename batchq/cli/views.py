@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from batchq.core import planner
+from batchq.core.textsafe import inline, terminal_safe
 from batchq.models import Feature, Plan, Subtask, SubtaskStatus, seq_key
 
 __all__ = [
@@ -57,7 +58,7 @@ def _counts(feature: Feature) -> dict[SubtaskStatus, int]:
 
 
 def _line(sub: Subtask) -> str:
-    return f"  {ICONS[sub.status]} {sub.seq} - {sub.title} [{sub.status.value}]"
+    return f"  {ICONS[sub.status]} {sub.seq} - {terminal_safe(str(sub.title))} [{sub.status.value}]"
 
 
 def format_problems(problems: Sequence[object]) -> list[str]:
@@ -79,7 +80,8 @@ def format_status(feature: Feature, problems: Sequence[object] = ()) -> list[str
     for sub in feature.subtasks:
         line = _line(sub)
         if sub.batchq is not None and sub.status is SubtaskStatus.BLOCKED and sub.batchq.error:
-            line += f" ({sub.batchq.result.value}: {sub.batchq.error.splitlines()[0][:120]})"
+            first = terminal_safe(sub.batchq.error.splitlines()[0])
+            line += f" ({sub.batchq.result.value}: {first[:120]})"
         lines.append(line)
     return lines + format_problems(problems)
 
@@ -93,7 +95,7 @@ def format_next(features: Sequence[tuple[Feature, Sequence[object]]]) -> list[st
         lines.append(f"[{feature.name}]")
         for sub in ready:
             kind = "[parallel]" if sub.parallel else "[sequential]"
-            lines.append(f"  {sub.seq} - {sub.title}  {kind}")
+            lines.append(f"  {sub.seq} - {terminal_safe(str(sub.title))}  {kind}")
         lines.extend(format_problems(problems))
         lines.append("")
     return lines
@@ -108,7 +110,7 @@ def format_parallel(
         batches = plan.batches if plan is not None else []
         if ready:
             lines.append(f"[{feature.name}] - {len(ready)} parallel tasks:")
-            lines.extend(f"  {sub.seq} - {sub.title}" for sub in ready)
+            lines.extend(f"  {sub.seq} - {terminal_safe(str(sub.title))}" for sub in ready)
         elif batches or problems:
             lines.append(f"[{feature.name}]")
         if batches:
@@ -161,7 +163,7 @@ def _node_text(node: planner.DepNode, by_seq: dict[str, Subtask]) -> str:
         return f"? {node.seq} - NOT FOUND"
     icon = ICONS[node.status] if node.status else "?"
     status = node.status.value if node.status else "unknown"
-    text = f"{icon} {node.seq} - {node.title} [{status}]"
+    text = f"{icon} {node.seq} - {terminal_safe(str(node.title))} [{status}]"
     if node.cycle:
         text += " (cycle)"
     elif node.repeated and by_seq[node.seq].depends_on:
@@ -182,7 +184,7 @@ def format_deps(feature: Feature, seq: str, problems: Sequence[object] = ()) -> 
     lines = [
         f"=== Dependency Tree: {feature.name}/{tree.seq} ===",
         "",
-        f"{tree.seq} - {tree.title} [{status}]",
+        f"{tree.seq} - {terminal_safe(str(tree.title))} [{status}]",
     ]
     if tree.children:
         lines.extend(_tree_lines(tree, "  ", feature.by_seq()))
@@ -200,7 +202,7 @@ def format_blocked(features: Sequence[tuple[Feature, Sequence[object]]]) -> list
             continue
         lines.append(f"[{feature.name}]")
         rows.sort(key=lambda row: seq_key(row[0].seq))
-        lines.extend(f"  {sub.seq} - {sub.title} ({why})" for sub, why in rows)
+        lines.extend(f"  {sub.seq} - {terminal_safe(str(sub.title))} ({why})" for sub, why in rows)
         lines.extend(format_problems(problems))
         lines.append("")
     return lines
@@ -211,7 +213,7 @@ def _blocked_reason(sub: Subtask) -> str:
     block = sub.batchq
     if block is None:
         return "explicitly blocked"
-    detail = f"{block.result.value}: {block.error}" if block.error else block.result.value
+    detail = f"{block.result.value}: {inline(block.error)}" if block.error else block.result.value
     lines = detail.splitlines()
     return (lines[0] if lines else detail)[:160]
 
@@ -220,7 +222,7 @@ def format_complete(feature: Feature, seq: str, summary: str) -> list[str]:
     done, total = feature.completed_count, len(feature.subtasks)
     return [
         f"✓ Marked {feature.name}/{seq} as completed",
-        f"  Summary: {summary}",
+        f"  Summary: {inline(summary)}",
         f"  Progress: {done}/{total}",
     ]
 

@@ -17,14 +17,17 @@ __all__ = ["inline", "terminal_safe"]
 
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), and two-character escapes.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-# C0 and C1 controls, DEL, Unicode line/paragraph separators and the bidi overrides
-# and isolates that reorder what a terminal shows.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but the tab, C1 controls, DEL, Unicode line/paragraph separators and the
+# bidi marks, overrides and isolates that reorder what a terminal shows.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def terminal_safe(line: str) -> str:
-    """``line`` with escape sequences removed and every control character (line
-    breaks included) shown as a space; spacing otherwise kept."""
+    """``line`` with escape sequences removed and every control character but the tab
+    (line breaks included) shown as a space; spacing otherwise kept, so a title stays
+    verbatim as far as it can and still one line."""
     return _CONTROL.sub(" ", _ANSI.sub("", line))
 
 

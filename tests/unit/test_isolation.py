@@ -237,6 +237,7 @@ def _cli(root: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
         if key.startswith("BATCHQ_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("BATCHQ_REDIS_URL", "redis+socket:///nonexistent/batchq-test.sock")
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "*")  # else the pre-flight refuses `true` first
     monkeypatch.chdir(root)
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
