@@ -5,7 +5,7 @@ Slot time is what the worker recorded for each subtask, from its claim (the resu
 verification included, queueing and the orchestrator not. Cases, one project each:
 
 - agent: ``shell`` running ``true`` and ``touch oNN`` alternately, or a CLI agent: a
-  fake coding-agent executable on the workers' PATH (``fake-coder``, a tiny ``sh``
+  fake coding-agent executable in the workspace (``.bench/fake-coder``, a tiny ``sh``
   script) that reads its prompt file and writes ``oNN``;
 - ``execution.verify``: none, or ``test -f <deliverable>``;
 - the write check (``BATCHQ_UNDECLARED_WRITES``): ``warn`` or ``off``;
@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,11 @@ from batchq.protocol import agent_queue
 from bench.common import BATCHQ_QUEUES, BatchqClient, Stats, redis, tmpdir, workers, write_feature
 
 CLI_AGENT = "FakeCoder"
-CLI_COMMAND = "fake-coder --prompt-file {prompt_file} --out {workspace}/o{seq}"
+# In the workspace: the agents' sandbox hides /tmp but the workspace (a program
+# installed under /tmp would be out of sight, and so would a bin folder beside it).
+CLI_COMMAND = (
+    "sh {workspace}/.bench/fake-coder --prompt-file {prompt_file} --out {workspace}/o{seq}"
+)
 FAKE_CODER = """#!/bin/sh
 # A fake coding-agent CLI: read the prompt, write the deliverable, say so.
 while [ $# -gt 0 ]; do
@@ -124,6 +126,8 @@ def _git(root: Path, *args: str) -> None:
 
 def _project(case: Case, n: int) -> Path:
     root = tmpdir("bench-p5-")
+    (root / ".bench").mkdir()
+    (root / ".bench" / "fake-coder").write_text(FAKE_CODER)
     width = max(2, len(str(n)))
     for i in range(1, n + 1, 2):
         (root / f"t{str(i).zfill(width)}").touch()
@@ -185,44 +189,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="", help="comma-separated agents: shell,cli")
     args = parser.parse_args(argv)
     agents = set(args.only.split(",")) if args.only else {"shell", "cli"}
-    # Not under /tmp: the agents' sandbox hides /tmp (sockets of other programs live
-    # there), as it would hide any program installed under it.
-    here = Path(".tmp").resolve()
-    here.mkdir(exist_ok=True)
-    bin_dir = Path(tempfile.mkdtemp(prefix="bench-p5-bin-", dir=here))
-    coder = bin_dir / "fake-coder"
-    coder.write_text(FAKE_CODER)
-    coder.chmod(0o755)
     env = {
         "BATCHQ_SHELL_ALLOW": "*",
         "BATCHQ_AGENTS": json.dumps({CLI_AGENT: {"command": CLI_COMMAND}}),
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     }
     rows: dict[str, Any] = {}
-    try:
-        with (
-            redis() as server,
-            workers(
-                server.url,
-                "batchq.worker",
-                env=env,
-                queues=(*BATCHQ_QUEUES, agent_queue(CLI_AGENT)),
-            ),
-        ):
-            for case in CASES:
-                if case.agent not in agents:
-                    continue
-                stats = run_case(server.url, case, args.n, args.reps)
-                rows[case.label] = {"case": case, "stats": stats}
-                median, p95 = stats.median * 1000, stats.pct(95) * 1000
-                print(
-                    f"P5 {case.label}: slot time p50 {median:.1f} ms p95 {p95:.1f} ms "
-                    f"(n={len(stats.values)}); goal p50 ≤ {case.goal_ms:.0f} ms "
-                    f"{'met' if median <= case.goal_ms else 'NOT met'}",
-                    flush=True,
-                )
-    finally:
-        shutil.rmtree(bin_dir, ignore_errors=True)
+    with (
+        redis() as server,
+        workers(
+            server.url,
+            "batchq.worker",
+            env=env,
+            queues=(*BATCHQ_QUEUES, agent_queue(CLI_AGENT)),
+        ),
+    ):
+        for case in CASES:
+            if case.agent not in agents:
+                continue
+            stats = run_case(server.url, case, args.n, args.reps)
+            rows[case.label] = {"case": case, "stats": stats}
+            median, p95 = stats.median * 1000, stats.pct(95) * 1000
+            print(
+                f"P5 {case.label}: slot time p50 {median:.1f} ms p95 {p95:.1f} ms "
+                f"(n={len(stats.values)}); goal p50 ≤ {case.goal_ms:.0f} ms "
+                f"{'met' if median <= case.goal_ms else 'NOT met'}",
+                flush=True,
+            )
     return rows
 
 

@@ -59,6 +59,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -210,6 +211,17 @@ def _bwrap_path() -> str:
 _RW, _RO, _HIDE = 0, 1, 2
 
 
+def _python_under_tmp() -> tuple[Path, ...]:
+    """The worker's interpreter and environment folders that live under ``/tmp``
+    (which the sandbox replaces by a private tmpfs), to bind read-only again."""
+    tmp = Path("/tmp").resolve()
+    found = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    found.add(Path(sys.executable).parent)
+    found.add(Path(sys.executable).resolve().parent)
+    under = sorted(p.resolve() for p in found if p.resolve().is_relative_to(tmp))
+    return tuple(p for p in under if not any(p != q and p.is_relative_to(q) for q in under))
+
+
 @dataclass(frozen=True)
 class Sandbox:
     """What one agent process may reach; :meth:`wrap` turns it into a bwrap argv.
@@ -228,6 +240,9 @@ class Sandbox:
     tmp_dir: Path | None = None
     network: bool = False
     bwrap: str = "bwrap"
+    readable: tuple[Path, ...] = ()
+    """Read-only again inside the hidden ``/tmp``: the worker's own Python (a venv or
+    an interpreter under ``/tmp`` must keep working for agents that run it)."""
 
     @classmethod
     def create(
@@ -278,6 +293,7 @@ class Sandbox:
             tmp_dir=tmp,
             network=network,
             bwrap=bwrap or _bwrap_path(),
+            readable=_python_under_tmp(),
         )
 
     def _mounts(self) -> list[str]:
@@ -289,7 +305,7 @@ class Sandbox:
             rw.append(self.tmp_dir)
         for path in dict.fromkeys(rw):
             rules.append((len(path.parts), _RW, path))
-        rules += [(len(path.parts), _RO, path) for path in self.protected]
+        rules += [(len(path.parts), _RO, path) for path in (*self.readable, *self.protected)]
         rules += [(len(path.parts), _HIDE, path) for path in self.hidden if path.exists()]
         args: list[str] = []
         for _, kind, path in sorted(rules, key=lambda rule: (rule[0], rule[1])):

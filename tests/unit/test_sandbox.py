@@ -514,3 +514,21 @@ def test_sandbox_run_takes_a_bash_line(workspace: Path) -> None:
 
 def test_default_protected_names() -> None:
     assert DEFAULT_PROTECTED == ("batchq.toml", ".tmp/tasks", ".git")
+
+
+@needs_bwrap
+def test_the_workers_python_under_tmp_stays_visible(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone (and its venv) under /tmp, as CI may have it: the hidden /tmp must not
+    take the worker's own interpreter away from the agents that run it."""
+    prefix = tmp_path / "venv"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "marker").write_text("python lives here\n")
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    sandbox = make(workspace)
+    assert prefix.resolve() in sandbox.readable
+    result = run(sandbox, f"cat {prefix}/bin/marker && ! touch {prefix}/bin/new")
+    assert result.ok, result.output
+    assert "python lives here" in result.output
+    assert not (prefix / "bin" / "new").exists()
