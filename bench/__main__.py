@@ -244,7 +244,7 @@ def _p5_section(p5: dict[str, Any]) -> list[str]:
         "",
         "Slot time = the worker's recorded claim-to-result time of each subtask (agent "
         "process, write check, verify). Shell: `true` and `touch oNN`; CLI: a fake "
-        "coding-agent script on PATH.",
+        "coding-agent script in the workspace.",
         "",
         "| case | p50 | p95 | subtasks | goal p50 |",
         "|---|---|---|---|---|",
