@@ -21,6 +21,7 @@ import typer
 from batchq import layout
 from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, error_line
 from batchq.errors import UsageError
+from batchq.files.reading import open_regular
 from batchq.models import BatchReport, BatchStatus, Feature, seq_key
 
 __all__ = ["register"]
@@ -145,13 +146,19 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"no log of subtask {real} of {f.name} yet: it has not run")
         else:
             path = layout.log_file(f.path, run_id, real)
-            if not path.is_file():
+            if not (path.exists() or path.is_symlink()):
                 known = sorted(p.parent.name for p in f.state_dir.glob(f"logs/*/{real}.log"))
                 raise UsageError(
                     f"no log of subtask {real} in run {run_id!r}; runs with its log: "
                     f"{', '.join(known) or 'none'}"
                 )
-        data = path.read_bytes()
+        # The log folder is writable by the agent: read it only as a regular file (a
+        # FIFO put in its place would hang this command, a link would redirect it).
+        try:
+            with open_regular(path) as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read the log {path}: {exc.strerror or exc}") from None
         if not data:
             error_line(f"the log of {real} in run {path.parent.name} is empty: it printed nothing")
         sys.stdout.buffer.write(data)

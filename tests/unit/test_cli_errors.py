@@ -90,3 +90,24 @@ def test_runs_and_logs_read_the_files_alone(
     log.write_bytes(b"every line\nof the agent\n")
     code, out, _ = cli(monkeypatch, capsys, "logs", "feat", "1", "--root", str(root))
     assert (code, out) == (0, "every line\nof the agent\n")
+
+
+@pytest.mark.timeout(30)  # a blocking read would hang here, not fail slowly
+def test_logs_refuses_a_fifo_or_a_link_put_in_place_of_the_log(
+    make_feature: Callable[..., Path],
+    subtask_data: Callable[..., dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    run = root / ".tmp/tasks/feat/.batchq/logs/20260101T000000-abcd1234"
+    run.mkdir(parents=True)
+    os.mkfifo(run / "01.log")
+    args = ("logs", "feat", "01", "--root", str(root), "--run", "20260101T000000-abcd1234")
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "a FIFO" in err
+    (run / "01.log").unlink()
+    (root / "secret").write_text("hunter2\n")
+    (run / "01.log").symlink_to(root / "secret")
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and "a symlink" in err and "hunter2" not in out
