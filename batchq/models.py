@@ -580,7 +580,11 @@ class SubtaskMessage(_Wire):
     siblings_total: int = 0
     """How many other members the batch has, listed or not."""
     isolate: Isolation = Isolation.NONE
-    """``worktree``: run in a worktree at ``refs/batchq/<run>/base-<batch>``."""
+    """``worktree``: run in a worktree at ``snapshot_ref``."""
+    snapshot_ref: str = ""
+    """Isolation: the hidden ref of the workspace snapshot this subtask starts from
+    (``refs/batchq/<run>/base-<batch>`` in batch mode, ``.../base-w<wave>`` in flow
+    mode); the worker never derives it. Empty when not isolated."""
 
     @property
     def seq(self) -> str:

@@ -284,7 +284,7 @@ def _execute(
 
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
     f = require(ctx.root, feature, ctx.settings, seqs=seqs)
-    merge.check(ctx.root, isolate or ctx.settings.isolate, mode)
+    merge.check(ctx.root, isolate or ctx.settings.isolate)
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW, root=ctx.given_root)
     options = RunOptions(

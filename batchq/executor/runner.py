@@ -404,13 +404,13 @@ def _watched_run(
 def _isolated_run(
     agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
 ) -> tuple[isolation.Worktree | None, AgentOutcome, Delegation]:
-    """Run the agent in a worktree of its own at the batch's snapshot, then commit what
-    it changed (before verification: a verify command's own outputs are not the
-    agent's) and keep the patch in the log. Returns the worktree — the caller removes
+    """Run the agent in a worktree of its own at the snapshot its message names, then
+    commit what it changed (before verification: a verify command's own outputs are
+    not the agent's) and keep the patch in the log. Returns the worktree — the caller removes
     it after verifying inside it — and the delegation as the agent saw it."""
     msg = attempt.message
     try:
-        tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.batch, msg.seq)
+        tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.snapshot_ref, msg.seq)
     except (BatchqError, OSError) as exc:
         failed = AgentOutcome(ok=False, error=str(exc), error_type="IsolationFailed")
         return None, failed, delegation

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import itertools
 import os
 import threading
 import time
@@ -321,11 +322,12 @@ class Orchestrator:
         the completed dependents of what completed are rechecked when the flow drains,
         and a further flow runs the ones that must rerun (batch numbers go on)."""
         done: set[str] = set()
+        waves = itertools.count(1)  # isolation: snapshot refs numbered across passes
         while True:
             plan = _renumbered(planner.plan_for(feature, self.settings), len(result.reports))
             if not plan.batches:
                 break
-            passed = self._flow_pass(run, feature, plan, options, result)
+            passed = self._flow_pass(run, feature, plan, options, result, waves)
             feature = load_feature(self.root, self.name)
             result.feature = feature
             if not all(r.ok for r in passed) or not options.changed:
@@ -336,7 +338,13 @@ class Orchestrator:
         result.reports.sort(key=lambda r: r.batch)
 
     def _flow_pass(
-        self, run: Run, feature: Feature, plan: Plan, options: RunOptions, result: RunResult
+        self,
+        run: Run,
+        feature: Feature,
+        plan: Plan,
+        options: RunOptions,
+        result: RunResult,
+        waves: Iterator[int],
     ) -> list[BatchReport]:
         recorder = fingerprint.Recorder(feature.root, tuple(self.settings.protected_paths))
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
@@ -363,6 +371,7 @@ class Orchestrator:
             mirror,
             reported,
             publishing,
+            waves,
         )
         mirror.flush()
         return passed
@@ -458,7 +467,7 @@ class Orchestrator:
     def _new_run(self, feature: Feature, options: RunOptions) -> Run:
         check = options.write_check or self.settings.undeclared_writes
         isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
-        merge.check(self.root, isolate, options.mode)
+        merge.check(self.root, isolate)
         run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
         return dataclasses.replace(run, isolate=isolate)
 
@@ -552,8 +561,10 @@ class Orchestrator:
     ) -> BatchReport:
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
-        merge.snapshot_batch(run, batch.number)  # isolation (issue 19): before publishing
-        submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
+        snapshot = merge.snapshot_batch(run, batch.number)  # isolation (#19): before publishing
+        submission = submit(
+            self.app, self.store, run, feature, batch, following, self.settings, snapshot
+        )
         if options.on_submit is not None:
             options.on_submit(submission)
 

@@ -139,7 +139,7 @@ def test_outside_a_work_tree_is_a_usage_error(tmp_path: Path) -> None:
 
 def _worktree(repo: Path, seq: str = "01") -> isolation.Worktree:
     gitsnap.snapshot(repo, isolation.base_ref("r1", 1), "snap")
-    return isolation.open_worktree(repo, "r1", 1, seq)
+    return isolation.open_worktree(repo, "r1", isolation.base_ref("r1", 1), seq)
 
 
 def test_a_worktree_is_recorded_as_a_commit_and_removed(repo: Path) -> None:
@@ -160,7 +160,7 @@ def test_a_worktree_is_recorded_as_a_commit_and_removed(repo: Path) -> None:
 
 def test_a_dead_owners_worktree_is_pruned_and_a_live_ones_is_kept(repo: Path) -> None:
     dead = _worktree(repo, "01")
-    live = isolation.open_worktree(repo, "r1", 1, "02")
+    live = isolation.open_worktree(repo, "r1", isolation.base_ref("r1", 1), "02")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, check=True)  # fmt: skip
     owner = json.loads(dead.marker.read_text()) | {"pid": int(gone.stdout)}
@@ -245,7 +245,7 @@ def _cli(root: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return code if isinstance(code, int) else 1
 
 
-def test_run_refuses_isolation_outside_git_and_in_flow_mode_with_exit_2(
+def test_run_refuses_isolation_outside_git_with_exit_2_and_flow_mode_passes_preflight(
     make_feature, subtask_data, tmp_path, monkeypatch, capsys
 ) -> None:
     plain = make_feature([subtask_data("01", command="true")], root=tmp_path / "plain")
@@ -255,9 +255,15 @@ def test_run_refuses_isolation_outside_git_and_in_flow_mode_with_exit_2(
     inside.mkdir()
     git(inside, "init", "-q")
     make_feature([subtask_data("01", command="true")], root=inside)
+    # Flow mode under isolation gets past every pre-flight check: what stops this run
+    # is the missing Redis (exit 3), after validation.
     code = _cli(inside, monkeypatch, "run", "feat", "--mode", "flow", "--isolate", "worktree")
-    assert code == 2
-    assert "--mode flow" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "--mode flow" not in err and "isolate" not in err
+    (inside / "batchq.toml").write_text('isolate = "worktree"\n')
+    assert _cli(inside, monkeypatch, "validate", "feat") == 0
+    assert _cli(inside, monkeypatch, "run", "feat", "--mode", "flow") == 3
     assert _cli(inside, monkeypatch, "diff", "feat", "01") == 2
     assert "no isolated result" in capsys.readouterr().err
 
@@ -324,7 +330,10 @@ def _isolated_message(repo: Path, make_feature: Any, command: str) -> Any:
 
     data = subtask("01", command=command, deliverables=["01.txt"])
     make_feature([data], root=repo)
-    return message(repo, data).model_copy(update={"isolate": Isolation.WORKTREE})
+    msg = message(repo, data)
+    # The worker takes the ref from the message: a flow wave's, not base-<batch>.
+    ref = isolation.wave_ref(msg.run_id, 3)
+    return msg.model_copy(update={"isolate": Isolation.WORKTREE, "snapshot_ref": ref})
 
 
 def test_a_worker_runs_the_agent_in_a_worktree_and_records_what_it_changed(
@@ -335,7 +344,7 @@ def test_a_worker_runs_the_agent_in_a_worktree_and_records_what_it_changed(
     from tests.memrun import settings
 
     msg = _isolated_message(repo, make_feature, "touch 01.txt")
-    gitsnap.snapshot(repo, isolation.base_ref(msg.run_id, 1), "snap")
+    gitsnap.snapshot(repo, msg.snapshot_ref, "snap")
     result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
     assert result.result is ResultState.COMPLETED, result.error
     assert result.changed_paths == ["01.txt"] and result.isolated_commit
