@@ -21,7 +21,7 @@ from batchq.errors import SpecError, UsageError
 from batchq.executor import isolation
 from batchq.files import gitsnap
 from batchq.models import Isolation, ResultState, Subtask, SubtaskResult, WriteCheck
-from batchq.run.merge import merge_one
+from batchq.run.merge import merge_one, merge_results
 from batchq.settings import Settings
 
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -210,6 +210,28 @@ def test_merge_one_fails_on_a_conflict_and_keeps_the_workspace(repo: Path) -> No
     assert (repo / "a.txt").read_text() == "user\n"
 
 
+def test_merge_results_merges_in_seq_order_whatever_the_arrival_order(repo: Path) -> None:
+    """Two results from one snapshot both rewrite a.txt: whichever arrives first, 01
+    merges and 02 conflicts (the workspace changed a.txt since its snapshot)."""
+    from batchq.models import FailurePolicy, Run
+
+    made = {}
+    for seq in ("01", "02"):
+        tree = _worktree(repo, seq)
+        (tree.path / "a.txt").write_text(f"from {seq}\n")
+        recorded = tree.record([])
+        tree.close()
+        made[seq] = _result(recorded.commit, recorded.changed).model_copy(update={"seq": seq})
+    sub = {s: Subtask(id=f"f-{s}", seq=s, title="t", acceptance_criteria=["x"],
+                      deliverables=["a.txt"]) for s in made}  # fmt: skip
+    run = Run(run_id="r1", feature="f", feature_key="k", root=repo, token="t",
+              policy=FailurePolicy.GRACEFUL, isolate=Isolation.WORKTREE)  # fmt: skip
+    first, second = merge_results(run, sub, [made["02"], made["01"]])
+    assert first.seq == "01" and first.ok and first.merged_paths == ["a.txt"]
+    assert second.seq == "02" and second.error_type == "MergeConflict"
+    assert (repo / "a.txt").read_text() == "from 01\n"
+
+
 @pytest.mark.skipif(not bwrap_status()[0], reason="bubblewrap does not work here")
 def test_in_the_sandbox_git_reads_the_worktree_but_cannot_write_the_repository(
     repo: Path, tmp_path: Path
@@ -368,3 +390,21 @@ def test_a_missing_snapshot_fails_the_subtask_without_raising(
     assert not (repo / ".git" / "batchq-worktrees").exists() or not any(
         (repo / ".git" / "batchq-worktrees").rglob("*")
     )
+
+
+def test_a_message_naming_no_snapshot_fails_the_subtask_naming_the_producer(
+    repo: Path, make_feature: Any
+) -> None:
+    """The worker never derives the snapshot from the batch number: a message from a
+    producer that sends none fails clearly, without raising."""
+    from batchq.executor.runner import execute
+    from batchq.store.memory import MemoryStore
+    from tests.memrun import settings
+
+    msg = _isolated_message(repo, make_feature, "touch 01.txt").model_copy(
+        update={"snapshot_ref": ""}
+    )
+    gitsnap.snapshot(repo, isolation.base_ref(msg.run_id, 1), "snap")  # never used
+    result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
+    assert result.result is ResultState.FAILED and result.error_type == "IsolationFailed"
+    assert "no snapshot" in (result.error or "") and "producer" in (result.error or "")
