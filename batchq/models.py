@@ -455,7 +455,7 @@ class SubtaskResult(_Wire):
     # --- isolation (``isolate = "worktree"``); absent in older results -----------
     isolated_commit: str | None = None
     """The commit of everything the agent changed in its worktree, on
-    ``refs/batchq/<run>/<seq>``; its parent is the batch's snapshot."""
+    ``refs/batchq/<run>/<seq>``; its parent is its snapshot (batch or flow wave)."""
     changed_paths: list[str] = Field(default_factory=list)
     """Every path that commit changes, declared or not (exact: no time windows)."""
     diffstat: str | None = None

@@ -86,8 +86,8 @@ IsolateOpt = Annotated[
     typer.Option(
         "--isolate",
         help="worktree: each subtask in its own git worktree at a snapshot of the "
-        "workspace, its declared deliverables merged back; none (default from "
-        "BATCHQ_ISOLATE).",
+        "workspace (one per batch; per wave of ready subtasks with --mode flow), its "
+        "declared deliverables merged back; none (default from BATCHQ_ISOLATE).",
     ),
 ]
 ContextOpt = Annotated[

@@ -229,7 +229,7 @@ def _isolated_commit(feature: Feature, seq: str, run_id: str | None) -> str | No
 
 
 def subtask_patch(feature: Feature, seq: str, run_id: str | None = None) -> str:
-    """The unified diff an isolated subtask made against its batch's snapshot
+    """The unified diff an isolated subtask made against its snapshot
     (``batchq diff``); a :class:`UsageError` when there is none."""
     top = gitsnap.require_work_tree(feature.root)
     commit = _isolated_commit(feature, seq, run_id)
