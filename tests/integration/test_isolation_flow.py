@@ -183,3 +183,27 @@ def test_a_conflict_in_flow_mode_fails_the_subtask_and_skips_its_dependents(
     ]
     assert git_state(repo) == before
     assert leftovers(repo) == []
+
+
+def test_the_cli_runs_flow_mode_isolated(
+    repo, make_feature, subtask_data, stack, monkeypatch, capsys
+):
+    from batchq.cli.main import main
+
+    make_feature(
+        [
+            subtask_data("01", command="mkdir -p out && cat notes.txt > out/01.txt"),
+            subtask_data("02", command="mkdir -p out && cat out/01.txt > out/02.txt",
+                         depends_on=["01"]),
+        ],
+        root=repo,
+    )  # fmt: skip
+    monkeypatch.setenv("BATCHQ_REDIS_URL", stack)
+    monkeypatch.setenv("BATCHQ_SHELL_ALLOW", "*")
+    with pytest.raises(SystemExit) as info:
+        main(["run", "feat", "--root", str(repo), "--mode", "flow", "--isolate", "worktree"])
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None), out
+    assert (repo / "out" / "02.txt").read_text() == "hello\n"
+    assert out.count("   - Diff: 1 file changed") == 2
+    assert leftovers(repo) == []
