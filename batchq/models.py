@@ -462,6 +462,10 @@ class SubtaskResult(_Wire):
     """``git diff --shortstat`` of that commit, e.g. ``2 files changed, 3 insertions(+)``."""
     merged_paths: list[str] = Field(default_factory=list)
     """Set by the orchestrator: the deliverable paths merged back into the workspace."""
+    merged: bool = False
+    """Set by the orchestrator when the merge back was done (``merged_paths`` may be
+    empty: nothing to merge). A completed isolated result without it was never merged:
+    adoption merges it (:mod:`batchq.run.latemerge`)."""
 
     @property
     def ok(self) -> bool:

@@ -55,6 +55,7 @@ __all__ = [
     "apply_paths",
     "check",
     "merge_batch",
+    "merge_into",
     "merge_one",
     "merge_results",
     "snapshot_batch",
@@ -148,7 +149,7 @@ def merge_one(
         update |= {"result": ResultState.FAILED, "error": verdict.failure, "error_type": error_type}
         return result.model_copy(update=update)
     apply_paths(project, commit, theirs, verdict.apply)
-    update["merged_paths"] = verdict.apply
+    update |= {"merged_paths": verdict.apply, "merged": True}
     return result.model_copy(update=update)
 
 
@@ -164,11 +165,22 @@ def merge_results(
     A merge that cannot be done (git gone, a path that resolves outside) fails its
     result instead of raising: the others still merge."""
     gitsnap.require_work_tree(run.root)
+    return merge_into(run.root, run.write_check, by_seq, results)
+
+
+def merge_into(
+    project: Path,
+    write_check: WriteCheck,
+    by_seq: Mapping[str, Subtask],
+    results: Iterable[SubtaskResult],
+) -> list[SubtaskResult]:
+    """:func:`merge_results` without a :class:`Run`: adoption merges what an
+    orchestrator that went away never merged (:mod:`batchq.run.latemerge`)."""
     amended: list[SubtaskResult] = []
     for result in sorted(results, key=lambda r: seq_key(r.seq)):
         deliverables = by_seq[result.seq].deliverables if result.seq in by_seq else []
         try:
-            amended.append(merge_one(run.root, result, deliverables, run.write_check))
+            amended.append(merge_one(project, result, deliverables, write_check))
         except (BatchqError, OSError, ValueError) as exc:
             amended.append(
                 result.model_copy(
