@@ -389,7 +389,7 @@ def _settle_orphan(
         err.print(
             f"recorded run {run_id} in the files of {name}: "
             f"{sum(r is ResultState.COMPLETED for r in done.adopted.values())} completed, "
-            f"{len(done.returned)} back to pending",
+            f"{len(done.returned)} back to pending{done.merged_note()}",
             markup=False,
         )
     return written

@@ -54,6 +54,7 @@ from batchq.models import (
     ResultState,
     SubtaskResult,
     SubtaskStatus,
+    seq_key,
 )
 from batchq.protocol import BatchState
 from batchq.run import latemerge
@@ -69,12 +70,18 @@ WaitHandler = Callable[[list[str]], None]
 @dataclass
 class Settled:
     """What :func:`settle` wrote: seq -> the recorded result, the seqs returned to
-    ``pending`` for want of one, and the report of each of the run's batches."""
+    ``pending`` for want of one, the report of each of the run's batches, and the
+    isolated results it merged back into the workspace (its orchestrator never did)."""
 
     run_id: str
     adopted: dict[str, ResultState] = field(default_factory=dict)
     returned: list[str] = field(default_factory=list)
     reports: list[BatchReport] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+
+    def merged_note(self) -> str:
+        """``, merged back 01, 02`` for a progress line ("" when nothing was)."""
+        return f", merged back {', '.join(self.merged)}" if self.merged else ""
 
 
 def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
@@ -151,10 +158,11 @@ def settle(
     feature = load_feature(root, name)
     by_seq = feature.by_seq()
     ours = {s: r for s, r in final.items() if s in by_seq and not _newer(by_seq[s].batchq, run_id)}
-    merged, stored = latemerge.merge_late(store, feature.root, by_seq, run_id, ours, stored)
+    merged = latemerge.merge_late(store, feature.root, by_seq, run_id, ours)
     # Merged now: written again (the outputs' fingerprint is of the merged files), and
     # a completion the mirror wrote is cleared from one the merge failed.
-    late = {s: r.result is not ours[s].result for s, r in merged.items() if r != ours[s]}
+    late = {s: r.result is not ours[s].result for s, r in merged.items()}
+    settled.merged = sorted((s for s, r in merged.items() if r.merged), key=seq_key)
     final |= merged
     done = [seq for seq, r in final.items() if r.result is ResultState.COMPLETED]
     recorder = fingerprint.Recorder.for_batch(feature, [s for s in done if s in by_seq], settings)
@@ -179,6 +187,7 @@ def settle(
     info = store.run_info(run_id)
     for n, seqs in members.items():
         rep = stored[n] or _cancelled_report(store, feature, info, run_id, n, seqs, final, reason)
+        rep = latemerge.reconcile(store, rep, merged)  # stored before the merge
         save_report(root, name, rep)
         settled.reports.append(rep)
     return settled

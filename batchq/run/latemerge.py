@@ -10,8 +10,8 @@ as it stands, ``completed`` would be a lie. So :func:`batchq.run.adopt.settle` c
 rules of a live merge (seq order, each 3-way against its own snapshot; a conflict
 fails it naming the paths and the workspace keeps its version; strays per the run's
 write check; a workspace that already matches is no conflict), the amended results
-go to the store, and a batch report already stored is rebuilt from them, so report,
-store and files agree.
+go to the store, and :func:`reconcile` rebuilds a batch report stored before the
+merge from them, so report, store and files agree.
 
 ``workspace = git`` (#20) keeps the result commits on a remote: the orchestrator
 fetches them before it merges. Adoption needs the same fetch, at the top of
@@ -36,7 +36,7 @@ from batchq.run import merge
 from batchq.store.contract import Store
 from batchq.store.state import BatchRecord
 
-__all__ = ["merge_late", "unmerged", "write_check"]
+__all__ = ["merge_late", "reconcile", "unmerged", "write_check"]
 
 
 def unmerged(result: SubtaskResult) -> bool:
@@ -65,29 +65,35 @@ def merge_late(
     by_seq: Mapping[str, Subtask],
     run_id: str,
     final: Mapping[str, SubtaskResult],
-    stored: Mapping[int, BatchReport | None],
-) -> tuple[dict[str, SubtaskResult], dict[int, BatchReport | None]]:
+) -> dict[str, SubtaskResult]:
     """Merge into ``project`` every result of ``final`` (seq -> the result adoption
-    takes as final) that :func:`unmerged` says was never merged; the results and the
-    stored reports (batch -> report, None when none was stored) as amended. The
-    amendments are in the store when this returns."""
+    takes as final) that :func:`unmerged` says was never merged; seq -> each result
+    the merge amended, already in the store when this returns."""
     late = [r for r in final.values() if unmerged(r)]
     if not late:
-        return dict(final), dict(stored)
-    records = {n: store.batch_record(run_id, n) for n in sorted({r.batch for r in late})}
+        return {}
     # One write check per run: every batch of a run is registered with the run's.
-    check = write_check(next(iter(records.values())))
+    check = write_check(store.batch_record(run_id, min(r.batch for r in late)))
     amended = [r for r in merge.merge_into(project, check, by_seq, late) if r != final[r.seq]]
     store.amend_results(amended)
-    results = dict(final) | {r.seq: r for r in amended}
-    reports = dict(stored)
-    changed = {r.seq for r in amended}
-    for n, rep in stored.items():
-        if rep is not None and any(r.seq in changed for r in rep.results):
-            rebuilt = _rebuilt(rep, results, store.batch_record(run_id, n), check)
-            store.overwrite_report(rebuilt)
-            reports[n] = rebuilt
-    return results, reports
+    return {r.seq: r for r in amended}
+
+
+def reconcile(store: Store, rep: BatchReport, amended: Mapping[str, SubtaskResult]) -> BatchReport:
+    """``rep`` as it must be after :func:`merge_late`: unchanged when it already has
+    the amended results, else rebuilt from them and stored over the old one (one
+    stored before the merge: by the batch's chord callback, or while settling)."""
+    if all(_merge_of(amended.get(r.seq, r)) == _merge_of(r) for r in rep.results):
+        return rep
+    record = store.batch_record(rep.run_id, rep.batch)
+    rebuilt = _rebuilt(rep, amended, record, write_check(record))
+    store.overwrite_report(rebuilt)
+    return rebuilt
+
+
+def _merge_of(result: SubtaskResult) -> tuple[object, ...]:
+    """What a merge decides of a result (a report may add its own blame besides)."""
+    return result.result, result.merged, result.merged_paths, result.error_type
 
 
 def _rebuilt(

@@ -19,7 +19,9 @@
   settled in the files, and rebuilds the report from the amended results; flow mode
   as each member's result arrives (those of one step in seq order), before its
   dependents are published, and stores the amended results its reports are built
-  from. Either way the next snapshot sees what was merged.
+  from. Either way the next snapshot sees what was merged. A merged result says so
+  (``merged``); adoption merges, through :func:`merge_into`, a completed one that
+  does not (:mod:`batchq.run.latemerge`).
 """
 
 from __future__ import annotations

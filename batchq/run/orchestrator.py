@@ -546,7 +546,7 @@ class Orchestrator:
                 options.on_note(
                     f"adopted the interrupted run {run_id}: "
                     f"{len(kept)} completed there ({', '.join(kept) or 'none'}), "
-                    f"{len(done.returned)} back to pending"
+                    f"{len(done.returned)} back to pending{done.merged_note()}"
                 )
             settled = True
         return settled

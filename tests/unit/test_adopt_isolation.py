@@ -163,6 +163,7 @@ def test_a_recorded_unmerged_result_is_merged_by_adoption_and_report_store_files
     # The fingerprint's outputs are of the merged deliverable, not of an absent file.
     outputs = feature.by_seq()["02"].batchq.outputs  # type: ignore[union-attr]
     assert outputs and "out/02.txt" in json.dumps(outputs)
+    assert done.merged == ["01", "02"] and done.merged_note() == ", merged back 01, 02"
     (built,) = done.reports
     assert built.ok and built.completed == 2
     for where in (built, store.report(run.run_id, 1), saved_report(run)):
@@ -198,6 +199,7 @@ def test_a_workspace_that_changed_the_deliverable_fails_the_subtask_and_keeps_it
     assert "merge conflict" in block["error"] and "a.txt" in block["error"]
     assert file_of(repo, "02")["status"] == "completed"
     assert done.adopted == {"01": ResultState.FAILED, "02": ResultState.COMPLETED}
+    assert done.merged == ["02"]
     (built,) = done.reports
     assert not built.ok and built.failed == 1 and built.next.fix == ["01"]
     failed = {r.seq: r for r in saved_report(run).results}["01"]
@@ -243,7 +245,7 @@ def test_a_merged_result_is_not_merged_again(
     done = settle(store, run)
 
     assert (repo / "out/01.txt").read_text() == "edited since\n"
-    assert done.adopted == {"01": ResultState.COMPLETED}
+    assert done.adopted == {"01": ResultState.COMPLETED} and done.merged == []
     assert file_of(repo, "01")["status"] == "completed"
     again = store.result(run.run_id, "01")
     assert again == amended
