@@ -28,7 +28,7 @@ from batchq.models import (
     Run,
     SubtaskResult,
 )
-from batchq.run import adopt, merge, producer
+from batchq.run import adopt, latemerge, merge, producer
 from batchq.store.memory import ManualClock, MemoryStore
 from tests.conftest import MakeFeature, subtask
 from tests.memrun import settings
@@ -265,3 +265,35 @@ def test_unsettled_says_so_for_a_completed_file_whose_result_is_unmerged(
     settle(store, run)
     assert not adopt.unsettled(store, run.run_id, load_feature(repo, "feat"))
     assert (repo / "out/01.txt").read_text() == "one\n"
+
+
+def test_a_report_the_chord_callback_stores_after_the_merge_is_rebuilt_from_it(
+    repo: Path, make_feature: MakeFeature, store: MemoryStore
+) -> None:
+    """The callback built its report from the records before adoption amended them,
+    and stored it after: settling must not keep (or save) that stale report."""
+    make_feature([subtask("01"), subtask("02")], root=repo)
+    run = start(store, repo, ["01", "02"])
+    recorded = {s: work(store, run, s, f"out/{s}.txt", f"{s}\n") for s in ("01", "02")}
+    feature = load_feature(repo, "feat")
+    amended = latemerge.merge_late(store, repo, feature.by_seq(), run.run_id, recorded)
+    assert sorted(amended) == ["01", "02"] and all(r.merged for r in amended.values())
+    stale = report.build(
+        feature="feat",
+        run_id=run.run_id,
+        batch=1,
+        results=list(recorded.values()),
+        expected=["01", "02"],
+        next_batch=None,
+        submitted_at=None,
+        finished_at=datetime.now(UTC),
+    )
+    assert store.store_report(stale, run.feature_key)
+
+    fixed = latemerge.reconcile(store, stale, amended)
+
+    assert [(r.merged, r.merged_paths) for r in fixed.results] == [
+        (True, ["out/01.txt"]), (True, ["out/02.txt"]),
+    ]  # fmt: skip
+    assert store.report(run.run_id, 1) == fixed
+    assert latemerge.reconcile(store, fixed, amended) is fixed  # agrees: left alone
