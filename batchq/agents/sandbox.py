@@ -68,7 +68,7 @@ from pathlib import Path
 
 from batchq.agents.base import Delegation
 from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
-from batchq.agents.process import ProcessResult, run_process
+from batchq.agents.process import PidNamespace, ProcessResult, run_process
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
 from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
@@ -320,15 +320,17 @@ class Sandbox:
                 args += ["--ro-bind", "/dev/null", text]
         return args
 
-    def wrap(self, argv: Sequence[str]) -> list[str]:
+    def wrap(self, argv: Sequence[str], *, info_fd: int | None = None) -> list[str]:
         """The bwrap argv that runs ``argv`` in this sandbox, in the workspace.
 
         Run it with ``env=self.env`` (or use :meth:`run`): bwrap's own environment is
-        readable inside as ``/proc/1/environ``."""
+        readable inside as ``/proc/1/environ``. ``info_fd``: where bwrap reports the
+        sandbox's PID 1 (:class:`~batchq.agents.process.PidNamespace`)."""
         if not argv:
             raise ValueError("empty command")
         args = [
             self.bwrap,
+            *(["--info-fd", str(info_fd)] if info_fd is not None else []),
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
@@ -362,14 +364,19 @@ class Sandbox:
         """:func:`~batchq.agents.process.run_process` for ``command`` (a bash line
         or an argv) in this sandbox, with bwrap itself started with :attr:`env`."""
         argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        # Every process bwrap starts lives in the sandbox's PID namespace, so its PID 1
+        # ending is the group ending; --die-with-parent is the parent-death signal.
+        namespace = PidNamespace()
         return run_process(
-            self.wrap(argv),
+            self.wrap(argv, info_fd=namespace.write_fd),
             cwd=self.workspace,
             env=self.env,
             timeout_s=timeout_s,
             should_stop=should_stop,
             log_path=log_path,
             grace_s=grace_s,
+            pid_namespace=namespace,
+            parent_death_signal=False,
         )
 
     def appeared(self) -> list[Path]:
