@@ -6,6 +6,7 @@ not work; CI installs bubblewrap, so there they all run.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -133,6 +134,21 @@ def test_reduced_env_keep_passes_named_variables_but_never_batchq_secrets() -> N
     assert "MY_TOKEN_2" not in reduced  # a pattern does not unlock a credential name
     assert "BATCHQ_REDIS_URL" not in reduced  # not even when named
     assert "BATCHQ_MCP_TOKEN" not in reduced
+
+
+def test_the_compiled_patterns_match_as_fnmatchcase_does() -> None:
+    """reduced_env compiles its patterns into one expression; it must judge every
+    name as the pattern-by-pattern fnmatchcase it replaced."""
+    patterns = ("LC_*", "TERM", "OPENAI_?ASE*", "X[AB]_*", "[!Z]Q", "a.b", "*[*]")
+    names = [
+        "LC_ALL", "LC_", "lc_all", "TERM", "TERMX", "XTERM", "OPENAI_BASE_URL",
+        "OPENAI_ASE", "XA_1", "XC_1", "AQ", "ZQ", "a.b", "axb", "star*", "", "LC_\nX",
+    ]  # fmt: skip
+    matches = sandbox_mod._matcher(patterns)
+    for name in names:
+        expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        assert (matches(name) is not None) == expected, name
+    assert sandbox_mod._matcher(())("anything") is None
 
 
 # --- the argv -------------------------------------------------------------------------
@@ -526,7 +542,11 @@ def test_the_workers_python_under_tmp_stays_visible(
     (prefix / "bin").mkdir(parents=True)
     (prefix / "bin" / "marker").write_text("python lives here\n")
     monkeypatch.setattr(sys, "prefix", str(prefix))
-    sandbox = make(workspace)
+    sandbox_mod._python_under_tmp.cache_clear()  # found once per process, as a worker does
+    try:
+        sandbox = make(workspace)
+    finally:
+        sandbox_mod._python_under_tmp.cache_clear()
     assert prefix.resolve() in sandbox.readable
     result = run(sandbox, f"cat {prefix}/bin/marker && ! touch {prefix}/bin/new")
     assert result.ok, result.output
