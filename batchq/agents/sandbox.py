@@ -221,6 +221,7 @@ def _bwrap_path() -> str:
 # Mount kinds, in the order they are applied when two rules name the same path: the
 # read-only and hiding rules win over a writable one.
 _RW, _RO, _HIDE = 0, 1, 2
+_BASE = 3  # /dev, /proc, /tmp: bwrap's own fresh mounts; anything under them is bound
 
 
 @functools.cache
@@ -312,7 +313,12 @@ class Sandbox:
 
     def _mounts(self) -> list[str]:
         """The bind/tmpfs options after ``/``, ``/dev``, ``/proc`` and ``/tmp``,
-        parents before children so that the most specific rule wins."""
+        parents before children so that the most specific rule wins.
+
+        A bind that repeats what its nearest enclosing mount already shows (a writable
+        folder inside a writable one, a read-only one inside a read-only one: bwrap's
+        binds are recursive) is left out: each mount costs bwrap about half a
+        millisecond, per agent process."""
         rules: list[tuple[int, int, Path]] = []
         rw = [self.workspace, *self.writable]
         if self.tmp_dir is not None:
@@ -321,8 +327,16 @@ class Sandbox:
             rules.append((len(path.parts), _RW, path))
         rules += [(len(path.parts), _RO, path) for path in (*self.readable, *self.protected)]
         rules += [(len(path.parts), _HIDE, path) for path in self.hidden if path.exists()]
+        applied = [(Path("/"), _RO), *((Path(base), _BASE) for base in ("/dev", "/proc", "/tmp"))]
         args: list[str] = []
         for _, kind, path in sorted(rules, key=lambda rule: (rule[0], rule[1])):
+            within = max(
+                (entry for entry in applied if path.is_relative_to(entry[0])),
+                key=lambda entry: len(entry[0].parts),
+            )
+            if kind != _HIDE and within[1] == kind:
+                continue
+            applied.append((path, kind))
             text = str(path)
             if kind == _RW:
                 args += ["--bind", text, text]

@@ -182,6 +182,15 @@ def test_wrap_orders_mounts_most_specific_last(
     assert "--clearenv" in argv
     assert f"--setenv TMPDIR {tmp_path / 'tmp'}" in text
     assert argv[-4:] == ["--", "bash", "-c", "true"]
+    # Under /tmp's fresh tmpfs the tmp dir must be bound; inside the writable log
+    # folder a writable folder is already writable, and is not bound again.
+    assert f"--bind {tmp_path / 'tmp'} {tmp_path / 'tmp'}" in text
+    nested = Sandbox.create(
+        workspace, env={}, writable=[logs], tmp_dir=logs / "01.tmp", extra_protected=["/usr/lib"]
+    ).wrap(["x"])
+    assert f"--bind {logs / '01.tmp'}" not in " ".join(nested)
+    assert "/usr/lib" not in nested  # read-only inside the read-only /
+    assert f"{ws}/.git" in nested  # read-only inside the writable workspace: bound
     assert "--unshare-net" not in Sandbox.create(workspace, env={}, network=True).wrap(["x"])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "--cap-drop" not in sandbox.wrap(["x"])
