@@ -327,17 +327,20 @@ class Sandbox:
             rules.append((len(path.parts), _RW, path))
         rules += [(len(path.parts), _RO, path) for path in (*self.readable, *self.protected)]
         rules += [(len(path.parts), _HIDE, path) for path in self.hidden if path.exists()]
-        applied = [(Path("/"), _RO), *((Path(base), _BASE) for base in ("/dev", "/proc", "/tmp"))]
+        # (folder with a trailing slash, kind); the longest that contains a path is the
+        # mount it would be seen through.
+        applied = [("/", _RO), *((f"{base}/", _BASE) for base in ("/dev", "/proc", "/tmp"))]
         args: list[str] = []
         for _, kind, path in sorted(rules, key=lambda rule: (rule[0], rule[1])):
-            within = max(
-                (entry for entry in applied if path.is_relative_to(entry[0])),
-                key=lambda entry: len(entry[0].parts),
-            )
-            if kind != _HIDE and within[1] == kind:
-                continue
-            applied.append((path, kind))
             text = str(path)
+            inside = text.rstrip("/") + "/"
+            nearest = max(
+                (entry for entry in applied if inside.startswith(entry[0])),
+                key=lambda entry: len(entry[0]),
+            )
+            if kind != _HIDE and nearest[1] == kind:
+                continue
+            applied.append((inside, kind))
             if kind == _RW:
                 args += ["--bind", text, text]
             elif kind == _RO:
