@@ -85,6 +85,7 @@ __all__ = [
     "reduced_env",
     "resolve_sandbox",
     "run_confined",
+    "sandbox_paths",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,12 @@ def _bwrap_path() -> str:
 # read-only and hiding rules win over a writable one.
 _RW, _RO, _HIDE = 0, 1, 2
 _BASE = 3  # /dev, /proc, /tmp: bwrap's own fresh mounts; anything under them is bound
+
+
+def sandbox_paths() -> tuple[str, tuple[Path, ...]]:
+    """bwrap's path and the worker's Python folders under ``/tmp``, both found once
+    per process (:mod:`batchq.executor.warmup` asks at worker start)."""
+    return _bwrap_path(), _python_under_tmp()
 
 
 @functools.cache
