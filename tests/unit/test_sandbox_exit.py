@@ -212,3 +212,13 @@ def test_the_sandbox_dies_with_its_worker(sandbox: Sandbox) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
+
+
+@needs_bwrap
+def test_the_report_pipe_is_out_of_the_agents_reach(sandbox: Sandbox) -> None:
+    """bwrap's report pipe must not reach the command: an agent holding it could
+    write a report of its own. Inside, only stdin, the output pipe and the listing's
+    own descriptor are open."""
+    result = sandbox.run("ls /proc/self/fd")
+    assert result.ok, result.output
+    assert sorted(result.output.split()) == ["0", "1", "2", "3"]
