@@ -292,9 +292,6 @@ def open_window(root: Path) -> Callable[[], list[str]]:
     return lambda: not_ignored(where, tracker.changes())
 
 
-GIT_TIMEOUT_S = snapshot.GIT_TIMEOUT_S
-
-
 def not_ignored(root: str, paths: list[str]) -> list[str]:
     """``paths`` (relative to ``root``, in a git work tree) without those git ignores;
     no git process when there is nothing to ask. Raises OSError when git cannot tell (the
@@ -311,7 +308,7 @@ def not_ignored(root: str, paths: list[str]) -> list[str]:
             cwd=root,
             input=b"\0".join(os.fsencode(path) for path in asked) + b"\0",
             capture_output=True,
-            timeout=GIT_TIMEOUT_S,
+            timeout=snapshot.GIT_TIMEOUT_S,
             check=False,
         )
     except subprocess.SubprocessError as exc:
