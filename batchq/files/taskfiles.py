@@ -30,9 +30,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from batchq import layout
 from batchq.errors import InfrastructureError, SpecError, UsageError
 from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
+from batchq.files.locations import (
+    ARCHIVE_DIR,
+    TASK_FILE,
+    existing_feature_dir,
+    feature_dir,
+    find_root,
+    list_features,
+    tasks_dir,
+)
 from batchq.files.locking import feature_lock
 from batchq.models import (
     SEQ_MAX_DIGITS,
@@ -69,9 +77,6 @@ __all__ = [
     "utc_timestamp",
 ]
 
-TASK_FILE = layout.TASK_FILE
-ARCHIVE_DIR = "completed"
-ROOT_MARKERS = (".git", "package.json")
 SUBTASK_RE = re.compile(rf"^subtask_([0-9]{{2,{SEQ_MAX_DIGITS}}})\.json$")
 """ASCII digits, as the ``seq`` inside must be (:data:`batchq.models.SEQ_PATTERN`)."""
 
@@ -85,83 +90,6 @@ are shared with the parse cache (a deep copy cost more than the render)."""
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 """Write errors that say the file system cannot take it, whatever the file."""
-
-
-# --- locations -----------------------------------------------------------------
-
-
-def find_root(start: Path | None = None, root: Path | None = None) -> Path:
-    """The project root: ``root`` if given, else the nearest folder with a root marker.
-
-    The markers are ``.git`` and ``package.json``. Walking up mirrors the established
-    tools, so batchq finds the same
-    ``.tmp/tasks`` from any subfolder of a project.
-    """
-    if root is not None:
-        root = root.expanduser()
-        if not root.is_dir():
-            raise UsageError(f"--root {root} is not an existing folder")
-        return root.resolve()
-    here = (start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if any((folder / marker).exists() for marker in ROOT_MARKERS):
-            return folder
-    raise UsageError(
-        f"no project root found: no folder from {here} up contains .git or package.json; "
-        "pass --root PATH"
-    )
-
-
-def tasks_dir(root: Path) -> Path:
-    """``<root>/.tmp/tasks``: where every feature folder lives."""
-    return root / layout.TASKS_DIR
-
-
-def feature_dir(root: Path, name: str) -> Path:
-    """The folder of feature ``name`` (it may not exist)."""
-    _check_name(name)
-    return tasks_dir(root) / name
-
-
-def list_features(root: Path) -> list[str]:
-    """Active features, sorted: folders holding a ``task.json``, never the archive."""
-    base = tasks_dir(root)
-    if not base.is_dir():
-        return []
-    return sorted(
-        entry.name
-        for entry in base.iterdir()
-        if entry.name != ARCHIVE_DIR
-        and not entry.name.startswith(".")
-        and entry.is_dir()
-        and (entry / TASK_FILE).is_file()
-    )
-
-
-def _check_name(name: str) -> None:
-    if (
-        not name
-        or name.startswith(".")
-        or name == ARCHIVE_DIR
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-    ):
-        raise UsageError(f"{name!r} is not a feature name")
-
-
-def existing_feature_dir(root: Path, name: str) -> Path:
-    """The folder of an active feature; a :class:`UsageError` naming the known ones
-    (or the archive) otherwise."""
-    path = feature_dir(root, name)
-    if (path / TASK_FILE).is_file():
-        return path
-    archived = tasks_dir(root) / ARCHIVE_DIR / name
-    if archived.is_dir():
-        raise UsageError(f"feature {name!r} is archived in {archived}")
-    known = list_features(root)
-    listing = f"known features: {', '.join(known)}" if known else f"none in {tasks_dir(root)}"
-    raise UsageError(f"unknown feature {name!r}; {listing}")
 
 
 # --- loading ---------------------------------------------------------------------
