@@ -12,6 +12,8 @@ problems, warnings and errors are worded there alone.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,5 +68,10 @@ def status(args: Sequence[str]) -> bool:
     lines: list[str] = []
     for i, block in enumerate(blocks):
         lines += [""] * bool(i) + block
-    emit(lines or [NO_FEATURES])
+    try:
+        emit(lines or [NO_FEATURES])
+    except BrokenPipeError:
+        # The reader went away (`batchq status f | head -1`): not a failure, as in the
+        # full command. Point stdout at /dev/null so the final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return True

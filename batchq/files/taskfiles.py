@@ -59,6 +59,7 @@ __all__ = [
     "Mutation",
     "archive_feature",
     "complete_subtask",
+    "declared_deliverables",
     "existing_feature_dir",
     "feature_dir",
     "feature_lock",
@@ -296,6 +297,65 @@ def _spec_errors(path: Path, exc: ValidationError) -> list[SpecError]:
         field, expected = _describe(loc, errs)
         found.append(SpecError(path, field or None, expected.replace("\n", " ")))
     return found
+
+
+class _DeclaredCache:
+    """Each subtask file's declared deliverables, by file version: a run asks what
+    every other feature of its root declares, and a root may hold many features that
+    no longer change (bounded: a long-lived process forgets all past the limit)."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.files: dict[Path, tuple[_FileKey, tuple[str, ...]]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, file: Path, key: _FileKey) -> tuple[str, ...] | None:
+        with self.lock:
+            cached = self.files.get(file)
+        return cached[1] if cached is not None and cached[0] == key else None
+
+    def put(self, file: Path, key: _FileKey, paths: tuple[str, ...]) -> None:
+        with self.lock:
+            if len(self.files) >= self.LIMIT:
+                self.files.clear()
+            self.files[file] = (key, paths)
+
+
+_DECLARED = _DeclaredCache()
+
+
+def declared_deliverables(root: Path, name: str) -> list[str]:
+    """Every deliverable a subtask file of feature ``name`` declares, sorted, read
+    without validating the feature (a file that is not JSON, or holds no list of
+    paths, declares nothing): what another feature of the root claims as its own is
+    never an undeclared write of this run, whatever else its files get wrong. Each
+    file is parsed once per version (inode, size, times), so a run in a root of many
+    features pays a stat per file, not a load and validation of each feature."""
+    found: set[str] = set()
+    for file in feature_dir(root, name).glob("subtask_*.json"):
+        try:
+            st = file.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = _file_key(st)
+        paths = _DECLARED.get(file, key)
+        if paths is None:
+            try:
+                data = read_document(file).data
+            except (JsonReadError, OSError):
+                data = {}
+            listed = data.get("deliverables")
+            paths = tuple(
+                p
+                for p in (listed if isinstance(listed, list) else ())
+                if isinstance(p, str) and p and "\x00" not in p
+            )
+            _DECLARED.put(file, key, paths)
+        found.update(paths)
+    return sorted(found)
 
 
 def spec_problems(root: Path, name: str) -> list[SpecError]:
