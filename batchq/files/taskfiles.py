@@ -333,14 +333,20 @@ def declared_deliverables(root: Path, name: str) -> list[str]:
     file is parsed once per version (inode, size, times), so a run in a root of many
     features pays a stat per file, not a load and validation of each feature."""
     found: set[str] = set()
-    for file in feature_dir(root, name).glob("subtask_*.json"):
+    try:
+        entries = list(os.scandir(feature_dir(root, name)))
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith("subtask_") and entry.name.endswith(".json")):
+            continue
         try:
-            st = file.stat()
+            st = entry.stat()
         except OSError:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        key = _file_key(st)
+        file, key = Path(entry.path), _file_key(st)
         paths = _DECLARED.get(file, key)
         if paths is None:
             try:
