@@ -1,5 +1,5 @@
 """The ``batchq`` console script's entry point: ``batchq --version`` answers at once,
-and ``batchq status`` in its plain case (:mod:`batchq.cli.quick`) without the rest.
+and ``batchq status`` in its plain case (:mod:`batchq.quickstatus`) without the rest.
 
 Everything else goes to :func:`batchq.cli.main.main`. This module imports nothing of
 the command machinery (Typer, Rich, pydantic, the settings; it sits outside
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(0)
     if args[:1] == ["status"]:
         # lazy: status's plain case needs the standard library alone
-        from batchq.cli.quick import status
+        from batchq.quickstatus import status
 
         if status(args[1:]):
             raise SystemExit(0)

@@ -7,15 +7,15 @@ import json
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from batchq.cli.lines import emit
 from batchq.core import planner
-from batchq.core.textsafe import inline
+from batchq.core.textsafe import inline, terminal_safe
 from batchq.files import taskfiles
 from batchq.models import Feature
 from batchq.settings import Settings, load_settings
@@ -83,6 +83,16 @@ def keep_root(text: str, root: Path | str | None) -> str:
         return match.group(0) if "--root" in command else f"`{command}{given}`"
 
     return _ADVICE.sub(add, text)
+
+
+def emit(lines: Sequence[str]) -> None:
+    """Print established-format lines verbatim: no Rich markup, emoji codes or tab
+    expansion may touch a title an orchestrator will parse. Escape sequences and
+    control characters are shown as spaces; the views make untrusted text one line
+    (:func:`batchq.core.textsafe.inline`) before it gets here."""
+    shown = (terminal_safe(part) for line in lines for part in line.split("\n"))
+    sys.stdout.write("".join(f"{part}\n" for part in shown))
+    sys.stdout.flush()
 
 
 def error_line(message: str) -> None:

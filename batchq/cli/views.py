@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from batchq.cli.lines import ICONS, NO_FEATURES, StatusRow, progress_percent, status_block
 from batchq.core import planner
+from batchq.core.statusview import ICONS, NO_FEATURES, StatusRow, progress_percent, status_block
 from batchq.core.textsafe import inline, terminal_safe
 from batchq.models import Feature, Plan, Subtask, SubtaskStatus, seq_key
 

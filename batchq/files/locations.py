@@ -2,7 +2,7 @@
 
 Kept apart from :mod:`batchq.files.taskfiles` (which validates with pydantic) and
 importing nothing but the standard library, so ``batchq status``'s quick path
-(:mod:`batchq.cli.quick`) finds the files without paying for the models.
+(:mod:`batchq.quickstatus`) finds the files without paying for the models.
 """
 
 from __future__ import annotations

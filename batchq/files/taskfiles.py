@@ -128,8 +128,9 @@ def _load(root: Path, name: str) -> _Loaded:
     if task.id != name:
         warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
     subtasks: list[tuple[Subtask, JsonDocument]] = []
-    for file in path.glob("subtask_*.json"):  # sorted below, by number
-        parsed = _subtask_file(file)
+    folder = _PARSED.folder(path)
+    for file in _subtask_paths(path):  # sorted below, by number
+        parsed = _subtask_file(file, folder)
         if parsed is None:
             continue
         sub, doc = parsed
@@ -152,6 +153,7 @@ def _load(root: Path, name: str) -> _Loaded:
 
 
 _FileKey = tuple[int, int, int, int]
+_Folder = dict[str, tuple[_FileKey, Subtask, JsonDocument]]
 
 
 class _ParseCache:
@@ -162,28 +164,24 @@ class _ParseCache:
     FOLDERS = 4
 
     def __init__(self) -> None:
-        self.folders: OrderedDict[Path, dict[Path, tuple[_FileKey, Subtask, JsonDocument]]] = (
-            OrderedDict()
-        )
+        self.folders: OrderedDict[Path, _Folder] = OrderedDict()
         self.lock = threading.Lock()  # orchestrators of several features may share a process
 
-    def _folder(self, file: Path) -> dict[Path, tuple[_FileKey, Subtask, JsonDocument]]:
+    def folder(self, path: Path) -> _Folder:
+        """The cache of one feature folder, by file name: a load of thousands of files
+        asks for it once, not once per file."""
         with self.lock:
-            folder = self.folders.get(file.parent)
+            folder = self.folders.get(path)
             if folder is None:
-                folder = self.folders[file.parent] = {}
+                folder = self.folders[path] = {}
                 while len(self.folders) > self.FOLDERS:
                     self.folders.popitem(last=False)
             else:
-                self.folders.move_to_end(file.parent)
+                self.folders.move_to_end(path)
             return folder
 
-    def get(self, file: Path, key: _FileKey) -> tuple[Subtask, JsonDocument] | None:
-        cached = self._folder(file).get(file)
-        return (cached[1], cached[2]) if cached is not None and cached[0] == key else None
-
     def put(self, file: Path, key: _FileKey, sub: Subtask, doc: JsonDocument) -> None:
-        self._folder(file)[file] = (key, sub, doc)
+        self.folder(file.parent)[file.name] = (key, sub, doc)
 
     def clear(self) -> None:
         with self.lock:
@@ -199,24 +197,38 @@ def _file_key(st: os.stat_result) -> _FileKey:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
+def _subtask_paths(path: Path) -> list[Path]:
+    """The ``subtask_*.json`` entries of a feature folder (what ``glob`` would list,
+    without its per-entry pattern matching and path objects)."""
+    try:
+        names = [
+            entry.name
+            for entry in os.scandir(path)
+            if entry.name.startswith("subtask_") and entry.name.endswith(".json")
+        ]
+    except OSError as exc:
+        raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    return [path / name for name in names]
+
+
+def _subtask_file(file: Path, folder: _Folder) -> tuple[Subtask, JsonDocument] | None:
     """Parse and validate a subtask file, reusing the last parse while the file is the
     same one (inode, size and mtime): a run mirrors statuses many times, and every
     rewrite is an ``os.replace`` that gives the file a new inode. None for a folder
     or other non-file that happens to match the name pattern."""
     try:
-        st = file.stat()
+        st = os.stat(file)
     except OSError as exc:
         raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         return None
     key = _file_key(st)
-    cached = _PARSED.get(file, key)
-    if cached is not None:
-        return cached
+    cached = folder.get(file.name)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    _PARSED.put(file, key, sub, doc)
+    folder[file.name] = (key, sub, doc)
     return sub, doc
 
 

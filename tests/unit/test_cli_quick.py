@@ -1,4 +1,4 @@
-"""``batchq status``'s quick path (``batchq.cli.quick``) against the full command: in
+"""``batchq status``'s quick path (``batchq.quickstatus``) against the full command: in
 the plain case it prints the same bytes; in every other case it prints nothing and
 leaves the answer to the full command."""
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from batchq.cli.main import main
-from batchq.cli.quick import status
+from batchq.quickstatus import status
 
 MakeFeature = Callable[..., Path]
 SubtaskData = Callable[..., dict[str, Any]]

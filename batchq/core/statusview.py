@@ -1,19 +1,18 @@
-"""The ``status`` block and the verbatim line writer, needing no models.
+"""The ``status`` block of one feature (SPEC appendix), needing no models.
 
 Both :mod:`batchq.cli.views` (over a validated :class:`~batchq.models.Feature`) and
-``status``'s quick path (:mod:`batchq.cli.quick`, over plain JSON) render through here,
-so the two cannot drift apart. Standard library only: importing this costs nothing.
+``status``'s quick path (:mod:`batchq.quickstatus`, over plain JSON) render through
+here, so the two cannot drift apart. Pure, and standard library only.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchq.core.textsafe import terminal_safe
 
-__all__ = ["ICONS", "NO_FEATURES", "StatusRow", "emit", "progress_percent", "status_block"]
+__all__ = ["ICONS", "NO_FEATURES", "StatusRow", "progress_percent", "status_block"]
 
 NO_FEATURES = "No active features found."
 
@@ -66,13 +65,3 @@ def status_block(
             line += f" ({row.result}: {first[:120]})"
         lines.append(line)
     return lines
-
-
-def emit(lines: Sequence[str]) -> None:
-    """Print established-format lines verbatim: no Rich markup, emoji codes or tab
-    expansion may touch a title an orchestrator will parse. Escape sequences and
-    control characters are shown as spaces; the views make untrusted text one line
-    (:func:`batchq.core.textsafe.inline`) before it gets here."""
-    shown = (terminal_safe(part) for line in lines for part in line.split("\n"))
-    sys.stdout.write("".join(f"{part}\n" for part in shown))
-    sys.stdout.flush()
