@@ -53,7 +53,7 @@ from batchq.models import (
     SubtaskStatus,
     WriteCheck,
 )
-from batchq.protocol import BatchState
+from batchq.protocol import RUN_SETTLED, BatchState
 from batchq.settings import Settings
 from batchq.store.contract import Store
 
@@ -77,7 +77,11 @@ class Settled:
 def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
     """True when run ``run_id`` still has a batch in flight, or a file still says a
     member is ``in_progress`` for it, or a member's file lags its recorded result: the
-    files do not yet say what the workers recorded."""
+    files do not yet say what the workers recorded. A run its orchestrator settled
+    (every batch reported from complete records and mirrored) is never unsettled: files
+    made afresh since (a feature folder deleted and written again) are the user's."""
+    if store.run_info(run_id).get(RUN_SETTLED) == "1":
+        return False
     states = store.batch_states(run_id)
     if any(state == BatchState.RUNNING for state in states.values()):
         return True

@@ -275,7 +275,16 @@ class Orchestrator:
                     self._flows(run, feature, result, options)
                 else:
                     self._batches(run, feature, result, options)
+            self._settled(run.run_id, result)
             return result
+
+    def _settled(self, run_id: str, result: RunResult) -> None:
+        """Mark the run settled when every report came from complete records (none
+        forced, none missing a member) and its files were mirrored: nothing of it can
+        still arrive, so adoption must never read it back into files made since. A run
+        with a forced report stays open to adoption, which waits for its stragglers."""
+        if all(not r.forced and not r.missing for r in result.reports):
+            self.store.settle_run(run_id)
 
     @contextmanager
     def _interruptible(self, run_id: str, options: RunOptions) -> Iterator[None]:
@@ -390,6 +399,7 @@ class Orchestrator:
             with self._interruptible(run.run_id, options):
                 result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
+            self._settled(run.run_id, result)
             return result
 
     def _retrying(self, feature: Feature, seqs: list[str], options: RunOptions) -> Feature:

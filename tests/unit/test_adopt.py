@@ -56,6 +56,23 @@ def test_recorded_results_are_written_and_the_rest_returns_to_pending(
     assert not adopt.unsettled(store, run.run_id, load_feature(root, "feat"))
 
 
+def test_a_settled_run_is_never_read_back_into_a_feature_made_afresh(
+    make_feature: MakeFeature,
+) -> None:
+    """A run its orchestrator finished is over: a feature folder deleted and written
+    again with the same name starts pending, whatever that run recorded."""
+    root = make_feature([subtask(s, command="true") for s in ("01", "02")])
+    store = MemoryStore(clock=ManualClock())
+    run = producer.new_run(store, load_feature(root, "feat"), FailurePolicy.GRACEFUL)
+    store.start_batch(run.run_id, 1, ["01", "02"], "graceful")
+    for seq in ("01", "02"):
+        store.record_result(result(run.run_id, seq, ResultState.COMPLETED), run.feature_key, "w1")
+    fresh = load_feature(root, "feat")  # still pending: the files lag the records
+    assert adopt.unsettled(store, run.run_id, fresh)
+    store.settle_run(run.run_id)
+    assert not adopt.unsettled(store, run.run_id, fresh)
+
+
 def test_an_older_run_never_overwrites_what_a_later_run_wrote(make_feature: MakeFeature) -> None:
     root = make_feature([subtask("01", command="true")])
     store = MemoryStore(clock=ManualClock())
