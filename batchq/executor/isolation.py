@@ -35,6 +35,7 @@ __all__ = [
     "Worktree",
     "append_patch",
     "base_ref",
+    "open_at",
     "open_worktree",
     "prune_dead",
     "result_ref",
@@ -188,14 +189,19 @@ def open_worktree(root: Path, run_id: str, batch: int, seq: str) -> Worktree:
             f"isolation: the batch's snapshot {ref} is missing in {top} (the orchestrator "
             "records it before publishing; was the repository replaced?)"
         )
+    prefix = root.resolve().relative_to(top).as_posix()
+    return open_at(top, base, run_id, seq, "" if prefix == "." else prefix)
+
+
+def open_at(top: Path, base: str, run_id: str, seq: str, prefix: str) -> Worktree:
+    """A fresh worktree of the repository at ``top`` (a work tree, or a worker's bare
+    clone) at commit ``base``, after pruning the worktrees dead owners left."""
     prune_dead(top)
     path = worktrees_home(top) / run_id / seq
     if path.exists() or _marker_for(path).exists():
         raise InfrastructureError(f"isolation: worktree {path} is still in use by a live process")
     path.parent.mkdir(parents=True, exist_ok=True)
     _marker_for(path).write_text(json.dumps(_owner()) + "\n", encoding="utf-8")
-    prefix = root.resolve().relative_to(top).as_posix()
-    prefix = "" if prefix == "." else prefix
     tree = Worktree(top=top, path=path, base=base, run_id=run_id, seq=seq, prefix=prefix)
     try:
         gitsnap.worktree_add(top, path, base)

@@ -45,7 +45,15 @@ from batchq.models import (
 from batchq.run.producer import Submission
 from batchq.store.contract import Store
 
-__all__ = ["apply_paths", "check", "merge_batch", "merge_one", "snapshot_batch", "subtask_patch"]
+__all__ = [
+    "apply_paths",
+    "check",
+    "merge_batch",
+    "merge_one",
+    "restate",
+    "snapshot_batch",
+    "subtask_patch",
+]
 
 
 def check(root: Path, isolate: Isolation, mode: RunMode) -> None:
@@ -161,8 +169,17 @@ def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feat
                     }
                 )
             )
+    return restate(store, sub, built, amended)
+
+
+def restate(
+    store: Store, sub: Submission, built: BatchReport, amended: list[SubtaskResult]
+) -> BatchReport:
+    """The batch's report rebuilt from ``amended`` results (stored again with them, so
+    store and report agree); ``built`` itself when nothing changed."""
     if amended == list(built.results):
         return built
+    run = sub.run
     rebuilt = report.build(
         feature=built.feature,
         run_id=built.run_id,

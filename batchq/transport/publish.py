@@ -166,6 +166,8 @@ def message(
         siblings=siblings,
         siblings_total=total,
         isolate=run.isolate,
+        git_remote=run.git_remote,
+        git_prefix=run.git_prefix,
     )
     data: dict[str, Any] = msg.model_dump(mode="json", by_alias=True)
     return data
