@@ -165,4 +165,4 @@ def _fmt(s: Stats) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    print("\n".join(section(main(sys.argv[1:]))))

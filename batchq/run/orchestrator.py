@@ -471,7 +471,9 @@ class Orchestrator:
         check = options.write_check or self.settings.undeclared_writes
         isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
         workspace = options.workspace or self.settings.workspace  # git remote (issue 20)
-        url = remote.check(self.root, self.settings, workspace, options.mode)
+        url = remote.check(
+            self.root, self.settings, workspace, options.mode, reach=not options.prechecked
+        )
         isolate = Isolation.WORKTREE if url else isolate
         merge.check(self.root, isolate, options.mode)
         run = new_run(self.store, feature, options.policy, options.context, options.mode, check)

@@ -48,9 +48,12 @@ __all__ = ["Collected", "check", "collect", "fetch_results", "push_snapshot", "r
 log = logging.getLogger("batchq.run.remote")
 
 
-def check(root: Path, settings: Settings, workspace: Workspace, mode: RunMode) -> str | None:
+def check(
+    root: Path, settings: Settings, workspace: Workspace, mode: RunMode, *, reach: bool = True
+) -> str | None:
     """Refuse what ``workspace`` cannot do, with :class:`UsageError` (exit 2); the
-    remote's URL under ``git`` (None under ``shared``)."""
+    remote's URL under ``git`` (None under ``shared``). ``reach=False`` skips asking
+    the remote (the caller's pre-flight just did)."""
     if workspace is Workspace.SHARED:
         return None
     if mode is RunMode.FLOW:
@@ -74,6 +77,8 @@ def check(root: Path, settings: Settings, workspace: Workspace, mode: RunMode) -
             f"--workspace git: {root} is not inside a git work tree (run `git init` there, "
             "or use --workspace shared)"
         ) from None
+    if not reach:
+        return url
     try:
         gitremote.reachable(root, url, settings.git_timeout_s)
     except InfrastructureError as exc:

@@ -19,6 +19,7 @@ import pytest
 
 from batchq.cli.main import main
 from batchq.errors import UsageError
+from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
 from batchq.local.embedded import LocalWorkers
 from batchq.models import ResultState, SubtaskStatus, Workspace
@@ -173,6 +174,13 @@ def test_the_auth_system_feature_completes_on_workers_that_cannot_see_the_projec
         for deliverable in sub.deliverables:
             assert (auth_project / deliverable).exists(), deliverable
     assert "def hash_password" in (auth_project / "authkit" / "passwords.py").read_text()
+    # Fingerprints are the transport's business no more than isolation's: recorded at
+    # completion, they match what this host computes, as under a shared workspace.
+    shared = settings.model_copy(update={"workspace": Workspace.SHARED, "git_remote": None})
+    assert fingerprint.stale(feature, settings) == {}
+    for sub in feature.subtasks:
+        assert sub.batchq is not None and sub.batchq.fingerprint is not None
+        assert sub.batchq.fingerprint == fingerprint.fingerprint(sub, feature, shared)
     results = {r.seq: r for b in result.reports for r in b.results}
     assert results["04"].summary  # the test suite ran, on the merged deliverables
     for seq, res in results.items():

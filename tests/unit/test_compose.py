@@ -219,7 +219,8 @@ def test_the_git_variant_replaces_the_workers_workspace_mount_with_a_cache_volum
     mounts = worker["volumes"]["!override"]  # replaced, not appended to the base list
     assert all(not str(m).endswith(":/workspace") for m in mounts)
     cache = worker["environment"]["BATCHQ_WORKER_CACHE"]
-    assert any(str(m).endswith(f":{cache}") for m in mounts)
+    assert [str(m).split(":")[-1] for m in mounts] == [cache]
+    assert all(":" not in str(m) for m in mounts)  # anonymous: one cache per replica
     assert worker["environment"]["BATCHQ_WORKSPACE"] == "git"
     assert worker["working_dir"] != "/workspace"
     assert set(git_services) <= set(services)  # it overrides services, adds none
