@@ -54,20 +54,26 @@ needs_unshare = pytest.mark.skipif(UNSHARE_PROBLEM is not None, reason=str(UNSHA
 
 
 class HiddenWorkers(LocalWorkers):
-    """Workers that cannot see ``hidden`` (the orchestrator's folder, say): each starts
-    in a mount namespace of its own with an empty tmpfs mounted over every path."""
+    """Workers that cannot see ``hidden`` (the orchestrator's folder, say) and may only
+    read ``readonly``: each starts in a mount namespace of its own with an empty tmpfs
+    over every hidden path and a read-only bind mount over every read-only one."""
 
-    def __init__(self, hidden: list[Path], *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, hidden: list[Path], *args: Any, readonly: list[Path] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.hidden = hidden
+        self.hidden, self.readonly = hidden, readonly or []
 
     def argv(self, index: int) -> list[str]:
-        mounts = " && ".join(f'mount -t tmpfs none "${i + 1}"' for i in range(len(self.hidden)))
-        script = f'{mounts} && shift {len(self.hidden)} && exec "$@"'
-        hidden = [str(p) for p in self.hidden]
+        steps = [f'mount -t tmpfs none "${i + 1}"' for i in range(len(self.hidden))]
+        for i in range(len(self.hidden), len(self.hidden) + len(self.readonly)):
+            steps.append(f'mount --bind "${i + 1}" "${i + 1}"')
+            steps.append(f'mount -o remount,bind,ro "${i + 1}"')
+        paths = [str(p) for p in (*self.hidden, *self.readonly)]
+        script = " && ".join([*steps, f"shift {len(paths)}", 'exec "$@"'])
         return [
             *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"),
-            *hidden,
+            *paths,
             *super().argv(index),
         ]
 
@@ -115,10 +121,17 @@ def git_settings(root: Path, redis_url: str, remote: Path, cache: Path, **extra:
 def hidden_workers(redis_url: str, tmp_path: Path) -> Iterator[Any]:
     started: list[LocalWorkers] = []
 
-    def start(hidden: list[Path], settings: Settings, count: int = 1, **env: str) -> HiddenWorkers:
+    def start(
+        hidden: list[Path],
+        settings: Settings,
+        count: int = 1,
+        readonly: list[Path] | None = None,
+        **env: str,
+    ) -> HiddenWorkers:
         group = HiddenWorkers(
             hidden,
             redis_url,
+            readonly=readonly,
             count=count,
             concurrency=2,
             settings=settings,
@@ -217,6 +230,30 @@ def test_a_worker_that_cannot_reach_the_remote_fails_the_subtask_clearly(
     assert "git fetch" in (only.error or "") and remote.as_uri() in (only.error or "")
     assert not (root / "out.txt").exists()
     assert remote_refs(remote) == []
+
+
+@needs_unshare
+def test_a_push_the_remote_refuses_is_a_retryable_failure_and_nothing_is_merged(
+    make_feature, subtask_data, remote, tmp_path, redis_url, redis_client, hidden_workers
+):
+    sub = subtask_data("01", command="echo hi > out.txt", deliverables=["out.txt"], retries=1)
+    root = make_feature([sub])
+    shutil.rmtree(root / ".git")
+    commit_all(root)
+    cache = tmp_path / "cache"
+    settings = git_settings(root, redis_url, remote, cache, shell_allow=["*"], retry_backoff_s=0.1)
+    hidden_workers([root], settings, readonly=[remote])  # it fetches, but cannot push
+
+    result = orchestrate(root, "feat", settings, redis_url)
+
+    (only,) = result.reports[0].results
+    assert only.result is ResultState.FAILED
+    assert only.error_type == "GitPushFailed"
+    assert only.attempts == 2  # retried once, as execution.retries says
+    assert "could not be pushed" in (only.error or "") and "git push" in (only.error or "")
+    assert not (root / "out.txt").exists()
+    (repo,) = cache.glob("repos/*.git")
+    assert not list(repo.glob("batchq-worktrees/*/*"))
 
 
 class _Silent:
