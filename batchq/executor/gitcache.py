@@ -14,11 +14,14 @@ are fetched once and reused by every later subtask and run. A delegation:
    holds ``<seq>.log``), which the orchestrator fetches into ``.batchq/logs/`` so
    ``batchq logs`` shows it as for any run; then the worktree goes.
 
-Several worker processes may share one cache. Everything that writes the shared
-repository (fetch, worktree add/remove/prune, the result commits) runs under one
-``flock`` per clone (released by the kernel if its holder dies), and while it is held
-no other batchq git process writes there: a git ``*.lock`` file found then was left
-by a killed process and is removed. Only pushes and the agent itself run outside it.
+Several worker processes may share one cache. What writes the repository's shared
+files (fetch, worktree add/remove/prune, deleting refs) runs under one ``flock`` per
+clone (released by the kernel if its holder dies); while it is held no other batchq
+git process takes git's top-level locks (``packed-refs.lock``, ``shallow.lock``...),
+so one found then was left by a killed process and is removed, as are the locks of
+the refs the subtask at hand is about to write (no one else writes those). The result
+and log commits write only objects (safe side by side) and refs of their own subtask,
+so they run outside it, with the pushes and the agent.
 Every network call is bounded (:mod:`batchq.files.gitremote`); a failed fetch or push
 is an :class:`~batchq.errors.InfrastructureError` the runner turns into a retryable
 subtask failure.
@@ -73,9 +76,10 @@ class Cache:
         return self.home / "logs" / run_id / f"{seq}.log"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[Path]:
+    def locked(self, *own_refs: str) -> Iterator[Path]:
         """Hold the clone's lock (bounded wait: its holder's git calls are bounded);
-        yields the repository, created if needed, without stale git locks."""
+        yields the repository, created if needed, without stale git locks (top-level
+        ones and those of ``own_refs``)."""
         repo = self.repo
         repo.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(repo.with_name(repo.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
@@ -94,7 +98,7 @@ class Cache:
                     time.sleep(0.05)
             try:
                 _ensure(repo)
-                clean_stale_locks(repo)
+                clean_stale_locks(repo, own_refs)
                 yield repo
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -104,7 +108,8 @@ class Cache:
     def checkout(self, run_id: str, batch: int, seq: str, prefix: str) -> isolation.Worktree:
         """A worktree for ``seq`` at its batch's snapshot, fetched if not here yet."""
         ref = isolation.base_ref(run_id, batch)
-        with self.locked() as repo:
+        mine = (ref, isolation.result_ref(run_id, seq), log_ref(run_id, seq))
+        with self.locked(*mine) as repo:
             base = gitsnap.ref_commit(repo, ref)
             if base is None:
                 gitremote.fetch(repo, self.url, [f"+{ref}:{ref}"], self.timeout_s)
@@ -116,18 +121,17 @@ class Cache:
             return isolation.open_at(repo, base, run_id, seq, prefix)
 
     def record(self, tree: isolation.Worktree, deliverables: list[str]) -> isolation.Recorded:
-        """Commit the agent's changes (under the lock: it writes a shared ref)."""
-        with self.locked():
-            return tree.record(deliverables)
+        """Commit the agent's changes on the subtask's own ref (no lock needed)."""
+        return tree.record(deliverables)
 
     def publish(self, tree: isolation.Worktree, log_path: Path) -> None:
         """Push the result ref and the log, then drop them here (their objects stay for
         later fetches). Raises :class:`InfrastructureError` when the push fails."""
         result, logs = isolation.result_ref(tree.run_id, tree.seq), log_ref(tree.run_id, tree.seq)
-        with self.locked() as repo:
-            refs = [result] if gitsnap.ref_commit(repo, result) else []
-            if _commit_log(repo, logs, log_path, tree.seq):
-                refs.append(logs)
+        repo = self.repo
+        refs = [result] if gitsnap.ref_commit(repo, result) else []
+        if _commit_log(repo, logs, log_path, tree.seq):
+            refs.append(logs)
         gitremote.push(repo, self.url, [f"+{r}:{r}" for r in refs], self.timeout_s)
         with self.locked() as repo:
             for ref in refs:
@@ -153,11 +157,12 @@ def _ensure(repo: Path) -> None:
         gitsnap.git(repo, "config", key, value)
 
 
-def clean_stale_locks(repo: Path) -> list[Path]:
-    """Remove git's ``*.lock`` files from the shared repository (not from live
-    worktrees' own folders). Call only with the clone's lock held: then no batchq git
-    process writes here, and a lock file is what a killed one left behind."""
-    found = [*repo.glob("*.lock"), *(repo / "refs").rglob("*.lock")]
+def clean_stale_locks(repo: Path, own_refs: tuple[str, ...] = ()) -> list[Path]:
+    """Remove git's top-level ``*.lock`` files and those of ``own_refs`` (never a live
+    worktree's own, nor another subtask's ref lock). Call only with the clone's lock
+    held: then no batchq git process holds any of them, and one found is what a
+    killed process left behind."""
+    found = [*repo.glob("*.lock"), *(p for r in own_refs if (p := repo / f"{r}.lock").exists())]
     for path in found:
         with contextlib.suppress(OSError):
             path.unlink()

@@ -388,8 +388,8 @@ from batchq.executor.gitcache import Cache
 cache = Cache(Path(sys.argv[1]), sys.argv[2], 30.0)
 tree = cache.checkout(sys.argv[3], 1, "01", "")
 (cache.repo / "packed-refs.lock").write_text("")  # as a killed `git update-ref` leaves
-(cache.repo / "refs" / "batchq").mkdir(parents=True, exist_ok=True)
-(cache.repo / "refs" / "batchq" / "stale.lock").write_text("")
+(cache.repo / "refs" / "batchq" / sys.argv[3]).mkdir(parents=True, exist_ok=True)
+(cache.repo / "refs" / "batchq" / sys.argv[3] / "01.lock").write_text("")  # its result ref
 print(tree.path, flush=True)
 time.sleep(600)
 """
@@ -420,11 +420,15 @@ def test_a_sigkilled_workers_worktree_and_git_locks_are_cleaned_by_the_next_one(
     cache = Cache(cache_home, remote.as_uri(), 30.0)
     assert (cache.repo / "packed-refs.lock").exists()
 
+    ref_lock = cache.repo / "refs" / "batchq" / run_id / "01.lock"
     tree = cache.checkout(run_id, 1, "02", "")
     try:
         assert not dead_tree.exists()  # the dead owner's worktree was pruned
         assert not (cache.repo / "packed-refs.lock").exists()
-        assert not list((cache.repo / "refs").rglob("*.lock"))
+        assert ref_lock.exists()  # another subtask's ref: not judged by this one
+        again = cache.checkout(run_id, 1, "01", "")  # the killed subtask's retry
+        assert not ref_lock.exists()
+        cache.close(again)
         (tree.workspace / "b.txt").write_text("b\n")
         recorded = cache.record(tree, ["b.txt"])
         assert recorded.changed == ["b.txt"]
