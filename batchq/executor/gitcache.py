@@ -136,9 +136,9 @@ class Cache:
         with self.locked() as repo:
             for ref in refs:
                 gitsnap.git(repo, "update-ref", "-d", ref, check=False)
-        with contextlib.suppress(OSError):  # its home is the orchestrator's .batchq/logs now
-            log_path.unlink()
-            log_path.parent.rmdir()
+        # Its home is the orchestrator's .batchq/logs now. The run's folder stays: a
+        # sibling may be about to write its own log there.
+        log_path.unlink(missing_ok=True)
 
     def close(self, tree: isolation.Worktree) -> None:
         """Remove the worktree (never raises: a leftover is pruned by the next one)."""
