@@ -468,13 +468,17 @@ class SubtaskResult(_Wire):
     # --- isolation (``isolate = "worktree"``); absent in older results -----------
     isolated_commit: str | None = None
     """The commit of everything the agent changed in its worktree, on
-    ``refs/batchq/<run>/<seq>``; its parent is the batch's snapshot."""
+    ``refs/batchq/<run>/<seq>``; its parent is its snapshot (batch or flow wave)."""
     changed_paths: list[str] = Field(default_factory=list)
     """Every path that commit changes, declared or not (exact: no time windows)."""
     diffstat: str | None = None
     """``git diff --shortstat`` of that commit, e.g. ``2 files changed, 3 insertions(+)``."""
     merged_paths: list[str] = Field(default_factory=list)
     """Set by the orchestrator: the deliverable paths merged back into the workspace."""
+    merged: bool = False
+    """Set by the orchestrator when the merge back was done (``merged_paths`` may be
+    empty: nothing to merge). A completed isolated result without it was never merged:
+    adoption merges it (:mod:`batchq.run.latemerge`)."""
 
     @property
     def ok(self) -> bool:
@@ -593,7 +597,11 @@ class SubtaskMessage(_Wire):
     siblings_total: int = 0
     """How many other members the batch has, listed or not."""
     isolate: Isolation = Isolation.NONE
-    """``worktree``: run in a worktree at ``refs/batchq/<run>/base-<batch>``."""
+    """``worktree``: run in a worktree at ``snapshot_ref``."""
+    snapshot_ref: str = ""
+    """Isolation: the hidden ref of the workspace snapshot this subtask starts from
+    (``refs/batchq/<run>/base-<batch>`` in batch mode, ``.../base-w<wave>`` in flow
+    mode); the worker never derives it. Empty when not isolated."""
     git_remote: str | None = None
     """``workspace = git``: the remote holding the snapshot, where the worker pushes its
     result (never with a password: :func:`batchq.settings.git_remote_problem`). Set, the
@@ -630,6 +638,8 @@ class Run:
     """Set when ``workspace = git``: the remote the batches travel through."""
     git_prefix: str = ""
     """The project root's folder inside its repository, when ``git_remote`` is set."""
+    git_timeout_s: float = 120.0
+    """The bound on each call to ``git_remote`` (``Settings.git_timeout_s``)."""
 
 
 def agent_name(subtask: Subtask) -> str:

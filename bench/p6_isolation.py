@@ -57,14 +57,13 @@ def make_repo(root: Path, files: int, dirty: int) -> None:
 
 def one_batch(root: Path, run_id: str, batch: int, size: int) -> dict[str, float]:
     """Snapshot, ``size`` worktree cycles, then the merge; seconds per phase."""
-    snap_s, _ = measure(
-        lambda: gitsnap.snapshot(root, isolation.base_ref(run_id, batch), "bench snapshot")
-    )
+    ref = isolation.base_ref(run_id, batch)
+    snap_s, _ = measure(lambda: gitsnap.snapshot(root, ref, "bench snapshot"))
     add_s = record_s = remove_s = 0.0
     results: list[tuple[SubtaskResult, list[str]]] = []
     for n in range(1, size + 1):
         seq = f"{n:02d}"
-        elapsed, tree = measure(lambda s=seq: isolation.open_worktree(root, run_id, batch, s))
+        elapsed, tree = measure(lambda s=seq: isolation.open_worktree(root, run_id, ref, s))
         add_s += elapsed
         (tree.path / "out").mkdir(exist_ok=True)
         (tree.path / "out" / f"{seq}-{batch}.txt").write_text(f"made by {seq}\n")

@@ -87,8 +87,8 @@ IsolateOpt = Annotated[
     typer.Option(
         "--isolate",
         help="worktree: each subtask in its own git worktree at a snapshot of the "
-        "workspace, its declared deliverables merged back; none (default from "
-        "BATCHQ_ISOLATE).",
+        "workspace (one per batch; per wave of ready subtasks with --mode flow), its "
+        "declared deliverables merged back; none (default from BATCHQ_ISOLATE).",
     ),
 ]
 WorkspaceOpt = Annotated[
@@ -296,9 +296,9 @@ def _execute(
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
     f = require(ctx.root, feature, ctx.settings, seqs=seqs)
     chosen = workspace or ctx.settings.workspace
-    if remote.check(ctx.root, ctx.settings, chosen, mode) is not None:
+    if remote.check(ctx.root, ctx.settings, chosen) is not None:
         isolate = Isolation.WORKTREE  # workspace = git is isolation over a remote
-    merge.check(ctx.root, isolate or ctx.settings.isolate, mode)
+    merge.check(ctx.root, isolate or ctx.settings.isolate)
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW, root=ctx.given_root)
     options = RunOptions(
@@ -404,7 +404,7 @@ def _settle_orphan(
         err.print(
             f"recorded run {run_id} in the files of {name}: "
             f"{sum(r is ResultState.COMPLETED for r in done.adopted.values())} completed, "
-            f"{len(done.returned)} back to pending",
+            f"{len(done.returned)} back to pending{done.merged_note()}",
             markup=False,
         )
     return written

@@ -1,16 +1,17 @@
 """What an isolated subtask's result may change in the workspace: the pure half of
 merging back (:mod:`batchq.run.merge` reads git and writes files).
 
-Under isolation every agent worked in its own worktree at the batch's snapshot, so
-what it changed is known exactly: the paths its result commit changes against the
-snapshot. Blame needs no time windows. Of those paths
+Under isolation every agent worked in its own worktree at its snapshot (its batch's,
+or in flow mode its wave's), so what it changed is known exactly: the paths its
+result commit changes against that snapshot. Blame needs no time windows. Of those
+paths
 
 * the ones covered by the subtask's *own* declared deliverables are merged, as a
   3-way merge against the snapshot: when the workspace still has the snapshot's
   content the result's wins; when the workspace already has the result's content
   there is nothing to do; otherwise the workspace changed that path meanwhile (the
-  user, or an earlier member merged in seq order) and that is a conflict — the
-  workspace keeps its version and the subtask fails naming the paths;
+  user, or a member merged earlier) and that is a conflict — the workspace keeps
+  its version and the subtask fails naming the paths;
 * every other path is an undeclared write (a *stray*), never applied: reported under
   ``warn``, failing the subtask under ``fail``, ignored under ``off``.
 

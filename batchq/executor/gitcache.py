@@ -5,8 +5,9 @@ The worker never sees the orchestrator's folder. For each remote it keeps one ba
 repository under ``BATCHQ_WORKER_CACHE`` (``repos/<name>-<hash>.git``), so objects
 are fetched once and reused by every later subtask and run. A delegation:
 
-1. fetches only its batch's snapshot ref (``refs/batchq/<run>/base-<batch>``; skipped
-   when a sibling on this host fetched it already: a snapshot ref never moves);
+1. fetches only the snapshot ref its message names (``refs/batchq/<run>/base-<batch>``,
+   or ``base-w<wave>`` in flow mode; skipped when a sibling on this host fetched it
+   already: a snapshot ref never moves);
 2. gets a worktree at it (:func:`batchq.executor.isolation.open_at`, owner markers
    and dead owners pruned exactly as on a shared workspace);
 3. runs the agent there, commits the result on ``refs/batchq/<run>/<seq>``;
@@ -105,19 +106,22 @@ class Cache:
         finally:
             os.close(fd)
 
-    def checkout(self, run_id: str, batch: int, seq: str, prefix: str) -> isolation.Worktree:
-        """A worktree for ``seq`` at its batch's snapshot, fetched if not here yet."""
-        ref = isolation.base_ref(run_id, batch)
-        mine = (ref, isolation.result_ref(run_id, seq), log_ref(run_id, seq))
+    def checkout(self, run_id: str, snapshot: str, seq: str, prefix: str) -> isolation.Worktree:
+        """A worktree for ``seq`` at the snapshot ref its message names, fetched if not
+        here yet (a snapshot ref never moves: a sibling's fetch serves)."""
+        if not snapshot.startswith(f"refs/batchq/{run_id}/"):
+            raise InfrastructureError(
+                f"the message names no snapshot of run {run_id} ({snapshot!r}); is the "
+                "producer older than this worker? Run the same batchq on both"
+            )
+        mine = (snapshot, isolation.result_ref(run_id, seq), log_ref(run_id, seq))
         with self.locked(*mine) as repo:
-            base = gitsnap.ref_commit(repo, ref)
+            base = gitsnap.ref_commit(repo, snapshot)
             if base is None:
-                gitremote.fetch(repo, self.url, [f"+{ref}:{ref}"], self.timeout_s)
-                base = gitsnap.ref_commit(repo, ref)
+                gitremote.fetch(repo, self.url, [f"+{snapshot}:{snapshot}"], self.timeout_s)
+                base = gitsnap.ref_commit(repo, snapshot)
             if base is None:
-                raise InfrastructureError(
-                    f"{ref} is not on {self.url} (was the run's ref deleted?)"
-                )
+                raise InfrastructureError(f"{snapshot} is not on {self.url}")
             return isolation.open_at(repo, base, run_id, seq, prefix)
 
     def record(self, tree: isolation.Worktree, deliverables: list[str]) -> isolation.Recorded:

@@ -1,7 +1,9 @@
 """One git worktree per isolated delegation, on the worker: create, commit, remove.
 
-The worker makes a detached worktree at the batch's snapshot
-(``refs/batchq/<run>/base-<batch>``, recorded by the orchestrator at submit) under
+The worker makes a detached worktree at the snapshot its message names
+(:attr:`~batchq.models.SubtaskMessage.snapshot_ref`, recorded by the orchestrator
+before publishing: ``refs/batchq/<run>/base-<batch>`` per batch in batch mode,
+``refs/batchq/<run>/base-w<wave>`` per published wave in flow mode) under
 ``<git common dir>/batchq-worktrees/<run>/<seq>``: inside the repository's own
 folder, so the user's ``git status`` never sees it and ``.git``'s sandbox protection
 does not reach into it. The agent runs there. Afterwards everything it changed is
@@ -41,6 +43,7 @@ __all__ = [
     "open_worktree",
     "prune_dead",
     "result_ref",
+    "wave_ref",
     "worktrees_home",
 ]
 
@@ -53,6 +56,12 @@ log = logging.getLogger("batchq.executor.isolation")
 def base_ref(run_id: str, batch: int) -> str:
     """The snapshot a batch's isolated members start from."""
     return f"refs/batchq/{run_id}/base-{batch}"
+
+
+def wave_ref(run_id: str, wave: int) -> str:
+    """The snapshot a flow-mode wave starts from: the ``wave``-th call of the run that
+    published ready subtasks (1, 2, ...; the ``w`` keeps it apart from batch numbers)."""
+    return f"refs/batchq/{run_id}/base-w{wave}"
 
 
 def result_ref(run_id: str, seq: str) -> str:
@@ -202,14 +211,19 @@ def _prune_dead(top: Path) -> list[Path]:
     return removed
 
 
-def open_worktree(root: Path, run_id: str, batch: int, seq: str) -> Worktree:
-    """A fresh worktree for subtask ``seq`` at batch ``batch``'s snapshot."""
+def open_worktree(root: Path, run_id: str, snapshot: str, seq: str) -> Worktree:
+    """A fresh worktree for subtask ``seq`` at the snapshot ref ``snapshot`` (the one
+    its message names: which batch or wave it belongs to is the orchestrator's say)."""
     top = gitsnap.require_work_tree(root)
-    ref = base_ref(run_id, batch)
-    base = gitsnap.ref_commit(top, ref)
+    if not snapshot.startswith(f"refs/batchq/{run_id}/"):
+        raise InfrastructureError(
+            f"isolation: the message names no snapshot of run {run_id} ({snapshot!r}); "
+            "is the producer older than this worker? Run the same batchq on both"
+        )
+    base = gitsnap.ref_commit(top, snapshot)
     if base is None:
         raise InfrastructureError(
-            f"isolation: the batch's snapshot {ref} is missing in {top} (the orchestrator "
+            f"isolation: the snapshot {snapshot} is missing in {top} (the orchestrator "
             "records it before publishing; was the repository replaced?)"
         )
     prefix = root.resolve().relative_to(top).as_posix()

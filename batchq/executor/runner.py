@@ -408,17 +408,20 @@ def _isolated_run(
     attempt: _Attempt,
     cache: gitcache.Cache | None,
 ) -> tuple[isolation.Worktree | None, AgentOutcome, Delegation]:
-    """Run the agent in a worktree of its own at the batch's snapshot (in the shared
-    repository, or in this worker's clone of the run's remote when ``cache`` is given),
-    then commit what it changed (before verification: a verify command's own outputs
-    are not the agent's) and keep the patch in the log. Returns the worktree — the
-    caller removes it after verifying inside it — and the delegation as the agent saw it."""
+    """Run the agent in a worktree of its own at the snapshot its message names (in the
+    shared repository, or in this worker's clone of the run's remote when ``cache`` is
+    given), then commit what it changed (before verification: a verify command's own
+    outputs are not the agent's) and keep the patch in the log. Returns the worktree —
+    the caller removes it after verifying inside it — and the delegation as the agent
+    saw it."""
     msg = attempt.message
     try:
         if cache is None:
-            tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.batch, msg.seq)
+            tree = isolation.open_worktree(
+                delegation.workspace, msg.run_id, msg.snapshot_ref, msg.seq
+            )
         else:
-            tree = cache.checkout(msg.run_id, msg.batch, msg.seq, msg.git_prefix)
+            tree = cache.checkout(msg.run_id, msg.snapshot_ref, msg.seq, msg.git_prefix)
     except (BatchqError, OSError) as exc:
         kind = "IsolationFailed" if cache is None else "GitFetchFailed"
         failed = AgentOutcome(

@@ -10,10 +10,13 @@ run`` of the feature, or ``batchq watch`` when it sees the run end. It
 1. stops what has not started (the batch's cancel flag: a queued message that starts
    later finds it and never runs),
 2. waits for the members still running (a live claim), up to ``wait_s``,
-3. writes every recorded result into the files (``completed`` stays completed and is
+3. merges back every completed isolated result the orchestrator never merged
+   (:mod:`batchq.run.latemerge`: its deliverables are only in its result commit; a
+   conflict fails it),
+4. writes every recorded result into the files (``completed`` stays completed and is
    never run again), returns the members without one to ``pending`` (no ``agent_id``
    or ``started_at`` left), and
-4. stores and saves a report of each batch that had none (a cancelled one: its
+5. stores and saves a report of each batch that had none (a cancelled one: its
    unfinished members are ``skipped``), so ``batchq report`` shows it.
 
 The caller holds the feature (:meth:`~batchq.run.orchestrator.Orchestrator.exclusive`):
@@ -51,9 +54,10 @@ from batchq.models import (
     ResultState,
     SubtaskResult,
     SubtaskStatus,
-    WriteCheck,
+    seq_key,
 )
 from batchq.protocol import BatchState
+from batchq.run import latemerge
 from batchq.settings import Settings
 from batchq.store.contract import Store
 
@@ -66,18 +70,25 @@ WaitHandler = Callable[[list[str]], None]
 @dataclass
 class Settled:
     """What :func:`settle` wrote: seq -> the recorded result, the seqs returned to
-    ``pending`` for want of one, and the report of each of the run's batches."""
+    ``pending`` for want of one, the report of each of the run's batches, and the
+    isolated results it merged back into the workspace (its orchestrator never did)."""
 
     run_id: str
     adopted: dict[str, ResultState] = field(default_factory=dict)
     returned: list[str] = field(default_factory=list)
     reports: list[BatchReport] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+
+    def merged_note(self) -> str:
+        """``, merged back 01, 02`` for a progress line ("" when nothing was)."""
+        return f", merged back {', '.join(self.merged)}" if self.merged else ""
 
 
 def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
     """True when run ``run_id`` still has a batch in flight, or a file still says a
-    member is ``in_progress`` for it, or a member's file lags its recorded result: the
-    files do not yet say what the workers recorded."""
+    member is ``in_progress`` for it, or a member's file lags its recorded result, or
+    a completed isolated result was never merged back: the files (or the workspace)
+    do not yet say what the workers recorded."""
     states = store.batch_states(run_id)
     if any(state == BatchState.RUNNING for state in states.values()):
         return True
@@ -91,7 +102,9 @@ def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
         if sub.status is SubtaskStatus.IN_PROGRESS:
             return True
         res = results.get(seq)
-        if res is not None and not _written(sub.batchq, sub.status, run_id, res.result):
+        if res is None:
+            continue
+        if latemerge.unmerged(res) or not _written(sub.batchq, sub.status, run_id, res.result):
             return True
     return False
 
@@ -144,6 +157,13 @@ def settle(
     final = _final(store, run_id, states, everyone)
     feature = load_feature(root, name)
     by_seq = feature.by_seq()
+    ours = {s: r for s, r in final.items() if s in by_seq and not _newer(by_seq[s].batchq, run_id)}
+    merged = latemerge.merge_late(store, feature.root, by_seq, run_id, ours)
+    # Merged now: written again (the outputs' fingerprint is of the merged files), and
+    # a completion the mirror wrote is cleared from one the merge failed.
+    late = {s: r.result is not ours[s].result for s, r in merged.items()}
+    settled.merged = sorted((s for s, r in merged.items() if r.merged), key=seq_key)
+    final |= merged
     done = [seq for seq, r in final.items() if r.result is ResultState.COMPLETED]
     recorder = fingerprint.Recorder.for_batch(feature, [s for s in done if s in by_seq], settings)
     claims: Claims = {}
@@ -154,8 +174,9 @@ def settle(
             continue
         res = final.get(seq)
         if res is not None:
-            if not _written(sub.batchq, sub.status, run_id, res.result):
-                changes[seq] = final_change(res, run_id, recorder, claims)
+            if seq in late or not _written(sub.batchq, sub.status, run_id, res.result):
+                forget = late.get(seq, False)
+                changes[seq] = final_change(res, run_id, recorder, claims, forget=forget)
             settled.adopted[seq] = res.result
         elif sub.status is SubtaskStatus.IN_PROGRESS:  # a pending file stays as it is
             block = BatchqBlock(result=ResultState.CANCELLED, error=reason, run_id=run_id)
@@ -166,6 +187,7 @@ def settle(
     info = store.run_info(run_id)
     for n, seqs in members.items():
         rep = stored[n] or _cancelled_report(store, feature, info, run_id, n, seqs, final, reason)
+        rep = latemerge.reconcile(store, rep, merged)  # stored before the merge
         save_report(root, name, rep)
         settled.reports.append(rep)
     return settled
@@ -210,10 +232,7 @@ def _cancelled_report(
     record = store.batch_record(run_id, n)
     titles = {s.seq: s.title for s in feature.subtasks if s.seq in seqs}
     following = PlannedBatch.model_validate_json(record.following) if record.following else None
-    try:
-        check = WriteCheck(record.write_check)
-    except ValueError:
-        check = WriteCheck.WARN
+    check = latemerge.write_check(record)
     results = [final[s] for s in seqs if s in final]
     built = report.build(
         feature=feature.name,
@@ -265,9 +284,12 @@ def final_change(
     run_id: str,
     recorder: fingerprint.Recorder,
     claims: Claims,
+    *,
+    forget: bool = False,
 ) -> Callable[[dict[str, Any]], None]:
     """The file change for a final result; ``claims`` collects what agents said of
-    themselves through ``batchq complete`` meanwhile (kept, or contradicted)."""
+    themselves through ``batchq complete`` meanwhile (kept, or contradicted). ``forget``
+    clears a completion a failed result's file may still show, whoever wrote it."""
     block = BatchqBlock(
         result=res.result,
         error=res.error,
@@ -282,4 +304,4 @@ def final_change(
         return mark_completed(res.summary or res.title, finished, block, claims)
     if res.result is ResultState.CANCELLED:
         return mark_pending(block, claims)
-    return mark_blocked(block, claims)
+    return mark_blocked(block, claims, forget_completion=forget)

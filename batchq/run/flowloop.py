@@ -8,11 +8,24 @@ policy is applied here rather than by the workers' per-batch cancel flag, since 
 planned batch is no longer a unit of execution: ``graceful`` and ``continue`` skip
 the transitive dependents of a failure and keep everything else going;
 ``terminate`` skips everything not yet enqueued and stops the running ones.
+
+Under isolation (``isolate = "worktree"``, :mod:`batchq.run.merge`) every call that
+publishes a wave of ready subtasks first records the workspace on
+``refs/batchq/<run>/base-w<wave>`` (waves numbered 1, 2, ... across the run), and each
+message names that ref. A completed result is merged back as soon as it arrives —
+those arriving in one step in seq order — before anything else sees it: the mirror
+and the progress lines get the amended result, the store keeps it for the report,
+and a merge that fails the subtask fails it for the schedule too (its dependents are
+skipped per policy). Dependents are published only afterwards, so their wave's
+snapshot holds what was merged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +37,15 @@ from batchq.models import (
     BatchReport,
     FailurePolicy,
     Feature,
+    Isolation,
     NextStep,
     Plan,
     ResultState,
     Run,
+    SubtaskResult,
 )
 from batchq.protocol import CancelMode, EventKind
+from batchq.run import merge
 from batchq.run.producer import (
     EventHandler,
     Submission,
@@ -64,8 +80,10 @@ class _FlowRun:
         on_events: EventHandler,
         on_report: ReportHandler,
         on_publish: Callable[[list[str]], None] | None,
+        waves: Iterator[int],
     ) -> None:
         self.app, self.store, self.run, self.settings = app, store, run, settings
+        self.waves = waves
         self.on_publish = on_publish
         self.on_events, self.on_report = on_events, on_report
         by_seq = feature.by_seq()
@@ -90,6 +108,12 @@ class _FlowRun:
         self.enqueued_at: dict[str, datetime] = {}
         self.windows: dict[str, Window] = {}
         self.reported: set[int] = set()
+        # Isolation: the seqs merged back, the results a merge changed (as event data),
+        # and the amendments not yet in the store (a Redis blip retries the write,
+        # never the merge).
+        self.merged: set[str] = set()
+        self.amended: dict[str, dict[str, Any]] = {}
+        self.unstored: list[SubtaskResult] = []
 
     # --- publishing -------------------------------------------------------------------
 
@@ -99,6 +123,8 @@ class _FlowRun:
             return
         if self.on_publish is not None:
             self.on_publish(seqs)
+        # Isolation: this wave's snapshot, after every merge so far ("" otherwise).
+        snapshot = merge.snapshot_wave(self.run, next(self.waves)) if self._isolated else ""
         batch_of = self.schedule.batch_of
         publish_each(
             self.app,
@@ -112,6 +138,7 @@ class _FlowRun:
                     # The workers never cancel a batch's siblings in flow mode.
                     FailurePolicy.CONTINUE,
                     self.briefs[batch_of[s]],
+                    snapshot,
                 )
                 for s in seqs
             ],
@@ -141,7 +168,13 @@ class _FlowRun:
 
     # --- following ------------------------------------------------------------------------
 
+    @property
+    def _isolated(self) -> bool:
+        return self.run.isolate is Isolation.WORKTREE
+
     def step(self, events: list[Event]) -> bool | None:
+        if self._isolated:
+            events = self._merge(events)
         self.on_events(events)
         touched: set[int] = set()
         for event in events:
@@ -159,6 +192,32 @@ class _FlowRun:
         self.publish_ready()
         self.close(touched)
         return True if self.schedule.done else None
+
+    def _merge(self, events: list[Event]) -> list[Event]:
+        """Merge back the isolated results these events bring (in seq order, each
+        against its own wave's snapshot) and return the events with the amended
+        results in place of the recorded ones."""
+        arrived: list[SubtaskResult] = []
+        for event in events:
+            if event.kind != EventKind.FINISHED or not event.data:
+                continue
+            if event.seq in self.schedule.in_flight and event.seq not in self.merged:
+                arrived.append(SubtaskResult.model_validate(event.data))
+                self.merged.add(event.seq)  # at most once, even if a repeat arrives
+        recorded = {r.seq: r for r in arrived}
+        for result in merge.merge_results(self.run, self.by_seq, arrived) if arrived else []:
+            if result != recorded[result.seq]:
+                self.amended[result.seq] = json.loads(result.model_dump_json())
+                self.unstored.append(result)
+        if self.unstored:
+            self.store.amend_results(self.unstored)
+            self.unstored = []
+        return [
+            dataclasses.replace(e, data=self.amended[e.seq])
+            if e.kind == EventKind.FINISHED and e.seq in self.amended
+            else e
+            for e in events
+        ]
 
     def _apply_policy(self, seq: str, state: ResultState) -> list[Skip]:
         if state is ResultState.CANCELLED:  # only a cancel flag cancels (cancel, Ctrl-C)
@@ -251,11 +310,25 @@ def run_flow(
     on_events: EventHandler,
     on_report: ReportHandler,
     on_publish: Callable[[list[str]], None] | None = None,
+    waves: Iterator[int] | None = None,
 ) -> None:
     """Run every planned subtask in flow mode; ``on_report`` gets each batch's report
     as its last member finishes or is skipped, in closing order, and ``on_publish``
-    the subtasks about to be enqueued (their inputs are final by then)."""
-    flow = _FlowRun(app, store, run, feature, plan, settings, on_events, on_report, on_publish)
+    the subtasks about to be enqueued (their inputs are final by then). ``waves``
+    numbers the isolated snapshots (one per publishing call); a run of several flow
+    passes shares one, so no pass overwrites another's refs."""
+    flow = _FlowRun(
+        app,
+        store,
+        run,
+        feature,
+        plan,
+        settings,
+        on_events,
+        on_report,
+        on_publish,
+        waves if waves is not None else itertools.count(1),
+    )
     flow.stream_from = store.start_batches(
         run.run_id,
         {b.number: b.seqs for b in plan.batches},

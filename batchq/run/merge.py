@@ -1,26 +1,34 @@
-"""Isolated runs on the orchestrator: the snapshot before a batch, the merge after it.
+"""Isolated runs on the orchestrator: the snapshot before publishing, the merge after.
 
 ``isolate = "worktree"`` gives every delegation its own git worktree
 (:mod:`batchq.executor.isolation`). The orchestrator's half:
 
 * :func:`check` refuses, before anything starts, a workspace that is not a git work
-  tree and flow mode (whose dependents start as soon as a dependency is *recorded*,
-  before any merge could give them its deliverables);
-* :func:`snapshot_batch`, at each batch submit, records the workspace on
-  ``refs/batchq/<run>/base-<batch>`` (:func:`batchq.files.gitsnap.snapshot`) after
-  removing worktrees dead workers left;
-* :func:`merge_batch`, once the batch's report is built and before the statuses are
-  settled in the files, merges each completed member back in seq order as
-  :mod:`batchq.core.mergeplan` decides, and rebuilds the report from the amended
-  results (a conflict or, under ``fail``, a stray fails its member). The next batch's
-  snapshot sees what was merged.
+  tree;
+* before publishing, the workspace is recorded on a hidden ref after removing
+  worktrees dead workers left, and every message names that ref
+  (``SubtaskMessage.snapshot_ref``): in batch mode :func:`snapshot_batch` records
+  ``refs/batchq/<run>/base-<batch>`` at each batch submit; in flow mode
+  :func:`snapshot_wave` records ``refs/batchq/<run>/base-w<wave>`` each time a wave
+  of ready subtasks is published (:mod:`batchq.run.flowloop`);
+* :func:`merge_results` merges completed members back in seq order as
+  :mod:`batchq.core.mergeplan` decides, each 3-way against its *own* snapshot (the
+  parent of its result commit); a conflict, a merge that cannot be done or, under
+  ``fail``, a stray fails its member. Batch mode calls it through
+  :func:`merge_batch`, once the batch's report is built and before the statuses are
+  settled in the files, and rebuilds the report from the amended results; flow mode
+  as each member's result arrives (those of one step in seq order), before its
+  dependents are published, and stores the amended results its reports are built
+  from. Either way the next snapshot sees what was merged. A merged result says so
+  (``merged``); adoption merges, through :func:`merge_into`, a completed one that
+  does not (:mod:`batchq.run.latemerge`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,11 +45,12 @@ from batchq.models import (
     Isolation,
     ResultState,
     Run,
-    RunMode,
+    Subtask,
     SubtaskResult,
     WriteCheck,
     seq_key,
 )
+from batchq.run import remote
 from batchq.run.producer import Submission
 from batchq.store.contract import Store
 
@@ -49,35 +58,41 @@ __all__ = [
     "apply_paths",
     "check",
     "merge_batch",
+    "merge_into",
     "merge_one",
-    "restate",
+    "merge_results",
     "snapshot_batch",
+    "snapshot_wave",
     "subtask_patch",
 ]
 
 
-def check(root: Path, isolate: Isolation, mode: RunMode) -> None:
+def check(root: Path, isolate: Isolation) -> None:
     """Refuse what isolation cannot do, with :class:`UsageError` (exit 2)."""
-    if isolate is Isolation.NONE:
-        return
-    if mode is RunMode.FLOW:
-        raise UsageError(
-            "--isolate worktree does not work with --mode flow yet: a flow subtask starts "
-            "as soon as its dependencies are recorded, before their deliverables could be "
-            "merged back; use --mode batch (the default) with isolation"
-        )
-    gitsnap.require_work_tree(root)
+    if isolate is not Isolation.NONE:
+        gitsnap.require_work_tree(root)
 
 
-def snapshot_batch(run: Run, batch: int) -> str | None:
-    """Record the workspace for batch ``batch``'s isolated members (None: not isolated)."""
+def snapshot_batch(run: Run, batch: int) -> str:
+    """Record the workspace for batch ``batch``'s isolated members; the ref their
+    messages name ("" when the run is not isolated)."""
+    return _snapshot(run, isolation.base_ref(run.run_id, batch), f"batch {batch}")
+
+
+def snapshot_wave(run: Run, wave: int) -> str:
+    """Record the workspace for the ``wave``-th wave a flow run publishes; the ref its
+    messages name ("" when the run is not isolated)."""
+    return _snapshot(run, isolation.wave_ref(run.run_id, wave), f"flow wave {wave}")
+
+
+def _snapshot(run: Run, ref: str, what: str) -> str:
     if run.isolate is Isolation.NONE:
-        return None
+        return ""
     top = gitsnap.require_work_tree(run.root)
     isolation.prune_dead(top)
-    return gitsnap.snapshot(
-        top, isolation.base_ref(run.run_id, batch), f"batchq {run.run_id} batch {batch} snapshot"
-    )
+    gitsnap.snapshot(top, ref, f"batchq {run.run_id} {what} snapshot")
+    remote.push_snapshot(run, ref)  # workspace = git (#20): where the workers fetch it
+    return ref
 
 
 def apply_paths(
@@ -138,7 +153,7 @@ def merge_one(
         update |= {"result": ResultState.FAILED, "error": verdict.failure, "error_type": error_type}
         return result.model_copy(update=update)
     apply_paths(project, commit, theirs, verdict.apply)
-    update["merged_paths"] = verdict.apply
+    update |= {"merged_paths": verdict.apply, "merged": True}
     return result.model_copy(update=update)
 
 
@@ -146,19 +161,31 @@ def _contents(entries: dict[str, gitsnap.Entry]) -> dict[str, mergeplan.Content]
     return {path: (e.mode, e.oid) for path, e in entries.items()}
 
 
-def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feature) -> BatchReport:
-    """Merge a batch's isolated results back in seq order and return the report as
-    amended (stored again, with the amended results, so store and report agree)."""
-    run = sub.run
-    if run.isolate is Isolation.NONE:
-        return built
+def merge_results(
+    run: Run, by_seq: Mapping[str, Subtask], results: Iterable[SubtaskResult]
+) -> list[SubtaskResult]:
+    """Merge isolated results into the run's project in seq order; each result as
+    amended (unchanged when it did not complete or was not isolated), in seq order.
+    A merge that cannot be done (git gone, a path that resolves outside) fails its
+    result instead of raising: the others still merge. Under ``workspace = git`` the
+    results (and their logs) are fetched from the run's remote first."""
     gitsnap.require_work_tree(run.root)
-    by_seq = feature.by_seq()
+    return merge_into(run.root, run.write_check, by_seq, remote.fetched(run, results))
+
+
+def merge_into(
+    project: Path,
+    write_check: WriteCheck,
+    by_seq: Mapping[str, Subtask],
+    results: Iterable[SubtaskResult],
+) -> list[SubtaskResult]:
+    """:func:`merge_results` without a :class:`Run`: adoption merges what an
+    orchestrator that went away never merged (:mod:`batchq.run.latemerge`)."""
     amended: list[SubtaskResult] = []
-    for result in sorted(built.results, key=lambda r: seq_key(r.seq)):
+    for result in sorted(results, key=lambda r: seq_key(r.seq)):
         deliverables = by_seq[result.seq].deliverables if result.seq in by_seq else []
         try:
-            amended.append(merge_one(run.root, result, deliverables, run.write_check))
+            amended.append(merge_one(project, result, deliverables, write_check))
         except (BatchqError, OSError, ValueError) as exc:
             amended.append(
                 result.model_copy(
@@ -169,14 +196,16 @@ def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feat
                     }
                 )
             )
-    return restate(store, sub, built, amended)
+    return amended
 
 
-def restate(
-    store: Store, sub: Submission, built: BatchReport, amended: list[SubtaskResult]
-) -> BatchReport:
-    """The batch's report rebuilt from ``amended`` results (stored again with them, so
-    store and report agree); ``built`` itself when nothing changed."""
+def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feature) -> BatchReport:
+    """Merge a batch's isolated results back in seq order and return the report as
+    amended (stored again, with the amended results, so store and report agree)."""
+    run = sub.run
+    if run.isolate is Isolation.NONE:
+        return built
+    amended = merge_results(run, feature.by_seq(), built.results)
     if amended == list(built.results):
         return built
     run = sub.run
@@ -218,7 +247,7 @@ def _isolated_commit(feature: Feature, seq: str, run_id: str | None) -> str | No
 
 
 def subtask_patch(feature: Feature, seq: str, run_id: str | None = None) -> str:
-    """The unified diff an isolated subtask made against its batch's snapshot
+    """The unified diff an isolated subtask made against its snapshot
     (``batchq diff``); a :class:`UsageError` when there is none."""
     top = gitsnap.require_work_tree(feature.root)
     commit = _isolated_commit(feature, seq, run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import itertools
 import os
 import threading
 import time
@@ -329,11 +330,12 @@ class Orchestrator:
         the completed dependents of what completed are rechecked when the flow drains,
         and a further flow runs the ones that must rerun (batch numbers go on)."""
         done: set[str] = set()
+        waves = itertools.count(1)  # isolation: snapshot refs numbered across passes
         while True:
             plan = _renumbered(planner.plan_for(feature, self.settings), len(result.reports))
             if not plan.batches:
                 break
-            passed = self._flow_pass(run, feature, plan, options, result)
+            passed = self._flow_pass(run, feature, plan, options, result, waves)
             feature = load_feature(self.root, self.name)
             result.feature = feature
             if not all(r.ok for r in passed) or not options.changed:
@@ -344,7 +346,13 @@ class Orchestrator:
         result.reports.sort(key=lambda r: r.batch)
 
     def _flow_pass(
-        self, run: Run, feature: Feature, plan: Plan, options: RunOptions, result: RunResult
+        self,
+        run: Run,
+        feature: Feature,
+        plan: Plan,
+        options: RunOptions,
+        result: RunResult,
+        waves: Iterator[int],
     ) -> list[BatchReport]:
         recorder = fingerprint.Recorder(feature.root, tuple(self.settings.protected_paths))
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
@@ -371,6 +379,7 @@ class Orchestrator:
             mirror,
             reported,
             publishing,
+            waves,
         )
         mirror.flush()
         return passed
@@ -471,14 +480,15 @@ class Orchestrator:
         check = options.write_check or self.settings.undeclared_writes
         isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
         workspace = options.workspace or self.settings.workspace  # git remote (issue 20)
-        url = remote.check(
-            self.root, self.settings, workspace, options.mode, reach=not options.prechecked
-        )
+        url = remote.check(self.root, self.settings, workspace, reach=not options.prechecked)
         isolate = Isolation.WORKTREE if url else isolate
-        merge.check(self.root, isolate, options.mode)
+        merge.check(self.root, isolate)
         run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
         prefix = remote.prefix_of(self.root) if url else ""
-        return dataclasses.replace(run, isolate=isolate, git_remote=url, git_prefix=prefix)
+        timeout = self.settings.git_timeout_s
+        return dataclasses.replace(
+            run, isolate=isolate, git_remote=url, git_prefix=prefix, git_timeout_s=timeout
+        )
 
     def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
         """Validate everything, refuse bad agents up front, and reset what we may rerun:
@@ -555,7 +565,7 @@ class Orchestrator:
                 options.on_note(
                     f"adopted the interrupted run {run_id}: "
                     f"{len(kept)} completed there ({', '.join(kept) or 'none'}), "
-                    f"{len(done.returned)} back to pending"
+                    f"{len(done.returned)} back to pending{done.merged_note()}"
                 )
             settled = True
         return settled
@@ -570,9 +580,10 @@ class Orchestrator:
     ) -> BatchReport:
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
-        merge.snapshot_batch(run, batch.number)  # isolation (issue 19): before publishing
-        remote.push_snapshot(run, batch.number, self.settings)  # issue 20: to the remote
-        submission = submit(self.app, self.store, run, feature, batch, following, self.settings)
+        snapshot = merge.snapshot_batch(run, batch.number)  # isolation (#19): before publishing
+        submission = submit(
+            self.app, self.store, run, feature, batch, following, self.settings, snapshot
+        )
         if options.on_submit is not None:
             options.on_submit(submission)
 
@@ -580,7 +591,6 @@ class Orchestrator:
         built = wait(self.store, submission, self.settings, mirror)
         mirror.flush()
         if run.isolate is Isolation.WORKTREE:  # isolation (issue 19): merge, then restamp all
-            built = remote.fetch_results(self.store, submission, built, self.settings)
             built = merge.merge_batch(self.store, submission, built, feature)
             mirror.written.clear()
         built = self._settle(run, built, mirror, recorder)

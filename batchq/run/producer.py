@@ -191,8 +191,10 @@ def submit(
     batch: PlannedBatch,
     next_batch: PlannedBatch | None,
     settings: Settings,
+    snapshot_ref: str = "",
 ) -> Submission:
-    """Publish one batch: a chord for two or more members, a single task for one."""
+    """Publish one batch: a chord for two or more members, a single task for one;
+    isolated members start from ``snapshot_ref`` (:func:`batchq.run.merge.snapshot`)."""
     by_seq = feature.by_seq()
     members = [by_seq[seq] for seq in batch.seqs]
     agents = agent_names(members)
@@ -220,9 +222,11 @@ def submit(
     )
     brief = Brief.of(feature, members, agents)
     signatures = [
-        signature(app, run, group[0], agents[group[0].seq], batch.number, run.policy, brief)
+        signature(
+            app, run, group[0], agents[group[0].seq], batch.number, run.policy, brief, snapshot_ref
+        )
         if len(group) == 1
-        else chunk_signature(app, run, group, batch.number, run.policy)
+        else chunk_signature(app, run, group, batch.number, run.policy, snapshot_ref)
         for group in groups
     ]
     publish_batch(app, signatures, run, batch, submitted_at)

@@ -6,20 +6,20 @@ remote instead (``BATCHQ_GIT_REMOTE``):
 
 * :func:`check` refuses, before anything starts (exit 2), what cannot work: no remote,
   a password in its URL, one that does not answer, a workspace that is not a git work
-  tree, flow mode (not supported under a remote yet);
-* :func:`push_snapshot` pushes each batch's snapshot ref right after it is recorded,
-  before any message is published;
-* :func:`fetch_results`, once the batch's report is built, fetches the run's refs (each
-  member's result and its log), writes the logs to ``.batchq/logs/`` (``batchq logs``
-  reads them there), and leaves the merge to :func:`batchq.run.merge.merge_batch`,
-  which then works exactly as in isolation mode;
+  tree;
+* :func:`push_snapshot` pushes each snapshot ref (a batch's, or a flow wave's) right
+  after :mod:`batchq.run.merge` records it, before any message naming it is published;
+* :func:`fetched`, called by :func:`batchq.run.merge.merge_results` before it merges
+  (once per batch, or per arrival in flow mode), fetches those members' result and
+  log refs and writes the logs to ``.batchq/logs/`` (``batchq logs`` reads them there);
+  the merge then works exactly as in isolation mode;
 * :func:`run_refs` deletes the run's refs on the remote when the run ends (normally,
   on an error, or on a Ctrl-C that cancelled it; a run left going on the workers keeps
   them), and :func:`collect` (``batchq gc``) removes what crashed runs left.
 
 The task files never leave this host: messages carry the remote, the batch (whose
 snapshot ref the worker fetches), the subtask definition and the project's folder in
-the repository.
+the repository; every message names its snapshot ref (``snapshot_ref``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,30 +37,22 @@ from batchq.errors import BatchqError, InfrastructureError, UsageError, mask_url
 from batchq.executor import gitcache, isolation
 from batchq.files import gitremote, gitsnap
 from batchq.files.taskfiles import feature_dir, tasks_dir
-from batchq.models import BatchReport, ResultState, Run, RunMode, SubtaskResult, Workspace
-from batchq.run import merge
-from batchq.run.producer import Submission
+from batchq.models import ResultState, Run, SubtaskResult, Workspace
 from batchq.settings import Settings, git_remote_problem
-from batchq.store.contract import Store
 
-__all__ = ["Collected", "check", "collect", "fetch_results", "push_snapshot", "run_refs"]
+__all__ = ["Collected", "check", "collect", "fetched", "push_snapshot", "run_refs"]
 
 log = logging.getLogger("batchq.run.remote")
 
 
 def check(
-    root: Path, settings: Settings, workspace: Workspace, mode: RunMode, *, reach: bool = True
+    root: Path, settings: Settings, workspace: Workspace, *, reach: bool = True
 ) -> str | None:
     """Refuse what ``workspace`` cannot do, with :class:`UsageError` (exit 2); the
     remote's URL under ``git`` (None under ``shared``). ``reach=False`` skips asking
     the remote (the caller's pre-flight just did)."""
     if workspace is Workspace.SHARED:
         return None
-    if mode is RunMode.FLOW:
-        raise UsageError(
-            "--workspace git does not work with --mode flow yet: use --mode batch (the "
-            "default), or --workspace shared with workers that see this folder"
-        )
     url = settings.git_remote
     if not url:
         raise UsageError(
@@ -96,45 +88,63 @@ def prefix_of(root: Path) -> str:
     return "" if rel == "." else rel
 
 
-def push_snapshot(run: Run, batch: int, settings: Settings) -> None:
-    """Push batch ``batch``'s snapshot ref (recorded just before) to the run's remote."""
+def push_snapshot(run: Run, ref: str) -> None:
+    """Push a snapshot ref (recorded just before) to the run's remote, before any
+    message naming it is published; nothing without a remote."""
     if run.git_remote is None:
         return
-    ref = isolation.base_ref(run.run_id, batch)
     top = gitsnap.require_work_tree(run.root)
-    gitremote.push(top, run.git_remote, [f"+{ref}:{ref}"], settings.git_timeout_s)
+    gitremote.push(top, run.git_remote, [f"+{ref}:{ref}"], run.git_timeout_s)
 
 
-def fetch_results(
-    store: Store, sub: Submission, built: BatchReport, settings: Settings
-) -> BatchReport:
-    """Fetch the run's result and log refs and keep each log in ``.batchq/logs/``; a
-    failed fetch fails every completed member (its result is out of reach), and the
-    report is rebuilt and stored as amended."""
-    run = sub.run
-    if run.git_remote is None:
-        return built
+def fetched(run: Run, results: Iterable[SubtaskResult]) -> list[SubtaskResult]:
+    """The results as amended once their refs are fetched from the run's remote: each
+    log kept in ``.batchq/logs/`` (its ``log_path`` pointing there), and every
+    completed one failed when the fetch fails (its result is out of reach). Unchanged
+    without a remote."""
+    results = list(results)
+    wanted = [r for r in results if r.isolated_commit]
+    if run.git_remote is None or not wanted:
+        return results
     top = gitsnap.require_work_tree(run.root)
-    spec = f"+refs/batchq/{run.run_id}/*:refs/batchq/{run.run_id}/*"
     try:
-        gitremote.fetch(top, run.git_remote, [spec], settings.git_timeout_s)
-    except InfrastructureError as exc:
-        failed = [
-            r.model_copy(
-                update={
-                    "result": ResultState.FAILED,
-                    "error": f"its result could not be fetched: {exc}",
-                    "error_type": "GitFetchFailed",
-                }
-            )
-            if r.ok
-            else r
-            for r in built.results
+        present = gitremote.list_refs(
+            top, run.git_remote, f"refs/batchq/{run.run_id}/", run.git_timeout_s
+        )
+        mine = [
+            ref
+            for r in wanted
+            for ref in (isolation.result_ref(r.run_id, r.seq), gitcache.log_ref(r.run_id, r.seq))
+            if ref in present
         ]
-        return merge.restate(store, sub, built, failed)
+        if mine:
+            gitremote.fetch(
+                top, run.git_remote, [f"+{ref}:{ref}" for ref in mine], run.git_timeout_s
+            )
+    except InfrastructureError as exc:
+        return [_unfetched(r, str(exc)) if r.ok and r.isolated_commit else r for r in results]
     feature_path = feature_dir(run.root, run.feature)
-    amended = [_with_log(top, feature_path, r) for r in built.results]
-    return merge.restate(store, sub, built, amended)
+    out: list[SubtaskResult] = []
+    for r in results:
+        if r.isolated_commit and r.ok and isolation.result_ref(r.run_id, r.seq) not in present:
+            out.append(
+                _unfetched(r, f"{isolation.result_ref(r.run_id, r.seq)} is not on the remote")
+            )
+        elif r.isolated_commit:
+            out.append(_with_log(top, feature_path, r))
+        else:
+            out.append(r)
+    return out
+
+
+def _unfetched(result: SubtaskResult, why: str) -> SubtaskResult:
+    return result.model_copy(
+        update={
+            "result": ResultState.FAILED,
+            "error": f"its result could not be fetched: {why}",
+            "error_type": "GitFetchFailed",
+        }
+    )
 
 
 def _with_log(top: Path, feature_path: Path, result: SubtaskResult) -> SubtaskResult:

@@ -88,12 +88,14 @@ def signature(
     batch: int,
     policy: FailurePolicy,
     brief: Brief | None = None,
+    snapshot_ref: str = "",
 ) -> Any:
     """One subtask's ``run_subtask`` signature, routed to its agent's queue.
 
     ``policy`` is what the worker applies to the batch's siblings on a failure; flow
     mode passes ``continue`` because its orchestrator applies the policy itself.
-    ``brief`` is what a coding agent's prompt says about the feature and the batch."""
+    ``brief`` is what a coding agent's prompt says about the feature and the batch;
+    ``snapshot_ref`` the snapshot an isolated subtask starts from."""
     options: dict[str, object] = {
         "queue": agent_queue(agent),
         "argsrepr": _shown(run, sub, batch),
@@ -101,12 +103,17 @@ def signature(
     }
     if agent == "python":
         options["soft_time_limit"] = sub.timeout_s
-    body = message(run, sub, agent, batch, policy, brief)
+    body = message(run, sub, agent, batch, policy, brief, snapshot_ref)
     return app.signature(RUN_TASK, args=(body,), **options)
 
 
 def chunk_signature(
-    app: Celery, run: Run, subs: Sequence[Subtask], batch: int, policy: FailurePolicy
+    app: Celery,
+    run: Run,
+    subs: Sequence[Subtask],
+    batch: int,
+    policy: FailurePolicy,
+    snapshot_ref: str = "",
 ) -> Any:
     """One ``run_chunk`` signature for several ``python`` subtasks (:mod:`batchq.core.chunks`).
     Each member gets a task id of its own, under which the worker records it and
@@ -115,7 +122,7 @@ def chunk_signature(
         {
             "id": uuid(),
             "shown": _shown(run, sub, batch),
-            "message": message(run, sub, "python", batch, policy),
+            "message": message(run, sub, "python", batch, policy, snapshot_ref=snapshot_ref),
         }
         for sub in subs
     ]
@@ -140,6 +147,7 @@ def message(
     batch: int,
     policy: FailurePolicy,
     brief: Brief | None = None,
+    snapshot_ref: str = "",
 ) -> dict[str, Any]:
     """The JSON body of one subtask's message. The batch's siblings go only to agents
     that render a prompt (not the built-in ``shell`` and ``python``), at most
@@ -166,6 +174,7 @@ def message(
         siblings=siblings,
         siblings_total=total,
         isolate=run.isolate,
+        snapshot_ref=snapshot_ref,
         git_remote=run.git_remote,
         git_prefix=run.git_prefix,
     )

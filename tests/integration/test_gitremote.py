@@ -22,7 +22,7 @@ from batchq.errors import UsageError
 from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
 from batchq.local.embedded import LocalWorkers
-from batchq.models import ResultState, SubtaskStatus, Workspace
+from batchq.models import ResultState, RunMode, SubtaskStatus, Workspace
 from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import Settings, load_settings
 from batchq.store.state import StateStore
@@ -256,6 +256,40 @@ def test_a_push_the_remote_refuses_is_a_retryable_failure_and_nothing_is_merged(
     assert not list(repo.glob("batchq-worktrees/*/*"))
 
 
+@needs_unshare
+def test_flow_mode_through_the_remote_gives_a_dependent_the_merged_deliverable(
+    make_feature, subtask_data, remote, tmp_path, redis_url, redis_client, hidden_workers
+):
+    root = make_feature(
+        [
+            subtask_data("01", command="mkdir -p out && echo one > out/01.txt",
+                         deliverables=["out/01.txt"]),
+            subtask_data("02", command="mkdir -p out && echo two > out/02.txt",
+                         deliverables=["out/02.txt"]),
+            subtask_data("03", command="cat out/01.txt > out/03.txt", depends_on=["01"],
+                         deliverables=["out/03.txt"]),
+        ]
+    )  # fmt: skip
+    shutil.rmtree(root / ".git")
+    commit_all(root)
+    cache = tmp_path / "cache"
+    settings = git_settings(root, redis_url, remote, cache, shell_allow=["*"])
+    hidden_workers([root], settings)
+    store = StateStore.from_url(redis_url, prefix=settings.key_prefix)
+    try:
+        orch = Orchestrator(root, "feat", settings, create_app(settings), store)
+        result = orch.run(RunOptions(mode=RunMode.FLOW))
+    finally:
+        store.close()
+
+    assert result.ok, [(r.seq, r.error) for b in result.reports for r in b.results]
+    assert (root / "out" / "03.txt").read_text() == "one\n"  # from a later wave's snapshot
+    assert (root / "out" / "02.txt").read_text() == "two\n"
+    results = {r.seq: r for b in result.reports for r in b.results}
+    assert all(Path(r.log_path or "").is_relative_to(root) for r in results.values())
+    assert remote_refs(remote) == []
+
+
 class _Silent:
     """A TCP server that accepts connections and never answers: a hung git server."""
 
@@ -304,7 +338,7 @@ def test_a_remote_that_never_answers_is_refused_by_the_pre_flight_not_waited_for
         silent.close()
 
 
-def test_pre_flight_refuses_a_missing_remote_a_password_flow_mode_and_a_non_git_folder(
+def test_pre_flight_refuses_a_missing_remote_a_password_and_a_non_git_folder(
     make_feature, subtask_data, tmp_path, redis_url, capsys
 ):
     root = make_feature([subtask_data("01", command="true")])
@@ -312,7 +346,6 @@ def test_pre_flight_refuses_a_missing_remote_a_password_flow_mode_and_a_non_git_
     for env, extra, expected in [
         ({}, [], "needs a remote every worker reaches"),
         ({"BATCHQ_GIT_REMOTE": "https://me:hunter2@example.com/p.git"}, [], "holds a password"),
-        ({"BATCHQ_GIT_REMOTE": (tmp_path / "x.git").as_uri()}, ["--mode", "flow"], "mode flow"),
         ({"BATCHQ_GIT_REMOTE": (tmp_path / "x.git").as_uri()}, [], "not inside a git work tree"),
     ]:
         with pytest.MonkeyPatch.context() as patch:
@@ -386,7 +419,7 @@ import sys, time
 from pathlib import Path
 from batchq.executor.gitcache import Cache
 cache = Cache(Path(sys.argv[1]), sys.argv[2], 30.0)
-tree = cache.checkout(sys.argv[3], 1, "01", "")
+tree = cache.checkout(sys.argv[3], f"refs/batchq/{sys.argv[3]}/base-1", "01", "")
 (cache.repo / "packed-refs.lock").write_text("")  # as a killed `git update-ref` leaves
 (cache.repo / "refs" / "batchq" / sys.argv[3]).mkdir(parents=True, exist_ok=True)
 (cache.repo / "refs" / "batchq" / sys.argv[3] / "01.lock").write_text("")  # its result ref
@@ -421,12 +454,14 @@ def test_a_sigkilled_workers_worktree_and_git_locks_are_cleaned_by_the_next_one(
     assert (cache.repo / "packed-refs.lock").exists()
 
     ref_lock = cache.repo / "refs" / "batchq" / run_id / "01.lock"
-    tree = cache.checkout(run_id, 1, "02", "")
+    tree = cache.checkout(run_id, f"refs/batchq/{run_id}/base-1", "02", "")
     try:
         assert not dead_tree.exists()  # the dead owner's worktree was pruned
         assert not (cache.repo / "packed-refs.lock").exists()
         assert ref_lock.exists()  # another subtask's ref: not judged by this one
-        again = cache.checkout(run_id, 1, "01", "")  # the killed subtask's retry
+        again = cache.checkout(
+            run_id, f"refs/batchq/{run_id}/base-1", "01", ""
+        )  # the killed subtask's retry
         assert not ref_lock.exists()
         cache.close(again)
         (tree.workspace / "b.txt").write_text("b\n")

@@ -12,7 +12,7 @@ import pytest
 from batchq.cli.main import main
 from batchq.errors import UsageError
 from batchq.files.taskfiles import load_feature
-from batchq.models import BatchStatus, Isolation, ResultState, RunMode, WriteCheck
+from batchq.models import BatchStatus, Isolation, ResultState, WriteCheck
 from batchq.run.merge import subtask_patch
 from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
 from batchq.settings import Settings, load_settings
@@ -190,19 +190,15 @@ def test_a_deliverable_the_workspace_changed_during_the_batch_is_a_conflict(
     assert leftovers(repo) == []
 
 
-def test_isolation_is_refused_outside_a_git_work_tree_and_in_flow_mode(
-    tmp_path, make_feature, subtask_data, orchestrator, repo
+def test_isolation_is_refused_outside_a_git_work_tree(
+    tmp_path, make_feature, subtask_data, orchestrator
 ):
     plain = tmp_path / "plain"
     make_feature([subtask_data("01", command="true")], root=plain)
     orch, _ = orchestrator(plain)
     with pytest.raises(UsageError, match="not inside a git work tree"):
         orch.run(ISOLATED)
-    make_feature([subtask_data("01", command="true")], root=repo)
-    orch, _ = orchestrator(repo)
-    with pytest.raises(UsageError, match="--mode flow"):
-        orch.run(RunOptions(isolate=Isolation.WORKTREE, mode=RunMode.FLOW))
-    assert statuses(repo) == {"01": "pending"}
+    assert statuses(plain) == {"01": "pending"}
 
 
 __all__ = ["repo"]  # the imported fixture

@@ -21,7 +21,7 @@ from batchq.errors import SpecError, UsageError
 from batchq.executor import isolation
 from batchq.files import gitsnap
 from batchq.models import Isolation, ResultState, Subtask, SubtaskResult, WriteCheck
-from batchq.run.merge import merge_one
+from batchq.run.merge import merge_one, merge_results
 from batchq.settings import Settings
 
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -139,7 +139,7 @@ def test_outside_a_work_tree_is_a_usage_error(tmp_path: Path) -> None:
 
 def _worktree(repo: Path, seq: str = "01") -> isolation.Worktree:
     gitsnap.snapshot(repo, isolation.base_ref("r1", 1), "snap")
-    return isolation.open_worktree(repo, "r1", 1, seq)
+    return isolation.open_worktree(repo, "r1", isolation.base_ref("r1", 1), seq)
 
 
 def test_a_worktree_is_recorded_as_a_commit_and_removed(repo: Path) -> None:
@@ -160,7 +160,7 @@ def test_a_worktree_is_recorded_as_a_commit_and_removed(repo: Path) -> None:
 
 def test_a_dead_owners_worktree_is_pruned_and_a_live_ones_is_kept(repo: Path) -> None:
     dead = _worktree(repo, "01")
-    live = isolation.open_worktree(repo, "r1", 1, "02")
+    live = isolation.open_worktree(repo, "r1", isolation.base_ref("r1", 1), "02")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, check=True)  # fmt: skip
     owner = json.loads(dead.marker.read_text()) | {"pid": int(gone.stdout)}
@@ -210,6 +210,28 @@ def test_merge_one_fails_on_a_conflict_and_keeps_the_workspace(repo: Path) -> No
     assert (repo / "a.txt").read_text() == "user\n"
 
 
+def test_merge_results_merges_in_seq_order_whatever_the_arrival_order(repo: Path) -> None:
+    """Two results from one snapshot both rewrite a.txt: whichever arrives first, 01
+    merges and 02 conflicts (the workspace changed a.txt since its snapshot)."""
+    from batchq.models import FailurePolicy, Run
+
+    made = {}
+    for seq in ("01", "02"):
+        tree = _worktree(repo, seq)
+        (tree.path / "a.txt").write_text(f"from {seq}\n")
+        recorded = tree.record([])
+        tree.close()
+        made[seq] = _result(recorded.commit, recorded.changed).model_copy(update={"seq": seq})
+    sub = {s: Subtask(id=f"f-{s}", seq=s, title="t", acceptance_criteria=["x"],
+                      deliverables=["a.txt"]) for s in made}  # fmt: skip
+    run = Run(run_id="r1", feature="f", feature_key="k", root=repo, token="t",
+              policy=FailurePolicy.GRACEFUL, isolate=Isolation.WORKTREE)  # fmt: skip
+    first, second = merge_results(run, sub, [made["02"], made["01"]])
+    assert first.seq == "01" and first.ok and first.merged_paths == ["a.txt"]
+    assert second.seq == "02" and second.error_type == "MergeConflict"
+    assert (repo / "a.txt").read_text() == "from 01\n"
+
+
 @pytest.mark.skipif(not bwrap_status()[0], reason="bubblewrap does not work here")
 def test_in_the_sandbox_git_reads_the_worktree_but_cannot_write_the_repository(
     repo: Path, tmp_path: Path
@@ -245,7 +267,7 @@ def _cli(root: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return code if isinstance(code, int) else 1
 
 
-def test_run_refuses_isolation_outside_git_and_in_flow_mode_with_exit_2(
+def test_run_refuses_isolation_outside_git_with_exit_2_and_flow_mode_passes_preflight(
     make_feature, subtask_data, tmp_path, monkeypatch, capsys
 ) -> None:
     plain = make_feature([subtask_data("01", command="true")], root=tmp_path / "plain")
@@ -255,9 +277,15 @@ def test_run_refuses_isolation_outside_git_and_in_flow_mode_with_exit_2(
     inside.mkdir()
     git(inside, "init", "-q")
     make_feature([subtask_data("01", command="true")], root=inside)
+    # Flow mode under isolation gets past every pre-flight check: what stops this run
+    # is the missing Redis (exit 3), after validation.
     code = _cli(inside, monkeypatch, "run", "feat", "--mode", "flow", "--isolate", "worktree")
-    assert code == 2
-    assert "--mode flow" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "--mode flow" not in err and "isolate" not in err
+    (inside / "batchq.toml").write_text('isolate = "worktree"\n')
+    assert _cli(inside, monkeypatch, "validate", "feat") == 0
+    assert _cli(inside, monkeypatch, "run", "feat", "--mode", "flow") == 3
     assert _cli(inside, monkeypatch, "diff", "feat", "01") == 2
     assert "no isolated result" in capsys.readouterr().err
 
@@ -324,7 +352,10 @@ def _isolated_message(repo: Path, make_feature: Any, command: str) -> Any:
 
     data = subtask("01", command=command, deliverables=["01.txt"])
     make_feature([data], root=repo)
-    return message(repo, data).model_copy(update={"isolate": Isolation.WORKTREE})
+    msg = message(repo, data)
+    # The worker takes the ref from the message: a flow wave's, not base-<batch>.
+    ref = isolation.wave_ref(msg.run_id, 3)
+    return msg.model_copy(update={"isolate": Isolation.WORKTREE, "snapshot_ref": ref})
 
 
 def test_a_worker_runs_the_agent_in_a_worktree_and_records_what_it_changed(
@@ -335,7 +366,7 @@ def test_a_worker_runs_the_agent_in_a_worktree_and_records_what_it_changed(
     from tests.memrun import settings
 
     msg = _isolated_message(repo, make_feature, "touch 01.txt")
-    gitsnap.snapshot(repo, isolation.base_ref(msg.run_id, 1), "snap")
+    gitsnap.snapshot(repo, msg.snapshot_ref, "snap")
     result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
     assert result.result is ResultState.COMPLETED, result.error
     assert result.changed_paths == ["01.txt"] and result.isolated_commit
@@ -359,3 +390,21 @@ def test_a_missing_snapshot_fails_the_subtask_without_raising(
     assert not (repo / ".git" / "batchq-worktrees").exists() or not any(
         (repo / ".git" / "batchq-worktrees").rglob("*")
     )
+
+
+def test_a_message_naming_no_snapshot_fails_the_subtask_naming_the_producer(
+    repo: Path, make_feature: Any
+) -> None:
+    """The worker never derives the snapshot from the batch number: a message from a
+    producer that sends none fails clearly, without raising."""
+    from batchq.executor.runner import execute
+    from batchq.store.memory import MemoryStore
+    from tests.memrun import settings
+
+    msg = _isolated_message(repo, make_feature, "touch 01.txt").model_copy(
+        update={"snapshot_ref": ""}
+    )
+    gitsnap.snapshot(repo, isolation.base_ref(msg.run_id, 1), "snap")  # never used
+    result = execute(msg, MemoryStore(), settings(shell_allow=["*"]))
+    assert result.result is ResultState.FAILED and result.error_type == "IsolationFailed"
+    assert "no snapshot" in (result.error or "") and "producer" in (result.error or "")
