@@ -40,7 +40,7 @@ from batchq.files.taskfiles import feature_dir, tasks_dir
 from batchq.models import ResultState, Run, SubtaskResult, Workspace
 from batchq.settings import Settings, git_remote_problem
 
-__all__ = ["Collected", "check", "collect", "fetched", "push_snapshot", "run_refs"]
+__all__ = ["Collected", "check", "collect", "fetch_run", "fetched", "push_snapshot", "run_refs"]
 
 log = logging.getLogger("batchq.run.remote")
 
@@ -160,6 +160,18 @@ def _with_log(top: Path, feature_path: Path, result: SubtaskResult) -> SubtaskRe
         log.warning("log of %s not kept: %s", result.seq, exc)
         return result
     return result.model_copy(update={"log_path": str(target)})
+
+
+def fetch_run(root: Path, url: str, run_id: str, timeout_s: float) -> None:
+    """Fetch every ref run ``run_id`` left on the remote (results a crashed
+    orchestrator never merged, for adoption); a failure is logged, and the merge that
+    then finds no commit fails those results, naming it."""
+    try:
+        top = gitsnap.require_work_tree(root)
+        spec = f"+refs/batchq/{run_id}/*:refs/batchq/{run_id}/*"
+        gitremote.fetch(top, url, [spec], timeout_s)
+    except (BatchqError, OSError) as exc:
+        log.warning("run %s: its results could not be fetched from the remote: %s", run_id, exc)
 
 
 def delete_run(top: Path, url: str, run_id: str, timeout_s: float) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 
 from batchq.cli.main import main
 from batchq.errors import UsageError
+from batchq.executor.gitcache import Cache
 from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
 from batchq.local.embedded import LocalWorkers
@@ -429,8 +430,6 @@ time.sleep(600)
 
 
 def test_a_sigkilled_workers_worktree_and_git_locks_are_cleaned_by_the_next_one(remote, tmp_path):
-    from batchq.executor.gitcache import Cache
-
     run_id = "20260101T000000-deadbeef"
     _base_commit(remote, tmp_path, run_id)
     cache_home = tmp_path / "cache"
