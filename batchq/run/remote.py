@@ -17,9 +17,10 @@ remote instead (``BATCHQ_GIT_REMOTE``):
   on an error, or on a Ctrl-C that cancelled it; a run left going on the workers keeps
   them), and :func:`collect` (``batchq gc``) removes what crashed runs left.
 
-The task files never leave this host: messages carry the remote, the batch (whose
-snapshot ref the worker fetches), the subtask definition and the project's folder in
-the repository; every message names its snapshot ref (``snapshot_ref``).
+The task files never leave this host: messages carry the remote (``git_remote``), the
+snapshot ref the worker fetches (``snapshot_ref``), the subtask definition and the
+project's folder in the repository (``git_prefix``). Adoption of a run whose
+orchestrator went away fetches its refs first (:func:`fetch_run`).
 """
 
 from __future__ import annotations
