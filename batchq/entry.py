@@ -1,4 +1,5 @@
-"""The ``batchq`` console script's entry point: ``batchq --version`` answers at once.
+"""The ``batchq`` console script's entry point: ``batchq --version`` answers at once,
+and ``batchq status`` in its plain case (:mod:`batchq.quickstatus`) without the rest.
 
 Everything else goes to :func:`batchq.cli.main.main`. This module imports nothing of
 the command machinery (Typer, Rich, pydantic, the settings; it sits outside
@@ -21,6 +22,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(f"batchq {version('batchq')}\n")
         sys.stdout.flush()
         raise SystemExit(0)
+    if args[:1] == ["status"]:
+        # lazy: status's plain case needs the standard library alone
+        from batchq.quickstatus import status
+
+        if status(args[1:]):
+            raise SystemExit(0)
     # lazy: the whole command machinery, for every command but a lone --version
     from batchq.cli.main import main as run
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "ALWAYS_PROTECTED",
     "CONFIG_FILE",
+    "DEFAULT_PROTECTED",
     "LOCK_NAME",
     "STACK_FILE",
     "STATE_DIR",
@@ -49,6 +51,18 @@ STATE_DIR = ".batchq"
 LOCK_NAME = "lock"
 STACK_FILE = Path(".tmp") / "batchq" / "stack.json"
 """Root-relative record of a running ``batchq up`` stack."""
+
+ALWAYS_PROTECTED: tuple[str, ...] = (".git/", "batchq.toml", ".tmp/tasks/")
+"""Joined to every configured list: git's folder (hooks run code for whoever uses the
+repository next), batchq's settings (the allow-lists) and the task files (an agent
+could enqueue work or mark itself done). Never deliverables, never read into prompts."""
+DEFAULT_PROTECTED: tuple[str, ...] = (
+    *ALWAYS_PROTECTED,
+    "node_modules/",
+    "*.env*",
+    "*.key",
+    "*.secret",
+)
 
 
 def subtask_file(seq: str) -> str:

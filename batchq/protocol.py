@@ -16,6 +16,7 @@ __all__ = [
     "CHUNK_TASK",
     "CONTROL_QUEUE",
     "DEFAULT_QUEUES",
+    "RUN_SETTLED",
     "RUN_TASK",
     "BatchState",
     "CancelMode",
@@ -29,6 +30,9 @@ CHUNK_TASK = "batchq.run_chunk"
 AGGREGATE_TASK = "batchq.aggregate_batch"
 CONTROL_QUEUE = "batchq.control"
 """The chord callbacks' queue; every worker serves it."""
+RUN_SETTLED = "settled"
+"""The run record's field an orchestrator sets once every result it recorded is in the
+files: adoption (:mod:`batchq.run.adopt`) leaves such a run alone."""
 
 
 def agent_queue(agent: str) -> str:

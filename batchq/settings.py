@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from batchq import layout
 from batchq.errors import InputError, SpecError, mask_url
+from batchq.layout import ALWAYS_PROTECTED, DEFAULT_PROTECTED
 from batchq.models import Isolation, SandboxMode, Workspace, WriteCheck
 from batchq.presets import expand_preset
 
@@ -50,17 +51,6 @@ __all__ = [
     "worker_settings",
 ]
 
-ALWAYS_PROTECTED: tuple[str, ...] = (".git/", "batchq.toml", ".tmp/tasks/")
-"""Joined to every configured list: git's folder (hooks run code for whoever uses the
-repository next), batchq's settings (the allow-lists) and the task files (an agent
-could enqueue work or mark itself done). Never deliverables, never read into prompts."""
-DEFAULT_PROTECTED: tuple[str, ...] = (
-    *ALWAYS_PROTECTED,
-    "node_modules/",
-    "*.env*",
-    "*.key",
-    "*.secret",
-)
 BUILTIN_AGENTS: frozenset[str] = frozenset({"shell", "python"})
 """The agents batchq ships (entry points in pyproject.toml); they render no prompt."""
 CONFIG_FILE = layout.CONFIG_FILE

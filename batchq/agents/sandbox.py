@@ -57,6 +57,7 @@ import fnmatch
 import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,7 @@ from pathlib import Path
 
 from batchq.agents.base import Delegation
 from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
-from batchq.agents.process import ProcessResult, run_process
+from batchq.agents.process import PidNamespace, ProcessResult, run_process
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
 from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
@@ -84,6 +85,7 @@ __all__ = [
     "reduced_env",
     "resolve_sandbox",
     "run_confined",
+    "sandbox_paths",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,9 +140,16 @@ _PROBE_ARGV: tuple[str, ...] = (
 _PROBE_TIMEOUT_S = 20.0
 
 
+@functools.cache
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One compiled regular expression for a set of fnmatch patterns (case-sensitive,
+    as :func:`fnmatch.fnmatchcase`): an environment of a hundred names against twenty
+    patterns is two thousand ``fnmatchcase`` calls per agent process otherwise."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)").match
+
+
 def _looks_secret(name: str) -> bool:
-    upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in _SECRET_PATTERNS)
+    return _matcher(_SECRET_PATTERNS)(name.upper()) is not None
 
 
 def reduced_env(env: Mapping[str, str], keep: Iterable[str] = ()) -> dict[str, str]:
@@ -161,11 +170,12 @@ def reduced_env(env: Mapping[str, str], keep: Iterable[str] = ()) -> dict[str, s
             patterns.append(name)
         else:
             exact.add(name)
+    allowed = _matcher(tuple(patterns))
     result: dict[str, str] = {}
     for name, value in env.items():
         if name in NEVER_PASSED:
             continue
-        matched = not _looks_secret(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        matched = not _looks_secret(name) and allowed(name) is not None
         if matched or name in exact:
             result[name] = value
     return result
@@ -202,18 +212,30 @@ def bwrap_status() -> tuple[bool, str]:
     return True, f"{path} works"
 
 
+@functools.cache
 def _bwrap_path() -> str:
+    """Looked up once per process, like :func:`bwrap_status`: PATH lookups cost a
+    ``stat`` per folder, and the binary does not move while a worker runs."""
     return shutil.which("bwrap") or "bwrap"
 
 
 # Mount kinds, in the order they are applied when two rules name the same path: the
 # read-only and hiding rules win over a writable one.
 _RW, _RO, _HIDE = 0, 1, 2
+_BASE = 3  # /dev, /proc, /tmp: bwrap's own fresh mounts; anything under them is bound
 
 
+def sandbox_paths() -> tuple[str, tuple[Path, ...]]:
+    """bwrap's path and the worker's Python folders under ``/tmp``, both found once
+    per process (:mod:`batchq.executor.warmup` asks at worker start)."""
+    return _bwrap_path(), _python_under_tmp()
+
+
+@functools.cache
 def _python_under_tmp() -> tuple[Path, ...]:
     """The worker's interpreter and environment folders that live under ``/tmp``
-    (which the sandbox replaces by a private tmpfs), to bind read-only again."""
+    (which the sandbox replaces by a private tmpfs), to bind read-only again. Once
+    per process: the interpreter does not move while it runs."""
     tmp = Path("/tmp").resolve()
     found = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
     found.add(Path(sys.executable).parent)
@@ -298,7 +320,12 @@ class Sandbox:
 
     def _mounts(self) -> list[str]:
         """The bind/tmpfs options after ``/``, ``/dev``, ``/proc`` and ``/tmp``,
-        parents before children so that the most specific rule wins."""
+        parents before children so that the most specific rule wins.
+
+        A bind that repeats what its nearest enclosing mount already shows (a writable
+        folder inside a writable one, a read-only one inside a read-only one: bwrap's
+        binds are recursive) is left out: each mount costs bwrap about half a
+        millisecond, per agent process."""
         rules: list[tuple[int, int, Path]] = []
         rw = [self.workspace, *self.writable]
         if self.tmp_dir is not None:
@@ -307,9 +334,20 @@ class Sandbox:
             rules.append((len(path.parts), _RW, path))
         rules += [(len(path.parts), _RO, path) for path in (*self.readable, *self.protected)]
         rules += [(len(path.parts), _HIDE, path) for path in self.hidden if path.exists()]
+        # (folder with a trailing slash, kind); the longest that contains a path is the
+        # mount it would be seen through.
+        applied = [("/", _RO), *((f"{base}/", _BASE) for base in ("/dev", "/proc", "/tmp"))]
         args: list[str] = []
         for _, kind, path in sorted(rules, key=lambda rule: (rule[0], rule[1])):
             text = str(path)
+            inside = text.rstrip("/") + "/"
+            nearest = max(
+                (entry for entry in applied if inside.startswith(entry[0])),
+                key=lambda entry: len(entry[0]),
+            )
+            if kind != _HIDE and nearest[1] == kind:
+                continue
+            applied.append((inside, kind))
             if kind == _RW:
                 args += ["--bind", text, text]
             elif kind == _RO:
@@ -320,15 +358,17 @@ class Sandbox:
                 args += ["--ro-bind", "/dev/null", text]
         return args
 
-    def wrap(self, argv: Sequence[str]) -> list[str]:
+    def wrap(self, argv: Sequence[str], *, info_fd: int | None = None) -> list[str]:
         """The bwrap argv that runs ``argv`` in this sandbox, in the workspace.
 
         Run it with ``env=self.env`` (or use :meth:`run`): bwrap's own environment is
-        readable inside as ``/proc/1/environ``."""
+        readable inside as ``/proc/1/environ``. ``info_fd``: where bwrap reports the
+        sandbox's PID 1 (:class:`~batchq.agents.process.PidNamespace`)."""
         if not argv:
             raise ValueError("empty command")
         args = [
             self.bwrap,
+            *(["--info-fd", str(info_fd)] if info_fd is not None else []),
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
@@ -362,14 +402,19 @@ class Sandbox:
         """:func:`~batchq.agents.process.run_process` for ``command`` (a bash line
         or an argv) in this sandbox, with bwrap itself started with :attr:`env`."""
         argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        # Every process bwrap starts lives in the sandbox's PID namespace, so its PID 1
+        # ending is the group ending; --die-with-parent is the parent-death signal.
+        namespace = PidNamespace()
         return run_process(
-            self.wrap(argv),
+            self.wrap(argv, info_fd=namespace.write_fd),
             cwd=self.workspace,
             env=self.env,
             timeout_s=timeout_s,
             should_stop=should_stop,
             log_path=log_path,
             grace_s=grace_s,
+            pid_namespace=namespace,
+            parent_death_signal=False,
         )
 
     def appeared(self) -> list[Path]:

@@ -200,6 +200,7 @@ class _Live:
     def events(self, events: list[Event]) -> None:
         if self.flow and self.progress is None and not self.as_json and events:
             self._open("Flow", None)
+        lines: list[str] = []
         for event in events:
             if self.as_json:
                 self._json(
@@ -218,6 +219,8 @@ class _Live:
                 and event.batch != self.batch
                 and event.batch not in self.reported
             ):
+                self._say(lines)
+                lines = []
                 self._open(event.batch, None)
             if event.kind == EventKind.FINISHED:
                 data = event.data
@@ -228,7 +231,7 @@ class _Live:
                 )
                 if data.get("error"):
                     line += f" — {inline(str(data['error']))[:160]}"
-                (self.progress.console if self.progress else out).print(line, markup=False)
+                lines.append(line)
                 if self.progress is not None:
                     self.progress.advance(self.task)
             elif event.kind == EventKind.FAILED_FAST and self.progress is not None:
@@ -237,7 +240,22 @@ class _Live:
                     if self.flow
                     else "the batch will not be followed by the next one"
                 )
-                self.progress.console.print(f"  ! {event.seq} failed: {then}", markup=False)
+                lines.append(f"  ! {event.seq} failed: {then}")
+        self._say(lines)
+
+    def _say(self, lines: list[str]) -> None:
+        """Progress lines, verbatim: on a terminal through the live display (which
+        redraws its bar below them); elsewhere (a pipe, a file, CI) written at once, as
+        :func:`~batchq.cli.common.emit` writes, since Rich would only re-wrap and
+        re-scan each of a big batch's thousands of lines for nothing."""
+        if not lines:
+            return
+        console = self.progress.console if self.progress is not None else out
+        if console.is_terminal:
+            for line in lines:
+                console.print(line, markup=False)
+        else:
+            emit(lines)
 
     def reruns(self, reasons: dict[str, list[str]]) -> None:
         """Completed subtasks a ``--changed`` run resets, with why, before they run."""
@@ -255,9 +273,7 @@ class _Live:
         if self.as_json:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
         else:
-            console = self.progress.console if self.progress is not None else out
-            console.print(keep_root(render_markdown(report), self.root), markup=False)
-            console.print("", markup=False)
+            self._say([keep_root(render_markdown(report), self.root), ""])
 
     def close(self) -> None:
         if self.progress is not None:

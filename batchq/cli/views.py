@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from batchq.core import planner
+from batchq.core.statusview import ICONS, NO_FEATURES, StatusRow, progress_percent, status_block
 from batchq.core.textsafe import inline, terminal_safe
 from batchq.models import Feature, Plan, Subtask, SubtaskStatus, seq_key
 
@@ -31,34 +32,8 @@ __all__ = [
     "progress_percent",
 ]
 
-NO_FEATURES = "No active features found."
 
 _BLOCKED = SubtaskStatus.BLOCKED
-
-ICONS = {
-    SubtaskStatus.COMPLETED: "✓",
-    SubtaskStatus.IN_PROGRESS: "~",
-    SubtaskStatus.PENDING: "○",
-    SubtaskStatus.BLOCKED: "✗",
-}
-
-
-def progress_percent(done: int, total: int) -> int:
-    """JavaScript's ``Math.round(done / total * 100)``: half up, so 1/8 is 13%."""
-    if total == 0:
-        return 0
-    return (done * 200 + total) // (2 * total)
-
-
-def _counts(feature: Feature) -> dict[SubtaskStatus, int]:
-    counts = dict.fromkeys(SubtaskStatus, 0)
-    for sub in feature.subtasks:
-        counts[sub.status] += 1
-    return counts
-
-
-def _line(sub: Subtask) -> str:
-    return f"  {ICONS[sub.status]} {sub.seq} - {terminal_safe(str(sub.title))} [{sub.status.value}]"
 
 
 def format_problems(problems: Sequence[object]) -> list[str]:
@@ -67,23 +42,20 @@ def format_problems(problems: Sequence[object]) -> list[str]:
 
 
 def format_status(feature: Feature, problems: Sequence[object] = ()) -> list[str]:
-    counts = _counts(feature)
-    done, total = counts[SubtaskStatus.COMPLETED], len(feature.subtasks)
-    lines = [
-        f"[{feature.name}] {feature.task.name}",
-        f"  Status: {feature.task.status.value} | "
-        f"Progress: {progress_percent(done, total)}% ({done}/{total})",
-        f"  Pending: {counts[SubtaskStatus.PENDING]} | "
-        f"In Progress: {counts[SubtaskStatus.IN_PROGRESS]} | "
-        f"Completed: {done} | Blocked: {counts[SubtaskStatus.BLOCKED]}",
+    rows = [
+        StatusRow(
+            sub.seq,
+            str(sub.title),
+            sub.status.value,
+            None if sub.batchq is None else sub.batchq.result.value,
+            None if sub.batchq is None else sub.batchq.error,
+        )
+        for sub in feature.subtasks
     ]
-    for sub in feature.subtasks:
-        line = _line(sub)
-        if sub.batchq is not None and sub.status is SubtaskStatus.BLOCKED and sub.batchq.error:
-            first = terminal_safe(sub.batchq.error.splitlines()[0])
-            line += f" ({sub.batchq.result.value}: {first[:120]})"
-        lines.append(line)
-    return lines + format_problems(problems)
+    task = feature.task
+    return status_block(feature.name, task.name, task.status.value, rows) + format_problems(
+        problems
+    )
 
 
 def format_next(features: Sequence[tuple[Feature, Sequence[object]]]) -> list[str]:

@@ -20,11 +20,13 @@ import stat
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "MAX_BYTES",
@@ -386,6 +388,9 @@ def _staging_pool() -> ThreadPoolExecutor:
     global _STAGING
     with _STAGING_LOCK:
         if _STAGING is None:
+            # lazy: a read (status's quick path) never starts the pool
+            from concurrent.futures import ThreadPoolExecutor
+
             _STAGING = ThreadPoolExecutor(max_workers=16, thread_name_prefix="batchq-fsync")
         return _STAGING
 

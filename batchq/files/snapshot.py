@@ -155,7 +155,19 @@ def _git_rev_parse(root: str) -> str | None:
 
 
 def _git_snapshot(root: str, top: str) -> Snapshot | None:
-    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", ".")
+    # --no-optional-locks: status does not take index.lock to write back the refreshed
+    # index (what git advises for background status), so it cannot make a git command
+    # the agent runs meanwhile fail on the lock, and it is ~1 ms faster per snapshot.
+    status = _git(
+        root,
+        "--no-optional-locks",
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--",
+        ".",
+    )
     if status is None:
         return None
     base = os.path.relpath(root, top)

@@ -30,9 +30,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from batchq import layout
 from batchq.errors import InfrastructureError, SpecError, UsageError
 from batchq.files.jsonfile import JsonDocument, JsonFormat, JsonReadError, read_document, write_many
+from batchq.files.locations import (
+    ARCHIVE_DIR,
+    TASK_FILE,
+    existing_feature_dir,
+    feature_dir,
+    find_root,
+    list_features,
+    tasks_dir,
+)
 from batchq.files.locking import feature_lock
 from batchq.models import (
     SEQ_MAX_DIGITS,
@@ -51,6 +59,7 @@ __all__ = [
     "Mutation",
     "archive_feature",
     "complete_subtask",
+    "declared_deliverables",
     "existing_feature_dir",
     "feature_dir",
     "feature_lock",
@@ -69,9 +78,6 @@ __all__ = [
     "utc_timestamp",
 ]
 
-TASK_FILE = layout.TASK_FILE
-ARCHIVE_DIR = "completed"
-ROOT_MARKERS = (".git", "package.json")
 SUBTASK_RE = re.compile(rf"^subtask_([0-9]{{2,{SEQ_MAX_DIGITS}}})\.json$")
 """ASCII digits, as the ``seq`` inside must be (:data:`batchq.models.SEQ_PATTERN`)."""
 
@@ -85,83 +91,6 @@ are shared with the parse cache (a deep copy cost more than the render)."""
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 """Write errors that say the file system cannot take it, whatever the file."""
-
-
-# --- locations -----------------------------------------------------------------
-
-
-def find_root(start: Path | None = None, root: Path | None = None) -> Path:
-    """The project root: ``root`` if given, else the nearest folder with a root marker.
-
-    The markers are ``.git`` and ``package.json``. Walking up mirrors the established
-    tools, so batchq finds the same
-    ``.tmp/tasks`` from any subfolder of a project.
-    """
-    if root is not None:
-        root = root.expanduser()
-        if not root.is_dir():
-            raise UsageError(f"--root {root} is not an existing folder")
-        return root.resolve()
-    here = (start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if any((folder / marker).exists() for marker in ROOT_MARKERS):
-            return folder
-    raise UsageError(
-        f"no project root found: no folder from {here} up contains .git or package.json; "
-        "pass --root PATH"
-    )
-
-
-def tasks_dir(root: Path) -> Path:
-    """``<root>/.tmp/tasks``: where every feature folder lives."""
-    return root / layout.TASKS_DIR
-
-
-def feature_dir(root: Path, name: str) -> Path:
-    """The folder of feature ``name`` (it may not exist)."""
-    _check_name(name)
-    return tasks_dir(root) / name
-
-
-def list_features(root: Path) -> list[str]:
-    """Active features, sorted: folders holding a ``task.json``, never the archive."""
-    base = tasks_dir(root)
-    if not base.is_dir():
-        return []
-    return sorted(
-        entry.name
-        for entry in base.iterdir()
-        if entry.name != ARCHIVE_DIR
-        and not entry.name.startswith(".")
-        and entry.is_dir()
-        and (entry / TASK_FILE).is_file()
-    )
-
-
-def _check_name(name: str) -> None:
-    if (
-        not name
-        or name.startswith(".")
-        or name == ARCHIVE_DIR
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-    ):
-        raise UsageError(f"{name!r} is not a feature name")
-
-
-def existing_feature_dir(root: Path, name: str) -> Path:
-    """The folder of an active feature; a :class:`UsageError` naming the known ones
-    (or the archive) otherwise."""
-    path = feature_dir(root, name)
-    if (path / TASK_FILE).is_file():
-        return path
-    archived = tasks_dir(root) / ARCHIVE_DIR / name
-    if archived.is_dir():
-        raise UsageError(f"feature {name!r} is archived in {archived}")
-    known = list_features(root)
-    listing = f"known features: {', '.join(known)}" if known else f"none in {tasks_dir(root)}"
-    raise UsageError(f"unknown feature {name!r}; {listing}")
 
 
 # --- loading ---------------------------------------------------------------------
@@ -199,8 +128,9 @@ def _load(root: Path, name: str) -> _Loaded:
     if task.id != name:
         warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
     subtasks: list[tuple[Subtask, JsonDocument]] = []
-    for file in path.glob("subtask_*.json"):  # sorted below, by number
-        parsed = _subtask_file(file)
+    folder = _PARSED.folder(path)
+    for file in _subtask_paths(path):  # sorted below, by number
+        parsed = _subtask_file(file, folder)
         if parsed is None:
             continue
         sub, doc = parsed
@@ -223,6 +153,7 @@ def _load(root: Path, name: str) -> _Loaded:
 
 
 _FileKey = tuple[int, int, int, int]
+_Folder = dict[str, tuple[_FileKey, Subtask, JsonDocument]]
 
 
 class _ParseCache:
@@ -233,28 +164,24 @@ class _ParseCache:
     FOLDERS = 4
 
     def __init__(self) -> None:
-        self.folders: OrderedDict[Path, dict[Path, tuple[_FileKey, Subtask, JsonDocument]]] = (
-            OrderedDict()
-        )
+        self.folders: OrderedDict[Path, _Folder] = OrderedDict()
         self.lock = threading.Lock()  # orchestrators of several features may share a process
 
-    def _folder(self, file: Path) -> dict[Path, tuple[_FileKey, Subtask, JsonDocument]]:
+    def folder(self, path: Path) -> _Folder:
+        """The cache of one feature folder, by file name: a load of thousands of files
+        asks for it once, not once per file."""
         with self.lock:
-            folder = self.folders.get(file.parent)
+            folder = self.folders.get(path)
             if folder is None:
-                folder = self.folders[file.parent] = {}
+                folder = self.folders[path] = {}
                 while len(self.folders) > self.FOLDERS:
                     self.folders.popitem(last=False)
             else:
-                self.folders.move_to_end(file.parent)
+                self.folders.move_to_end(path)
             return folder
 
-    def get(self, file: Path, key: _FileKey) -> tuple[Subtask, JsonDocument] | None:
-        cached = self._folder(file).get(file)
-        return (cached[1], cached[2]) if cached is not None and cached[0] == key else None
-
     def put(self, file: Path, key: _FileKey, sub: Subtask, doc: JsonDocument) -> None:
-        self._folder(file)[file] = (key, sub, doc)
+        self.folder(file.parent)[file.name] = (key, sub, doc)
 
     def clear(self) -> None:
         with self.lock:
@@ -270,24 +197,38 @@ def _file_key(st: os.stat_result) -> _FileKey:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _subtask_file(file: Path) -> tuple[Subtask, JsonDocument] | None:
+def _subtask_paths(path: Path) -> list[Path]:
+    """The ``subtask_*.json`` entries of a feature folder (what ``glob`` would list,
+    without its per-entry pattern matching and path objects)."""
+    try:
+        names = [
+            entry.name
+            for entry in os.scandir(path)
+            if entry.name.startswith("subtask_") and entry.name.endswith(".json")
+        ]
+    except OSError as exc:
+        raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    return [path / name for name in names]
+
+
+def _subtask_file(file: Path, folder: _Folder) -> tuple[Subtask, JsonDocument] | None:
     """Parse and validate a subtask file, reusing the last parse while the file is the
     same one (inode, size and mtime): a run mirrors statuses many times, and every
     rewrite is an ``os.replace`` that gives the file a new inode. None for a folder
     or other non-file that happens to match the name pattern."""
     try:
-        st = file.stat()
+        st = os.stat(file)
     except OSError as exc:
         raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         return None
     key = _file_key(st)
-    cached = _PARSED.get(file, key)
-    if cached is not None:
-        return cached
+    cached = folder.get(file.name)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    _PARSED.put(file, key, sub, doc)
+    folder[file.name] = (key, sub, doc)
     return sub, doc
 
 
@@ -368,6 +309,71 @@ def _spec_errors(path: Path, exc: ValidationError) -> list[SpecError]:
         field, expected = _describe(loc, errs)
         found.append(SpecError(path, field or None, expected.replace("\n", " ")))
     return found
+
+
+class _DeclaredCache:
+    """Each subtask file's declared deliverables, by file version: a run asks what
+    every other feature of its root declares, and a root may hold many features that
+    no longer change (bounded: a long-lived process forgets all past the limit)."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.files: dict[Path, tuple[_FileKey, tuple[str, ...]]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, file: Path, key: _FileKey) -> tuple[str, ...] | None:
+        with self.lock:
+            cached = self.files.get(file)
+        return cached[1] if cached is not None and cached[0] == key else None
+
+    def put(self, file: Path, key: _FileKey, paths: tuple[str, ...]) -> None:
+        with self.lock:
+            if len(self.files) >= self.LIMIT:
+                self.files.clear()
+            self.files[file] = (key, paths)
+
+
+_DECLARED = _DeclaredCache()
+
+
+def declared_deliverables(root: Path, name: str) -> list[str]:
+    """Every deliverable a subtask file of feature ``name`` declares, sorted, read
+    without validating the feature (a file that is not JSON, or holds no list of
+    paths, declares nothing): what another feature of the root claims as its own is
+    never an undeclared write of this run, whatever else its files get wrong. Each
+    file is parsed once per version (inode, size, times), so a run in a root of many
+    features pays a stat per file, not a load and validation of each feature."""
+    found: set[str] = set()
+    try:
+        entries = list(os.scandir(feature_dir(root, name)))
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith("subtask_") and entry.name.endswith(".json")):
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        file, key = Path(entry.path), _file_key(st)
+        paths = _DECLARED.get(file, key)
+        if paths is None:
+            try:
+                data = read_document(file).data
+            except (JsonReadError, OSError):
+                data = {}
+            listed = data.get("deliverables")
+            paths = tuple(
+                p
+                for p in (listed if isinstance(listed, list) else ())
+                if isinstance(p, str) and p and "\x00" not in p
+            )
+            _DECLARED.put(file, key, paths)
+        found.update(paths)
+    return sorted(found)
 
 
 def spec_problems(root: Path, name: str) -> list[SpecError]:

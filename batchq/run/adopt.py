@@ -15,9 +15,12 @@ run`` of the feature, or ``batchq watch`` when it sees the run end. It
    conflict fails it),
 4. writes every recorded result into the files (``completed`` stays completed and is
    never run again), returns the members without one to ``pending`` (no ``agent_id``
-   or ``started_at`` left), and
+   or ``started_at`` left),
 5. stores and saves a report of each batch that had none (a cancelled one: its
-   unfinished members are ``skipped``), so ``batchq report`` shows it.
+   unfinished members are ``skipped``), so ``batchq report`` shows it, and
+6. marks the run settled when nothing of it is still running, as its orchestrator
+   does when it ends with complete reports: a settled run is never adopted again, so
+   a task file written anew afterwards runs instead of taking an old result.
 
 The caller holds the feature (:meth:`~batchq.run.orchestrator.Orchestrator.exclusive`):
 one writer of the files at a time.
@@ -56,7 +59,7 @@ from batchq.models import (
     SubtaskStatus,
     seq_key,
 )
-from batchq.protocol import BatchState
+from batchq.protocol import RUN_SETTLED, BatchState
 from batchq.run import latemerge, remote
 from batchq.settings import Settings
 from batchq.store.contract import Store
@@ -88,7 +91,11 @@ def unsettled(store: Store, run_id: str, feature: Feature) -> bool:
     """True when run ``run_id`` still has a batch in flight, or a file still says a
     member is ``in_progress`` for it, or a member's file lags its recorded result, or
     a completed isolated result was never merged back: the files (or the workspace)
-    do not yet say what the workers recorded."""
+    do not yet say what the workers recorded. A settled run (its orchestrator reported
+    every batch from complete records and mirrored them, or an adoption left nothing
+    running) is never unsettled: files made afresh since are the user's."""
+    if store.run_info(run_id).get(RUN_SETTLED) == "1":
+        return False
     states = store.batch_states(run_id)
     if any(state == BatchState.RUNNING for state in states.values()):
         return True
@@ -151,7 +158,7 @@ def settle(
                 store.cancel(run_id, n, cancel)
     members = {n: store.batch_members(run_id, n) for n in states}
     everyone = [seq for seqs in members.values() for seq in seqs]
-    _wait_for_running(store, run_id, everyone, wait_s, on_wait)
+    still = _wait_for_running(store, run_id, everyone, wait_s, on_wait)
 
     stored = {n: store.report(run_id, n) for n in states}
     final = _final(store, run_id, states, everyone)
@@ -192,6 +199,8 @@ def settle(
         rep = latemerge.reconcile(store, rep, merged)  # stored before the merge
         save_report(root, name, rep)
         settled.reports.append(rep)
+    if not still:  # a member still running may yet record: the next one adopts that
+        store.settle_run(run_id)
     return settled
 
 
@@ -201,8 +210,9 @@ def _wait_for_running(
     members: list[str],
     wait_s: float,
     on_wait: WaitHandler | None,
-) -> None:
-    """Until no member without a result holds a live claim, or ``wait_s`` passes."""
+) -> list[str]:
+    """Until no member without a result holds a live claim, or ``wait_s`` passes; the
+    members still running then."""
     deadline = time.monotonic() + wait_s
     told = False
     last = store.last_event_id(run_id)
@@ -210,7 +220,7 @@ def _wait_for_running(
         recorded = store.results(run_id, members)
         running = store.live_claims(run_id, [s for s in members if s not in recorded])
         if not running or time.monotonic() >= deadline:
-            return
+            return running
         if on_wait is not None and not told:
             on_wait(running)
             told = True

@@ -77,6 +77,10 @@ ADOPT_RUNS = 3
 
 LEASE_S = 60.0
 MIRROR_EVERY_S = 0.5
+MIRROR_IDLE_SHARE = 3.0
+"""After a mirror rewrite that took t seconds, the next waits at least this many times
+t: a big feature's rewrite (every file checked, hundreds written and fsynced) then
+takes at most a quarter of the run, whatever the disk, instead of back to back."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""
@@ -153,7 +157,8 @@ class _Lease(threading.Thread):
 
 class _Mirror:
     """Mirrors progress events into the task files, coalesced: the latest state of each
-    subtask is written at most every ``MIRROR_EVERY_S`` seconds in one locked rewrite,
+    subtask is written at most every ``MIRROR_EVERY_S`` seconds (longer after a slow
+    rewrite, see ``MIRROR_IDLE_SHARE``) in one locked rewrite,
     so a batch of thousands of quick subtasks costs a few rewrites, not thousands."""
 
     def __init__(
@@ -172,6 +177,7 @@ class _Mirror:
         self.claims: Claims = {}
         """seq -> the summary an agent recorded itself during the run."""
         self.last_flush = time.monotonic()
+        self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
 
     def __call__(self, events: list[Event]) -> None:
@@ -188,7 +194,7 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.finished[event.seq] = result.result
-        if time.monotonic() - self.last_flush >= MIRROR_EVERY_S:
+        if time.monotonic() - self.last_flush >= self.interval:
             self.flush()
         if self.forward is not None:
             self.forward(events)
@@ -197,11 +203,13 @@ class _Mirror:
         """Write what is pending; the files are current when it returns, and
         ``feature`` is what this flush wrote (None if it wrote nothing)."""
         self.feature = None
+        start = time.monotonic()
         if self.pending:
             changes, self.pending = self.pending, {}
             self.feature = update_subtasks(self.root, self.name, changes)
             self.written |= {s: r for s, r in self.finished.items() if s in changes}
         self.last_flush = time.monotonic()
+        self.interval = max(MIRROR_EVERY_S, MIRROR_IDLE_SHARE * (self.last_flush - start))
 
 
 class Orchestrator:
@@ -276,7 +284,16 @@ class Orchestrator:
                     self._flows(run, feature, result, options)
                 else:
                     self._batches(run, feature, result, options)
+            self._settled(run.run_id, result)
             return result
+
+    def _settled(self, run_id: str, result: RunResult) -> None:
+        """Mark the run settled when every report came from complete records (none
+        forced, none missing a member) and its files were mirrored: nothing of it can
+        still arrive, so adoption must never read it back into files made since. A run
+        with a forced report stays open to adoption, which waits for its stragglers."""
+        if all(not r.forced and not r.missing for r in result.reports):
+            self.store.settle_run(run_id)
 
     @contextmanager
     def _interruptible(self, run_id: str, options: RunOptions) -> Iterator[None]:
@@ -403,6 +420,7 @@ class Orchestrator:
             ):
                 result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
+            self._settled(run.run_id, result)
             return result
 
     def _retrying(self, feature: Feature, seqs: list[str], options: RunOptions) -> Feature:

@@ -22,8 +22,8 @@ from kombu.exceptions import OperationalError
 from batchq import layout
 from batchq.core import chunks, report
 from batchq.core.blame import Window
-from batchq.errors import BatchqError, BrokerUnavailable
-from batchq.files.taskfiles import list_features, load_feature
+from batchq.errors import BrokerUnavailable
+from batchq.files.taskfiles import declared_deliverables, list_features
 from batchq.models import (
     BatchReport,
     FailurePolicy,
@@ -139,18 +139,15 @@ def new_run(
 def foreign_deliverables(feature: Feature) -> dict[str, list[str]]:
     """What the other features in ``feature``'s root declare, keyed ``feature <name>``
     (never a seq). Features sharing a root run side by side: a path one of them
-    declared is its own, never an undeclared write of this run. A feature that does
-    not load is left out (its own commands name the problem)."""
-    out: dict[str, list[str]] = {}
-    for name in list_features(feature.root):
-        if name == feature.name:
-            continue
-        try:
-            other = load_feature(feature.root, name)
-        except BatchqError:
-            continue
-        out[f"feature {name}"] = sorted({d for sub in other.subtasks for d in sub.deliverables})
-    return out
+    declared is its own, never an undeclared write of this run. Read from their files
+    without validating them (:func:`~batchq.files.taskfiles.declared_deliverables`):
+    a root may hold many finished features, and one that does not load still declares
+    what its files say."""
+    return {
+        f"feature {name}": declared_deliverables(feature.root, name)
+        for name in list_features(feature.root)
+        if name != feature.name
+    }
 
 
 def weights(members: Sequence[Subtask], learned: Mapping[str, float]) -> dict[str, float]:

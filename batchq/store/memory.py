@@ -29,7 +29,7 @@ from typing import Any
 
 from batchq.errors import InputError
 from batchq.models import BatchReport, SubtaskResult
-from batchq.protocol import BatchState
+from batchq.protocol import RUN_SETTLED, BatchState
 from batchq.store.contract import Store
 from batchq.store.state import (
     CALLABLE_RUNS,
@@ -247,6 +247,11 @@ class MemoryStore:
     def run_info(self, run_id: str) -> dict[str, str]:
         with self._lock:
             return dict(self._get(self.keys.run(run_id)) or {})
+
+    def settle_run(self, run_id: str) -> None:
+        with self._lock:
+            if self._get(self.keys.run(run_id)) is not None:
+                self._hash(self.keys.run(run_id))[RUN_SETTLED] = "1"
 
     def context(self, run_id: str) -> str:
         with self._lock:

@@ -9,7 +9,8 @@ a run id, ``N`` a batch number, ``S`` a seq. Every key expires after
 key                           type    content
 ============================  ======  ==============================================
 ``run:R``                     hash    feature, feature_key, root, policy, mode,
-                                      write_check, created_at
+                                      write_check, created_at; settled once its
+                                      orchestrator mirrored all it recorded
 ``ctx:R``                     string  the shared session context (1 MiB cap)
 ``batch:R:N``                 hash    expected (JSON list of seqs), policy, submitted_at,
                                       state (running|reported|forced), next (the plan's
@@ -48,7 +49,7 @@ import redis
 
 from batchq.errors import BrokerUnavailable, InfrastructureError, InputError
 from batchq.models import BatchReport, SubtaskResult
-from batchq.protocol import BatchState
+from batchq.protocol import RUN_SETTLED, BatchState
 from batchq.settings import Settings
 
 __all__ = [
@@ -366,6 +367,12 @@ class StateStore:
 
     def run_info(self, run_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.r.hgetall(self.keys.run(run_id)))
+
+    def settle_run(self, run_id: str) -> None:
+        """Record that run ``run_id``'s files say all it recorded (``settled`` in its
+        record, which keeps its TTL); a record that expired stays gone."""
+        if self.r.exists(self.keys.run(run_id)):
+            self.r.hset(self.keys.run(run_id), RUN_SETTLED, "1")
 
     def context(self, run_id: str) -> str:
         value = self.r.get(self.keys.context(run_id))

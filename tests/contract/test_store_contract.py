@@ -111,6 +111,14 @@ def test_a_run_without_a_feature_key_joins_no_list(store: Store) -> None:
     assert store.recent_runs(FKEY) == []
 
 
+def test_settling_a_run_marks_its_record_and_never_creates_one(store: Store) -> None:
+    store.create_run(RUN, {"feature": "feat"}, "")
+    store.settle_run(RUN)
+    assert store.run_info(RUN) == {"feature": "feat", "settled": "1"}
+    store.settle_run("unknown")
+    assert store.run_info("unknown") == {}
+
+
 def test_an_oversize_context_is_an_input_error_and_writes_nothing(store: Store) -> None:
     with pytest.raises(InputError, match="--context"):
         store.create_run(RUN, {"feature_key": FKEY}, "x" * (CONTEXT_LIMIT + 1))

@@ -144,3 +144,26 @@ def test_a_python_callables_own_failure_is_a_failed_result_not_a_failed_chord(
     assert by_seq["01"].error_type == "ValueError" and "boom" in (by_seq["01"].error or "")
     assert by_seq["02"].result is ResultState.COMPLETED
     assert not report.forced and report.missing == []
+
+
+def test_a_task_file_rewritten_after_a_finished_run_runs_again(
+    make_feature: Any, subtask_data: Any, orchestrator: MakeOrchestrator
+) -> None:
+    """A run that ended on its own is settled: the next run never adopts it, so a file
+    the user writes anew (no ``batchq`` block) runs again instead of taking the old
+    result (and its old run id) back."""
+    root = make_feature(
+        [subtask_data("01", command="echo run >> runs.log", deliverables=["runs.log"])]
+    )
+    first = orchestrator(root).run()
+    assert first.ok, first.reports
+    assert statuses(root) == {"01": "completed"}
+    fresh = subtask_data("01", command="echo run >> runs.log", deliverables=["runs.log"])
+    path = root / ".tmp/tasks/feat/subtask_01.json"
+    path.write_text(json.dumps(fresh, indent=2) + "\n", encoding="utf-8")
+
+    second = orchestrator(root).run()
+
+    assert second.ok, second.reports
+    assert (root / "runs.log").read_text() == "run\nrun\n"  # it ran again
+    assert raw(root, "01")["batchq"]["run_id"] == second.run_id

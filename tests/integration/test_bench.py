@@ -18,6 +18,13 @@ def test_the_reference_schedules_are_computed_from_the_durations() -> None:
     assert refs["lpt"] == 2.0
 
 
+def test_the_shell_sleeps_are_the_python_sleeps_as_commands() -> None:
+    data = p3_makespan.shell_subtask("07", 0.25, "out/07.txt")
+    assert data["suggested_agent"] == "shell"
+    assert data["execution"] == {"command": "sleep 0.25", "timeout_s": 600}
+    assert data["deliverables"] == ["out/07.txt"] and data["seq"] == "07"
+
+
 def test_the_flow_references_are_computed_from_the_dag() -> None:
     # 1 -> 3, 2 alone, 3 -> 4 (durations 1, 3, 1, 1) on 2 slots.
     dag = p4_flow.Dag([1.0, 3.0, 1.0, 1.0], [[], [], [0], [2]])
@@ -38,6 +45,7 @@ def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) 
     assert "dramatiq group" in out and "`batchq run` process" in out
     assert "orchestrator peak RSS" in out and "start-up `batchq --version` median" in out
     assert "P4 flow within 1.10" in out
+    assert "P3 (python sleeps) second run" in out and "P3 (shell sleeps) second run" in out
     assert "P5 shell without verify" in out and "P5 cli with verify" in out
     assert "## P7 scale-out" in out and "git cost / subtask" in out
 

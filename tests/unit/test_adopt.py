@@ -54,6 +54,36 @@ def test_recorded_results_are_written_and_the_rest_returns_to_pending(
     saved = root / ".tmp/tasks/feat/.batchq/reports" / f"{run.run_id}-001.json"
     assert saved.is_file()
     assert not adopt.unsettled(store, run.run_id, load_feature(root, "feat"))
+    assert store.run_info(run.run_id)["settled"] == "1"  # nothing of it was running
+
+
+def test_a_run_with_a_member_still_running_is_not_marked_settled(
+    make_feature: MakeFeature,
+) -> None:
+    root = make_feature([subtask(s, command="true") for s in ("01", "02")])
+    store = MemoryStore(clock=ManualClock())
+    run = producer.new_run(store, load_feature(root, "feat"), FailurePolicy.GRACEFUL)
+    store.start_batch(run.run_id, 1, ["01", "02"], "graceful")
+    assert store.begin(run.run_id, 1, "02", "w2", "t", claim_ttl_s=60, max_starts=3) == "run"
+    adopt.settle(root, "feat", store, settings(), run.run_id, reason="x", cancel=None, wait_s=0)
+    assert "settled" not in store.run_info(run.run_id)  # 02 may still record: adopt it then
+
+
+def test_a_settled_run_is_never_read_back_into_a_feature_made_afresh(
+    make_feature: MakeFeature,
+) -> None:
+    """A run its orchestrator finished is over: a feature folder deleted and written
+    again with the same name starts pending, whatever that run recorded."""
+    root = make_feature([subtask(s, command="true") for s in ("01", "02")])
+    store = MemoryStore(clock=ManualClock())
+    run = producer.new_run(store, load_feature(root, "feat"), FailurePolicy.GRACEFUL)
+    store.start_batch(run.run_id, 1, ["01", "02"], "graceful")
+    for seq in ("01", "02"):
+        store.record_result(result(run.run_id, seq, ResultState.COMPLETED), run.feature_key, "w1")
+    fresh = load_feature(root, "feat")  # still pending: the files lag the records
+    assert adopt.unsettled(store, run.run_id, fresh)
+    store.settle_run(run.run_id)
+    assert not adopt.unsettled(store, run.run_id, fresh)
 
 
 def test_an_older_run_never_overwrites_what_a_later_run_wrote(make_feature: MakeFeature) -> None:

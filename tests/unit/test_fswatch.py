@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,13 +120,61 @@ def test_each_thread_keeps_its_own_tracker_so_overlapping_windows_miss_nothing(
     assert seen["tracker"] is not writewindow.tracker_for(str(workspace))
 
 
-def test_a_window_in_a_git_work_tree_uses_git_status(tmp_path: Path) -> None:
+def _repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    touch(root / ".gitignore", "build/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    touch(root / ".gitignore", "build/\n*.log\n")
+    touch(root / "kept.log", "tracked although it matches *.log\n")
+    touch(root / "gone.txt")
+    subprocess.run([*git, "add", "-f", ".gitignore", "kept.log", "gone.txt"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "set-up"], cwd=root, check=True)
+    return root
+
+
+def test_a_window_in_a_git_work_tree_leaves_out_what_git_ignores(tmp_path: Path) -> None:
+    root = _repo(tmp_path)
+    assert snapshot.git_toplevel(str(root)) is not None
+    touch(root / "before.txt")  # before the window: not its write
     window = writewindow.open_window(root)
     touch(root / "build" / "out.o")
+    touch(root / "debug.log")
+    touch(root / "kept.log", "a tracked file is never ignored\n")
     touch(root / "src" / "x.py")
-    assert window() == ["src/x.py"]
-    assert snapshot.git_toplevel(str(root)) is not None
+    (root / "gone.txt").unlink()  # a tracked file removed is a write too
+    assert window() == ["gone.txt", "kept.log", "src/x.py"]
+
+
+def test_git_is_asked_only_when_something_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _repo(tmp_path)
+    asked: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting(args: list[str], **kwargs: Any) -> Any:
+        asked.append(list(args))
+        return real_run(args, **kwargs)
+
+    writewindow.open_window(root)()  # the tracker's first walk, outside the count
+    monkeypatch.setattr(writewindow.subprocess, "run", counting)
+    assert writewindow.open_window(root)() == []
+    assert asked == []  # nothing changed: no git process at all
+    window = writewindow.open_window(root)
+    touch(root / "new.txt")
+    assert window() == ["new.txt"]
+    assert [args[:4] for args in asked] == [["git", "--no-optional-locks", "check-ignore", "-z"]]
+
+
+def test_a_write_inside_a_nested_repository_is_kept_without_asking_git(
+    tmp_path: Path,
+) -> None:
+    root = _repo(tmp_path)
+    nested = root / "vendor" / "lib"
+    nested.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=nested, check=True)
+    window = writewindow.open_window(root)
+    touch(nested / "a.c")
+    touch(root / "b.log")
+    assert window() == ["vendor/lib/a.c"]  # check-ignore would refuse the first

@@ -6,6 +6,7 @@ not work; CI installs bubblewrap, so there they all run.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -135,6 +136,21 @@ def test_reduced_env_keep_passes_named_variables_but_never_batchq_secrets() -> N
     assert "BATCHQ_MCP_TOKEN" not in reduced
 
 
+def test_the_compiled_patterns_match_as_fnmatchcase_does() -> None:
+    """reduced_env compiles its patterns into one expression; it must judge every
+    name as the pattern-by-pattern fnmatchcase it replaced."""
+    patterns = ("LC_*", "TERM", "OPENAI_?ASE*", "X[AB]_*", "[!Z]Q", "a.b", "*[*]")
+    names = [
+        "LC_ALL", "LC_", "lc_all", "TERM", "TERMX", "XTERM", "OPENAI_BASE_URL",
+        "OPENAI_ASE", "XA_1", "XC_1", "AQ", "ZQ", "a.b", "axb", "star*", "", "LC_\nX",
+    ]  # fmt: skip
+    matches = sandbox_mod._matcher(patterns)
+    for name in names:
+        expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        assert (matches(name) is not None) == expected, name
+    assert sandbox_mod._matcher(())("anything") is None
+
+
 # --- the argv -------------------------------------------------------------------------
 
 
@@ -166,6 +182,15 @@ def test_wrap_orders_mounts_most_specific_last(
     assert "--clearenv" in argv
     assert f"--setenv TMPDIR {tmp_path / 'tmp'}" in text
     assert argv[-4:] == ["--", "bash", "-c", "true"]
+    # Under /tmp's fresh tmpfs the tmp dir must be bound; inside the writable log
+    # folder a writable folder is already writable, and is not bound again.
+    assert f"--bind {tmp_path / 'tmp'} {tmp_path / 'tmp'}" in text
+    nested = Sandbox.create(
+        workspace, env={}, writable=[logs], tmp_dir=logs / "01.tmp", extra_protected=["/usr/lib"]
+    ).wrap(["x"])
+    assert f"--bind {logs / '01.tmp'}" not in " ".join(nested)
+    assert "/usr/lib" not in nested  # read-only inside the read-only /
+    assert f"{ws}/.git" in nested  # read-only inside the writable workspace: bound
     assert "--unshare-net" not in Sandbox.create(workspace, env={}, network=True).wrap(["x"])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "--cap-drop" not in sandbox.wrap(["x"])
@@ -526,7 +551,11 @@ def test_the_workers_python_under_tmp_stays_visible(
     (prefix / "bin").mkdir(parents=True)
     (prefix / "bin" / "marker").write_text("python lives here\n")
     monkeypatch.setattr(sys, "prefix", str(prefix))
-    sandbox = make(workspace)
+    sandbox_mod._python_under_tmp.cache_clear()  # found once per process, as a worker does
+    try:
+        sandbox = make(workspace)
+    finally:
+        sandbox_mod._python_under_tmp.cache_clear()
     assert prefix.resolve() in sandbox.readable
     result = run(sandbox, f"cat {prefix}/bin/marker && ! touch {prefix}/bin/new")
     assert result.ok, result.output

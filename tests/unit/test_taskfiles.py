@@ -682,3 +682,27 @@ def test_a_contradicted_claim_leaves_no_stale_completion_fields() -> None:
     assert data["status"] == "blocked"
     assert data["completed_at"] is None and data["completion_summary"] is None
     assert claims == {"01": "my own words"}
+
+
+def test_declared_deliverables_read_each_file_without_validating_the_feature(
+    make_feature: Any, subtask_data: Any
+) -> None:
+    """Another feature's claims count even when one of its files is broken; a file that
+    is not JSON, or lists no paths, declares nothing; a rewrite is read again."""
+    from batchq.files.taskfiles import declared_deliverables
+    from batchq.run.producer import foreign_deliverables
+
+    root = make_feature(
+        [subtask_data("01", deliverables=["b.txt", "a.txt"]), subtask_data("02")], name="other"
+    )
+    folder = root / ".tmp/tasks/other"
+    (folder / "subtask_03.json").write_text("{not json", encoding="utf-8")
+    (folder / "subtask_04.json").write_text('{"deliverables": "x.txt"}', encoding="utf-8")
+    with pytest.raises(SpecError):
+        load_feature(root, "other")
+    assert declared_deliverables(root, "other") == ["a.txt", "b.txt", "out/02.txt"]
+    (folder / "subtask_04.json").write_text('{"deliverables": ["new.txt"]}', encoding="utf-8")
+    assert "new.txt" in declared_deliverables(root, "other")
+    make_feature([subtask_data("01")], name="mine", root=root)
+    foreign = foreign_deliverables(load_feature(root, "mine"))
+    assert foreign == {"feature other": ["a.txt", "b.txt", "new.txt", "out/02.txt"]}

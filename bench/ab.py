@@ -1,0 +1,59 @@
+"""A/B: ``batchq run`` of N no-op subtasks from two source trees, alternating.
+
+For judging a change on a shared machine, where a figure alone is noise: each
+repetition runs the command from every tree in turn (``PYTHONPATH`` set to the tree),
+each against a freshly started worker on an emptied Redis, in one project root, and
+prints min / median / max and the peak RSS per tree. The workers run this tree's code.
+
+    python -m bench.ab --trees /work/main,/work/wt-NAME --n 2000 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+
+from bench.common import Stats, batchq_env, fresh_workers, noop_feature, redis, run_process, tmpdir
+
+CODE = "import sys; sys.argv[0] = 'batchq'; from batchq.entry import main; sys.exit(main())"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trees", required=True, help="comma-separated source trees")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args(argv)
+    trees = args.trees.split(",")
+    walls: dict[str, list[float]] = {tree: [] for tree in trees}
+    peaks: dict[str, list[float]] = {tree: [] for tree in trees}
+    with redis() as server:
+        root = tmpdir("bench-ab-")
+        try:
+            for k in range(args.reps):
+                for i, tree in enumerate(trees):
+                    name = f"ab-{i}-{k}"
+                    noop_feature(root, name, args.n)
+                    env = batchq_env(server.url)
+                    env["PYTHONPATH"] = tree
+                    argv_ = [sys.executable, "-c", CODE, "run", name, "--root", str(root)]
+                    with fresh_workers(server, "batchq.worker"):
+                        done = run_process(argv_, env=env, cwd=root).check(f"{tree}: batchq run")
+                    walls[tree].append(done.wall_s)
+                    peaks[tree].append(done.peak_mb)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    out = {tree: Stats(values) for tree, values in walls.items()}
+    for tree, stats in out.items():
+        print(
+            f"{tree}: batchq run N={args.n} {stats.fmt()}, "
+            f"peak RSS {min(peaks[tree]):.0f}–{max(peaks[tree]):.0f} MiB",
+            flush=True,
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
