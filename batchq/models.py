@@ -59,6 +59,7 @@ __all__ = [
     "TaskStatus",
     "UndeclaredWrite",
     "Violation",
+    "Workspace",
     "WriteCheck",
     "agent_name",
     "feature_key",
@@ -148,6 +149,18 @@ class Isolation(StrEnum):
 
     NONE = "none"
     WORKTREE = "worktree"
+
+
+class Workspace(StrEnum):
+    """``BATCHQ_WORKSPACE``: how a worker reaches the project.
+
+    ``shared`` means at the orchestrator's own path (one host, or shared storage);
+    ``git`` means through a git remote: the snapshot is pushed there, workers fetch
+    it into a clone of their own and push their results back (implies
+    ``isolate = worktree``; :mod:`batchq.run.remote`)."""
+
+    SHARED = "shared"
+    GIT = "git"
 
 
 class SandboxMode(StrEnum):
@@ -589,6 +602,12 @@ class SubtaskMessage(_Wire):
     """Isolation: the hidden ref of the workspace snapshot this subtask starts from
     (``refs/batchq/<run>/base-<batch>`` in batch mode, ``.../base-w<wave>`` in flow
     mode); the worker never derives it. Empty when not isolated."""
+    git_remote: str | None = None
+    """``workspace = git``: the remote holding the snapshot, where the worker pushes its
+    result (never with a password: :func:`batchq.settings.git_remote_problem`). Set, the
+    worker never touches ``root``: it works in a clone of its own."""
+    git_prefix: str = ""
+    """``workspace = git``: the project root's folder inside the repository ("" = top)."""
 
     @property
     def seq(self) -> str:
@@ -615,6 +634,12 @@ class Run:
     """The deliverables the root's other features declare, keyed ``feature <name>``:
     their writes are theirs, never this run's undeclared writes."""
     isolate: Isolation = Isolation.NONE
+    git_remote: str | None = None
+    """Set when ``workspace = git``: the remote the batches travel through."""
+    git_prefix: str = ""
+    """The project root's folder inside its repository, when ``git_remote`` is set."""
+    git_timeout_s: float = 120.0
+    """The bound on each call to ``git_remote`` (``Settings.git_timeout_s``)."""
 
 
 def agent_name(subtask: Subtask) -> str:

@@ -31,7 +31,7 @@ from pydantic_settings import (
 from batchq import layout
 from batchq.errors import InputError, SpecError, mask_url
 from batchq.layout import ALWAYS_PROTECTED, DEFAULT_PROTECTED
-from batchq.models import Isolation, SandboxMode, WriteCheck
+from batchq.models import Isolation, SandboxMode, Workspace, WriteCheck
 from batchq.presets import expand_preset
 
 __all__ = [
@@ -42,7 +42,9 @@ __all__ = [
     "URL_FILE_ENV",
     "AgentConfig",
     "Settings",
+    "default_worker_cache",
     "dump_settings",
+    "git_remote_problem",
     "load_settings",
     "read_url_file",
     "settings_from_json",
@@ -145,6 +147,19 @@ class Settings(BaseSettings):
     isolate: Isolation = Isolation.NONE
     """The run's default isolation (none|worktree); ``--isolate`` overrides it. It
     travels to workers in each message (:mod:`batchq.run.merge`)."""
+    workspace: Workspace = Workspace.SHARED
+    """How workers reach the project (shared|git); ``--workspace`` overrides it. ``git``
+    implies ``isolate = worktree`` and needs ``git_remote`` (:mod:`batchq.run.remote`)."""
+    git_remote: str | None = None
+    """``workspace = git``: any git URL the orchestrator and every worker reach (ssh,
+    https, file, git daemon). Credentials come from git's own configuration and the
+    environment (ssh keys, a credential helper): a password in the URL is refused."""
+    worker_cache: Path = Field(default_factory=lambda: default_worker_cache())
+    """``workspace = git``, on a worker: where it keeps one bare clone per remote
+    (objects reused across subtasks and runs), its worktrees and its subtask logs."""
+    git_timeout_s: float = Field(default=120.0, gt=0)
+    """A bound on each git call that talks to the remote (push, fetch, ls-remote): a
+    remote that stops answering fails the subtask or the run instead of hanging it."""
 
     flower_address: str = "127.0.0.1"
     flower_port: int = 5555
@@ -176,6 +191,15 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None:
             problem = redis_url_problem(value)
+            if problem:
+                raise ValueError(f"{mask_url(value)}: {problem}")
+        return value
+
+    @field_validator("git_remote", mode="after")
+    @classmethod
+    def _git_remote(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = git_remote_problem(value)
             if problem:
                 raise ValueError(f"{mask_url(value)}: {problem}")
         return value
@@ -224,6 +248,33 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis URL is configured and batchq must start its own."""
         return self.redis_url is None
+
+
+def default_worker_cache() -> Path:
+    """``$XDG_CACHE_HOME/batchq``, else ``~/.cache/batchq``: the worker's own disk."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "batchq"
+
+
+def git_remote_problem(url: str) -> str | None:
+    """What is wrong with a git remote URL, in words a user can act on; None when
+    nothing. A password in the URL would travel in every message, sit in Redis and
+    show in logs: git must take it from its own configuration instead."""
+    if not url.strip() or url != url.strip() or any(c in url for c in "\n\r\0"):
+        return "an empty URL, or one with spaces around it or control characters in it"
+    if url.startswith("-"):
+        return "a URL cannot start with '-'"
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+        if at and ":" in userinfo:
+            return (
+                "the URL holds a password; give git the credential instead (a credential "
+                "helper, ~/.git-credentials, an ssh key), never in BATCHQ_GIT_REMOTE"
+            )
+        if scheme not in ("ssh", "git", "http", "https", "file", "git+ssh", "ssh+git"):
+            return f"unknown scheme {scheme!r}; expected ssh://, https://, git://, file://"
+    return None
 
 
 def read_url_file(path: Path) -> str:

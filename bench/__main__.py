@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import p1_fanout, p2_latency, p3_makespan, p4_flow, p5_overhead
+from bench import p1_fanout, p2_latency, p3_makespan, p4_flow, p5_overhead, p7_scaleout
 from bench import startup as startup_bench
 from bench.common import REPO, Stats
 
@@ -350,7 +350,7 @@ def _goals(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes; figures meaningless")
-    parser.add_argument("--only", default="startup,p1,p2,p3,p4,p5")
+    parser.add_argument("--only", default="startup,p1,p2,p3,p4,p5,p7")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--sizes", default="1000,5000,20000", help="P1: three sizes")
     parser.add_argument("--big-reps", type=int, default=3, help="P1 repetitions at the last size")
@@ -380,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "p4" in only:
         p4 = p4_flow.main(["--n", "10", "--seeds", "1", "--scale", "0.05"] if args.quick else [])
     text = render(p1, p2, p3, reps, p4, p5, startup)
+    if "p7" in only:  # scale-out through each workspace transport (issue 20)
+        quick = ["--n", "8", "--scale", "0.05", "--procs", "1,2", "--reps", "1"]
+        p7 = p7_scaleout.main(quick if args.quick else [])
+        text += "\n".join(p7_scaleout.section(p7)) + "\n"
     print(text)
     if not args.quick:
         out = Path(args.out)

@@ -39,6 +39,7 @@ from batchq.models import (
     Isolation,
     ResultState,
     RunMode,
+    Workspace,
     WriteCheck,
     feature_key,
 )
@@ -88,6 +89,15 @@ IsolateOpt = Annotated[
         help="worktree: each subtask in its own git worktree at a snapshot of the "
         "workspace (one per batch; per wave of ready subtasks with --mode flow), its "
         "declared deliverables merged back; none (default from BATCHQ_ISOLATE).",
+    ),
+]
+WorkspaceOpt = Annotated[
+    Workspace | None,
+    typer.Option(
+        "--workspace",
+        help="git: workers on other hosts fetch each batch's snapshot from BATCHQ_GIT_REMOTE "
+        "and push their results back (implies --isolate worktree); shared (default from "
+        "BATCHQ_WORKSPACE): workers see this folder.",
     ),
 ]
 ContextOpt = Annotated[
@@ -290,16 +300,20 @@ def _execute(
     mode: RunMode = RunMode.BATCH,
     write_check: WriteCheck | None = None,
     isolate: Isolation | None = None,
+    workspace: Workspace | None = None,
 ) -> RunResult:
     """Validate first (nothing starts on bad input), then run on the right Redis."""
     # lazy: celery, redis and the run machinery stay out of start-up
     from batchq.local.connection import connect
-    from batchq.run import merge
+    from batchq.run import merge, remote
     from batchq.run.orchestrator import Orchestrator, RunOptions
     from batchq.run.preflight import require
 
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
     f = require(ctx.root, feature, ctx.settings, seqs=seqs)
+    chosen = workspace or ctx.settings.workspace
+    if remote.check(ctx.root, ctx.settings, chosen) is not None:
+        isolate = Isolation.WORKTREE  # workspace = git is isolation over a remote
     merge.check(ctx.root, isolate or ctx.settings.isolate)
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW, root=ctx.given_root)
@@ -315,6 +329,7 @@ def _execute(
         on_rerun=live.reruns,
         write_check=write_check,
         isolate=isolate,
+        workspace=workspace,
         prechecked=True,
         on_note=lambda line: err.print(line, markup=False),
     )
@@ -523,6 +538,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         undeclared_writes: UndeclaredOpt = None,
         isolate: IsolateOpt = None,
+        workspace: WorkspaceOpt = None,
         only: Annotated[
             list[str] | None,
             typer.Option(
@@ -550,6 +566,7 @@ def register(app: typer.Typer) -> None:
             mode,
             undeclared_writes,
             isolate,
+            workspace,
         )
         _conclude(result, as_json)
 
@@ -564,6 +581,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
         undeclared_writes: UndeclaredOpt = None,
         isolate: IsolateOpt = None,
+        workspace: WorkspaceOpt = None,
     ) -> None:
         """Run one explicit batch after checking it is safe to run in parallel."""
         ctx = Context(root)
@@ -578,6 +596,7 @@ def register(app: typer.Typer) -> None:
             as_json,
             write_check=undeclared_writes,
             isolate=isolate,
+            workspace=workspace,
         )
         _conclude(result, as_json)
 

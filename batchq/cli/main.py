@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from batchq.cli import execution, history, mcpserve, views
+from batchq.cli import execution, gc, history, mcpserve, views
 from batchq.cli.common import (
     Context,
     JsonOpt,
@@ -353,6 +353,7 @@ def changed(feature: str, root: RootOpt = None, as_json: JsonOpt = False) -> Non
 execution.register(app)
 mcpserve.register(app)
 history.register(app)
+gc.register(app)
 
 
 def _given_root(argv: Sequence[str] | None) -> str | None:

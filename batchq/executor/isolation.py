@@ -20,10 +20,12 @@ is gone (:func:`prune_dead`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ __all__ = [
     "Worktree",
     "append_patch",
     "base_ref",
+    "open_at",
     "open_worktree",
     "prune_dead",
     "result_ref",
@@ -132,7 +135,8 @@ class Worktree:
             return
         self.closed = True
         try:
-            gitsnap.worktree_remove(self.top, self.path)
+            with _admin(self.top):
+                gitsnap.worktree_remove(self.top, self.path)
         except Exception as exc:
             log.warning("worktree %s not removed: %s", self.path, exc)
             return
@@ -168,9 +172,29 @@ def _owner_alive(marker: Path) -> bool:
     return procs.pid_alive(pid) and procs.process_start_ticks(pid) == start
 
 
+@contextlib.contextmanager
+def _admin(top: Path) -> Iterator[None]:
+    """Hold the repository's worktree lock: ``git worktree add`` reads every other
+    worktree's administrative folder, and fails (``failed to read .../commondir``) on
+    one another process is creating or removing at that moment. Its holders run only
+    bounded git calls; the kernel releases it if one dies."""
+    lock = gitsnap.common_dir(top) / f"{WORKTREES_DIR}.flock"  # not *.lock: git's own
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def prune_dead(top: Path) -> list[Path]:
     """Remove the worktrees (and markers) whose owner on this host is gone, then let
     git forget worktrees whose folder vanished; return the folders removed."""
+    with _admin(top):
+        return _prune_dead(top)
+
+
+def _prune_dead(top: Path) -> list[Path]:
     home = worktrees_home(top)
     removed: list[Path] = []
     if home.is_dir():
@@ -202,20 +226,30 @@ def open_worktree(root: Path, run_id: str, snapshot: str, seq: str) -> Worktree:
             f"isolation: the snapshot {snapshot} is missing in {top} (the orchestrator "
             "records it before publishing; was the repository replaced?)"
         )
-    prune_dead(top)
-    path = worktrees_home(top) / run_id / seq
-    if path.exists() or _marker_for(path).exists():
-        raise InfrastructureError(f"isolation: worktree {path} is still in use by a live process")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _marker_for(path).write_text(json.dumps(_owner()) + "\n", encoding="utf-8")
     prefix = root.resolve().relative_to(top).as_posix()
-    prefix = "" if prefix == "." else prefix
+    return open_at(top, base, run_id, seq, "" if prefix == "." else prefix)
+
+
+def open_at(top: Path, base: str, run_id: str, seq: str, prefix: str) -> Worktree:
+    """A fresh worktree of the repository at ``top`` (a work tree, or a worker's bare
+    clone) at commit ``base``, after pruning the worktrees dead owners left."""
+    path = worktrees_home(top) / run_id / seq
     tree = Worktree(top=top, path=path, base=base, run_id=run_id, seq=seq, prefix=prefix)
-    try:
-        gitsnap.worktree_add(top, path, base)
-    except BaseException:
-        tree.close()
-        raise
+    with _admin(top):
+        _prune_dead(top)
+        if path.exists() or _marker_for(path).exists():
+            raise InfrastructureError(
+                f"isolation: worktree {path} is still in use by a live process"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _marker_for(path).write_text(json.dumps(_owner()) + "\n", encoding="utf-8")
+        try:
+            gitsnap.worktree_add(top, path, base)
+        except BaseException:
+            tree.closed = True
+            gitsnap.worktree_remove(top, path)
+            _marker_for(path).unlink(missing_ok=True)
+            raise
     return tree
 
 

@@ -27,7 +27,7 @@ from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
 from batchq.core import blame
 from batchq.errors import BatchqError
-from batchq.executor import isolation, writewindow
+from batchq.executor import gitcache, isolation, writewindow
 from batchq.executor.verify import verify_delegation
 from batchq.files.taskfiles import feature_dir
 from batchq.models import (
@@ -402,22 +402,37 @@ def _watched_run(
 
 
 def _isolated_run(
-    agent: Agent, delegation: Delegation, heartbeat: _Watch, attempt: _Attempt
+    agent: Agent,
+    delegation: Delegation,
+    heartbeat: _Watch,
+    attempt: _Attempt,
+    cache: gitcache.Cache | None,
 ) -> tuple[isolation.Worktree | None, AgentOutcome, Delegation]:
-    """Run the agent in a worktree of its own at the snapshot its message names, then
-    commit what it changed (before verification: a verify command's own outputs are
-    not the agent's) and keep the patch in the log. Returns the worktree — the caller removes
-    it after verifying inside it — and the delegation as the agent saw it."""
+    """Run the agent in a worktree of its own at the snapshot its message names (in the
+    shared repository, or in this worker's clone of the run's remote when ``cache`` is
+    given), then commit what it changed (before verification: a verify command's own
+    outputs are not the agent's) and keep the patch in the log. Returns the worktree —
+    the caller removes it after verifying inside it — and the delegation as the agent
+    saw it."""
     msg = attempt.message
     try:
-        tree = isolation.open_worktree(delegation.workspace, msg.run_id, msg.snapshot_ref, msg.seq)
+        if cache is None:
+            tree = isolation.open_worktree(
+                delegation.workspace, msg.run_id, msg.snapshot_ref, msg.seq
+            )
+        else:
+            tree = cache.checkout(msg.run_id, msg.snapshot_ref, msg.seq, msg.git_prefix)
     except (BatchqError, OSError) as exc:
-        failed = AgentOutcome(ok=False, error=str(exc), error_type="IsolationFailed")
+        kind = "IsolationFailed" if cache is None else "GitFetchFailed"
+        failed = AgentOutcome(
+            ok=False, error=str(exc), error_type=kind, temporary=cache is not None
+        )
         return None, failed, delegation
     inside = dataclasses.replace(delegation, workspace=tree.workspace)
     outcome = _run_agent(agent, inside, heartbeat)
     try:
-        recorded = tree.record(list(msg.subtask.deliverables))
+        deliverables = list(msg.subtask.deliverables)
+        recorded = tree.record(deliverables) if cache is None else cache.record(tree, deliverables)
         isolation.append_patch(delegation.log_path, recorded)
         attempt.isolated = recorded.fields()
     except (BatchqError, OSError) as exc:
@@ -429,6 +444,43 @@ def _isolated_run(
                 output=outcome.output,
             )
     return tree, outcome, inside
+
+
+def _published(
+    cache: gitcache.Cache, tree: isolation.Worktree, log_path: Path, outcome: AgentOutcome
+) -> AgentOutcome:
+    """Push the result and the log to the run's remote; a failed push fails a
+    completed subtask as temporary (its retries apply), and is noted on a failed one."""
+    try:
+        cache.publish(tree, log_path)
+    except (BatchqError, OSError) as exc:
+        log.warning("subtask %s: push failed: %s", tree.seq, exc)
+        if outcome.ok:
+            return AgentOutcome(
+                ok=False,
+                error=f"the result could not be pushed: {exc}",
+                error_type="GitPushFailed",
+                output=outcome.output,
+                temporary=True,
+            )
+        outcome.error = f"{outcome.error or 'failed'}; its log could not be pushed: {exc}"
+    return outcome
+
+
+def _cache(msg: SubtaskMessage, settings: Settings) -> gitcache.Cache | None:
+    """This worker's clone of the run's remote (``workspace = git``), else None."""
+    if msg.git_remote is None:
+        return None
+    return gitcache.Cache(settings.worker_cache, msg.git_remote, settings.git_timeout_s)
+
+
+def _log_path(msg: SubtaskMessage, settings: Settings) -> Path:
+    """Where the subtask's log is written on this worker: the run's folder, or, when
+    the worker works from a remote, its cache (the log is pushed with the result)."""
+    cache = _cache(msg, settings)
+    if cache is not None:
+        return cache.log_file(msg.run_id, msg.seq)
+    return log_path_for(Path(msg.root), msg.feature, msg.run_id, msg.seq)
 
 
 def execute(
@@ -474,7 +526,7 @@ def _unexpected(
         ),
         error_type="Timeout" if timed_out else type(exc).__name__,
         output=traceback.format_exc()[-4000:],
-        log_path=log_path_for(Path(msg.root), msg.feature, msg.run_id, msg.seq),
+        log_path=_log_path(msg, settings),
         settings=settings,
     )
     try:
@@ -500,7 +552,8 @@ def _execute(
     if final is not None:
         return final
     attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
-    log_path = log_path_for(root, msg.feature, msg.run_id, msg.seq)
+    cache = _cache(msg, settings)  # workspace = git (issue 20): root is not on this host
+    log_path = _log_path(msg, settings)
 
     def fail(
         state: ResultState,
@@ -524,7 +577,7 @@ def _execute(
         return _finish(store, result, msg, worker)
 
     token_file = token_path(root, msg.feature, msg.run_id)
-    if not _workspace_ok(token_file, msg.token):
+    if cache is None and not _workspace_ok(token_file, msg.token):
         return fail(
             ResultState.FAILED,
             f"workspace not found on this worker: {token_file} is missing or belongs to "
@@ -554,8 +607,8 @@ def _execute(
             outcome = AgentOutcome(
                 ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
             )
-        elif msg.isolate is Isolation.WORKTREE:  # --- isolation (issue 19) ---
-            tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt)
+        elif msg.isolate is Isolation.WORKTREE or cache is not None:  # issues 19, 20
+            tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt, cache)
         else:
             outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
@@ -569,8 +622,12 @@ def _execute(
                 outcome.error_type = "DeliverableMissing" if missing else "VerifyFailed"
                 if verification.verify is not None:
                     outcome.output += verification.verify.output
+        if cache is not None and tree is not None:
+            outcome = _published(cache, tree, log_path, outcome)
     finally:
-        if tree is not None:
+        if tree is not None and cache is not None:
+            cache.close(tree)
+        elif tree is not None:
             tree.close()
         beats.unwatch(heartbeat)
         if heartbeat.slot is not None:

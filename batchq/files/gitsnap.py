@@ -176,7 +176,11 @@ def snapshot(root: Path, ref: str, message: str) -> str:
     with tempfile.TemporaryDirectory(prefix="batchq-snap-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if user_index.is_file():  # its stat data spares re-hashing unchanged files
-            shutil.copyfile(user_index, env["GIT_INDEX_FILE"])
+            # copy2 keeps the index's mtime, which git's racy-clean check compares each
+            # file's with: under a fresh mtime, a same-size change made within the
+            # timestamp tick of the user's last `git add` would look unchanged and the
+            # snapshot would miss it.
+            shutil.copy2(user_index, env["GIT_INDEX_FILE"])
         elif head:
             git(top, "read-tree", head, env=env)
         try:

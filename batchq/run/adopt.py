@@ -60,7 +60,7 @@ from batchq.models import (
     seq_key,
 )
 from batchq.protocol import RUN_SETTLED, BatchState
-from batchq.run import latemerge
+from batchq.run import latemerge, remote
 from batchq.settings import Settings
 from batchq.store.contract import Store
 
@@ -165,6 +165,8 @@ def settle(
     feature = load_feature(root, name)
     by_seq = feature.by_seq()
     ours = {s: r for s, r in final.items() if s in by_seq and not _newer(by_seq[s].batchq, run_id)}
+    if settings.git_remote and any(latemerge.unmerged(r) for r in ours.values()):
+        remote.fetch_run(feature.root, settings.git_remote, run_id, settings.git_timeout_s)
     merged = latemerge.merge_late(store, feature.root, by_seq, run_id, ours)
     # Merged now: written again (the outputs' fingerprint is of the merged files), and
     # a completion the mirror wrote is cleared from one the merge failed.

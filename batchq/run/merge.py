@@ -50,6 +50,7 @@ from batchq.models import (
     WriteCheck,
     seq_key,
 )
+from batchq.run import remote
 from batchq.run.producer import Submission
 from batchq.store.contract import Store
 
@@ -90,6 +91,7 @@ def _snapshot(run: Run, ref: str, what: str) -> str:
     top = gitsnap.require_work_tree(run.root)
     isolation.prune_dead(top)
     gitsnap.snapshot(top, ref, f"batchq {run.run_id} {what} snapshot")
+    remote.push_snapshot(run, ref)  # workspace = git (#20): where the workers fetch it
     return ref
 
 
@@ -165,9 +167,10 @@ def merge_results(
     """Merge isolated results into the run's project in seq order; each result as
     amended (unchanged when it did not complete or was not isolated), in seq order.
     A merge that cannot be done (git gone, a path that resolves outside) fails its
-    result instead of raising: the others still merge."""
+    result instead of raising: the others still merge. Under ``workspace = git`` the
+    results (and their logs) are fetched from the run's remote first."""
     gitsnap.require_work_tree(run.root)
-    return merge_into(run.root, run.write_check, by_seq, results)
+    return merge_into(run.root, run.write_check, by_seq, remote.fetched(run, results))
 
 
 def merge_into(
@@ -205,6 +208,7 @@ def merge_batch(store: Store, sub: Submission, built: BatchReport, feature: Feat
     amended = merge_results(run, feature.by_seq(), built.results)
     if amended == list(built.results):
         return built
+    run = sub.run
     rebuilt = report.build(
         feature=built.feature,
         run_id=built.run_id,

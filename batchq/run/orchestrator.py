@@ -55,11 +55,12 @@ from batchq.models import (
     RunMode,
     SubtaskResult,
     SubtaskStatus,
+    Workspace,
     WriteCheck,
     feature_key,
 )
 from batchq.protocol import CancelMode, EventKind
-from batchq.run import adopt, heap, holder, merge
+from batchq.run import adopt, heap, holder, merge, remote
 from batchq.run.adopt import final_change as _final_change
 from batchq.run.flowloop import run_flow
 from batchq.run.preflight import PreflightError, agent_problems, require
@@ -109,6 +110,9 @@ class RunOptions:
     """None: ``Settings.undeclared_writes``."""
     isolate: Isolation | None = None
     """None: ``Settings.isolate`` (:mod:`batchq.run.merge`)."""
+    workspace: Workspace | None = None
+    """None: ``Settings.workspace``; ``git`` implies worktree isolation
+    (:mod:`batchq.run.remote`)."""
     cancel_on_interrupt: bool = False
     """Ctrl-C cancels the run and settles the files before returning (embedded mode:
     its Redis and workers go with this process); otherwise the run goes on on the
@@ -270,7 +274,11 @@ class Orchestrator:
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
-            with self._interruptible(run.run_id, options):
+            keep = not options.cancel_on_interrupt
+            with (
+                remote.run_refs(run, self.settings, keep_on_interrupt=keep),
+                self._interruptible(run.run_id, options),
+            ):
                 self._announce(result, reruns, options)
                 if options.mode is RunMode.FLOW:
                     self._flows(run, feature, result, options)
@@ -405,7 +413,11 @@ class Orchestrator:
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             following = planner.next_after(feature, seqs, self.settings.protected_paths)
-            with self._interruptible(run.run_id, options):
+            keep = not options.cancel_on_interrupt
+            with (
+                remote.run_refs(run, self.settings, keep_on_interrupt=keep),
+                self._interruptible(run.run_id, options),
+            ):
                 result.reports.append(self._run_one(run, feature, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             self._settled(run.run_id, result)
@@ -485,9 +497,16 @@ class Orchestrator:
     def _new_run(self, feature: Feature, options: RunOptions) -> Run:
         check = options.write_check or self.settings.undeclared_writes
         isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
+        workspace = options.workspace or self.settings.workspace  # git remote (issue 20)
+        url = remote.check(self.root, self.settings, workspace, reach=not options.prechecked)
+        isolate = Isolation.WORKTREE if url else isolate
         merge.check(self.root, isolate)
         run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
-        return dataclasses.replace(run, isolate=isolate)
+        prefix = remote.prefix_of(self.root) if url else ""
+        timeout = self.settings.git_timeout_s
+        return dataclasses.replace(
+            run, isolate=isolate, git_remote=url, git_prefix=prefix, git_timeout_s=timeout
+        )
 
     def _prepare(self, options: RunOptions) -> tuple[Feature, dict[str, list[fingerprint.Change]]]:
         """Validate everything, refuse bad agents up front, and reset what we may rerun:

@@ -175,6 +175,8 @@ def message(
         siblings_total=total,
         isolate=run.isolate,
         snapshot_ref=snapshot_ref,
+        git_remote=run.git_remote,
+        git_prefix=run.git_prefix,
     )
     data: dict[str, Any] = msg.model_dump(mode="json", by_alias=True)
     return data

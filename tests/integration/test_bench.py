@@ -47,6 +47,7 @@ def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) 
     assert "P4 flow within 1.10" in out
     assert "P3 (python sleeps) second run" in out and "P3 (shell sleeps) second run" in out
     assert "P5 shell without verify" in out and "P5 cli with verify" in out
+    assert "## P7 scale-out" in out and "git cost / subtask" in out
 
 
 def test_the_notes_below_the_marker_survive_a_rewrite() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from batchq.core import report
 from batchq.executor import isolation
+from batchq.executor.gitcache import Cache
 from batchq.files.taskfiles import load_feature, mark_completed, update_subtasks
 from batchq.models import (
     BatchqBlock,
@@ -297,3 +298,54 @@ def test_a_report_the_chord_callback_stores_after_the_merge_is_rebuilt_from_it(
     ]  # fmt: skip
     assert store.report(run.run_id, 1) == fixed
     assert latemerge.reconcile(store, fixed, amended) is fixed  # agrees: left alone
+
+
+def test_adoption_fetches_what_workers_pushed_to_the_remote_before_it_merges(
+    repo: Path, make_feature: MakeFeature, store: MemoryStore, tmp_path: Path
+) -> None:
+    remote_repo = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote_repo))
+    url = remote_repo.as_uri()
+    make_feature([subtask("01", command="true", deliverables=["out/01.txt"])], root=repo)
+    feature = load_feature(repo, "feat")
+    run = dataclasses.replace(
+        producer.new_run(store, feature, FailurePolicy.GRACEFUL),
+        isolate=Isolation.WORKTREE,
+        git_remote=url,
+    )
+    base = merge.snapshot_batch(run, 1)  # pushed to the remote (issue 20)
+    store.start_batch(run.run_id, 1, ["01"], "graceful", write_check="warn")
+    cache = Cache(tmp_path / "cache", url, 30.0)  # a worker on another host
+    tree = cache.checkout(run.run_id, base, "01", "")
+    try:
+        (tree.workspace / "out").mkdir()
+        (tree.workspace / "out" / "01.txt").write_text("from afar\n")
+        recorded = cache.record(tree, ["out/01.txt"])
+        log = tmp_path / "01.log"
+        log.write_text("ran\n")
+        cache.publish(tree, log)
+    finally:
+        cache.close(tree)
+    assert (
+        subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "-e", recorded.commit], check=False
+        ).returncode
+        != 0
+    )  # the result commit is only on the remote
+    assert store.begin(run.run_id, 1, "01", "w", "t", claim_ttl_s=30.0, max_starts=3) == "run"
+    now = datetime.now(UTC)
+    result = SubtaskResult(
+        feature="feat", run_id=run.run_id, batch=1, seq="01", title="Subtask 01",
+        result=ResultState.COMPLETED, started_at=now, finished_at=now,
+        **recorded.fields(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert store.record_result(result, run.feature_key, "w")
+
+    adopt.settle(
+        repo, "feat", store, settings(git_remote=url), run.run_id,
+        reason="gone", cancel="graceful", wait_s=0,
+    )  # fmt: skip
+
+    assert (repo / "out" / "01.txt").read_text() == "from afar\n"
+    merged = store.result(run.run_id, "01")
+    assert merged is not None and merged.merged and merged.merged_paths == ["out/01.txt"]

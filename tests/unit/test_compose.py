@@ -175,3 +175,67 @@ def test_the_entrypoint_execs_so_signals_reach_celery() -> None:
     assert text.startswith("#!/bin/sh")
     assert 'exec "$@"' in text
     assert path.stat().st_mode & 0o111, "entrypoint.sh must be executable"
+
+
+# --- the git-remote variant (issue 20) ---------------------------------------------
+
+GIT_COMPOSE = REPO / "docker-compose.git.yml"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags: ``!override``/``!reset`` kept as markers."""
+
+
+def _tagged(tag: str) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            value: Any = loader.construct_sequence(node, deep=True)
+        elif isinstance(node, yaml.MappingNode):
+            value = loader.construct_mapping(node, deep=True)
+        else:
+            value = loader.construct_scalar(node)  # type: ignore[arg-type]
+        return {tag: value}
+
+    return construct
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeLoader.add_constructor(_tag, _tagged(_tag))
+
+
+@pytest.fixture(scope="module")
+def git_services() -> dict[str, dict[str, Any]]:
+    data = yaml.load(GIT_COMPOSE.read_text(encoding="utf-8"), Loader=_ComposeLoader)
+    assert isinstance(data, dict)
+    found = data["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def test_the_git_variant_replaces_the_workers_workspace_mount_with_a_cache_volume(
+    git_services: dict[str, dict[str, Any]], services: dict[str, dict[str, Any]]
+) -> None:
+    worker = git_services["worker"]
+    mounts = worker["volumes"]["!override"]  # replaced, not appended to the base list
+    assert all(not str(m).endswith(":/workspace") for m in mounts)
+    cache = worker["environment"]["BATCHQ_WORKER_CACHE"]
+    assert [str(m).split(":")[-1] for m in mounts] == [cache]
+    assert all(":" not in str(m) for m in mounts)  # anonymous: one cache per replica
+    assert worker["environment"]["BATCHQ_WORKSPACE"] == "git"
+    assert worker["working_dir"] != "/workspace"
+    assert set(git_services) <= set(services)  # it overrides services, adds none
+
+
+def test_the_git_variant_takes_credentials_from_secrets_never_a_url(
+    git_services: dict[str, dict[str, Any]],
+) -> None:
+    text = GIT_COMPOSE.read_text(encoding="utf-8")
+    assert "BATCHQ_GIT_REMOTE:" not in text  # from .env, like every other setting
+    for name in ("worker", "cli"):
+        service = git_services[name]
+        ssh = service["environment"]["GIT_SSH_COMMAND"]
+        assert "/run/secrets/git_deploy_key" in ssh and "UserKnownHostsFile" in ssh
+        assert "BatchMode" not in ssh  # batchq adds it to every remote call itself
+        sources = {s["source"] if isinstance(s, dict) else s for s in service["secrets"]}
+        assert sources == {"git_deploy_key", "git_known_hosts"}
+    assert "BATCHQ_WORKSPACE=shared" in ENV_EXAMPLE.read_text(encoding="utf-8")

@@ -9,7 +9,8 @@ import pytest
 
 from batchq.errors import InfrastructureError, InputError, SpecError
 from batchq.local.embedded import redis_server_binary
-from batchq.settings import DEFAULT_PROTECTED, Settings, load_settings
+from batchq.models import Workspace
+from batchq.settings import DEFAULT_PROTECTED, Settings, git_remote_problem, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -247,3 +248,48 @@ def test_a_bad_url_in_batchq_toml_never_shows_its_password(tmp_path: Path) -> No
         load_settings(tmp_path)
     assert "top#secret" not in str(info.value)
     assert "percent-encode" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ssh://git@git.example.com/project.git",
+        "git@git.example.com:project.git",
+        "https://git.example.com/project.git",
+        "https://deploy@git.example.com/project.git",
+        "git://127.0.0.1/project.git",
+        "file:///srv/git/project.git",
+        "/srv/git/project.git",
+    ],
+)
+def test_git_remotes_without_a_password_are_accepted(url: str) -> None:
+    assert git_remote_problem(url) is None
+    assert Settings(git_remote=url).git_remote == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://me:hunter2@example.com/p.git", "holds a password"),
+        ("ssh://me:hunter2@example.com/p.git", "holds a password"),
+        ("--upload-pack=evil", "cannot start with '-'"),
+        (" https://example.com/p.git", "spaces around it"),
+        ("ftp://example.com/p.git", "unknown scheme"),
+    ],
+)
+def test_git_remotes_with_a_password_or_an_option_are_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    assert problem in (git_remote_problem(url) or "")
+    monkeypatch.setenv("BATCHQ_GIT_REMOTE", url)
+    with pytest.raises(InputError, match="BATCHQ_GIT_REMOTE") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_worker_cache_defaults_to_the_xdg_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/me")
+    assert Settings().worker_cache == Path("/var/cache/me/batchq")
+    monkeypatch.setenv("BATCHQ_WORKER_CACHE", "/data/batchq")
+    assert Settings().worker_cache == Path("/data/batchq")
+    assert Settings().workspace is Workspace.SHARED
