@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     sandbox: SandboxMode = SandboxMode.AUTO
     """Agents' processes in a bubblewrap sandbox: ``auto`` where bwrap works (one
     warning where it does not), ``required`` refuses to run without it, ``off``."""
+    sandbox_hide: CommaList = Field(default_factory=list)
+    """More files or folders of the worker's host that agents must not see, beyond the
+    worker's own secrets the sandbox always hides (its settings file, the Redis URL
+    file, ``/run/secrets``, ssh keys and git credentials: :func:`batchq.agents.sandbox.
+    worker_secrets`)."""
     undeclared_writes: WriteCheck = WriteCheck.WARN
     """The run's default for writes outside the declared deliverables (warn|fail|off);
     ``--undeclared-writes`` overrides it. It travels to workers in each message."""
@@ -181,7 +186,9 @@ class Settings(BaseSettings):
             self.redis_url = url
         return self
 
-    @field_validator("shell_allow", "python_allow", "protected_paths", mode="before")
+    @field_validator(
+        "shell_allow", "python_allow", "protected_paths", "sandbox_hide", mode="before"
+    )
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split(value)

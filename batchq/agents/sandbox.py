@@ -58,6 +58,7 @@ import functools
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,7 @@ from batchq.agents.process import PidNamespace, ProcessResult, run_process
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
 from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
-from batchq.settings import Settings
+from batchq.settings import SETTINGS_FILE_ENV, URL_FILE_ENV, Settings
 
 __all__ = [
     "BASE_ENV",
@@ -86,6 +87,7 @@ __all__ = [
     "resolve_sandbox",
     "run_confined",
     "sandbox_paths",
+    "worker_secrets",
 ]
 
 log = logging.getLogger(__name__)
@@ -485,6 +487,61 @@ def resolve_sandbox(
     )
 
 
+SECRET_FILES: tuple[str, ...] = ("/run/secrets",)
+"""Where container platforms put secrets (Docker and Compose secrets, Kubernetes'
+convention): a worker's deploy key or Redis URL file lives there."""
+
+HOME_SECRETS: tuple[str, ...] = (
+    ".ssh",
+    ".git-credentials",
+    ".config/git/credentials",
+    ".netrc",
+)
+"""The worker user's credentials for git and ssh (``workspace = git`` pushes with them).
+A coding agent's own login (``~/.claude``, ``~/.codex``, cloud credentials it calls a
+model with) stays visible: the agent needs it."""
+
+
+def worker_secrets(settings: Settings, environ: Mapping[str, str]) -> list[Path]:
+    """Files and folders of the worker holding its secrets, which no agent may read:
+    the sandbox mounts an empty tmpfs or ``/dev/null`` over each (what does not exist
+    is left alone).
+
+    The sandbox's file system is the host's, read-only, so without this an agent could
+    ``cat`` the settings file its worker was started with (the Redis URL, password
+    included), the Redis URL file, a Compose secret or the deploy key ``workspace =
+    git`` pushes with, and send it anywhere its network allows."""
+    found: list[str] = [*SECRET_FILES, *settings.sandbox_hide]
+    for name in (SETTINGS_FILE_ENV, URL_FILE_ENV):
+        if environ.get(name):
+            found.append(environ[name])
+    if settings.redis_url_file is not None:
+        found.append(str(settings.redis_url_file))
+    home = environ.get("HOME")
+    if home and home != "/":
+        found += [os.path.join(home, name) for name in HOME_SECRETS]
+    found += _ssh_identities(environ.get("GIT_SSH_COMMAND", ""))
+    return [Path(path) for path in dict.fromkeys(found) if os.path.isabs(path)]
+
+
+def _ssh_identities(command: str) -> list[str]:
+    """The key files an ``ssh -i KEY`` (or ``-iKEY``, ``-o IdentityFile=KEY``) command
+    line names."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    keys: list[str] = []
+    for i, word in enumerate(words):
+        if word == "-i" and i + 1 < len(words):
+            keys.append(words[i + 1])
+        elif word.startswith("-i") and len(word) > 2:
+            keys.append(word[2:])
+        elif word.lower().startswith("identityfile="):
+            keys.append(word.split("=", 1)[1])
+    return keys
+
+
 def run_confined(
     command: str,
     delegation: Delegation,
@@ -518,6 +575,7 @@ def run_confined(
             network=config.network if config else False,
             # An isolated worktree: its repository's .git, read-only, so git works in it.
             extra_protected=linked_git_dirs(delegation.workspace),
+            hidden=worker_secrets(settings, os.environ),
         )
     except BatchqError as exc:
         return _refused(target, str(exc), type(exc).__name__, started)

@@ -561,3 +561,76 @@ def test_the_workers_python_under_tmp_stays_visible(
     assert result.ok, result.output
     assert "python lives here" in result.output
     assert not (prefix / "bin" / "new").exists()
+
+
+# --- the worker's own secrets ---------------------------------------------------------
+
+
+def test_worker_secrets_name_every_file_a_worker_keeps_its_secrets_in(tmp_path: Path) -> None:
+    from batchq.agents.sandbox import worker_secrets
+    from batchq.settings import Settings
+
+    environ = {
+        "HOME": "/home/w",
+        "BATCHQ_SETTINGS_FILE": "/srv/stack/settings.json",
+        "BATCHQ_REDIS_URL_FILE": "/etc/batchq/redis-url",
+        "GIT_SSH_COMMAND": "ssh -i /run/keys/deploy -o IdentityFile=/k/two -i'/k/three x'",
+    }
+    found = worker_secrets(Settings(sandbox_hide=[str(tmp_path / "mine")]), environ)
+    assert set(found) == {
+        Path("/run/secrets"),
+        tmp_path / "mine",
+        Path("/srv/stack/settings.json"),
+        Path("/etc/batchq/redis-url"),
+        Path("/home/w/.ssh"),
+        Path("/home/w/.git-credentials"),
+        Path("/home/w/.config/git/credentials"),
+        Path("/home/w/.netrc"),
+        Path("/run/keys/deploy"),
+        Path("/k/two"),
+        Path("/k/three x"),
+    }
+    assert worker_secrets(Settings(), {"HOME": "/", "GIT_SSH_COMMAND": "ssh '"}) == [
+        Path("/run/secrets")
+    ]  # no home to search, an unparsable command: nothing made up
+
+
+@needs_bwrap
+def test_an_agent_cannot_read_its_workers_settings_file_nor_a_deploy_key(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox shows the host's file system read-only: without hiding them, an
+    allowed ``cat`` reads the owner-only file the worker's settings (Redis password
+    included) came in, and the key ``workspace = git`` pushes with."""
+    from batchq.agents.base import Delegation
+    from batchq.agents.sandbox import run_confined
+    from batchq.models import Subtask
+    from batchq.settings import Settings
+
+    private = Path("/var/tmp") / f"batchq-worker-{uuid.uuid4().hex}"
+    private.mkdir(mode=0o700)
+    try:
+        settings_file = private / "settings.json"
+        settings_file.write_text('{"redis_url": "redis://:hunter2@r:6379/0"}\n')
+        settings_file.chmod(0o600)
+        key = private / "deploy_key"
+        key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- hunter3\n")
+        extra = private / "extra.txt"
+        extra.write_text("hunter4\n")
+        monkeypatch.setenv("BATCHQ_SETTINGS_FILE", str(settings_file))
+        monkeypatch.setenv("GIT_SSH_COMMAND", f"ssh -i {key}")
+        sub = Subtask(id="f-01", seq="01", title="t", acceptance_criteria=["x"], deliverables=["o"])
+        delegation = Delegation(
+            feature="f", run_id="r1", batch=1, subtask=sub, workspace=workspace, context="",
+            log_path=tmp_path / "logs" / "01.log", timeout_s=30,
+        )  # fmt: skip
+        settings = Settings(shell_allow=["*"], sandbox_hide=[str(extra)])
+        probe = f"cat {settings_file} {key} {extra}; ls {private}"
+        done = run_confined(probe, delegation, settings, "shell")
+        for secret in ("hunter2", "hunter3", "hunter4"):
+            assert secret not in done.output
+        assert "settings.json" in done.output  # the folder is seen, the files are empty
+        unhidden = run_confined(probe, delegation, Settings(shell_allow=["*"]), "shell")
+        assert "hunter4" in unhidden.output  # what the sandbox alone would show
+    finally:
+        shutil.rmtree(private)
