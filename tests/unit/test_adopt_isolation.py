@@ -33,25 +33,12 @@ from batchq.run import adopt, latemerge, merge, producer
 from batchq.store.memory import ManualClock, MemoryStore
 from tests.conftest import MakeFeature, subtask
 from tests.memrun import settings
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, check=True, text=True
-    ).stdout
+from tests.minirepo import git, init_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "r"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "t@example.com")
-    git(root, "config", "user.name", "t")
-    (root / "a.txt").write_text("v1\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "init")
-    return root
+    return init_repo(tmp_path / "r")
 
 
 @pytest.fixture

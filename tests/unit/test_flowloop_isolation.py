@@ -9,7 +9,6 @@ and record the result as a worker would. No Redis, no Celery worker."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,28 +33,15 @@ from batchq.store.memory import ManualClock, MemoryStore
 from batchq.store.state import Event
 from tests.conftest import MakeFeature, subtask
 from tests.memrun import result_of, settings
+from tests.minirepo import git, init_repo
 
 Agent = Callable[[Path], None]
 """What a fake agent does in its worktree's workspace."""
 
 
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, check=True, text=True
-    ).stdout
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "r"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "t@example.com")
-    git(root, "config", "user.name", "t")
-    (root / "a.txt").write_text("v1\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "init")
-    return root
+    return init_repo(tmp_path / "r")
 
 
 class IsolatedWorkers:

@@ -23,6 +23,7 @@ from batchq.files import gitsnap
 from batchq.models import Isolation, ResultState, Subtask, SubtaskResult, WriteCheck
 from batchq.run.merge import merge_one, merge_results
 from batchq.settings import Settings
+from tests.minirepo import git, init_repo
 
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
 A = ("100644", "a" * 40)
@@ -80,25 +81,9 @@ def test_the_mode_alone_is_not_a_conflict() -> None:
 # --- git plumbing on real repositories ----------------------------------------------
 
 
-def git(root: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, check=True, env=env
-    ).stdout.decode()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "r"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "t@example.com")
-    git(root, "config", "user.name", "t")
-    (root / "a.txt").write_text("v1\n")
-    (root / ".gitignore").write_text("*.o\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "init")
-    return root
+    return init_repo(tmp_path / "r", {".gitignore": "*.o\n"})
 
 
 def test_a_snapshot_holds_local_work_but_not_ignored_files_or_batchq_state(repo: Path) -> None:
