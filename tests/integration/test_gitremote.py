@@ -23,6 +23,7 @@ from batchq.errors import UsageError
 from batchq.executor.gitcache import Cache
 from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
+from batchq.local.connection import all_queues
 from batchq.local.embedded import LocalWorkers
 from batchq.models import ResultState, RunMode, SubtaskStatus, Workspace
 from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
@@ -136,6 +137,7 @@ def hidden_workers(redis_url: str, tmp_path: Path) -> Iterator[Any]:
             readonly=readonly,
             count=count,
             concurrency=2,
+            queues=all_queues(settings),  # every configured agent's, as embedded mode
             settings=settings,
             log_dir=tmp_path / f"workers-{len(started)}",
             cwd=REPO_ROOT,
@@ -574,3 +576,49 @@ def test_the_workspace_setting_comes_from_batchq_toml(tmp_path):
     settings = load_settings(tmp_path)
     assert settings.workspace is Workspace.GIT
     assert settings.git_remote == "file:///srv/p.git"
+
+
+FAKE_AGENT = REPO_ROOT / "tests" / "fakeagents" / "fake_agent.py"
+
+
+@needs_unshare
+def test_a_cli_agents_prompt_is_built_from_the_snapshot_not_the_workers_disk(
+    make_feature, subtask_data, remote, tmp_path, redis_url, redis_client, hidden_workers
+):
+    """A context file never committed and a reference file edited since the last
+    commit reach the coding agent's prompt through the snapshot: the worker cannot see
+    the orchestrator's folder, so nothing else could have put them there."""
+    sub = subtask_data("01", agent="FakeCoder", deliverables=["notes/out.txt"])
+    sub["context_files"] = [{"path": "docs/brief.md", "reason": "what to write"}]
+    sub["reference_files"] = [{"path": "docs/api.md", "reason": "the API as it is now"}]
+    root = make_feature([sub])
+    shutil.rmtree(root / ".git")
+    (root / "docs").mkdir()
+    (root / "docs" / "api.md").write_text("api: as committed\n")
+    (root / "batchq.toml").write_text(
+        f'[agents.FakeCoder]\ncommand = "{sys.executable} {FAKE_AGENT} --file {{prompt_file}}"\n'
+    )
+    commit_all(root)
+    (root / "docs" / "brief.md").write_text("brief: written, never committed\n")  # untracked
+    (root / "docs" / "api.md").write_text("api: edited, not committed\n")
+    changed = git(root, "status", "--porcelain", "docs").split()
+    assert changed == ["M", "docs/api.md", "??", "docs/brief.md"]
+    cache = tmp_path / "cache"
+    settings = git_settings(root, redis_url, remote, cache)
+    group = hidden_workers([root], settings)
+    assert not sees(group.children[0].pid, root / "docs" / "brief.md")
+
+    result = orchestrate(root, "feat", settings, redis_url)
+
+    assert result.ok, [(r.seq, r.error) for b in result.reports for r in b.results]
+    (record_path,) = cache.rglob("01.prompt.md.fake_agent.py.json")  # beside the worker's log
+    record = json.loads(record_path.read_text())
+    assert record["source"].startswith("--file ")
+    assert not Path(record["cwd"]).is_relative_to(root)  # a worktree of the worker's clone
+    prompt = record["prompt"]
+    assert "### `docs/brief.md`" in prompt and "brief: written, never committed" in prompt
+    assert "api: edited, not committed" in prompt and "as committed" not in prompt
+    assert (root / "notes" / "out.txt").read_text() == "written by fake fake_agent.py\n"
+    log = Path(next(r for b in result.reports for r in b.results).log_path or "")
+    assert log.is_relative_to(root) and "brief: written, never committed" in log.read_text()
+    assert remote_refs(remote) == []
