@@ -158,7 +158,9 @@ class Settings(BaseSettings):
     git_remote: str | None = None
     """``workspace = git``: any git URL the orchestrator and every worker reach (ssh,
     https, file, git daemon). Credentials come from git's own configuration and the
-    environment (ssh keys, a credential helper): a password in the URL is refused."""
+    environment (ssh keys, a credential helper): a password in the URL is refused by
+    the pre-flight (:func:`batchq.run.remote.problems`, listed by ``validate``), by
+    ``gc`` and by adoption, so it never reaches git, a message or Redis."""
     worker_cache: Path = Field(default_factory=lambda: default_worker_cache())
     """``workspace = git``, on a worker: where it keeps one bare clone per remote
     (objects reused across subtasks and runs), its worktrees and its subtask logs."""
@@ -198,15 +200,6 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None:
             problem = redis_url_problem(value)
-            if problem:
-                raise ValueError(f"{mask_url(value)}: {problem}")
-        return value
-
-    @field_validator("git_remote", mode="after")
-    @classmethod
-    def _git_remote(cls, value: str | None) -> str | None:
-        if value is not None:
-            problem = git_remote_problem(value)
             if problem:
                 raise ValueError(f"{mask_url(value)}: {problem}")
         return value

@@ -310,9 +310,8 @@ def _execute(
     from batchq.run.preflight import require
 
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
-    f = require(ctx.root, feature, ctx.settings, seqs=seqs)
-    chosen = workspace or ctx.settings.workspace
-    if remote.check(ctx.root, ctx.settings, chosen) is not None:
+    f = require(ctx.root, feature, ctx.settings, seqs=seqs, workspace=workspace)
+    if remote.check(ctx.root, ctx.settings, workspace or ctx.settings.workspace) is not None:
         isolate = Isolation.WORKTREE  # workspace = git is isolation over a remote
     merge.check(ctx.root, isolate or ctx.settings.isolate)
     text = _read_context(context)

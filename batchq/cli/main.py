@@ -273,16 +273,18 @@ def validate(
     feature: Annotated[str | None, typer.Argument()] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,
+    workspace: execution.WorkspaceOpt = None,
 ) -> None:
     """Every check `run` makes before it enqueues (files, graph, agents, allow-lists,
-    environment, time budgets), every problem of every file; exit 2 on any."""
+    environment, time budgets, the git remote under --workspace git), every problem of
+    every file; exit 2 on any."""
     # lazy: the pre-flight knows the broker's limits, which pulls in celery
     from batchq.run.preflight import check
 
     ctx = Context(root)
     results: list[tuple[str, list[str]]] = []
     for name in ctx.names(feature):
-        found = check(ctx.root, name, ctx.settings).problems
+        found = check(ctx.root, name, ctx.settings, workspace=workspace).problems
         results.append((name, [line for p in found for line in _problem_lines(p)]))
     if as_json:
         emit_json({name: {"ok": not errors, "errors": errors} for name, errors in results})

@@ -498,7 +498,7 @@ class Orchestrator:
         check = options.write_check or self.settings.undeclared_writes
         isolate = options.isolate or self.settings.isolate  # isolation (issue 19)
         workspace = options.workspace or self.settings.workspace  # git remote (issue 20)
-        url = remote.check(self.root, self.settings, workspace, reach=not options.prechecked)
+        url = remote.check(self.root, self.settings, workspace)  # the pre-flight asked it
         isolate = Isolation.WORKTREE if url else isolate
         merge.check(self.root, isolate)
         run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
@@ -548,7 +548,7 @@ class Orchestrator:
         """The pre-flight, once per run: here, or by the caller (``prechecked``)."""
         if options.prechecked:
             return load_feature(self.root, self.name)
-        return require(self.root, self.name, self.settings, seqs=seqs)
+        return require(self.root, self.name, self.settings, seqs=seqs, workspace=options.workspace)
 
     def _adopt(self, feature: Feature, runs: list[str], options: RunOptions) -> bool:
         """Settle the runs whose orchestrator went away before it mirrored them (we

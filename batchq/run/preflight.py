@@ -5,7 +5,9 @@ agent that ``run`` refused), and ``run`` checked some twice. Both now call
 :func:`check`: every format problem of every file, the seed's own rules the loader
 does not enforce, the dependency graph, and, for each subtask the run would execute,
 its agent, allow-lists, environment and time budget against the broker's visibility
-timeout. Nothing is enqueued unless it passes; the orchestrator calls it once per run.
+timeout; under ``workspace = git``, the remote and the work tree
+(:func:`batchq.run.remote.problems`). Nothing is enqueued unless it passes; the
+orchestrator calls it once per run.
 The read-only views never call it: they print what they can (SPEC 1).
 """
 
@@ -22,7 +24,8 @@ from batchq.core import planner
 from batchq.errors import BatchqError, InputError, PolicyError, SpecError
 from batchq.files.taskfiles import load_feature, spec_problems
 from batchq.layout import TASK_FILE, subtask_file
-from batchq.models import DEFAULT_TIMEOUT_S, Feature, Subtask, SubtaskStatus
+from batchq.models import DEFAULT_TIMEOUT_S, Feature, Subtask, SubtaskStatus, Workspace
+from batchq.run import remote
 from batchq.settings import Settings
 from batchq.transport.app import max_subtask_budget_s
 
@@ -68,12 +71,15 @@ def check(
     settings: Settings,
     *,
     seqs: Collection[str] | None = None,
+    workspace: Workspace | None = None,
 ) -> Checked:
     """Every problem that would stop ``run``, whose agents are checked for the subtasks
-    not completed (``seqs``: ``batch``'s members instead). ``run --changed`` checks the
-    completed ones it reruns with :func:`agent_problems`."""
-    found: list[BatchqError] = list(spec_problems(root, name))
-    if found:
+    not completed (``seqs``: ``batch``'s members instead), and those of ``workspace``
+    (None: ``settings.workspace``). ``run --changed`` checks the completed ones it
+    reruns with :func:`agent_problems`."""
+    unreadable: list[BatchqError] = list(spec_problems(root, name))
+    found = unreadable + remote.problems(root, settings, workspace or settings.workspace)
+    if unreadable:
         return Checked(None, found)
     feature = load_feature(root, name)
     found += seed_problems(feature)
@@ -95,9 +101,10 @@ def require(
     settings: Settings,
     *,
     seqs: Collection[str] | None = None,
+    workspace: Workspace | None = None,
 ) -> Feature:
     """The feature, or the problem (one) or a :class:`PreflightError` (several)."""
-    checked = check(root, name, settings, seqs=seqs)
+    checked = check(root, name, settings, seqs=seqs, workspace=workspace)
     if len(checked.problems) == 1:
         raise checked.problems[0]
     if checked.problems:

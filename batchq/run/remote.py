@@ -4,7 +4,7 @@ Workers on other hosts need no shared storage: what isolation does in one reposi
 (:mod:`batchq.run.merge`, :mod:`batchq.executor.isolation`) travels through a git
 remote instead (``BATCHQ_GIT_REMOTE``):
 
-* :func:`check` refuses, before anything starts (exit 2), what cannot work: no remote,
+* :func:`problems` lists, in the one pre-flight (exit 2), what cannot work: no remote,
   a password in its URL, one that does not answer, a workspace that is not a git work
   tree;
 * :func:`push_snapshot` pushes each snapshot ref (a batch's, or a flow wave's) right
@@ -41,45 +41,73 @@ from batchq.files.taskfiles import feature_dir, tasks_dir
 from batchq.models import ResultState, Run, SubtaskResult, Workspace
 from batchq.settings import Settings, git_remote_problem
 
-__all__ = ["Collected", "check", "collect", "fetch_run", "fetched", "push_snapshot", "run_refs"]
+__all__ = [
+    "Collected",
+    "check",
+    "collect",
+    "fetch_run",
+    "fetched",
+    "problems",
+    "push_snapshot",
+    "run_refs",
+]
 
 log = logging.getLogger("batchq.run.remote")
 
 
-def check(
+def problems(
     root: Path, settings: Settings, workspace: Workspace, *, reach: bool = True
-) -> str | None:
-    """Refuse what ``workspace`` cannot do, with :class:`UsageError` (exit 2); the
-    remote's URL under ``git`` (None under ``shared``). ``reach=False`` skips asking
-    the remote (the caller's pre-flight just did)."""
+) -> list[BatchqError]:
+    """Every reason ``workspace`` cannot work from ``root``, each a :class:`UsageError`
+    (exit 2): no remote, a URL that is malformed or holds a password (shown masked),
+    a remote that does not answer within ``git_timeout_s`` (``reach``), a workspace
+    that is not a git work tree. None under ``shared``. Part of the one pre-flight
+    (:mod:`batchq.run.preflight`), so ``validate`` lists what ``run`` refuses."""
     if workspace is Workspace.SHARED:
-        return None
+        return []
+    found: list[BatchqError] = []
     url = settings.git_remote
+    problem = git_remote_problem(url) if url else None
     if not url:
-        raise UsageError(
-            "--workspace git needs a remote every worker reaches: set BATCHQ_GIT_REMOTE "
-            "(git_remote in batchq.toml) to its URL, e.g. ssh://git@host/project.git"
+        found.append(
+            UsageError(
+                "--workspace git needs a remote every worker reaches: set BATCHQ_GIT_REMOTE "
+                "(git_remote in batchq.toml) to its URL, e.g. ssh://git@host/project.git"
+            )
         )
-    problem = git_remote_problem(url)
-    if problem:
-        raise UsageError(f"BATCHQ_GIT_REMOTE={mask_url(url)}: {problem}")
+    elif problem:
+        found.append(UsageError(f"BATCHQ_GIT_REMOTE={mask_url(url)}: {problem}"))
     try:
         gitsnap.require_work_tree(root)
     except UsageError:
-        raise UsageError(
-            f"--workspace git: {root} is not inside a git work tree (run `git init` there, "
-            "or use --workspace shared)"
-        ) from None
-    if not reach:
-        return url
-    try:
-        gitremote.reachable(root, url, settings.git_timeout_s)
-    except InfrastructureError as exc:
-        raise UsageError(
-            f"--workspace git: the remote does not answer: {exc}; check BATCHQ_GIT_REMOTE "
-            "and git's credentials for it (ssh key, credential helper) on this host"
-        ) from None
-    return url
+        found.append(
+            UsageError(
+                f"--workspace git: {root} is not inside a git work tree (run `git init` "
+                "there, or use --workspace shared)"
+            )
+        )
+    if reach and url and not problem:
+        try:
+            gitremote.reachable(root, url, settings.git_timeout_s)
+        except InfrastructureError as exc:
+            found.append(
+                UsageError(
+                    f"--workspace git: the remote does not answer: {exc}; check "
+                    "BATCHQ_GIT_REMOTE and git's credentials for it (ssh key, credential "
+                    "helper) on this host"
+                )
+            )
+    return found
+
+
+def check(root: Path, settings: Settings, workspace: Workspace) -> str | None:
+    """The remote's URL under ``git`` (None under ``shared``), for a run whose
+    pre-flight passed; the first of :func:`problems` (the remote not asked again) if it
+    did not run."""
+    found = problems(root, settings, workspace, reach=False)
+    if found:
+        raise found[0]
+    return settings.git_remote if workspace is Workspace.GIT else None
 
 
 def prefix_of(root: Path) -> str:
@@ -167,6 +195,10 @@ def fetch_run(root: Path, url: str, run_id: str, timeout_s: float) -> None:
     """Fetch every ref run ``run_id`` left on the remote (results a crashed
     orchestrator never merged, for adoption); a failure is logged, and the merge that
     then finds no commit fails those results, naming it."""
+    problem = git_remote_problem(url)
+    if problem:  # never given to git: the pre-flight refuses it, see :func:`problems`
+        log.warning("run %s: not fetched from %s: %s", run_id, mask_url(url), problem)
+        return
     try:
         top = gitsnap.require_work_tree(root)
         spec = f"+refs/batchq/{run_id}/*:refs/batchq/{run_id}/*"
@@ -259,6 +291,10 @@ def collect(root: Path, settings: Settings) -> Collected:
     """``batchq gc``: remove the refs (``refs/batchq/<run>/``) of every run of this root
     that has ended — locally, and on ``git_remote`` when one is set — and the worktrees
     dead workers left. A run whose feature is being run now is kept."""
+    url = settings.git_remote
+    problem = git_remote_problem(url) if url else None
+    if url and problem:  # before anything is removed
+        raise UsageError(f"BATCHQ_GIT_REMOTE={mask_url(url)}: {problem}")
     top = gitsnap.require_work_tree(root)
     runs = known_runs(root)
     out = Collected(worktrees=isolation.prune_dead(top))
@@ -273,7 +309,6 @@ def collect(root: Path, settings: Settings) -> Collected:
             for ref in refs:
                 gitsnap.git(top, "update-ref", "-d", ref)
             out.local[run_id] = refs
-    url = settings.git_remote
     if url:
         remote = _by_run(
             sorted(gitremote.list_refs(top, url, gitremote.REF_PREFIX, settings.git_timeout_s))

@@ -4,6 +4,7 @@ orchestrator's project folder is an empty tmpfs (``unshare -m``), real git."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from batchq.errors import UsageError
 from batchq.executor.gitcache import Cache
 from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
+from batchq.local.connection import all_queues
 from batchq.local.embedded import LocalWorkers
 from batchq.models import ResultState, RunMode, SubtaskStatus, Workspace
 from batchq.run.orchestrator import Orchestrator, RunOptions, RunResult
@@ -135,6 +137,7 @@ def hidden_workers(redis_url: str, tmp_path: Path) -> Iterator[Any]:
             readonly=readonly,
             count=count,
             concurrency=2,
+            queues=all_queues(settings),  # every configured agent's, as embedded mode
             settings=settings,
             log_dir=tmp_path / f"workers-{len(started)}",
             cwd=REPO_ROOT,
@@ -339,15 +342,20 @@ def test_a_remote_that_never_answers_is_refused_by_the_pre_flight_not_waited_for
         silent.close()
 
 
+@pytest.mark.parametrize(
+    "command", [["run", "feat"], ["batch", "feat", "01"], ["validate", "feat"]]
+)
 def test_pre_flight_refuses_a_missing_remote_a_password_and_a_non_git_folder(
-    make_feature, subtask_data, tmp_path, redis_url, capsys
+    make_feature, subtask_data, tmp_path, redis_url, capsys, command
 ):
+    """``validate`` refuses what ``run`` and ``batch`` refuse, with the same words and
+    exit code: it is the same pre-flight."""
     root = make_feature([subtask_data("01", command="true")])
-    argv = ["run", "feat", "--root", str(root), "--workspace", "git"]
-    for env, extra, expected in [
-        ({}, [], "needs a remote every worker reaches"),
-        ({"BATCHQ_GIT_REMOTE": "https://me:hunter2@example.com/p.git"}, [], "holds a password"),
-        ({"BATCHQ_GIT_REMOTE": (tmp_path / "x.git").as_uri()}, [], "not inside a git work tree"),
+    argv = [*command, "--root", str(root), "--workspace", "git"]
+    for env, expected in [
+        ({}, "needs a remote every worker reaches"),
+        ({"BATCHQ_GIT_REMOTE": "https://me:hunter2@example.com/p.git"}, "holds a password"),
+        ({"BATCHQ_GIT_REMOTE": (tmp_path / "x.git").as_uri()}, "not inside a git work tree"),
     ]:
         with pytest.MonkeyPatch.context() as patch:
             patch.delenv("BATCHQ_GIT_REMOTE", raising=False)
@@ -356,11 +364,64 @@ def test_pre_flight_refuses_a_missing_remote_a_password_and_a_non_git_folder(
                 patch.setenv(name, value)
             capsys.readouterr()
             with pytest.raises(SystemExit) as done:
-                main([*argv, *extra])
+                main(argv)
             assert done.value.code == 2, expected
-            shown = capsys.readouterr().err
+            shown = " ".join(capsys.readouterr())
             assert expected in " ".join(shown.split()), shown
             assert "hunter2" not in shown
+            if "password" in expected:
+                assert "https://me:***@example.com/p.git" in shown  # masked, still named
+
+
+def test_validate_lists_every_git_problem_with_the_rest(make_feature, subtask_data, capsys):
+    """A password in the URL, a folder that is not a work tree and a command no
+    allow-list lets through: three problems, each on its line, in one ``validate``."""
+    root = make_feature([subtask_data("01", command="rm -rf build")])  # .git: a bare folder
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BATCHQ_WORKSPACE", "git")
+        patch.setenv("BATCHQ_GIT_REMOTE", "ssh://me:hunter2@example.com/p.git")
+        patch.delenv("BATCHQ_SHELL_ALLOW", raising=False)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main(["validate", "--root", str(root), "--json"])
+    assert done.value.code == 2
+    out, err = capsys.readouterr()
+    assert "hunter2" not in out + err
+    errors = json.loads(out)["feat"]["errors"]
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("BATCHQ_GIT_REMOTE=ssh://me:***@example.com/p.git: ")
+    assert "holds a password" in errors[0]
+    assert "not inside a git work tree" in errors[1]
+    assert "shell allow-list" in errors[2]
+
+
+def test_validate_names_a_remote_that_does_not_answer_within_the_timeout(
+    make_feature, subtask_data, remote, capsys
+):
+    root = make_feature([subtask_data("01", command="true")])
+    shutil.rmtree(root / ".git")
+    commit_all(root)
+    silent = _Silent()
+    argv = ["validate", "feat", "--root", str(root), "--workspace", "git", "--json"]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("BATCHQ_SHELL_ALLOW", "*")
+            patch.setenv("BATCHQ_GIT_TIMEOUT_S", "2")
+            patch.setenv("BATCHQ_GIT_REMOTE", f"git://127.0.0.1:{silent.port}/project.git")
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as done:
+                main(argv)
+            assert done.value.code == 2
+            (problem,) = json.loads(capsys.readouterr().out)["feat"]["errors"]
+            assert "the remote does not answer" in problem
+            assert "did not finish within 2s" in problem
+            patch.setenv("BATCHQ_GIT_REMOTE", remote.as_uri())  # one that answers
+            with pytest.raises(SystemExit) as done:
+                main(argv)
+            assert done.value.code in (0, None)
+            assert json.loads(capsys.readouterr().out)["feat"] == {"ok": True, "errors": []}
+    finally:
+        silent.close()
 
 
 TOGETHER = (
@@ -515,3 +576,49 @@ def test_the_workspace_setting_comes_from_batchq_toml(tmp_path):
     settings = load_settings(tmp_path)
     assert settings.workspace is Workspace.GIT
     assert settings.git_remote == "file:///srv/p.git"
+
+
+FAKE_AGENT = REPO_ROOT / "tests" / "fakeagents" / "fake_agent.py"
+
+
+@needs_unshare
+def test_a_cli_agents_prompt_is_built_from_the_snapshot_not_the_workers_disk(
+    make_feature, subtask_data, remote, tmp_path, redis_url, redis_client, hidden_workers
+):
+    """A context file never committed and a reference file edited since the last
+    commit reach the coding agent's prompt through the snapshot: the worker cannot see
+    the orchestrator's folder, so nothing else could have put them there."""
+    sub = subtask_data("01", agent="FakeCoder", deliverables=["notes/out.txt"])
+    sub["context_files"] = [{"path": "docs/brief.md", "reason": "what to write"}]
+    sub["reference_files"] = [{"path": "docs/api.md", "reason": "the API as it is now"}]
+    root = make_feature([sub])
+    shutil.rmtree(root / ".git")
+    (root / "docs").mkdir()
+    (root / "docs" / "api.md").write_text("api: as committed\n")
+    (root / "batchq.toml").write_text(
+        f'[agents.FakeCoder]\ncommand = "{sys.executable} {FAKE_AGENT} --file {{prompt_file}}"\n'
+    )
+    commit_all(root)
+    (root / "docs" / "brief.md").write_text("brief: written, never committed\n")  # untracked
+    (root / "docs" / "api.md").write_text("api: edited, not committed\n")
+    changed = git(root, "status", "--porcelain", "docs").split()
+    assert changed == ["M", "docs/api.md", "??", "docs/brief.md"]
+    cache = tmp_path / "cache"
+    settings = git_settings(root, redis_url, remote, cache)
+    group = hidden_workers([root], settings)
+    assert not sees(group.children[0].pid, root / "docs" / "brief.md")
+
+    result = orchestrate(root, "feat", settings, redis_url)
+
+    assert result.ok, [(r.seq, r.error) for b in result.reports for r in b.results]
+    (record_path,) = cache.rglob("01.prompt.md.fake_agent.py.json")  # beside the worker's log
+    record = json.loads(record_path.read_text())
+    assert record["source"].startswith("--file ")
+    assert not Path(record["cwd"]).is_relative_to(root)  # a worktree of the worker's clone
+    prompt = record["prompt"]
+    assert "### `docs/brief.md`" in prompt and "brief: written, never committed" in prompt
+    assert "api: edited, not committed" in prompt and "as committed" not in prompt
+    assert (root / "notes" / "out.txt").read_text() == "written by fake fake_agent.py\n"
+    log = Path(next(r for b in result.reports for r in b.results).log_path or "")
+    assert log.is_relative_to(root) and "brief: written, never committed" in log.read_text()
+    assert remote_refs(remote) == []

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from batchq import layout
+from batchq.errors import UsageError
 from batchq.executor.gitcache import Cache, log_ref
 from batchq.files import gitremote
 from batchq.run import remote
+from batchq.settings import Settings
 
 
 def test_remote_calls_never_prompt_and_keep_the_users_ssh_command(
@@ -49,3 +52,17 @@ def test_gc_knows_this_roots_runs_and_which_still_run(tmp_path: Path) -> None:
         assert remote.known_runs(tmp_path) == {"R0": False, "R1": True}
     finally:
         os.close(fd)
+
+
+def test_gc_and_adoption_never_hand_git_a_url_with_a_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settings load such a URL (so ``validate`` can list it); everything that would
+    give it to git refuses it first, masked."""
+    url = "https://me:hunter2@example.com/p.git"
+    with pytest.raises(UsageError, match=r"https://me:\*\*\*@example.com/p.git") as caught:
+        remote.collect(tmp_path, Settings(git_remote=url))
+    assert "hunter2" not in str(caught.value)
+    with caplog.at_level(logging.WARNING, logger="batchq.run.remote"):
+        remote.fetch_run(tmp_path, url, "R1", 10.0)
+    assert "holds a password" in caplog.text and "hunter2" not in caplog.text
