@@ -597,12 +597,18 @@ def run_confined(
         return _refused(
             target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
         )
-    result = sandbox.run(
-        target,
-        timeout_s=delegation.timeout_s,
-        should_stop=should_stop,
-        log_path=delegation.log_path,
-    )
+    try:
+        result = sandbox.run(
+            target,
+            timeout_s=delegation.timeout_s,
+            should_stop=should_stop,
+            log_path=delegation.log_path,
+        )
+    finally:
+        # The process's private TMPDIR goes with it, as /tmp would; rmtree never
+        # follows a symlink the agent may have put in its place.
+        if sandbox.tmp_dir is not None:
+            shutil.rmtree(sandbox.tmp_dir, ignore_errors=True)
     created = sandbox.appeared()
     if created and result.ok:
         shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)

@@ -143,6 +143,7 @@ class Cache:
         # Its home is the orchestrator's .batchq/logs now. The run's folder stays: a
         # sibling may be about to write its own log there.
         log_path.unlink(missing_ok=True)
+        log_path.with_name(log_path.stem + ".prompt.md").unlink(missing_ok=True)  # in the log
 
     def close(self, tree: isolation.Worktree) -> None:
         """Remove the worktree (never raises: a leftover is pruned by the next one)."""

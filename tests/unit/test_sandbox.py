@@ -634,3 +634,26 @@ def test_an_agent_cannot_read_its_workers_settings_file_nor_a_deploy_key(
         assert "hunter4" in unhidden.output  # what the sandbox alone would show
     finally:
         shutil.rmtree(private)
+
+
+@needs_bwrap
+def test_an_agents_private_tmpdir_is_removed_when_it_ends(tmp_path: Path, workspace: Path) -> None:
+    from batchq.agents.base import Delegation
+    from batchq.agents.sandbox import run_confined
+    from batchq.models import Subtask
+    from batchq.settings import Settings
+
+    sub = Subtask(id="f-01", seq="01", title="t", acceptance_criteria=["x"], deliverables=["o"])
+    delegation = Delegation(
+        feature="f", run_id="r1", batch=1, subtask=sub, workspace=workspace, context="",
+        log_path=tmp_path / "logs" / "01.log", timeout_s=30,
+    )  # fmt: skip
+    done = run_confined(
+        'echo scratch > "$TMPDIR/x" && ls "$TMPDIR"',
+        delegation,
+        Settings(shell_allow=["*"]),
+        "shell",
+    )
+    assert done.ok and "x" in done.output  # it had one, and used it
+    assert not (tmp_path / "logs" / "01.tmp").exists()
+    assert (tmp_path / "logs").is_dir()  # the log folder stays
