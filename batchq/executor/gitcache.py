@@ -118,7 +118,11 @@ class Cache:
         with self.locked(*mine) as repo:
             base = gitsnap.ref_commit(repo, snapshot)
             if base is None:
-                gitremote.fetch(repo, self.url, [f"+{snapshot}:{snapshot}"], self.timeout_s)
+                # A worker needs the snapshot's tree, not the project's history: a
+                # shallow fetch, whose negotiation still skips the objects it has.
+                gitremote.fetch(
+                    repo, self.url, [f"+{snapshot}:{snapshot}"], self.timeout_s, shallow=True
+                )
                 base = gitsnap.ref_commit(repo, snapshot)
             if base is None:
                 raise InfrastructureError(f"{snapshot} is not on {self.url}")

@@ -82,9 +82,14 @@ def push(cwd: Path, url: str, refspecs: Sequence[str], timeout_s: float) -> None
         )
 
 
-def fetch(cwd: Path, url: str, refspecs: Sequence[str], timeout_s: float) -> None:
-    """Fetch exactly ``refspecs`` into the repository at ``cwd`` (no tags, no other refs)."""
+def fetch(
+    cwd: Path, url: str, refspecs: Sequence[str], timeout_s: float, *, shallow: bool = False
+) -> None:
+    """Fetch exactly ``refspecs`` into the repository at ``cwd`` (no tags, no other refs);
+    ``shallow``: their commits alone, without history (``--depth=1``)."""
     args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc"]
+    if shallow:
+        args.append("--depth=1")
     _remote(cwd, url, [*args, "--", url, *refspecs], timeout_s, "fetch")
 
 

@@ -175,6 +175,10 @@ def sees(pid: int, path: Path) -> bool:
 def test_the_auth_system_feature_completes_on_workers_that_cannot_see_the_project(
     auth_project, remote, tmp_path, redis_url, redis_client, hidden_workers, capsys
 ):
+    first = git(auth_project, "rev-parse", "HEAD").strip()
+    (auth_project / "CHANGES.txt").write_text("history the workers never need\n")
+    git(auth_project, "add", "CHANGES.txt")
+    git(auth_project, "commit", "-q", "-m", "second")
     cache = tmp_path / "cache"
     settings = git_settings(auth_project, redis_url, remote, cache)
     group = hidden_workers([auth_project], settings)
@@ -207,6 +211,10 @@ def test_the_auth_system_feature_completes_on_workers_that_cannot_see_the_projec
     assert remote_refs(remote) == []  # the run deleted its refs on the remote
     assert not list((cache / "logs").rglob("*.log"))  # pushed, then dropped by the worker
     assert not list(cache.glob("repos/*/batchq-worktrees/*/*"))
+    (clone,) = cache.glob("repos/*.git")  # the snapshots alone, not the project's history
+    assert git(clone, "rev-parse", "--is-shallow-repository").strip() == "true"
+    known = subprocess.run(["git", "-C", str(clone), "cat-file", "-e", first], check=False)
+    assert known.returncode != 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(["logs", "auth-system", "03", "--root", str(auth_project)])
