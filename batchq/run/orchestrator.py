@@ -174,6 +174,8 @@ class _Mirror:
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
+        self.final: dict[str, ResultState] = {}
+        """The final states among ``pending`` (a held, unmerged completion is not one)."""
         self.claims: Claims = {}
         """seq -> the summary an agent recorded itself during the run."""
         self.last_flush = time.monotonic()
@@ -183,6 +185,7 @@ class _Mirror:
     def __call__(self, events: list[Event]) -> None:
         for event in events:
             if event.kind == EventKind.STARTED:
+                self.final.pop(event.seq, None)
                 self.pending[event.seq] = mark_in_progress(
                     str(event.data.get("worker", "")),
                     _timestamp(str(event.data.get("started_at", ""))),
@@ -190,10 +193,16 @@ class _Mirror:
                 )
             elif event.kind == EventKind.FINISHED and event.data:
                 result = SubtaskResult.model_validate(event.data)
+                self.finished[event.seq] = result.result
+                if result.ok and result.isolated_commit and not result.merged:
+                    # Isolated, not merged back yet (batch mode merges after the batch):
+                    # its deliverables are only in its result commit, so the file keeps
+                    # saying in_progress until the merge settles it, either way.
+                    continue
                 self.pending[event.seq] = _final_change(
                     result, self.run_id, self.recorder, self.claims
                 )
-                self.finished[event.seq] = result.result
+                self.final[event.seq] = result.result
         if time.monotonic() - self.last_flush >= self.interval:
             self.flush()
         if self.forward is not None:
@@ -206,8 +215,9 @@ class _Mirror:
         start = time.monotonic()
         if self.pending:
             changes, self.pending = self.pending, {}
+            final, self.final = self.final, {}
             self.feature = update_subtasks(self.root, self.name, changes)
-            self.written |= {s: r for s, r in self.finished.items() if s in changes}
+            self.written |= final
         self.last_flush = time.monotonic()
         self.interval = max(MIRROR_EVERY_S, MIRROR_IDLE_SHARE * (self.last_flush - start))
 
