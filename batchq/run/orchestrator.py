@@ -164,9 +164,14 @@ class _Mirror:
         run_id: str,
         forward: EventsHandler | None,
         recorder: fingerprint.Recorder,
+        members: Collection[str] = (),
     ) -> None:
         self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
         self.recorder = recorder
+        self.unfinished = set(members)
+        """The batch's members not finished yet: the last one's event flushes at once,
+        so the batch's biggest rewrite is done before its report is built and the two
+        never sit in memory together."""
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
@@ -177,6 +182,7 @@ class _Mirror:
         self.feature: Feature | None = None
 
     def __call__(self, events: list[Event]) -> None:
+        last = False
         for event in events:
             if event.kind == EventKind.STARTED:
                 self.pending[event.seq] = mark_in_progress(
@@ -190,7 +196,10 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.finished[event.seq] = result.result
-        if time.monotonic() - self.last_flush >= self.interval:
+                if event.seq in self.unfinished:
+                    self.unfinished.discard(event.seq)
+                    last = not self.unfinished
+        if last or time.monotonic() - self.last_flush >= self.interval:
             self.flush()
         if self.forward is not None:
             self.forward(events)
@@ -586,12 +595,14 @@ class Orchestrator:
         if options.on_submit is not None:
             options.on_submit(submission)
 
-        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder, batch.seqs)
         built = wait(self.store, submission, self.settings, mirror)
-        mirror.flush()
+        if mirror.pending:  # else the last member's event flushed: keep what it wrote
+            mirror.flush()
         if run.isolate is Isolation.WORKTREE:  # isolation (issue 19): merge, then restamp all
             built = merge.merge_batch(self.store, submission, built, feature)
             mirror.written.clear()
+            mirror.feature = None  # the merge changed the workspace since
         built = self._settle(run, built, mirror, recorder)
         if options.on_report is not None:
             options.on_report(built)
