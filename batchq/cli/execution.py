@@ -299,7 +299,9 @@ def _execute(
     from batchq.run.preflight import require
 
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
-    f = require(ctx.root, feature, ctx.settings, seqs=seqs)
+    # Its feature is not kept: the run loads its own, and a 5,000-subtask one held
+    # here for the whole run is about 10 MiB of models the files no longer match.
+    name = require(ctx.root, feature, ctx.settings, seqs=seqs).name
     merge.check(ctx.root, isolate or ctx.settings.isolate)
     text = _read_context(context)
     live = _Live(as_json, flow=mode is RunMode.FLOW, root=ctx.given_root)
@@ -325,7 +327,7 @@ def _execute(
             return orch.run(options) if seqs is None else orch.run_batch(seqs, options)
         except KeyboardInterrupt:
             live.close()
-            _interrupted(conn.embedded, f.name, ctx.root)
+            _interrupted(conn.embedded, name, ctx.root)
             raise
         finally:
             live.close()

@@ -180,6 +180,8 @@ class _Mirror:
         self.last_flush = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
+        self.written_to: RunResult | None = None
+        """A run result whose ``feature`` follows each rewrite (batch mode)."""
 
     def __call__(self, events: list[Event]) -> None:
         last = False
@@ -213,6 +215,8 @@ class _Mirror:
             changes, self.pending = self.pending, {}
             self.feature = update_subtasks(self.root, self.name, changes)
             self.written |= {s: r for s, r in self.finished.items() if s in changes}
+            if self.written_to is not None:
+                self.written_to.feature = self.feature
         self.last_flush = time.monotonic()
         self.interval = max(MIRROR_EVERY_S, MIRROR_IDLE_SHARE * (self.last_flush - start))
 
@@ -279,12 +283,16 @@ class Orchestrator:
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
+            # From here ``result.feature`` is the one reference batch mode keeps: it
+            # follows the files, so the models loaded before the run are not held for
+            # all of it beside the ones each rewrite makes (thousands of them).
+            del feature
             with self._interruptible(run.run_id, options):
                 self._announce(result, reruns, options)
                 if options.mode is RunMode.FLOW:
-                    self._flows(run, feature, result, options)
+                    self._flows(run, result.feature, result, options)
                 else:
-                    self._batches(run, feature, result, options)
+                    self._batches(run, result, options)
             self._settled(run.run_id, result)
             return result
 
@@ -316,30 +324,29 @@ class Orchestrator:
                 )
             raise
 
-    def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
+    def _batches(self, run: Run, result: RunResult, options: RunOptions) -> None:
         """The batches ``plan`` printed when the run started, in its order and with its
         members (SPEC 4: "the batches reported are the batches plan printed"); the run
         stops at the first batch that does not complete. Only a ``changed`` run that
         resets completed dependents after a batch plans again, for what it reset."""
         done: set[str] = set()
-        schedule = list(planner.plan_for(feature, self.settings).batches)
+        schedule = list(planner.plan_for(result.feature, self.settings).batches)
         while schedule:
             batch, following = schedule[0], schedule[1] if len(schedule) > 1 else None
-            built = self._run_one(run, feature, batch, following, options)
+            built = self._run_one(run, result, batch, following, options)
             result.reports.append(built)
             schedule.pop(0)
-            feature = load_feature(self.root, self.name)
-            result.feature = feature
+            result.feature = load_feature(self.root, self.name)
             if not built.ok:
                 break
             if options.changed:
                 done.update(r.seq for r in built.results if r.ok)
-                rechecked = self.recheck_dependents(feature, done, result, options)
-                reset, feature = rechecked is not feature, rechecked
-                result.feature = feature
+                rechecked = self.recheck_dependents(result.feature, done, result, options)
+                reset, result.feature = rechecked is not result.feature, rechecked
+                del rechecked  # result.feature only, while the next batch runs
                 if reset:
                     # What was reset is not in the schedule: plan the rest again.
-                    fresh = planner.plan_for(feature, self.settings)
+                    fresh = planner.plan_for(result.feature, self.settings)
                     schedule = list(_renumbered(fresh, len(result.reports)).batches)
 
     def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
@@ -414,8 +421,9 @@ class Orchestrator:
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             following = planner.next_after(feature, seqs, self.settings.protected_paths)
+            del feature  # result.feature only (see run)
             with self._interruptible(run.run_id, options):
-                result.reports.append(self._run_one(run, feature, batch, following, options))
+                result.reports.append(self._run_one(run, result, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             self._settled(run.run_id, result)
             return result
@@ -581,11 +589,14 @@ class Orchestrator:
     def _run_one(
         self,
         run: Run,
-        feature: Feature,
+        result: RunResult,
         batch: PlannedBatch,
         following: PlannedBatch | None,
         options: RunOptions,
     ) -> BatchReport:
+        """One batch: publish it, mirror it, settle its report. ``result.feature`` is
+        the feature as submitted, then, after each mirror rewrite, as it was written."""
+        feature = result.feature
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
         snapshot = merge.snapshot_batch(run, batch.number)  # isolation (#19): before publishing
@@ -596,11 +607,14 @@ class Orchestrator:
             options.on_submit(submission)
 
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder, batch.seqs)
+        mirror.written_to = result
+        isolated = feature if run.isolate is Isolation.WORKTREE else None  # merge's input
+        del feature
         built = wait(self.store, submission, self.settings, mirror)
         if mirror.pending:  # else the last member's event flushed: keep what it wrote
             mirror.flush()
-        if run.isolate is Isolation.WORKTREE:  # isolation (issue 19): merge, then restamp all
-            built = merge.merge_batch(self.store, submission, built, feature)
+        if isolated is not None:  # isolation (issue 19): merge, then restamp all
+            built = merge.merge_batch(self.store, submission, built, isolated)
             mirror.written.clear()
             mirror.feature = None  # the merge changed the workspace since
         built = self._settle(run, built, mirror, recorder)
