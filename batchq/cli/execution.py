@@ -310,7 +310,9 @@ def _execute(
     from batchq.run.preflight import require
 
     # The run's one pre-flight, before any Redis or worker starts (``prechecked``).
-    f = require(ctx.root, feature, ctx.settings, seqs=seqs, workspace=workspace)
+    # Its feature is not kept: the run loads its own, and a 5,000-subtask one held
+    # here for the whole run is about 10 MiB of models the files no longer match.
+    name = require(ctx.root, feature, ctx.settings, seqs=seqs, workspace=workspace).name
     if remote.check(ctx.root, ctx.settings, workspace or ctx.settings.workspace) is not None:
         isolate = Isolation.WORKTREE  # workspace = git is isolation over a remote
     merge.check(ctx.root, isolate or ctx.settings.isolate)
@@ -339,7 +341,7 @@ def _execute(
             return orch.run(options) if seqs is None else orch.run_batch(seqs, options)
         except KeyboardInterrupt:
             live.close()
-            _interrupted(conn.embedded, f.name, ctx.root)
+            _interrupted(conn.embedded, name, ctx.root)
             raise
         finally:
             live.close()

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,18 +91,19 @@ class JsonDocument:
     data: dict[str, Any]
     text: str
     format: JsonFormat
-    _tree: _Node | None = field(default=None, repr=False)
 
     def render(self, new: Mapping[str, Any]) -> str | None:
         """The file text for ``new``, or ``None`` when it equals the original data.
 
-        Raises ``ValueError`` if ``new`` holds something JSON cannot represent.
+        Raises ``ValueError`` if ``new`` holds something JSON cannot represent. The
+        positions of the original values are found again on each call and not kept: a
+        document is rendered about once (the next version replaces it), and a run that
+        rewrites thousands of files at once would otherwise hold a tree for each.
         """
         if same_json(new, self.data):
             return None
-        if self._tree is None:
-            self._tree = _node_at(self.text, len(self.format.head))
-        body = _render(new, self.data, self._tree, 0, self.format, self.text)
+        tree = _node_at(self.text, len(self.format.head))
+        body = _render(new, self.data, tree, 0, self.format, self.text)
         return self.format.head + body + self.format.tail
 
 

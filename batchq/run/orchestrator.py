@@ -168,9 +168,14 @@ class _Mirror:
         run_id: str,
         forward: EventsHandler | None,
         recorder: fingerprint.Recorder,
+        members: Collection[str] = (),
     ) -> None:
         self.root, self.name, self.run_id, self.forward = root, name, run_id, forward
         self.recorder = recorder
+        self.unfinished = set(members)
+        """The batch's members not finished yet: the last one's event flushes at once,
+        so the batch's biggest rewrite is done before its report is built and the two
+        never sit in memory together."""
         self.pending: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.finished: dict[str, ResultState] = {}
         self.written: dict[str, ResultState] = {}
@@ -181,8 +186,11 @@ class _Mirror:
         self.last_flush = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
+        self.written_to: RunResult | None = None
+        """A run result whose ``feature`` follows each rewrite (batch mode)."""
 
     def __call__(self, events: list[Event]) -> None:
+        last = False
         for event in events:
             if event.kind == EventKind.STARTED:
                 self.final.pop(event.seq, None)
@@ -194,6 +202,9 @@ class _Mirror:
             elif event.kind == EventKind.FINISHED and event.data:
                 result = SubtaskResult.model_validate(event.data)
                 self.finished[event.seq] = result.result
+                if event.seq in self.unfinished:
+                    self.unfinished.discard(event.seq)
+                    last = not self.unfinished  # write now, before the report is built
                 if result.ok and result.isolated_commit and not result.merged:
                     # Isolated, not merged back yet (batch mode merges after the batch):
                     # its deliverables are only in its result commit, so the file keeps
@@ -203,7 +214,7 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.final[event.seq] = result.result
-        if time.monotonic() - self.last_flush >= self.interval:
+        if last or time.monotonic() - self.last_flush >= self.interval:
             self.flush()
         if self.forward is not None:
             self.forward(events)
@@ -218,6 +229,8 @@ class _Mirror:
             final, self.final = self.final, {}
             self.feature = update_subtasks(self.root, self.name, changes)
             self.written |= final
+            if self.written_to is not None:
+                self.written_to.feature = self.feature
         self.last_flush = time.monotonic()
         self.interval = max(MIRROR_EVERY_S, MIRROR_IDLE_SHARE * (self.last_flush - start))
 
@@ -284,6 +297,10 @@ class Orchestrator:
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
+            # From here ``result.feature`` is the one reference batch mode keeps: it
+            # follows the files, so the models loaded before the run are not held for
+            # all of it beside the ones each rewrite makes (thousands of them).
+            del feature
             keep = not options.cancel_on_interrupt
             with (
                 remote.run_refs(run, self.settings, keep_on_interrupt=keep),
@@ -291,9 +308,9 @@ class Orchestrator:
             ):
                 self._announce(result, reruns, options)
                 if options.mode is RunMode.FLOW:
-                    self._flows(run, feature, result, options)
+                    self._flows(run, result.feature, result, options)
                 else:
-                    self._batches(run, feature, result, options)
+                    self._batches(run, result, options)
             self._settled(run.run_id, result)
             return result
 
@@ -325,30 +342,29 @@ class Orchestrator:
                 )
             raise
 
-    def _batches(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
+    def _batches(self, run: Run, result: RunResult, options: RunOptions) -> None:
         """The batches ``plan`` printed when the run started, in its order and with its
         members (SPEC 4: "the batches reported are the batches plan printed"); the run
         stops at the first batch that does not complete. Only a ``changed`` run that
         resets completed dependents after a batch plans again, for what it reset."""
         done: set[str] = set()
-        schedule = list(planner.plan_for(feature, self.settings).batches)
+        schedule = list(planner.plan_for(result.feature, self.settings).batches)
         while schedule:
             batch, following = schedule[0], schedule[1] if len(schedule) > 1 else None
-            built = self._run_one(run, feature, batch, following, options)
+            built = self._run_one(run, result, batch, following, options)
             result.reports.append(built)
             schedule.pop(0)
-            feature = load_feature(self.root, self.name)
-            result.feature = feature
+            result.feature = load_feature(self.root, self.name)
             if not built.ok:
                 break
             if options.changed:
                 done.update(r.seq for r in built.results if r.ok)
-                rechecked = self.recheck_dependents(feature, done, result, options)
-                reset, feature = rechecked is not feature, rechecked
-                result.feature = feature
+                rechecked = self.recheck_dependents(result.feature, done, result, options)
+                reset, result.feature = rechecked is not result.feature, rechecked
+                del rechecked  # result.feature only, while the next batch runs
                 if reset:
                     # What was reset is not in the schedule: plan the rest again.
-                    fresh = planner.plan_for(feature, self.settings)
+                    fresh = planner.plan_for(result.feature, self.settings)
                     schedule = list(_renumbered(fresh, len(result.reports)).batches)
 
     def _flows(self, run: Run, feature: Feature, result: RunResult, options: RunOptions) -> None:
@@ -423,12 +439,13 @@ class Orchestrator:
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
             following = planner.next_after(feature, seqs, self.settings.protected_paths)
+            del feature  # result.feature only (see run)
             keep = not options.cancel_on_interrupt
             with (
                 remote.run_refs(run, self.settings, keep_on_interrupt=keep),
                 self._interruptible(run.run_id, options),
             ):
-                result.reports.append(self._run_one(run, feature, batch, following, options))
+                result.reports.append(self._run_one(run, result, batch, following, options))
             result.feature = load_feature(self.root, self.name)
             self._settled(run.run_id, result)
             return result
@@ -601,11 +618,14 @@ class Orchestrator:
     def _run_one(
         self,
         run: Run,
-        feature: Feature,
+        result: RunResult,
         batch: PlannedBatch,
         following: PlannedBatch | None,
         options: RunOptions,
     ) -> BatchReport:
+        """One batch: publish it, mirror it, settle its report. ``result.feature`` is
+        the feature as submitted, then, after each mirror rewrite, as it was written."""
+        feature = result.feature
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
         snapshot = merge.snapshot_batch(run, batch.number)  # isolation (#19): before publishing
@@ -615,12 +635,17 @@ class Orchestrator:
         if options.on_submit is not None:
             options.on_submit(submission)
 
-        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder)
+        mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder, batch.seqs)
+        mirror.written_to = result
+        isolated = feature if run.isolate is Isolation.WORKTREE else None  # merge's input
+        del feature
         built = wait(self.store, submission, self.settings, mirror)
-        mirror.flush()
-        if run.isolate is Isolation.WORKTREE:  # isolation (issue 19): merge, then restamp all
-            built = merge.merge_batch(self.store, submission, built, feature)
+        if mirror.pending:  # else the last member's event flushed: keep what it wrote
+            mirror.flush()
+        if isolated is not None:  # isolation (issue 19): merge, then restamp all
+            built = merge.merge_batch(self.store, submission, built, isolated)
             mirror.written.clear()
+            mirror.feature = None  # the merge changed the workspace since
         built = self._settle(run, built, mirror, recorder)
         if options.on_report is not None:
             options.on_report(built)

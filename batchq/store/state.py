@@ -68,6 +68,8 @@ STREAM_MAXLEN = 100_000
 CALLABLE_RUNS = 8
 """A python callable's durations kept: one slow run among them keeps it from being
 taken for tiny (:mod:`batchq.core.chunks`)."""
+RESULTS_AT_ONCE = 500
+"""Results read per pipeline round trip (see :meth:`StateStore.results`)."""
 # What a Redis restart or network blip raises; callers that must ride one out
 # (the producer's wait) catch these and retry instead of crashing.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
@@ -592,14 +594,18 @@ class StateStore:
         return SubtaskResult.model_validate_json(cast(str, raw)) if raw else None
 
     def results(self, run_id: str, seqs: Iterable[str]) -> dict[str, SubtaskResult]:
+        """The recorded results, read a slice of ``RESULTS_AT_ONCE`` at a time: the raw
+        JSON of a whole big batch never sits in memory beside its parsed results."""
         seqs = list(seqs)
-        pipe = self.r.pipeline()
-        for seq in seqs:
-            pipe.hget(self.keys.subtask(run_id, seq), "result")
         out: dict[str, SubtaskResult] = {}
-        for seq, raw in zip(seqs, pipe.execute(), strict=True):
-            if raw:
-                out[seq] = SubtaskResult.model_validate_json(raw)
+        for i in range(0, len(seqs), RESULTS_AT_ONCE):
+            part = seqs[i : i + RESULTS_AT_ONCE]
+            pipe = self.r.pipeline()
+            for seq in part:
+                pipe.hget(self.keys.subtask(run_id, seq), "result")
+            for seq, raw in zip(part, pipe.execute(), strict=True):
+                if raw:
+                    out[seq] = SubtaskResult.model_validate_json(raw)
         return out
 
     def subtask_info(self, run_id: str, seq: str) -> dict[str, str]:
