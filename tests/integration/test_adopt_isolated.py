@@ -3,8 +3,8 @@ stack, a real `batchq run --isolate worktree`, a real git repository.
 
 Under isolation the deliverables reach the workspace only when the orchestrator
 merges the batch, after its last member is recorded. Here it is killed before that:
-01 is recorded (its file says completed, its deliverable is only in its result
-commit) and 02 is still running. 02 then finishes on the workers with no
+01 is recorded (its deliverable is only in its result commit, so its file still says
+in_progress) and 02 is still running. 02 then finishes on the workers with no
 orchestrator. The next `batchq run` adopts the run: it merges both, 03 reads what
 they made, and neither runs again.
 
@@ -26,13 +26,35 @@ import pytest
 
 from batchq.models import BatchReport
 from tests.integration.gitrepo import git
-from tests.integration.test_embedded_run import Sandbox, assert_no_process_left, sandbox
+from tests.integration.test_embedded_run import (
+    Sandbox,
+    assert_no_process_left,
+    sandbox,
+)
 from tests.integration.test_interrupt import adopted, finish, status, wait_for
 
 pytestmark = pytest.mark.integration
 __all__ = ["sandbox"]  # the fixture, imported for these tests
 
 ENV = {"BATCHQ_SHELL_ALLOW": "*", "BATCHQ_SANDBOX": "off", "BATCHQ_ISOLATE": "worktree"}
+
+
+def recorded(root: Path, seq: str) -> bool:
+    """The workers recorded ``seq``'s result in the stack's Redis, for the feature's
+    newest run (its file does not say completed before the merge)."""
+    from batchq.local.stackfile import live_stack_url
+    from batchq.models import feature_key
+    from batchq.store.state import StateStore
+
+    url = live_stack_url(root)
+    if url is None:
+        return False
+    store = StateStore.from_url(url)
+    try:
+        runs = store.recent_runs(feature_key("slow", root.resolve()))
+        return bool(runs) and seq in store.results(runs[0], [seq])
+    finally:
+        store.close()
 
 
 def runs_of(marks: Path, seq: str) -> int:
@@ -76,9 +98,10 @@ def test_sigkill_before_the_merge_the_next_run_merges_and_runs_nothing_again(
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         proc = sandbox.popen("run", "slow", "--root", str(root), **ENV)
-        wait_for("01 completed", lambda: status(root, "01") == "completed", proc)
+        wait_for("01 recorded", lambda: recorded(root, "01"), proc)
         wait_for("02 running", lambda: runs_of(marks, "02") == 1, proc)
         assert not (root / "out" / "01.txt").exists()  # recorded, not merged yet
+        assert status(root, "01") != "completed"  # its file never says so before the merge
         os.kill(proc.pid, signal.SIGKILL)
         finish(proc)
 
