@@ -90,7 +90,7 @@ def agent_env(
             "BATCHQ_SUBTASK_ID": sub.id,
             "BATCHQ_RUN_ID": delegation.run_id,
             "BATCHQ_BATCH": str(delegation.batch),
-            "BATCHQ_WORKSPACE": str(delegation.workspace),
+            "BATCHQ_WORKSPACE_DIR": str(delegation.workspace),
             "BATCHQ_LOG": str(delegation.log_path),
         }
     )

@@ -354,3 +354,20 @@ def test_the_worker_secrets_are_not_passed_to_the_child(tmp_path: Path) -> None:
     assert env["HOME"] == "/root"
     assert env["A"] == "1"
     assert env["BATCHQ_SEQ"] == "03"
+
+
+def test_no_variable_batchq_sets_for_an_agent_is_also_a_setting(tmp_path: Path) -> None:
+    """An agent that runs ``batchq complete`` loads Settings from its own environment
+    (prefix ``BATCHQ_``): a variable that tells it its subtask must never be read back
+    as a setting (``BATCHQ_WORKSPACE`` once named the agent's folder and the
+    ``workspace = shared|git`` setting, and every self-completion failed)."""
+    from batchq.agents.sandbox import BASE_ENV
+    from batchq.settings import Settings
+
+    d = delegation(tmp_path, make_subtask(command="true"))
+    told = {name for name in agent_env(d, base={}) if name.startswith("BATCHQ_")}
+    told |= {"BATCHQ_CONTEXT_FILE", "BATCHQ_PROMPT_FILE"}  # the shell and CLI agents' own
+    assert told <= {name for name in BASE_ENV if name.startswith("BATCHQ_")}
+    settings = {f"BATCHQ_{field.upper()}" for field in Settings.model_fields}
+    assert told and not told & settings
+    assert "BATCHQ_WORKSPACE_DIR" in told
