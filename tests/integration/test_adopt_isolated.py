@@ -3,8 +3,8 @@ stack, a real `batchq run --isolate worktree`, a real git repository.
 
 Under isolation the deliverables reach the workspace only when the orchestrator
 merges the batch, after its last member is recorded. Here it is killed before that:
-01 is recorded (its deliverable is only in its result commit, so its file still says
-in_progress) and 02 is still running. 02 then finishes on the workers with no
+01 is recorded (its deliverable is only in its result commit, so its file does not
+say completed) and 02 is still running. 02 then finishes on the workers with no
 orchestrator. The next `batchq run` adopts the run: it merges both, 03 reads what
 they made, and neither runs again.
 
