@@ -603,9 +603,12 @@ def test_a_cli_agents_prompt_is_built_from_the_snapshot_not_the_workers_disk(
     shutil.rmtree(root / ".git")
     (root / "docs").mkdir()
     (root / "docs" / "api.md").write_text("api: as committed\n")
-    (root / "batchq.toml").write_text(
-        f'[agents.FakeCoder]\ncommand = "{sys.executable} {FAKE_AGENT} --file {{prompt_file}}"\n'
-    )
+    # The agent is part of the project, as a real one's tools are: the sandbox hides the
+    # worker's /tmp, where a CI clone of this repository (and its tests/) may live.
+    (root / "tools").mkdir()
+    shutil.copy(FAKE_AGENT, root / "tools" / "fake_agent.py")
+    command = f"{sys.executable} tools/fake_agent.py --file {{prompt_file}}"
+    (root / "batchq.toml").write_text(f'[agents.FakeCoder]\ncommand = "{command}"\n')
     commit_all(root)
     (root / "docs" / "brief.md").write_text("brief: written, never committed\n")  # untracked
     (root / "docs" / "api.md").write_text("api: edited, not committed\n")
