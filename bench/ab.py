@@ -14,8 +14,18 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from bench.common import Stats, batchq_env, fresh_workers, noop_feature, redis, run_process, tmpdir
+from bench.common import (
+    Stats,
+    batchq_env,
+    compile_tree,
+    fresh_workers,
+    noop_feature,
+    redis,
+    run_process,
+    tmpdir,
+)
 
 CODE = "import sys; sys.argv[0] = 'batchq'; from batchq.entry import main; sys.exit(main())"
 
@@ -27,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
     trees = args.trees.split(",")
+    for tree in trees:
+        compile_tree(Path(tree))
     walls: dict[str, list[float]] = {tree: [] for tree in trees}
     peaks: dict[str, list[float]] = {tree: [] for tree in trees}
     with redis() as server:

@@ -15,12 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common import REPO, Stats, batchq_argv, noop_feature, run_process, tmpdir
+from bench.common import REPO, Stats, batchq_argv, compile_tree, noop_feature, run_process, tmpdir
 
 GOAL_MS = 150.0
 
 
 def measure_commands(runs: int) -> dict[str, Stats]:
+    compile_tree()
     root = tmpdir("bench-startup-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHQ_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
