@@ -127,20 +127,21 @@ def _load(root: Path, name: str) -> _Loaded:
     warnings: list[str] = []
     if task.id != name:
         warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
-    subtasks: list[tuple[Subtask, JsonDocument]] = []
+    found: list[tuple[tuple[int, int, str], Subtask, JsonDocument]] = []
     folder = _PARSED.folder(path)
-    for file in _subtask_paths(path):  # sorted below, by number
-        parsed = _subtask_file(file, folder)
+    for file_name in _subtask_names(path):  # sorted below, by number
+        parsed = _subtask_file(path, file_name, folder)
         if parsed is None:
             continue
         sub, doc = parsed
-        subtasks.append((sub, doc))
+        found.append(((sub.number, len(file_name), file_name), sub, doc))
         if sub.completion_summary is not None and len(sub.completion_summary) > SUMMARY_LIMIT:
             warnings.append(
-                f"{file.name}: completion_summary is {len(sub.completion_summary)} characters; "
+                f"{file_name}: completion_summary is {len(sub.completion_summary)} characters; "
                 f"new summaries are limited to {SUMMARY_LIMIT}"
             )
-    subtasks.sort(key=lambda pair: (pair[0].number, len(pair[1].path.name), pair[1].path.name))
+    found.sort(key=lambda item: item[0])
+    subtasks = [(sub, doc) for _, sub, doc in found]
     feature = Feature(
         name=name,
         root=root,
@@ -197,38 +198,40 @@ def _file_key(st: os.stat_result) -> _FileKey:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _subtask_paths(path: Path) -> list[Path]:
-    """The ``subtask_*.json`` entries of a feature folder (what ``glob`` would list,
+def _subtask_names(path: Path) -> list[str]:
+    """The ``subtask_*.json`` names in a feature folder (what ``glob`` would list,
     without its per-entry pattern matching and path objects)."""
     try:
-        names = [
+        return [
             entry.name
             for entry in os.scandir(path)
             if entry.name.startswith("subtask_") and entry.name.endswith(".json")
         ]
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
-    return [path / name for name in names]
 
 
-def _subtask_file(file: Path, folder: _Folder) -> tuple[Subtask, JsonDocument] | None:
-    """Parse and validate a subtask file, reusing the last parse while the file is the
-    same one (inode, size and mtime): a run mirrors statuses many times, and every
-    rewrite is an ``os.replace`` that gives the file a new inode. None for a folder
-    or other non-file that happens to match the name pattern."""
+def _subtask_file(path: Path, name: str, folder: _Folder) -> tuple[Subtask, JsonDocument] | None:
+    """Parse and validate subtask file ``name`` of folder ``path``, reusing the last
+    parse while the file is the same one (inode, size and mtime): a run mirrors
+    statuses many times, and every rewrite is an ``os.replace`` that gives the file a
+    new inode. None for a folder or other non-file that happens to match the name
+    pattern. A file that did not change costs a ``stat`` and no path object (a
+    5,000-file feature is loaded at every mirror flush)."""
     try:
-        st = os.stat(file)
+        st = os.stat(os.path.join(path, name))
     except OSError as exc:
-        raise SpecError(file, None, f"cannot read: {exc.strerror or exc}") from exc
+        raise SpecError(path / name, None, f"cannot read: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
         return None
     key = _file_key(st)
-    cached = folder.get(file.name)
+    cached = folder.get(name)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
+    file = path / name
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    folder[file.name] = (key, sub, doc)
+    folder[name] = (key, sub, doc)
     return sub, doc
 
 
@@ -378,13 +381,24 @@ def declared_deliverables(root: Path, name: str) -> list[str]:
 
 def spec_problems(root: Path, name: str) -> list[SpecError]:
     """Every format problem of every file of a feature (loading stops at the first):
-    what ``validate`` lists. Empty when :func:`load_feature` would succeed."""
+    what ``validate`` lists. Empty when :func:`load_feature` would succeed. What parses
+    is kept in the parse cache, so the load that follows (``run``'s pre-flight) reads
+    and validates no file a second time."""
     path = existing_feature_dir(root, name)
     found: list[SpecError] = []
-    files = sorted(path.glob("subtask_*.json"), key=lambda f: (len(f.name), f.name))
+    folder = _PARSED.folder(path)
+    files = [path / n for n in sorted(_subtask_names(path), key=lambda n: (len(n), n))]
     for file in [path / TASK_FILE, *files]:
-        if file.name != TASK_FILE and not file.is_file():
-            continue
+        try:
+            st = os.stat(file)
+        except OSError:
+            st = None
+        if file.name != TASK_FILE:
+            if st is None or not stat.S_ISREG(st.st_mode):
+                continue
+            cached = folder.get(file.name)
+            if cached is not None and cached[0] == _file_key(st):
+                continue  # this version parsed and validated already
         try:
             doc = _read(file)
         except SpecError as exc:
@@ -401,6 +415,11 @@ def spec_problems(root: Path, name: str) -> list[SpecError]:
                 _check_subtask(file, parsed)
             except SpecError as exc:
                 found.append(exc)
+                continue
+            if st is not None:
+                # The stat came first: a file replaced meanwhile has a new key, and
+                # the next load reads it again.
+                folder[file.name] = (_file_key(st), parsed, doc)
     return found
 
 

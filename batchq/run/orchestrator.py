@@ -77,10 +77,13 @@ ADOPT_RUNS = 3
 
 LEASE_S = 60.0
 MIRROR_EVERY_S = 0.5
-MIRROR_IDLE_SHARE = 3.0
+MIRROR_IDLE_SHARE = 1.0
 """After a mirror rewrite that took t seconds, the next waits at least this many times
-t: a big feature's rewrite (every file checked, hundreds written and fsynced) then
-takes at most a quarter of the run, whatever the disk, instead of back to back."""
+t: a big feature's rewrites (every file checked, hundreds written and fsynced) then
+take at most half of the orchestrator's time, whatever the disk, instead of back to
+back. Not more: a file costs the same written early or late, and a longer wait only
+leaves a bigger last rewrite between the batch's last result and its report (at
+5,000 subtasks, 3.0 left seconds of it there)."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,41 @@ def test_a_file_over_the_limit_is_refused_before_parsing(tmp_path: Path) -> None
     (tmp_path / "a.json").write_bytes(b'{"a": "' + b"x" * 100 + b'"}')
     with pytest.raises(JsonReadError, match="file is 109 bytes; the limit is 50 bytes"):
         read_document(tmp_path / "a.json", max_bytes=50)
+
+
+def test_a_file_exactly_at_the_limit_reads_whole(tmp_path: Path) -> None:
+    text = '{"a": "' + "x" * 41 + '"}'
+    (tmp_path / "a.json").write_text(text)
+    assert len(text) == 50
+    assert read_document(tmp_path / "a.json", max_bytes=50).data == {"a": "x" * 41}
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """``task.json`` replaced by a FIFO used to block the reader until a writer came."""
+    fifo = tmp_path / "task.json"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_document(fifo)
+        except BaseException as exc:  # the assertion below names it
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # a liveness guard, not a speed check: it used to hang forever
+    if reader.is_alive():
+        with open(fifo, "wb"):  # release the reader before failing
+            pass
+    assert not reader.is_alive(), "read_document blocked on a FIFO"
+    assert len(outcome) == 1 and isinstance(outcome[0], JsonReadError)
+    assert "not a regular file" in outcome[0].reason
+
+
+def test_a_folder_is_still_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError):
+        read_document(tmp_path)
 
 
 def test_atomic_write_replaces_the_file_and_keeps_its_permissions(tmp_path: Path) -> None:
