@@ -231,7 +231,7 @@ def _subtask_file(path: Path, name: str, folder: _Folder) -> tuple[Subtask, Json
     file = path / name
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    folder[name] = (key, sub, doc)
+    folder[name] = (key, sub, doc.compact())
     return sub, doc
 
 
@@ -419,7 +419,7 @@ def spec_problems(root: Path, name: str) -> list[SpecError]:
             if st is not None:
                 # The stat came first: a file replaced meanwhile has a new key, and
                 # the next load reads it again.
-                folder[file.name] = (_file_key(st), parsed, doc)
+                folder[file.name] = (_file_key(st), parsed, doc.compact())
     return found
 
 
@@ -484,24 +484,26 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
     path = existing_feature_dir(root, name)
     with feature_lock(path):
         loaded = _load(root, name)
-        pending: dict[Path, tuple[JsonDocument, dict[str, Any]]] = {}
+        # path -> (document, its data as decoded now, the changed copy)
+        pending: dict[Path, tuple[JsonDocument, dict[str, Any], dict[str, Any]]] = {}
         index: dict[str, list[JsonDocument]] = {}
         for sub, doc in loaded.subtasks:
             index.setdefault(sub.seq, []).append(doc)
         for seq, mutate in changes.items():
             doc = _resolve(loaded, seq, index)
             if doc.path not in pending:
-                pending[doc.path] = (doc, dict(doc.data))
-            mutate(pending[doc.path][1])
+                base = doc.data
+                pending[doc.path] = (doc, base, dict(base))
+            mutate(pending[doc.path][2])
         subtasks: list[Subtask] = []
         texts: list[tuple[Path, str]] = []
-        written: dict[Path, tuple[Subtask, JsonDocument, dict[str, Any]]] = {}
+        written: dict[Path, tuple[Subtask, JsonDocument]] = {}
         for sub, doc in loaded.subtasks:
             if doc.path in pending:
-                new = pending[doc.path][1]
+                _, base, new = pending[doc.path]
                 sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
-                _render_into(texts, doc, new)
-                written[doc.path] = (sub, doc, new)
+                _render_into(texts, doc, new, base)
+                written[doc.path] = (sub, doc)
             subtasks.append(sub)
         task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
         task = _validate(TaskFile, loaded.task, task_new)
@@ -515,8 +517,8 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         for file, text in texts:
             if file in written:
-                sub, doc, new = written[file]
-                _remember(file, sub, JsonDocument(file, new, text, doc.format))
+                sub, doc = written[file]
+                _remember(file, sub, JsonDocument(file, None, text, doc.format))
         # What was just validated and written, without parsing it back.
         return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
 
@@ -537,9 +539,14 @@ def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]])
     return exact[0]
 
 
-def _render_into(texts: list[tuple[Path, str]], doc: JsonDocument, new: dict[str, Any]) -> None:
+def _render_into(
+    texts: list[tuple[Path, str]],
+    doc: JsonDocument,
+    new: dict[str, Any],
+    base: dict[str, Any] | None = None,
+) -> None:
     try:
-        text = doc.render(new)
+        text = doc.render(new, base)
     except ValueError as exc:
         raise SpecError(doc.path, None, f"cannot be written as JSON: {exc}") from exc
     if text is not None:
