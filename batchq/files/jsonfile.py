@@ -45,6 +45,8 @@ MAX_BYTES = 1024 * 1024
 _BOM = "\ufeff"
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
+"""The C scanner behind ``raw_decode``, for text already decoded once (it cannot fail)."""
 
 
 class JsonReadError(ValueError):
@@ -320,46 +322,59 @@ def _node_at(text: str, i: int) -> _Node:
 
 
 def _children(node: _Node, text: str) -> dict[str, _Node] | list[_Node] | None:
-    """Where ``node``'s members or items sit (None for a scalar), located once."""
+    """Where ``node``'s members or items sit (None for a scalar), located once. The
+    scanner and the whitespace skip are called directly: a task file's top level is
+    mapped at every rewrite, a few dozen steps each."""
     if node.children is not None or text[node.start] not in "{[":
         return node.children
-    j = _skip(text, node.start + 1)
+    scan, ws = _SCAN, _WS.match
+    j = ws(text, node.start + 1).end()  # type: ignore[union-attr]  # matches empty
     if text[node.start] == "{":
         members: dict[str, _Node] = {}
         node.children = members
         while text[j] != "}":
-            key, j = _DECODER.raw_decode(text, j)
-            j = _skip(text, _skip(text, j) + 1)
-            members[key] = child = _node_at(text, j)
-            j = _skip(text, child.end)
+            key, j = scan(text, j)
+            j = ws(text, ws(text, j).end() + 1).end()  # type: ignore[union-attr]
+            _, end = scan(text, j)
+            members[key] = _Node(j, end)
+            j = ws(text, end).end()  # type: ignore[union-attr]
             if text[j] == ",":
-                j = _skip(text, j + 1)
+                j = ws(text, j + 1).end()  # type: ignore[union-attr]
         return members
     items: list[_Node] = []
     node.children = items
     while text[j] != "]":
-        items.append(child := _node_at(text, j))
-        j = _skip(text, child.end)
+        _, end = scan(text, j)
+        items.append(_Node(j, end))
+        j = ws(text, end).end()  # type: ignore[union-attr]
         if text[j] == ",":
-            j = _skip(text, j + 1)
+            j = ws(text, j + 1).end()  # type: ignore[union-attr]
     return items
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def same_json(a: Any, b: Any) -> bool:
     """Equal as JSON: unlike ``==``, ``1``, ``1.0`` and ``true`` differ, and key order counts."""
     if a is b:  # a rewrite shares every untouched value with the parsed original
         return True
+    kind = type(a)
+    if kind in _SCALARS:  # most values: no abstract-class checks
+        return kind is type(b) and bool(a == b)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return list(a.keys()) == list(b.keys()) and all(same_json(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and bool(a == b)
+    return kind is type(b) and bool(a == b)
 
 
 def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat, text: str) -> str:
     """``new`` as JSON text, reusing the original text of every unchanged value."""
-    if node is not None and same_json(new, old):
+    if node is not None and (new is old or same_json(new, old)):
         return text[node.start : node.end]
+    if type(new) in _SCALARS:
+        return _leaf(new)
     if isinstance(new, Mapping):
         found = _children(node, text) if node is not None else None
         members = found if isinstance(found, dict) else {}
@@ -369,7 +384,11 @@ def _render(new: Any, old: Any, node: _Node | None, depth: int, fmt: JsonFormat,
             if not isinstance(key, str):
                 raise ValueError(f"object key {key!r} is not a string")
             child = members.get(key)
-            rendered = _render(value, old_obj.get(key), child, depth + 1, fmt, text)
+            before = old_obj.get(key)
+            if child is not None and value is before:  # untouched: its text as it was
+                rendered = text[child.start : child.end]
+            else:
+                rendered = _render(value, before, child, depth + 1, fmt, text)
             parts.append(_key_text(key) + fmt.key_sep + rendered)
         return _wrap("{", "}", parts, depth, fmt)
     if isinstance(new, list | tuple):
