@@ -120,7 +120,12 @@ def load_feature(root: Path, name: str) -> Feature:
     return _load(root, name).feature
 
 
-def _load(root: Path, name: str) -> _Loaded:
+def _load(root: Path, name: str, *, quick: bool = False) -> _Loaded:
+    """The feature and its documents. ``quick`` trusts a cached parse whose file still
+    has the inode it had (every rewrite by batchq or ``batchq complete`` is an
+    ``os.replace``, a new inode, which the directory listing shows without a ``stat``);
+    it misses an edit made in place, so only the mirror's interim rewrites use it and
+    re-check the files they change (see :func:`update_subtasks`)."""
     path = existing_feature_dir(root, name)
     task_doc = _read(path / TASK_FILE)
     task = _validate(TaskFile, task_doc)
@@ -129,8 +134,12 @@ def _load(root: Path, name: str) -> _Loaded:
         warnings.append(f"{TASK_FILE}: id {task.id!r} differs from the folder name {name!r}")
     found: list[tuple[tuple[int, int, str], Subtask, JsonDocument]] = []
     folder = _PARSED.folder(path)
-    for file_name in _subtask_names(path):  # sorted below, by number
-        parsed = _subtask_file(path, file_name, folder)
+    for file_name, inode in _subtask_entries(path):  # sorted below, by number
+        cached = folder.get(file_name) if quick and inode else None
+        if cached is not None and cached[0][0] == inode:
+            parsed: tuple[Subtask, JsonDocument] | None = cached[1], cached[2]
+        else:
+            parsed = _subtask_file(path, file_name, folder)
         if parsed is None:
             continue
         sub, doc = parsed
@@ -201,12 +210,19 @@ def _file_key(st: os.stat_result) -> _FileKey:
 def _subtask_names(path: Path) -> list[str]:
     """The ``subtask_*.json`` names in a feature folder (what ``glob`` would list,
     without its per-entry pattern matching and path objects)."""
+    return [file_name for file_name, _ in _subtask_entries(path)]
+
+
+def _subtask_entries(path: Path) -> list[tuple[str, int]]:
+    """Each ``subtask_*.json`` name with the inode the listing gives for free (0 for
+    a symbolic link, whose own inode says nothing of its target's)."""
     try:
-        return [
-            entry.name
-            for entry in os.scandir(path)
-            if entry.name.startswith("subtask_") and entry.name.endswith(".json")
-        ]
+        with os.scandir(path) as entries:
+            return [
+                (entry.name, 0 if entry.is_symlink() else entry.inode())
+                for entry in entries
+                if entry.name.startswith("subtask_") and entry.name.endswith(".json")
+            ]
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
 
@@ -472,7 +488,9 @@ def truncate_summary(summary: str) -> str:
     return summary[: SUMMARY_LIMIT - 1] + "…"
 
 
-def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> Feature:
+def update_subtasks(
+    root: Path, name: str, changes: Mapping[str, Mutation], *, quick: bool = False
+) -> Feature:
     """Apply mutations to subtask files by seq, then refresh ``task.json``; return the feature.
 
     Under the feature lock the files are re-read, so concurrent writers never lose each
@@ -480,10 +498,19 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
     result (a status outside the four, say) raises :class:`SpecError` and writes
     nothing. ``task.json`` gets correct ``subtask_count``/``completed_count``, and
     ``status: completed`` with ``completed_at`` once every subtask is completed.
+
+    ``quick`` (the mirror's interim rewrites of a big feature): the files not
+    changed here are taken from the parse cache while their inode is the same (see
+    :func:`_load`); the files changed are checked with a ``stat`` as always, so no
+    change is ever written over an edit it did not read. An edit made in place to
+    another file shows at the next full load.
     """
     path = existing_feature_dir(root, name)
     with feature_lock(path):
-        loaded = _load(root, name)
+        loaded = _load(root, name, quick=quick)
+        if quick:
+            checked = _recheck(loaded, changes)
+            loaded = checked if checked is not None else _load(root, name)
         # path -> (document, its data as decoded now, the changed copy)
         pending: dict[Path, tuple[JsonDocument, dict[str, Any], dict[str, Any]]] = {}
         index: dict[str, list[JsonDocument]] = {}
@@ -521,6 +548,26 @@ def update_subtasks(root: Path, name: str, changes: Mapping[str, Mutation]) -> F
                 _remember(file, sub, JsonDocument(file, None, text, doc.format))
         # What was just validated and written, without parsing it back.
         return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
+
+
+def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None:
+    """``loaded`` with the files ``changes`` will rewrite checked against the disk
+    (size, times and inode), and read again where they changed in place; None when a
+    change does not name its file's seq exactly (``2`` for ``02``): load it all then."""
+    seqs = set(changes)
+    if not seqs <= {sub.seq for sub, _ in loaded.subtasks}:
+        return None
+    path = loaded.feature.path
+    folder = _PARSED.folder(path)
+    fresh: list[tuple[Subtask, JsonDocument]] = []
+    for sub, doc in loaded.subtasks:
+        if sub.seq in seqs:
+            parsed = _subtask_file(path, doc.path.name, folder)
+            if parsed is not None:
+                sub, doc = parsed
+        fresh.append((sub, doc))
+    feature = loaded.feature.model_copy(update={"subtasks": [sub for sub, _ in fresh]})
+    return _Loaded(feature, loaded.task, fresh)
 
 
 def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]]) -> JsonDocument:

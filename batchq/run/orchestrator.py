@@ -84,6 +84,10 @@ take at most half of the orchestrator's time, whatever the disk, instead of back
 back. Not more: a file costs the same written early or late, and a longer wait only
 leaves a bigger last rewrite between the batch's last result and its report (at
 5,000 subtasks, 3.0 left seconds of it there)."""
+MIRROR_FULL_EVERY_S = 5.0
+"""How stale the mirror's view of the files it does not change may get: an edit made
+in place (not by ``os.replace``) to another subtask's file shows in ``task.json``'s
+counts within this long, and always by the batch's last rewrite."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""
@@ -186,7 +190,7 @@ class _Mirror:
         """The final states among ``pending`` (a held, unmerged completion is not one)."""
         self.claims: Claims = {}
         """seq -> the summary an agent recorded itself during the run."""
-        self.last_flush = time.monotonic()
+        self.last_flush = self.last_full = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
         self.written_to: RunResult | None = None
@@ -217,20 +221,27 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.final[event.seq] = result.result
-        if last or time.monotonic() - self.last_flush >= self.interval:
+        if last:
             self.flush()
+        elif time.monotonic() - self.last_flush >= self.interval:
+            self.flush(quick=time.monotonic() - self.last_full < MIRROR_FULL_EVERY_S)
         if self.forward is not None:
             self.forward(events)
 
-    def flush(self) -> None:
+    def flush(self, *, quick: bool = False) -> None:
         """Write what is pending; the files are current when it returns, and
-        ``feature`` is what this flush wrote (None if it wrote nothing)."""
+        ``feature`` is what this flush wrote (None if it wrote nothing). ``quick``
+        checks only the files it changes (see ``update_subtasks``): an interim rewrite
+        of a 20,000-subtask feature then costs what it writes, not a ``stat`` of every
+        file; the last rewrite, and one every ``MIRROR_FULL_EVERY_S``, check them all."""
         self.feature = None
         start = time.monotonic()
         if self.pending:
             changes, self.pending = self.pending, {}
             final, self.final = self.final, {}
-            self.feature = update_subtasks(self.root, self.name, changes)
+            self.feature = update_subtasks(self.root, self.name, changes, quick=quick)
+            if not quick:
+                self.last_full = start
             self.written |= final
             if self.written_to is not None:
                 self.written_to.feature = self.feature

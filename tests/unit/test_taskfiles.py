@@ -620,6 +620,68 @@ def test_what_a_rewrite_caches_is_what_a_fresh_read_finds(tmp_path: Path) -> Non
     assert json.loads((folder / "subtask_01.json").read_text())["batchq"]["run_id"] == "r1"
 
 
+def _edit_in_place(file: Path, **fields: Any) -> None:
+    """What an editor that writes in place does: same inode, new content."""
+    data = json.loads(file.read_text())
+    data.update(fields)
+    with open(file, "r+", encoding="utf-8") as handle:
+        handle.truncate(0)
+        handle.write(json.dumps(data, indent=2) + "\n")
+
+
+def test_a_quick_rewrite_sees_files_replaced_by_others(tmp_path: Path) -> None:
+    """Every rewrite by batchq or ``batchq complete`` is an ``os.replace`` (a new inode):
+    the mirror's quick rewrite counts it without a stat of the unchanged files."""
+    folder = make_feature(tmp_path, count=3)
+    load_feature(tmp_path, "feat")  # the cache, as the pre-flight leaves it
+    complete_subtask(tmp_path, "feat", "02", "by hand")
+    feature = update_subtasks(
+        tmp_path, "feat", {"01": mark_completed("done", utc_timestamp())}, quick=True
+    )
+    assert [s.status for s in feature.subtasks][:2] == [SubtaskStatus.COMPLETED] * 2
+    assert json.loads((folder / "task.json").read_text())["completed_count"] == 2
+
+
+def test_a_quick_rewrite_never_writes_over_an_in_place_edit_of_its_file(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=2)
+    load_feature(tmp_path, "feat")
+    target = folder / "subtask_01.json"
+    inode = target.stat().st_ino
+    _edit_in_place(target, title="Retitled by hand", notes="keep me")
+    assert target.stat().st_ino == inode  # the case a quick load cannot see by itself
+    update_subtasks(tmp_path, "feat", {"01": mark_completed("done", utc_timestamp())}, quick=True)
+    written = json.loads(target.read_text())
+    assert (written["title"], written["notes"], written["status"]) == (
+        "Retitled by hand",
+        "keep me",
+        "completed",
+    )
+
+
+def test_an_in_place_edit_of_another_file_shows_at_the_next_full_load(tmp_path: Path) -> None:
+    """The staleness a quick rewrite allows, and its bound: the next full load."""
+    folder = make_feature(tmp_path, count=2)
+    load_feature(tmp_path, "feat")
+    _edit_in_place(folder / "subtask_02.json", status="completed")
+    quick = update_subtasks(
+        tmp_path, "feat", {"01": mark_in_progress("w1", utc_timestamp())}, quick=True
+    )
+    assert quick.subtasks[1].status is SubtaskStatus.PENDING  # the cached view
+    full = update_subtasks(tmp_path, "feat", {"01": mark_completed("done", utc_timestamp())})
+    assert [s.status for s in full.subtasks] == [SubtaskStatus.COMPLETED] * 2
+    task = json.loads((folder / "task.json").read_text())
+    assert (task["completed_count"], task["status"]) == (2, "completed")
+
+
+def test_a_quick_rewrite_by_an_unpadded_seq_loads_everything(tmp_path: Path) -> None:
+    folder = make_feature(tmp_path, count=2)
+    load_feature(tmp_path, "feat")
+    _edit_in_place(folder / "subtask_01.json", notes="edited")
+    update_subtasks(tmp_path, "feat", {"1": mark_completed("done", utc_timestamp())}, quick=True)
+    written = json.loads((folder / "subtask_01.json").read_text())
+    assert (written["notes"], written["status"]) == ("edited", "completed")
+
+
 def test_the_parse_cache_keeps_only_the_features_used_last(tmp_path: Path) -> None:
     """A long-lived process that runs many features does not keep every file it read."""
     import batchq.files.taskfiles as taskfiles
