@@ -84,10 +84,15 @@ take at most half of the orchestrator's time, whatever the disk, instead of back
 back. Not more: a file costs the same written early or late, and a longer wait only
 leaves a bigger last rewrite between the batch's last result and its report (at
 5,000 subtasks, 3.0 left seconds of it there)."""
+MIRROR_PACE_PER_FILE_S = 0.0005
+"""And at least this long per subtask file of the feature: every rewrite walks all of
+them (for ``task.json``'s counts), so rewrites paced by time alone made a run's cost
+grow with the square of its size (20,000 subtasks: some 300 rewrites of 20,000)."""
 MIRROR_FULL_EVERY_S = 5.0
 """How stale the mirror's view of the files it does not change may get: an edit made
 in place (not by ``os.replace``) to another subtask's file shows in ``task.json``'s
-counts within this long, and always by the batch's last rewrite."""
+counts within this long (or four rewrite intervals, if longer), and always by the
+batch's last rewrite."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""
@@ -224,7 +229,8 @@ class _Mirror:
         if last:
             self.flush()
         elif time.monotonic() - self.last_flush >= self.interval:
-            self.flush(quick=time.monotonic() - self.last_full < MIRROR_FULL_EVERY_S)
+            since_full = time.monotonic() - self.last_full
+            self.flush(quick=since_full < max(MIRROR_FULL_EVERY_S, 4 * self.interval))
         if self.forward is not None:
             self.forward(events)
 
@@ -246,7 +252,12 @@ class _Mirror:
             if self.written_to is not None:
                 self.written_to.feature = self.feature
         self.last_flush = time.monotonic()
-        self.interval = max(MIRROR_EVERY_S, MIRROR_IDLE_SHARE * (self.last_flush - start))
+        files = len(self.feature.subtasks) if self.feature is not None else 0
+        self.interval = max(
+            MIRROR_EVERY_S,
+            MIRROR_IDLE_SHARE * (self.last_flush - start),
+            MIRROR_PACE_PER_FILE_S * files,
+        )
 
 
 class Orchestrator:
