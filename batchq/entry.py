@@ -20,7 +20,6 @@ clean-up a normal exit does that anyone could observe (non-daemon threads joined
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
@@ -76,6 +75,7 @@ def _leave(code: int) -> None:
     failure of ours (:func:`batchq.cli.main.main` says the same).
     """
     import atexit
+    import contextlib
     import threading
 
     shutdown = getattr(threading, "_shutdown", None)  # what the interpreter calls first
