@@ -12,7 +12,8 @@ imported (nothing they build at import is garbage), and at exit the interpreter 
 every module and object down one by one before the kernel frees them all at once.
 Measured on a 4-subtask ``batchq run``: together about a quarter of its CPU, more
 than a bare Celery program's whole import of Celery. So the collector is paused while
-the machinery is imported and what was imported is frozen out of later collections
+the machinery is imported (with what ``run`` and ``batch`` import on first use, for
+them) and what was imported is frozen out of later collections
 (:func:`gc.freeze`), and the console script leaves by :func:`_leave`: the same
 clean-up a normal exit does that anyone could observe (non-daemon threads joined,
 ``atexit`` handlers run, output flushed), then ``os._exit`` with the same code.
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         # lazy: the whole command machinery, for every command but a lone --version
         from batchq.cli.main import main as run
+        from batchq.cli.main import preload
+
+        preload(args)
     finally:
         gc.enable()
     gc.freeze()

@@ -298,6 +298,19 @@ class _Live:
         sys.stdout.flush()
 
 
+RUNS = frozenset({"run", "batch"})
+"""The commands that run batches: :func:`preload` imports what they need."""
+
+
+def preload() -> None:
+    """Import the run machinery ``run`` and ``batch`` import on first use, ahead of
+    time: :mod:`batchq.entry` does it while the garbage collector is paused (Celery,
+    kombu, redis and the orchestrator are most of a run's imports)."""
+    # lazy: celery, redis and the run machinery stay out of the other commands' start-up
+    from batchq.local import connection  # noqa: F401
+    from batchq.run import merge, orchestrator, preflight, remote  # noqa: F401
+
+
 def _execute(
     ctx: Context,
     feature: str,

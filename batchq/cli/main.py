@@ -34,7 +34,7 @@ from batchq.errors import BatchqError, SpecError, UsageError
 from batchq.files import taskfiles
 from batchq.models import Feature
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "preload"]
 
 
 def _loaded(
@@ -393,6 +393,13 @@ def _for_call(args: Sequence[str]) -> typer.Typer:
     trimmed = copy.copy(app)
     trimmed.registered_commands = wanted
     return trimmed
+
+
+def preload(args: Sequence[str]) -> None:
+    """Import now what the command ``args`` names imports on first use (see
+    :func:`batchq.cli.execution.preload`); nothing for the other commands."""
+    if args[:1] and args[0] in execution.RUNS:
+        execution.preload()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
