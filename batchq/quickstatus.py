@@ -33,8 +33,8 @@ PREFIX = "BATCHQ_"
 
 def defaults_apply(root: Path) -> bool:
     """True when no ``BATCHQ_*`` variable is set and ``root`` has no ``batchq.toml``:
-    the settings are then the defaults, so loading them (pydantic-settings, asyncio,
-    dotenv) can be skipped. No value is read, only whether a name or the file exists:
+    the settings are then the defaults, so loading them (pydantic and its models) can
+    be skipped. No value is read, only whether a name or the file exists:
     :mod:`batchq.settings` stays the one reader of both."""
     if any(name.upper().startswith(PREFIX) for name in os.environ):
         return False

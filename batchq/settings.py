@@ -10,22 +10,19 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
 )
 
 from batchq import layout
@@ -38,6 +35,7 @@ __all__ = [
     "ALWAYS_PROTECTED",
     "BUILTIN_AGENTS",
     "DEFAULT_PROTECTED",
+    "ENV_PREFIX",
     "SETTINGS_FILE_ENV",
     "URL_FILE_ENV",
     "AgentConfig",
@@ -61,7 +59,24 @@ SETTINGS_FILE_ENV = "BATCHQ_SETTINGS_FILE"
 URL_FILE_ENV = "BATCHQ_REDIS_URL_FILE"
 """The variable naming a file that holds the Redis URL (see ``Settings.redis_url_file``)."""
 
-CommaList = Annotated[list[str], NoDecode]
+ENV_PREFIX = "BATCHQ_"
+"""Every setting ``name`` is read from the variable ``BATCHQ_<NAME>`` (any case)."""
+
+_COMMA = object()
+"""Marks a list read from one environment variable as comma-separated text, not JSON."""
+CommaList = Annotated[list[str], _COMMA]
+
+
+def _list() -> list[Any]:
+    """A new empty list, for ``default_factory``: pydantic reads a factory's signature
+    when it builds the class, and a builtin's (``list``, ``dict``) is parsed from its
+    text signature, ~0.3 ms each and ~10 ms for the first; a function's is instant."""
+    return []
+
+
+def _dict() -> dict[Any, Any]:
+    """A new empty dict, for ``default_factory`` (see :func:`_list`)."""
+    return {}
 
 
 class AgentConfig(BaseModel):
@@ -71,12 +86,12 @@ class AgentConfig(BaseModel):
     """A coding-agent CLI's documented command line, network and API-key names
     (:mod:`batchq.presets`); what the table sets itself wins."""
     command: str | None = None
-    allow: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(default_factory=_list)
     max_concurrency: int | None = Field(default=None, ge=1)
     network: bool = False
     """Whether the agent's sandbox keeps the network (a coding CLI calling a model API
     needs it; a build step rarely does)."""
-    env: list[str] = Field(default_factory=list)
+    env: list[str] = Field(default_factory=_list)
     """Names of worker environment variables the agent gets inside the sandbox (API
     keys a coding CLI needs); everything else but the basics is dropped."""
     prompt_template: str | None = None
@@ -95,10 +110,18 @@ def _split(value: Any) -> Any:
     return value
 
 
-class Settings(BaseSettings):
-    """Everything configurable about batchq, with the defaults a new user gets."""
+class Settings(BaseModel):
+    """Everything configurable about batchq, with the defaults a new user gets.
 
-    model_config = SettingsConfigDict(env_prefix="BATCHQ_", extra="ignore")
+    ``Settings(**values)`` reads the ``BATCHQ_*`` environment beneath ``values`` (see
+    :func:`_environment_values`); ``Settings.model_validate`` reads nothing but what it
+    is given. Defaults are validated too (the always-protected paths are added to the
+    default ``protected_paths`` by its validator)."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_deep_update(_environment_values(), values))
 
     redis_url: str | None = None
     """Broker and state store. Unset: `run` starts an embedded redis-server."""
@@ -114,10 +137,10 @@ class Settings(BaseSettings):
     one on PATH, anything else = the path of an executable."""
     key_prefix: str = "batchq:"
 
-    shell_allow: CommaList = Field(default_factory=list)
-    python_allow: CommaList = Field(default_factory=list)
+    shell_allow: CommaList = Field(default_factory=_list)
+    python_allow: CommaList = Field(default_factory=_list)
     protected_paths: CommaList = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
-    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=_dict)
 
     stall_s: float = Field(default=120.0, gt=0)
     visibility_timeout_s: float = Field(default=4 * 3600.0, gt=0)
@@ -141,7 +164,7 @@ class Settings(BaseSettings):
     sandbox: SandboxMode = SandboxMode.AUTO
     """Agents' processes in a bubblewrap sandbox: ``auto`` where bwrap works (one
     warning where it does not), ``required`` refuses to run without it, ``off``."""
-    sandbox_hide: CommaList = Field(default_factory=list)
+    sandbox_hide: CommaList = Field(default_factory=_list)
     """More files or folders of the worker's host that agents must not see, beyond the
     worker's own secrets the sandbox always hides (its settings file, the Redis URL
     file, ``/run/secrets``, ssh keys and git credentials: :func:`batchq.agents.sandbox.
@@ -209,17 +232,6 @@ class Settings(BaseSettings):
     def _always_protected(cls, value: list[str]) -> list[str]:
         return [*value, *(p for p in ALWAYS_PROTECTED if p not in value)]
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
-
     def allow_for(self, agent: str) -> list[str]:
         """The allow-list of an agent: the env variable wins over ``[agents.X] allow``."""
         if agent == "shell" and "shell_allow" in self.model_fields_set:
@@ -248,6 +260,57 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no Redis URL is configured and batchq must start its own."""
         return self.redis_url is None
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Whether a field's type is a list, a mapping or a model (or a union holding one):
+    such a value comes from the environment as JSON."""
+    if get_origin(annotation) is Annotated:
+        return _is_structured(get_args(annotation)[0])
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return any(_is_structured(arg) for arg in get_args(annotation))
+    kind = origin or annotation
+    return isinstance(kind, type) and (
+        issubclass(kind, (BaseModel, Mapping, list, tuple, set, frozenset))
+        and not issubclass(kind, (str, bytes))
+    )
+
+
+def _environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings the ``BATCHQ_*`` variables give, by field name: names match in any
+    case, a list, mapping or model field is read as JSON (a :data:`CommaList` as
+    comma-separated text, split by its validator), anything else as the text itself,
+    for validation to convert. Variables that name no setting are ignored."""
+    source = os.environ if environ is None else environ
+    found = {key.lower(): value for key, value in source.items()}
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        variable = f"{ENV_PREFIX}{name}"
+        text = found.get(variable.lower())
+        if text is None:
+            continue
+        if _COMMA in field.metadata or not _is_structured(field.annotation):
+            values[name] = text
+            continue
+        try:
+            values[name] = json.loads(text)
+        except ValueError as exc:
+            raise InputError(
+                f"invalid environment: {variable.upper()}: not valid JSON ({exc})"
+            ) from None
+    return values
+
+
+def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` on top, mappings in both merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def default_worker_cache() -> Path:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import selectors
@@ -302,10 +301,12 @@ def _load_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+        # dlopen(NULL): the interpreter's own symbols, libc's among them. find_library
+        # would run `ldconfig -p` as a process at import (5 ms idle, 20-100 ms loaded),
+        # in every `batchq run` whose pre-flight looks at the agents.
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
         return None
-    prctl: Callable[..., int] = libc.prctl
     return prctl
 
 

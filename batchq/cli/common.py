@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from batchq.cli.console import LazyConsole
 from batchq.core import planner
 from batchq.core.textsafe import inline, terminal_safe
 from batchq.files import taskfiles
@@ -40,8 +40,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="Project root (default: nearest .git/package.json).")

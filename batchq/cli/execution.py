@@ -154,6 +154,9 @@ class _Live:
         self.follow = follow
         self.flow = flow
         self.progress: Progress | None = None
+        """The open batch's bar, on a terminal only."""
+        self.opened = False
+        """Whether a batch (or the flow) is open, with or without a bar."""
         self.task: Any = None
         self.batch: int | None = None
         self.reported: set[int] = set()
@@ -174,7 +177,15 @@ class _Live:
     def _open(self, batch: int | str, seqs: list[str] | None) -> None:
         self.close()
         label = batch if isinstance(batch, str) else f"Batch {batch}"
-        out.print(f"▶ {label}" + (f": {', '.join(seqs)}" if seqs else ""), markup=False)
+        self.batch = batch if isinstance(batch, int) else None
+        self.opened = True
+        header = f"▶ {label}" + (f": {', '.join(seqs)}" if seqs else "")
+        if not out.is_terminal:
+            # Rich would draw no bar here (its live display stays silent off a terminal)
+            # and print the header as it is: written at once, without importing Rich.
+            emit([header])
+            return
+        out.print(header, markup=False)
         # lazy: rich.progress costs every other command's start-up a tenth of its imports
         from rich.progress import (
             BarColumn,
@@ -189,16 +200,15 @@ class _Live:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=out,
+            console=out.console,
             transient=True,
         )
         self.progress.start()
         total = len(seqs) if seqs else None
         self.task = self.progress.add_task("batch", total=total, batch=label)
-        self.batch = batch if isinstance(batch, int) else None
 
     def events(self, events: list[Event]) -> None:
-        if self.flow and self.progress is None and not self.as_json and events:
+        if self.flow and not self.opened and not self.as_json and events:
             self._open("Flow", None)
         lines: list[str] = []
         for event in events:
@@ -234,7 +244,7 @@ class _Live:
                 lines.append(line)
                 if self.progress is not None:
                     self.progress.advance(self.task)
-            elif event.kind == EventKind.FAILED_FAST and self.progress is not None:
+            elif event.kind == EventKind.FAILED_FAST and self.opened:
                 then = (
                     "what depends on it is skipped"
                     if self.flow
@@ -279,12 +289,26 @@ class _Live:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        self.opened = False
         self.batch = None
 
     @staticmethod
     def _json(data: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(data, default=str) + "\n")
         sys.stdout.flush()
+
+
+RUNS = frozenset({"run", "batch"})
+"""The commands that run batches: :func:`preload` imports what they need."""
+
+
+def preload() -> None:
+    """Import the run machinery ``run`` and ``batch`` import on first use, ahead of
+    time: :mod:`batchq.entry` does it while the garbage collector is paused (Celery,
+    kombu, redis and the orchestrator are most of a run's imports)."""
+    # lazy: celery, redis and the run machinery stay out of the other commands' start-up
+    from batchq.local import connection  # noqa: F401
+    from batchq.run import merge, orchestrator, preflight, remote  # noqa: F401
 
 
 def _execute(

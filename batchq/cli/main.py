@@ -7,6 +7,7 @@ usage, 3 infrastructure unreachable). No command prints a traceback for bad inpu
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from batchq.errors import BatchqError, SpecError, UsageError
 from batchq.files import taskfiles
 from batchq.models import Feature
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "preload"]
 
 
 def _loaded(
@@ -369,10 +370,43 @@ def _given_root(argv: Sequence[str] | None) -> str | None:
     return None
 
 
+def _command_name(info: typer.models.CommandInfo) -> str | None:
+    """The name a command is invoked by, as Typer derives it."""
+    if info.name:
+        return info.name
+    return typer.main.get_command_name(info.callback.__name__) if info.callback else None
+
+
+def _for_call(args: Sequence[str]) -> typer.Typer:
+    """The app with only the command this call names, when it names one.
+
+    Typer turns every registered command's signature into a click command on every
+    call (some 20–40 ms over two dozen commands) although click then runs one. A call
+    whose first word is a command needs just that one, under the same group (its
+    ``--version`` and the group's settings); anything else (``--help``, no word, a
+    misspelt command, which click answers with suggestions) gets the whole app.
+    """
+    first = args[0] if args else None
+    wanted = [info for info in app.registered_commands if _command_name(info) == first]
+    if len(wanted) != 1 or app.registered_groups:
+        return app
+    trimmed = copy.copy(app)
+    trimmed.registered_commands = wanted
+    return trimmed
+
+
+def preload(args: Sequence[str]) -> None:
+    """Import now what the command ``args`` names imports on first use (see
+    :func:`batchq.cli.execution.preload`); nothing for the other commands."""
+    if args[:1] and args[0] in execution.RUNS:
+        execution.preload()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the app and map every error to its exit code in one place."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+        code = _for_call(args)(args=args, standalone_mode=False)
     except SystemExit as exc:
         # typer (after wrapping the streams in its PacifyFlushWrapper) and Rich (after
         # going quiet) turn a closed stdout pipe into exit 1: the reader went away

@@ -9,8 +9,7 @@ so a ``[red]`` in a subtask's output is shown, not interpreted.
 
 from __future__ import annotations
 
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from batchq.core.textsafe import inline, terminal_safe
 from batchq.models import (
@@ -25,6 +24,10 @@ from batchq.models import (
     WriteCheck,
     seq_key,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
 
 __all__ = [
     "format_duration",
@@ -270,6 +273,10 @@ def render_markdown(report: BatchReport) -> str:
 
 def render_table(report: BatchReport) -> Table:
     """One row per member (missing ones included), statistics in the caption."""
+    # lazy: Rich's tables are for a terminal; the Markdown report needs none of Rich
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(
         title=f"Batch {report.batch} · {report.feature} · {_status_line(report)}",
         caption=(

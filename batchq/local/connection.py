@@ -49,15 +49,20 @@ def _open(settings: Settings, url: str, embedded: bool) -> Connection:
     return Connection(settings, create_app(settings), store, embedded)
 
 
+def _stack_url(root: Path) -> str | None:
+    """The URL of the stack ``batchq up`` left running here, if any."""
+    # lazy: the embedded stack's module (and Flower's helpers) only without BATCHQ_REDIS_URL
+    from batchq.local import embedded
+
+    return embedded.live_stack_url(root)
+
+
 @contextmanager
 def connect(
     settings: Settings, root: Path, *, embedded_ok: bool, workers: int | None = None
 ) -> Iterator[Connection]:
     """Yield a connection; start (and always stop) an embedded stack if allowed."""
-    # lazy: only when no Redis is configured and embedded mode is allowed
-    from batchq.local import embedded
-
-    url = settings.redis_url or embedded.live_stack_url(root)
+    url = settings.redis_url or _stack_url(root)
     if url is not None:
         conn = _open(settings, url, embedded=False)
         try:
@@ -69,6 +74,9 @@ def connect(
         raise InfrastructureError(
             "no Redis configured: set BATCHQ_REDIS_URL, or start a local stack with `batchq up`"
         )
+    # lazy: only when no Redis is configured and embedded mode is allowed
+    from batchq.local import embedded
+
     count = workers or 1
     with embedded.EmbeddedStack(
         workers=count,

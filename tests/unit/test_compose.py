@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchq.settings import Settings
+from batchq.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -39,8 +39,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def settings_variables() -> set[str]:
-    prefix = str(Settings.model_config.get("env_prefix", ""))
-    return {f"{prefix}{name}".upper() for name in Settings.model_fields}
+    return {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
 
 
 def duration_s(text: str) -> float:

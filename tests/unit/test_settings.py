@@ -11,7 +11,13 @@ from batchq.errors import InfrastructureError, InputError, SpecError
 from batchq.local.embedded import redis_server_binary
 from batchq.models import Workspace
 from batchq.run import remote
-from batchq.settings import DEFAULT_PROTECTED, Settings, git_remote_problem, load_settings
+from batchq.settings import (
+    DEFAULT_PROTECTED,
+    Settings,
+    _environment_values,
+    git_remote_problem,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -189,9 +195,22 @@ def test_a_redis_server_path_that_is_executable_is_used(tmp_path: Path) -> None:
 
 
 def test_every_field_can_be_set_from_its_batchq_variable() -> None:
-    """The env table in the README and .env.example rely on this naming rule."""
-    assert Settings.model_config.get("env_prefix") == "BATCHQ_"
+    """The env table in the README and .env.example rely on this naming rule: every
+    field is read from BATCHQ_<NAME>, in any case; a list, mapping or model from JSON,
+    a comma list as text."""
     assert "redis_server" in Settings.model_fields
+    for name, field in Settings.model_fields.items():
+        text = "{}" if name == "agents" else "x"
+        assert _environment_values({f"BATCHQ_{name.upper()}": text}) == {
+            name: {} if name == "agents" else "x"
+        }, field
+        assert name in _environment_values({f"batchq_{name}": text})
+    assert _environment_values({"BATCHQ_NOT_A_SETTING": "1", "OTHER": "2"}) == {}
+
+
+def test_a_structured_variable_that_is_not_json_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="BATCHQ_AGENTS: not valid JSON"):
+        _environment_values({"BATCHQ_AGENTS": "{bad"})
 
 
 def test_the_readme_documents_every_setting() -> None:
