@@ -25,7 +25,6 @@ from pathlib import Path
 from batchq import layout
 from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
-from batchq.core import blame
 from batchq.errors import BatchqError
 from batchq.executor import gitcache, isolation, writewindow
 from batchq.executor.verify import verify_delegation
@@ -389,13 +388,13 @@ def _watched_run(
     if attempt.message.write_check is WriteCheck.OFF:
         return _run_agent(agent, delegation, heartbeat)
     try:
-        window = writewindow.open_window(delegation.workspace)
+        window = writewindow.open_window(delegation.workspace, delegation.subtask.deliverables)
     except Exception as exc:  # the check must never cost the subtask its result
         log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
         return _run_agent(agent, delegation, heartbeat)
     outcome = _run_agent(agent, delegation, heartbeat)
     try:
-        attempt.observed = blame.outside(window(), delegation.subtask.deliverables)
+        attempt.observed = window()
     except Exception as exc:
         log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
     return outcome
