@@ -7,9 +7,9 @@ the workspace, and any agent can rewrite ``batchq.toml``, ``.git/hooks/`` or
 argv into a ``bwrap`` argv in which
 
 - the whole file system is read-only (``--ro-bind / /``) except the workspace, the
-  extra writable folders the caller names (a per-subtask tmp dir, a log dir) and a
-  fresh ``/tmp`` (``--tmpfs``, so the worker's own ``/tmp`` — the embedded Redis socket
-  lives there — is out of sight);
+  extra writable folders the caller names (a log dir) and a fresh ``/tmp``
+  (``--tmpfs``, so the worker's own ``/tmp`` — the embedded Redis socket lives there —
+  is out of sight; it is the agent's ``TMPDIR`` too, private and gone with the sandbox);
 - the protected paths of the workspace (``batchq.toml``, ``.tmp/tasks``, ``.git``) are
   bound read-only over themselves, so a writable workspace still cannot change them;
 - a new PID namespace gets its own ``/proc``: the worker's processes, and so their
@@ -285,7 +285,8 @@ class Sandbox:
         """A sandbox for ``workspace``; relative protected paths are inside it.
 
         ``env`` is used as given (reduce it first with :func:`reduced_env`); ``TMPDIR``
-        is set to ``tmp_dir`` when there is one. A protected path that is a symlink is
+        is set to ``tmp_dir`` when there is one, else to the sandbox's own ``/tmp``. A
+        protected path that is a symlink is
         refused with :class:`~batchq.errors.PolicyError`: the bind would protect its
         target while the agent can still replace the link."""
         root = Path(workspace).resolve()
@@ -305,8 +306,9 @@ class Sandbox:
                 target.append(path)
         full_env = dict(env)
         tmp = Path(tmp_dir).resolve() if tmp_dir is not None else None
-        if tmp is not None:
-            full_env["TMPDIR"] = str(tmp)
+        # Without a tmp dir of its own, TMPDIR is the sandbox's private /tmp (a tmpfs
+        # gone with the sandbox): the worker's TMPDIR may lie under the hidden /tmp.
+        full_env["TMPDIR"] = str(tmp) if tmp is not None else "/tmp"
         return cls(
             workspace=root,
             env=full_env,
@@ -570,8 +572,9 @@ def run_confined(
             workspace=delegation.workspace,
             env=env,
             keep=keep,
+            # No tmp_dir: TMPDIR is the sandbox's private /tmp, gone with it (a folder per
+            # process on disk cost a mkdir and an rmtree: 0.3 ms idle, ~2 ms busy).
             writable=[run_dir],
-            tmp_dir=run_dir / f"{delegation.subtask.seq}.tmp",
             network=config.network if config else False,
             # An isolated worktree: its repository's .git, read-only, so git works in it.
             extra_protected=linked_git_dirs(delegation.workspace),
@@ -597,18 +600,12 @@ def run_confined(
         return _refused(
             target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
         )
-    try:
-        result = sandbox.run(
-            target,
-            timeout_s=delegation.timeout_s,
-            should_stop=should_stop,
-            log_path=delegation.log_path,
-        )
-    finally:
-        # The process's private TMPDIR goes with it, as /tmp would; rmtree never
-        # follows a symlink the agent may have put in its place.
-        if sandbox.tmp_dir is not None:
-            shutil.rmtree(sandbox.tmp_dir, ignore_errors=True)
+    result = sandbox.run(
+        target,
+        timeout_s=delegation.timeout_s,
+        should_stop=should_stop,
+        log_path=delegation.log_path,
+    )
     created = sandbox.appeared()
     if created and result.ok:
         shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
