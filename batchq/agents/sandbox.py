@@ -49,6 +49,37 @@ Pitfalls this module was written against (each is tested in
   would create a mount point on the host): the agent could create it. The sandbox
   remembers those (:attr:`Sandbox.absent`); :meth:`Sandbox.appeared` says which came
   into being, for the caller to refuse the result.
+
+Verify runs in a sandbox of its own, never in its agent's (threat model). An agent
+is hostile code with the worker's uid and no capabilities; what it must not do is
+decide ``execution.verify``'s exit status. Inside one sandbox it could: every process
+there has the same uid and no capabilities, so, with no Yama restriction, an agent
+may ``PTRACE_ATTACH`` to bwrap's PID 1 — the process that reports the command's exit
+status — or to any in-sandbox runner, and its ``/proc/<pid>/mem`` opens too (both
+tried with real bwrap: they succeed). Patched before the agent dies, such a process
+could report verify as passed whatever it returned. Refusing that needs a seccomp
+filter (``ptrace``, ``process_vm_writev``, ``pidfd_getfd``), a runner the agent cannot
+name in ``/proc`` and a non-dumpable PID 1, none of which bwrap 0.8 gives without
+a compiled filter; and ``/tmp``, the IPC namespace and a listening abstract socket
+would carry over too. So verify keeps a sandbox of its own, and pays for it ahead of
+time instead: :func:`hold_confined` sets it up while the agent still runs, behind a
+gate (:class:`~batchq.agents.process.Held`: ``sh`` waiting on a pipe only the worker
+holds for the word ``go``; end of file, from a dying worker, runs nothing). It is
+safe because
+
+- the agent shares none of its namespaces: the held sandbox's processes are not in
+  the agent's PID namespace (nothing to signal, ``ptrace`` or read in ``/proc``), its
+  ``/tmp``, IPC objects and network are its own;
+- the gate is the held process's stdin, a pipe the agent's process never inherits
+  (``close_fds``), and the agent cannot reach the worker's descriptors;
+- the worker sends ``go`` only after the agent's run returned, and that run returns
+  once the agent's PID namespace is gone: a ``setsid`` job it left is dead, not
+  waiting to change the workspace under verify (tested both ways:
+  ``tests/unit/test_verify_hold.py``);
+- its mounts were fixed before the agent ran, from paths the agent cannot change:
+  the protected ones are read-only to it, and one it creates fails the agent before
+  any ``go`` (:meth:`Sandbox.appeared`). What the agent can change is the workspace
+  and the log folder, which verify sees live, as it would in a sandbox set up after.
 """
 
 from __future__ import annotations
@@ -70,7 +101,14 @@ from pathlib import Path
 
 from batchq.agents.base import Delegation
 from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
-from batchq.agents.process import PidNamespace, ProcessResult, run_process
+from batchq.agents.process import (
+    Held,
+    PidNamespace,
+    ProcessResult,
+    gated,
+    hold_process,
+    run_process,
+)
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
 from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
@@ -80,9 +118,11 @@ __all__ = [
     "BASE_ENV",
     "DEFAULT_PROTECTED",
     "NEVER_PASSED",
+    "HeldConfined",
     "Sandbox",
     "SandboxMode",
     "bwrap_status",
+    "hold_confined",
     "reduced_env",
     "resolve_sandbox",
     "run_confined",
@@ -421,6 +461,20 @@ class Sandbox:
             parent_death_signal=False,
         )
 
+    def hold(self, command: str | Sequence[str]) -> Held | ProcessResult:
+        """``command`` started in this sandbox but held before it runs
+        (:class:`~batchq.agents.process.Held`): bwrap's set-up is paid now, the command
+        runs when released."""
+        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        namespace = PidNamespace()
+        return hold_process(
+            self.wrap(gated(argv), info_fd=namespace.write_fd),
+            cwd=self.workspace,
+            env=self.env,
+            pid_namespace=namespace,
+            parent_death_signal=False,
+        )
+
     def appeared(self) -> list[Path]:
         """Protected paths that did not exist when the sandbox was made and do now:
         the agent created them, and its result should not be trusted."""
@@ -544,6 +598,65 @@ def _ssh_identities(command: str) -> list[str]:
     return keys
 
 
+def _confine(
+    command: str,
+    delegation: Delegation,
+    settings: Settings,
+    agent: str,
+    extra_env: Mapping[str, str] | None,
+    argv: Sequence[str] | None,
+) -> tuple[Sandbox | None, str | list[str], dict[str, str]] | ProcessResult:
+    """The sandbox (None: unsandboxed), target and environment of an agent process, or
+    the failed result when it cannot run at all."""
+    env = agent_env(delegation, extra=extra_env)
+    started = time.monotonic()
+    target: str | list[str] = list(argv) if argv is not None else shell_command(command)
+    config = settings.agents.get(agent)
+    execution = delegation.subtask.execution
+    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
+    try:
+        sandbox = resolve_sandbox(
+            settings.sandbox,
+            workspace=delegation.workspace,
+            env=env,
+            keep=keep,
+            # No tmp_dir: TMPDIR is the sandbox's private /tmp, gone with it (a folder per
+            # process on disk cost a mkdir and an rmtree: 0.3 ms idle, ~2 ms busy).
+            writable=[delegation.log_path.parent],
+            network=config.network if config else False,
+            # An isolated worktree: its repository's .git, read-only, so git works in it.
+            extra_protected=linked_git_dirs(delegation.workspace),
+            hidden=worker_secrets(settings, os.environ),
+        )
+    except BatchqError as exc:
+        return _refused(target, str(exc), type(exc).__name__, started)
+    if (
+        sandbox is not None
+        and isinstance(target, list)
+        and target
+        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
+    ):
+        # bwrap would only say "execvp: No such file": say what run_process says.
+        return _refused(
+            target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
+        )
+    return sandbox, target, env
+
+
+def _checked(sandbox: Sandbox, result: ProcessResult) -> ProcessResult:
+    """``result``, failed when the process created a protected path."""
+    created = sandbox.appeared()
+    if created and result.ok:
+        shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
+        return replace(
+            result,
+            exit_code=None,
+            error=f"created protected path(s) {shown}, which no agent may write",
+            error_type="PolicyError",
+        )
+    return result
+
+
 def run_confined(
     command: str,
     delegation: Delegation,
@@ -559,29 +672,10 @@ def run_confined(
     reduced to what agents need (plus ``execution.env`` and ``[agents.NAME] env``),
     the network as ``[agents.NAME] network`` says. Never raises: a sandbox that cannot
     be set up, or a protected path the agent created, is a failed result."""
-    env = agent_env(delegation, extra=extra_env)
-    started = time.monotonic()
-    target: str | list[str] = list(argv) if argv is not None else shell_command(command)
-    run_dir = delegation.log_path.parent
-    config = settings.agents.get(agent)
-    execution = delegation.subtask.execution
-    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
-    try:
-        sandbox = resolve_sandbox(
-            settings.sandbox,
-            workspace=delegation.workspace,
-            env=env,
-            keep=keep,
-            # No tmp_dir: TMPDIR is the sandbox's private /tmp, gone with it (a folder per
-            # process on disk cost a mkdir and an rmtree: 0.3 ms idle, ~2 ms busy).
-            writable=[run_dir],
-            network=config.network if config else False,
-            # An isolated worktree: its repository's .git, read-only, so git works in it.
-            extra_protected=linked_git_dirs(delegation.workspace),
-            hidden=worker_secrets(settings, os.environ),
-        )
-    except BatchqError as exc:
-        return _refused(target, str(exc), type(exc).__name__, started)
+    confined = _confine(command, delegation, settings, agent, extra_env, argv)
+    if isinstance(confined, ProcessResult):
+        return confined
+    sandbox, target, env = confined
     if sandbox is None:
         return run_process(
             target,
@@ -591,31 +685,54 @@ def run_confined(
             should_stop=should_stop,
             log_path=delegation.log_path,
         )
-    if (
-        isinstance(target, list)
-        and target
-        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
-    ):
-        # bwrap would only say "execvp: No such file": say what run_process says.
-        return _refused(
-            target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
-        )
     result = sandbox.run(
         target,
         timeout_s=delegation.timeout_s,
         should_stop=should_stop,
         log_path=delegation.log_path,
     )
-    created = sandbox.appeared()
-    if created and result.ok:
-        shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
-        return replace(
-            result,
-            exit_code=None,
-            error=f"created protected path(s) {shown}, which no agent may write",
-            error_type="PolicyError",
+    return _checked(sandbox, result)
+
+
+@dataclass
+class HeldConfined:
+    """A sandboxed process of :func:`hold_confined`, set up and waiting to run."""
+
+    sandbox: Sandbox
+    held: Held
+
+    def release(
+        self, delegation: Delegation, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessResult:
+        """Run it now, as :func:`run_confined` would have (the subtask's timeout counted
+        from here, its output appended to the subtask's log)."""
+        result = self.held.release(
+            timeout_s=delegation.timeout_s, should_stop=should_stop, log_path=delegation.log_path
         )
-    return result
+        return _checked(self.sandbox, result)
+
+    def discard(self) -> None:
+        self.held.discard()
+
+
+def hold_confined(
+    command: str, delegation: Delegation, settings: Settings, agent: str
+) -> HeldConfined | None:
+    """:func:`run_confined`'s sandboxed process for ``command``, started but held, or
+    None when there is nothing to gain or it cannot start (unsandboxed, refused: then
+    :func:`run_confined` at the time runs it, or says why it cannot).
+
+    A sandbox is set up for ``command`` while something else still runs (a verify
+    command's while its agent works). It is a sandbox of its own, not the agent's:
+    see the threat model at the top of this module."""
+    confined = _confine(command, delegation, settings, agent, None, None)
+    if isinstance(confined, ProcessResult):
+        return None
+    sandbox, target, _env = confined
+    if sandbox is None:
+        return None
+    held = sandbox.hold(target)
+    return HeldConfined(sandbox, held) if isinstance(held, Held) else None
 
 
 def _refused(target: str | list[str], reason: str, kind: str, started: float) -> ProcessResult:

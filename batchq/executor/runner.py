@@ -27,7 +27,7 @@ from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
 from batchq.errors import BatchqError
 from batchq.executor import gitcache, isolation, writewindow
-from batchq.executor.verify import verify_delegation
+from batchq.executor.verify import hold_verify, verify_delegation
 from batchq.files.taskfiles import feature_dir
 from batchq.models import (
     DeliverableCheck,
@@ -600,6 +600,7 @@ def _execute(
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
     tree: isolation.Worktree | None = None
+    held = None  # verify's sandbox, set up while the agent runs (not in a worktree)
     try:
         limit = agent.max_concurrency
         if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
@@ -609,10 +610,12 @@ def _execute(
         elif msg.isolate is Isolation.WORKTREE or cache is not None:  # issues 19, 20
             tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt, cache)
         else:
+            held = hold_verify(delegation, settings)
             outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
-            verification = verify_delegation(delegation, settings, lambda: heartbeat.terminate)
+            stop = lambda: heartbeat.terminate  # noqa: E731
+            verification = verify_delegation(delegation, settings, stop, held)
             checks = verification.deliverables
             if verification.failure is not None:
                 outcome.ok = False
@@ -624,6 +627,8 @@ def _execute(
         if cache is not None and tree is not None:
             outcome = _published(cache, tree, log_path, outcome)
     finally:
+        if held is not None:
+            held.discard()  # the agent failed, or raised: verify never runs
         if tree is not None and cache is not None:
             cache.close(tree)
         elif tree is not None:
