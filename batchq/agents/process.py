@@ -306,8 +306,9 @@ the command."""
 
 
 def gated(argv: Sequence[str]) -> list[str]:
-    """``argv`` behind the gate :func:`hold_process` opens: run it with ``sh``."""
-    return ["sh", "-c", GATE_SCRIPT, "batchq-gate", *argv]
+    """``argv`` behind the gate :func:`hold_process` opens. ``/bin/sh`` by its path:
+    a sandbox's ``PATH`` is the subtask's, which need not name it."""
+    return ["/bin/sh", "-c", GATE_SCRIPT, "batchq-gate", *argv]
 
 
 class Held:
