@@ -343,10 +343,14 @@ class Held:
     ) -> ProcessResult:
         """Run the held command to completion, a timeout or a cancellation."""
         assert not self.used, "a held process runs once"
-        self.used = True
         started = time.monotonic()
         try:
             log = _open_log(log_path)
+        except OSError:
+            self.discard()  # as run_process, which raises before it starts anything
+            raise
+        self.used = True
+        try:
             try:
                 with contextlib.suppress(OSError):  # dead already: supervision says how
                     os.write(self.gate, b"go\n")

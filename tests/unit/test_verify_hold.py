@@ -74,6 +74,15 @@ def test_end_of_file_on_the_gate_does_not_run_the_command(tmp_path: Path) -> Non
     held.discard()
 
 
+def test_a_release_that_cannot_open_its_log_kills_the_held_command(tmp_path: Path) -> None:
+    held = _hold(tmp_path, "touch marker")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError):
+        held.release(log_path=tmp_path / "file" / "01.log")
+    assert not _alive(held.proc.pid)
+    assert not (tmp_path / "marker").exists()
+
+
 def test_a_held_commands_deadline_counts_from_its_release(tmp_path: Path) -> None:
     held = _hold(tmp_path, "sleep 0.2; echo in time")
     time.sleep(0.5)  # longer than the timeout below, spent held
