@@ -50,8 +50,11 @@ from batchq.procs import group_members
 
 __all__ = [
     "DEFAULT_TAIL_BYTES",
+    "Held",
     "PidNamespace",
     "ProcessResult",
+    "gated",
+    "hold_process",
     "last_line",
     "run_process",
     "summary_line",
@@ -292,6 +295,144 @@ class _Limits:
     tail_bytes: int
     grace_s: float
     poll_s: float
+
+
+GATE_SCRIPT = 'IFS= read -r go && [ "$go" = go ] && exec "$@" </dev/null; exit 125'
+"""What a held child runs first (:func:`gated`): wait on stdin for the word ``go``,
+then become the command, with ``/dev/null`` as its stdin as usual. Anything else —
+end of file because the worker died, or was told nothing — ends it without running
+the command."""
+
+
+def gated(argv: Sequence[str]) -> list[str]:
+    """``argv`` behind the gate :func:`hold_process` opens. ``/bin/sh`` by its path:
+    a sandbox's ``PATH`` is the subtask's, which need not name it."""
+    return ["/bin/sh", "-c", GATE_SCRIPT, "batchq-gate", *argv]
+
+
+class Held:
+    """A child started ahead of time and held before its command runs.
+
+    Starting a sandbox costs bwrap several milliseconds of namespace and mount set-up;
+    a verify command's sandbox can pay them while the agent still runs. The child's
+    argv must be :func:`gated`: it waits on its stdin, a pipe only the worker holds.
+    :meth:`release` lets the command run (and supervises it as :func:`run_process`
+    does, the deadline counted from the release); :meth:`discard` kills it unrun.
+    Exactly one of the two must be called."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        argv: tuple[str, ...],
+        gate: int,
+        namespace: PidNamespace | None,
+    ) -> None:
+        self.proc, self.argv, self.gate, self.namespace = proc, argv, gate, namespace
+        self.used = False  # released or discarded: its group id may belong to others now
+
+    def release(
+        self,
+        *,
+        timeout_s: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        log_path: Path | None = None,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+        grace_s: float = 2.0,
+        poll_s: float = 0.2,
+    ) -> ProcessResult:
+        """Run the held command to completion, a timeout or a cancellation."""
+        assert not self.used, "a held process runs once"
+        started = time.monotonic()
+        try:
+            log = _open_log(log_path)
+        except OSError:
+            self.discard()  # as run_process, which raises before it starts anything
+            raise
+        self.used = True
+        try:
+            try:
+                with contextlib.suppress(OSError):  # dead already: supervision says how
+                    os.write(self.gate, b"go\n")
+                self._close_gate()
+                limits = _Limits(timeout_s, should_stop, tail_bytes, grace_s, poll_s)
+                return _supervise(self.proc, self.argv, log, started, limits, self.namespace)
+            finally:
+                if log is not None:
+                    log.close()
+        finally:
+            self._close_gate()
+            if self.namespace is not None:
+                self.namespace.close()
+
+    def discard(self) -> None:
+        """Kill the held child and everything it started, without running the command
+        (the gate stays shut: killed first, so not even end of file reaches it). Does
+        nothing once released or discarded."""
+        if self.used:
+            return
+        self.used = True
+        try:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=_DRAIN_S)
+        finally:
+            self._close_gate()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            if self.namespace is not None:
+                self.namespace.close()
+
+    def _close_gate(self) -> None:
+        if self.gate >= 0:
+            os.close(self.gate)
+            self.gate = -1
+
+
+def hold_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    pid_namespace: PidNamespace | None = None,
+    parent_death_signal: bool = True,
+) -> Held | ProcessResult:
+    """Start ``argv`` (a :func:`gated` argv) as :func:`run_process` would, its stdin
+    the gate's pipe, and return it held; a :class:`ProcessResult` when it cannot start."""
+    argv = tuple(argv)
+    started = time.monotonic()
+    if not Path(cwd).is_dir():
+        if pid_namespace is not None:
+            pid_namespace.close()
+        return _failed_start(
+            argv, f"working directory not found: {cwd}", "FileNotFoundError", started
+        )
+    read_end, gate = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=read_end,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(pid_namespace.write_fd,) if pid_namespace is not None else (),
+            preexec_fn=_die_with_parent if parent_death_signal else None,
+        )
+    except OSError as exc:
+        os.close(gate)
+        if pid_namespace is not None:
+            pid_namespace.close()
+        reason = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+        if isinstance(exc, FileNotFoundError):
+            reason = f"executable not found: {argv[0]!r}"
+        return _failed_start(argv, reason, type(exc).__name__, started)
+    finally:
+        os.close(read_end)
+    if pid_namespace is not None:
+        pid_namespace.close_write()
+    return Held(proc, argv, gate, pid_namespace)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -7,9 +7,9 @@ the workspace, and any agent can rewrite ``batchq.toml``, ``.git/hooks/`` or
 argv into a ``bwrap`` argv in which
 
 - the whole file system is read-only (``--ro-bind / /``) except the workspace, the
-  extra writable folders the caller names (a per-subtask tmp dir, a log dir) and a
-  fresh ``/tmp`` (``--tmpfs``, so the worker's own ``/tmp`` — the embedded Redis socket
-  lives there — is out of sight);
+  extra writable folders the caller names (a log dir) and a fresh ``/tmp``
+  (``--tmpfs``, so the worker's own ``/tmp`` — the embedded Redis socket lives there —
+  is out of sight; it is the agent's ``TMPDIR`` too, private and gone with the sandbox);
 - the protected paths of the workspace (``batchq.toml``, ``.tmp/tasks``, ``.git``) are
   bound read-only over themselves, so a writable workspace still cannot change them;
 - a new PID namespace gets its own ``/proc``: the worker's processes, and so their
@@ -49,6 +49,37 @@ Pitfalls this module was written against (each is tested in
   would create a mount point on the host): the agent could create it. The sandbox
   remembers those (:attr:`Sandbox.absent`); :meth:`Sandbox.appeared` says which came
   into being, for the caller to refuse the result.
+
+Verify runs in a sandbox of its own, never in its agent's (threat model). An agent
+is hostile code with the worker's uid and no capabilities; what it must not do is
+decide ``execution.verify``'s exit status. Inside one sandbox it could: every process
+there has the same uid and no capabilities, so, with no Yama restriction, an agent
+may ``PTRACE_ATTACH`` to bwrap's PID 1 — the process that reports the command's exit
+status — or to any in-sandbox runner, and its ``/proc/<pid>/mem`` opens too (both
+tried with real bwrap: they succeed). Patched before the agent dies, such a process
+could report verify as passed whatever it returned. Refusing that needs a seccomp
+filter (``ptrace``, ``process_vm_writev``, ``pidfd_getfd``), a runner the agent cannot
+name in ``/proc`` and a non-dumpable PID 1, none of which bwrap 0.8 gives without
+a compiled filter; and ``/tmp``, the IPC namespace and a listening abstract socket
+would carry over too. So verify keeps a sandbox of its own, and pays for it ahead of
+time instead: :func:`hold_confined` sets it up while the agent still runs, behind a
+gate (:class:`~batchq.agents.process.Held`: ``sh`` waiting on a pipe only the worker
+holds for the word ``go``; end of file, from a dying worker, runs nothing). It is
+safe because
+
+- the agent shares none of its namespaces: the held sandbox's processes are not in
+  the agent's PID namespace (nothing to signal, ``ptrace`` or read in ``/proc``), its
+  ``/tmp``, IPC objects and network are its own;
+- the gate is the held process's stdin, a pipe the agent's process never inherits
+  (``close_fds``), and the agent cannot reach the worker's descriptors;
+- the worker sends ``go`` only after the agent's run returned, and that run returns
+  once the agent's PID namespace is gone: a ``setsid`` job it left is dead, not
+  waiting to change the workspace under verify (tested both ways:
+  ``tests/unit/test_verify_hold.py``);
+- its mounts were fixed before the agent ran, from paths the agent cannot change:
+  the protected ones are read-only to it, and one it creates fails the agent before
+  any ``go`` (:meth:`Sandbox.appeared`). What the agent can change is the workspace
+  and the log folder, which verify sees live, as it would in a sandbox set up after.
 """
 
 from __future__ import annotations
@@ -70,7 +101,14 @@ from pathlib import Path
 
 from batchq.agents.base import Delegation
 from batchq.agents.policy import SECRET_ENV, agent_env, shell_command
-from batchq.agents.process import PidNamespace, ProcessResult, run_process
+from batchq.agents.process import (
+    Held,
+    PidNamespace,
+    ProcessResult,
+    gated,
+    hold_process,
+    run_process,
+)
 from batchq.errors import BatchqError, InfrastructureError, PolicyError
 from batchq.files.gitsnap import linked_git_dirs
 from batchq.models import SandboxMode
@@ -80,9 +118,11 @@ __all__ = [
     "BASE_ENV",
     "DEFAULT_PROTECTED",
     "NEVER_PASSED",
+    "HeldConfined",
     "Sandbox",
     "SandboxMode",
     "bwrap_status",
+    "hold_confined",
     "reduced_env",
     "resolve_sandbox",
     "run_confined",
@@ -285,7 +325,8 @@ class Sandbox:
         """A sandbox for ``workspace``; relative protected paths are inside it.
 
         ``env`` is used as given (reduce it first with :func:`reduced_env`); ``TMPDIR``
-        is set to ``tmp_dir`` when there is one. A protected path that is a symlink is
+        is set to ``tmp_dir`` when there is one, else to the sandbox's own ``/tmp``. A
+        protected path that is a symlink is
         refused with :class:`~batchq.errors.PolicyError`: the bind would protect its
         target while the agent can still replace the link."""
         root = Path(workspace).resolve()
@@ -299,21 +340,27 @@ class Sandbox:
                     f"protected path {path} is a symlink; the sandbox cannot keep it "
                     "read-only (replace it with the real file or folder)",
                 )
-            path = path.parent.resolve() / path.name
+            # A path right in the workspace needs no second resolve (pathlib's resolve is
+            # a Python loop with an lstat per component: ~12 per sandbox added up to a
+            # millisecond of the worker's CPU per agent process).
+            parent = path.parent
+            path = (root if parent == root else parent.resolve()) / path.name
             target = bound if path.exists() else missing
             if path not in target:
                 target.append(path)
         full_env = dict(env)
         tmp = Path(tmp_dir).resolve() if tmp_dir is not None else None
-        if tmp is not None:
-            full_env["TMPDIR"] = str(tmp)
+        # Without a tmp dir of its own, TMPDIR is the sandbox's private /tmp (a tmpfs
+        # gone with the sandbox): the worker's TMPDIR may lie under the hidden /tmp.
+        full_env["TMPDIR"] = str(tmp) if tmp is not None else "/tmp"
         return cls(
             workspace=root,
             env=full_env,
             writable=tuple(dict.fromkeys(Path(p).resolve() for p in writable)),
             protected=tuple(bound),
             absent=tuple(missing),
-            hidden=tuple(dict.fromkeys(Path(p).resolve() for p in hidden)),
+            # What does not exist is not mounted over (see _mounts): resolve only the rest.
+            hidden=tuple(dict.fromkeys(Path(p).resolve() for p in hidden if os.path.exists(p))),
             tmp_dir=tmp,
             network=network,
             bwrap=bwrap or _bwrap_path(),
@@ -415,6 +462,20 @@ class Sandbox:
             should_stop=should_stop,
             log_path=log_path,
             grace_s=grace_s,
+            pid_namespace=namespace,
+            parent_death_signal=False,
+        )
+
+    def hold(self, command: str | Sequence[str]) -> Held | ProcessResult:
+        """``command`` started in this sandbox but held before it runs
+        (:class:`~batchq.agents.process.Held`): bwrap's set-up is paid now, the command
+        runs when released."""
+        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        namespace = PidNamespace()
+        return hold_process(
+            self.wrap(gated(argv), info_fd=namespace.write_fd),
+            cwd=self.workspace,
+            env=self.env,
             pid_namespace=namespace,
             parent_death_signal=False,
         )
@@ -542,6 +603,65 @@ def _ssh_identities(command: str) -> list[str]:
     return keys
 
 
+def _confine(
+    command: str,
+    delegation: Delegation,
+    settings: Settings,
+    agent: str,
+    extra_env: Mapping[str, str] | None,
+    argv: Sequence[str] | None,
+) -> tuple[Sandbox | None, str | list[str], dict[str, str]] | ProcessResult:
+    """The sandbox (None: unsandboxed), target and environment of an agent process, or
+    the failed result when it cannot run at all."""
+    env = agent_env(delegation, extra=extra_env)
+    started = time.monotonic()
+    target: str | list[str] = list(argv) if argv is not None else shell_command(command)
+    config = settings.agents.get(agent)
+    execution = delegation.subtask.execution
+    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
+    try:
+        sandbox = resolve_sandbox(
+            settings.sandbox,
+            workspace=delegation.workspace,
+            env=env,
+            keep=keep,
+            # No tmp_dir: TMPDIR is the sandbox's private /tmp, gone with it (a folder per
+            # process on disk cost a mkdir and an rmtree: 0.3 ms idle, ~2 ms busy).
+            writable=[delegation.log_path.parent],
+            network=config.network if config else False,
+            # An isolated worktree: its repository's .git, read-only, so git works in it.
+            extra_protected=linked_git_dirs(delegation.workspace),
+            hidden=worker_secrets(settings, os.environ),
+        )
+    except BatchqError as exc:
+        return _refused(target, str(exc), type(exc).__name__, started)
+    if (
+        sandbox is not None
+        and isinstance(target, list)
+        and target
+        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
+    ):
+        # bwrap would only say "execvp: No such file": say what run_process says.
+        return _refused(
+            target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
+        )
+    return sandbox, target, env
+
+
+def _checked(sandbox: Sandbox, result: ProcessResult) -> ProcessResult:
+    """``result``, failed when the process created a protected path."""
+    created = sandbox.appeared()
+    if created and result.ok:
+        shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
+        return replace(
+            result,
+            exit_code=None,
+            error=f"created protected path(s) {shown}, which no agent may write",
+            error_type="PolicyError",
+        )
+    return result
+
+
 def run_confined(
     command: str,
     delegation: Delegation,
@@ -557,28 +677,10 @@ def run_confined(
     reduced to what agents need (plus ``execution.env`` and ``[agents.NAME] env``),
     the network as ``[agents.NAME] network`` says. Never raises: a sandbox that cannot
     be set up, or a protected path the agent created, is a failed result."""
-    env = agent_env(delegation, extra=extra_env)
-    started = time.monotonic()
-    target: str | list[str] = list(argv) if argv is not None else shell_command(command)
-    run_dir = delegation.log_path.parent
-    config = settings.agents.get(agent)
-    execution = delegation.subtask.execution
-    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
-    try:
-        sandbox = resolve_sandbox(
-            settings.sandbox,
-            workspace=delegation.workspace,
-            env=env,
-            keep=keep,
-            writable=[run_dir],
-            tmp_dir=run_dir / f"{delegation.subtask.seq}.tmp",
-            network=config.network if config else False,
-            # An isolated worktree: its repository's .git, read-only, so git works in it.
-            extra_protected=linked_git_dirs(delegation.workspace),
-            hidden=worker_secrets(settings, os.environ),
-        )
-    except BatchqError as exc:
-        return _refused(target, str(exc), type(exc).__name__, started)
+    confined = _confine(command, delegation, settings, agent, extra_env, argv)
+    if isinstance(confined, ProcessResult):
+        return confined
+    sandbox, target, env = confined
     if sandbox is None:
         return run_process(
             target,
@@ -588,37 +690,54 @@ def run_confined(
             should_stop=should_stop,
             log_path=delegation.log_path,
         )
-    if (
-        isinstance(target, list)
-        and target
-        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
-    ):
-        # bwrap would only say "execvp: No such file": say what run_process says.
-        return _refused(
-            target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
+    result = sandbox.run(
+        target,
+        timeout_s=delegation.timeout_s,
+        should_stop=should_stop,
+        log_path=delegation.log_path,
+    )
+    return _checked(sandbox, result)
+
+
+@dataclass
+class HeldConfined:
+    """A sandboxed process of :func:`hold_confined`, set up and waiting to run."""
+
+    sandbox: Sandbox
+    held: Held
+
+    def release(
+        self, delegation: Delegation, should_stop: Callable[[], bool] | None = None
+    ) -> ProcessResult:
+        """Run it now, as :func:`run_confined` would have (the subtask's timeout counted
+        from here, its output appended to the subtask's log)."""
+        result = self.held.release(
+            timeout_s=delegation.timeout_s, should_stop=should_stop, log_path=delegation.log_path
         )
-    try:
-        result = sandbox.run(
-            target,
-            timeout_s=delegation.timeout_s,
-            should_stop=should_stop,
-            log_path=delegation.log_path,
-        )
-    finally:
-        # The process's private TMPDIR goes with it, as /tmp would; rmtree never
-        # follows a symlink the agent may have put in its place.
-        if sandbox.tmp_dir is not None:
-            shutil.rmtree(sandbox.tmp_dir, ignore_errors=True)
-    created = sandbox.appeared()
-    if created and result.ok:
-        shown = ", ".join(str(p.relative_to(sandbox.workspace)) for p in created)
-        return replace(
-            result,
-            exit_code=None,
-            error=f"created protected path(s) {shown}, which no agent may write",
-            error_type="PolicyError",
-        )
-    return result
+        return _checked(self.sandbox, result)
+
+    def discard(self) -> None:
+        self.held.discard()
+
+
+def hold_confined(
+    command: str, delegation: Delegation, settings: Settings, agent: str
+) -> HeldConfined | None:
+    """:func:`run_confined`'s sandboxed process for ``command``, started but held, or
+    None when there is nothing to gain or it cannot start (unsandboxed, refused: then
+    :func:`run_confined` at the time runs it, or says why it cannot).
+
+    A sandbox is set up for ``command`` while something else still runs (a verify
+    command's while its agent works). It is a sandbox of its own, not the agent's:
+    see the threat model at the top of this module."""
+    confined = _confine(command, delegation, settings, agent, None, None)
+    if isinstance(confined, ProcessResult):
+        return None
+    sandbox, target, _env = confined
+    if sandbox is None:
+        return None
+    held = sandbox.hold(target)
+    return HeldConfined(sandbox, held) if isinstance(held, Held) else None
 
 
 def _refused(target: str | list[str], reason: str, kind: str, started: float) -> ProcessResult:

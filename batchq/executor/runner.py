@@ -25,10 +25,9 @@ from pathlib import Path
 from batchq import layout
 from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
-from batchq.core import blame
 from batchq.errors import BatchqError
 from batchq.executor import gitcache, isolation, writewindow
-from batchq.executor.verify import verify_delegation
+from batchq.executor.verify import hold_verify, verify_delegation
 from batchq.files.taskfiles import feature_dir
 from batchq.models import (
     DeliverableCheck,
@@ -389,13 +388,13 @@ def _watched_run(
     if attempt.message.write_check is WriteCheck.OFF:
         return _run_agent(agent, delegation, heartbeat)
     try:
-        window = writewindow.open_window(delegation.workspace)
+        window = writewindow.open_window(delegation.workspace, delegation.subtask.deliverables)
     except Exception as exc:  # the check must never cost the subtask its result
         log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
         return _run_agent(agent, delegation, heartbeat)
     outcome = _run_agent(agent, delegation, heartbeat)
     try:
-        attempt.observed = blame.outside(window(), delegation.subtask.deliverables)
+        attempt.observed = window()
     except Exception as exc:
         log.warning("subtask %s: writes not checked: %s", attempt.message.seq, exc)
     return outcome
@@ -601,6 +600,7 @@ def _execute(
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
     tree: isolation.Worktree | None = None
+    held = None  # verify's sandbox, set up while the agent runs (not in a worktree)
     try:
         limit = agent.max_concurrency
         if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
@@ -610,10 +610,12 @@ def _execute(
         elif msg.isolate is Isolation.WORKTREE or cache is not None:  # issues 19, 20
             tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt, cache)
         else:
+            held = hold_verify(delegation, settings)
             outcome = _watched_run(agent, delegation, heartbeat, attempt)
         checks: list[DeliverableCheck] = []
         if outcome.ok:
-            verification = verify_delegation(delegation, settings, lambda: heartbeat.terminate)
+            stop = lambda: heartbeat.terminate  # noqa: E731
+            verification = verify_delegation(delegation, settings, stop, held)
             checks = verification.deliverables
             if verification.failure is not None:
                 outcome.ok = False
@@ -625,6 +627,8 @@ def _execute(
         if cache is not None and tree is not None:
             outcome = _published(cache, tree, log_path, outcome)
     finally:
+        if held is not None:
+            held.discard()  # the agent failed, or raised: verify never runs
         if tree is not None and cache is not None:
             cache.close(tree)
         elif tree is not None:

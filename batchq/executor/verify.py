@@ -23,7 +23,7 @@ from pathlib import Path
 from batchq.agents.base import Delegation
 from batchq.agents.policy import check_verify
 from batchq.agents.process import ProcessResult, last_line
-from batchq.agents.sandbox import run_confined
+from batchq.agents.sandbox import HeldConfined, hold_confined, run_confined
 from batchq.core.paths import PathError, is_protected, normalise
 from batchq.models import DeliverableCheck, Subtask
 from batchq.settings import Settings
@@ -32,6 +32,7 @@ __all__ = [
     "Verification",
     "check_verify",
     "first_failure",
+    "hold_verify",
     "verify_delegation",
     "verify_deliverables",
 ]
@@ -106,21 +107,46 @@ class Verification:
         return self.failure is None
 
 
+def hold_verify(delegation: Delegation, settings: Settings) -> HeldConfined | None:
+    """The sandbox of ``execution.verify``, set up now and held until
+    :func:`verify_delegation` runs it (or discarded: the caller must call
+    :meth:`~batchq.agents.sandbox.HeldConfined.discard` when it is done either way).
+    Start it before the agent runs: bwrap's set-up then costs the subtask nothing.
+    None when there is no verify command, or no sandbox to set up ahead."""
+    line = delegation.subtask.execution.verify if delegation.subtask.execution else None
+    return hold_confined(line, delegation, settings, "shell") if line else None
+
+
 def verify_delegation(
-    delegation: Delegation, settings: Settings, should_stop: Callable[[], bool] | None = None
+    delegation: Delegation,
+    settings: Settings,
+    should_stop: Callable[[], bool] | None = None,
+    held: HeldConfined | None = None,
 ) -> Verification:
     """Deliverables first, then ``execution.verify`` (skipped when a deliverable is
     missing: the reason is already known), run like a shell agent's command — the
     same allow-list, sandbox and reduced environment — with the subtask's timeout.
-    Its output is appended to the subtask's log after a header line."""
-    checks = verify_deliverables(delegation.subtask, delegation.workspace, settings.protected_paths)
-    result = Verification(deliverables=checks)
-    line = delegation.subtask.execution.verify if delegation.subtask.execution else None
-    if line and all(check.verified for check in checks):
-        log_path = delegation.log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a", encoding="utf-8") as handle:
-            handle.write(f"\n[batchq] verify: {line}\n")
-        result.verify = run_confined(line, delegation, settings, "shell", should_stop=should_stop)
-    result.failure = first_failure(checks, result.verify)
-    return result
+    Its output is appended to the subtask's log after a header line. ``held``: its
+    sandbox from :func:`hold_verify`, used when verify runs, discarded otherwise."""
+    try:
+        checks = verify_deliverables(
+            delegation.subtask, delegation.workspace, settings.protected_paths
+        )
+        result = Verification(deliverables=checks)
+        line = delegation.subtask.execution.verify if delegation.subtask.execution else None
+        if line and all(check.verified for check in checks):
+            log_path = delegation.log_path
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a", encoding="utf-8") as handle:
+                handle.write(f"\n[batchq] verify: {line}\n")
+            if held is not None:
+                result.verify = held.release(delegation, should_stop)
+            else:
+                result.verify = run_confined(
+                    line, delegation, settings, "shell", should_stop=should_stop
+                )
+        result.failure = first_failure(checks, result.verify)
+        return result
+    finally:
+        if held is not None:
+            held.discard()  # nothing once released

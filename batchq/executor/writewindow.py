@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from batchq.core import blame
@@ -275,21 +275,24 @@ def tracker_for(root: str) -> Tracker:
     return tracker
 
 
-def open_window(root: Path) -> Callable[[], list[str]]:
+def open_window(root: Path, declared: Sequence[str] = ()) -> Callable[[], list[str]]:
     """Start a write window on ``root``; call the result at its end for the paths that
-    changed meanwhile (sorted). This thread's tracker says what changed (its changes
-    since its last use happened outside any window of ours); in a git work tree the
-    paths git ignores are left out (ignored files are not writes anyone declares)."""
+    changed meanwhile (sorted), leaving out those ``declared`` covers (the subtask's
+    deliverables: files, or folders ending in ``/``). This thread's tracker says what
+    changed (its changes since its last use happened outside any window of ours); in a
+    git work tree the paths git ignores are left out too (ignored files are not writes
+    anyone declares). The declared paths go first, so a subtask that wrote only its
+    deliverables starts no git process: whether git ignores them changes nothing."""
     where = str(root)
     in_git = snapshot.git_toplevel(where) is not None
     tracker = tracker_for(where)
     if in_git and tracker.notify is None:
         before = snapshot.snapshot(root)
-        return lambda: blame.changed(before, snapshot.snapshot(root))
+        return lambda: blame.outside(blame.changed(before, snapshot.snapshot(root)), declared)
     tracker.changes()
     if not in_git:
-        return tracker.changes
-    return lambda: not_ignored(where, tracker.changes())
+        return lambda: blame.outside(tracker.changes(), declared)
+    return lambda: not_ignored(where, blame.outside(tracker.changes(), declared))
 
 
 def not_ignored(root: str, paths: list[str]) -> list[str]:

@@ -178,3 +178,29 @@ def test_a_write_inside_a_nested_repository_is_kept_without_asking_git(
     touch(nested / "a.c")
     touch(root / "b.log")
     assert window() == ["vendor/lib/a.c"]  # check-ignore would refuse the first
+
+
+def test_a_window_that_saw_only_declared_writes_asks_git_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _repo(tmp_path)
+    asked: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting(args: list[str], **kwargs: Any) -> Any:
+        asked.append(list(args))
+        return real_run(args, **kwargs)
+
+    writewindow.open_window(root)()  # the tracker's first walk, outside the count
+    monkeypatch.setattr(writewindow.subprocess, "run", counting)
+    window = writewindow.open_window(root, ["out/a.txt", "dist/"])
+    touch(root / "out" / "a.txt")
+    touch(root / "dist" / "b" / "c.bin")
+    assert window() == []
+    assert asked == []  # every change was declared: whether git ignores it is moot
+    window = writewindow.open_window(root, ["out/a.txt"])
+    touch(root / "out" / "a.txt", "again\n")
+    touch(root / "debug.log")  # ignored by the repository's .gitignore
+    touch(root / "stray.txt")
+    assert window() == ["stray.txt"]
+    assert len(asked) == 1

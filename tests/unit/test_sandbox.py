@@ -637,7 +637,7 @@ def test_an_agent_cannot_read_its_workers_settings_file_nor_a_deploy_key(
 
 
 @needs_bwrap
-def test_an_agents_private_tmpdir_is_removed_when_it_ends(tmp_path: Path, workspace: Path) -> None:
+def test_an_agents_tmpdir_is_the_sandboxs_private_tmp(tmp_path: Path, workspace: Path) -> None:
     from batchq.agents.base import Delegation
     from batchq.agents.sandbox import run_confined
     from batchq.models import Subtask
@@ -648,12 +648,14 @@ def test_an_agents_private_tmpdir_is_removed_when_it_ends(tmp_path: Path, worksp
         feature="f", run_id="r1", batch=1, subtask=sub, workspace=workspace, context="",
         log_path=tmp_path / "logs" / "01.log", timeout_s=30,
     )  # fmt: skip
+    settings = Settings(shell_allow=["*"])
     done = run_confined(
-        'echo scratch > "$TMPDIR/x" && ls "$TMPDIR"',
+        'echo scratch > "$TMPDIR/x" && echo "in $TMPDIR" && ls "$TMPDIR"',
         delegation,
-        Settings(shell_allow=["*"]),
+        settings,
         "shell",
     )
-    assert done.ok and "x" in done.output  # it had one, and used it
-    assert not (tmp_path / "logs" / "01.tmp").exists()
-    assert (tmp_path / "logs").is_dir()  # the log folder stays
+    assert done.ok and "in /tmp" in done.output and "x" in done.output  # it had one
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["01.log"]  # none on disk
+    again = run_confined('ls -A "$TMPDIR"', delegation, settings, "shell")
+    assert again.ok and "x" not in again.output  # the next process's is empty again
