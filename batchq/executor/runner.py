@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import random
+import secrets
 import socket
 import threading
 import time
@@ -41,9 +42,10 @@ from batchq.models import (
 from batchq.protocol import CancelMode, EventKind
 from batchq.settings import Settings
 from batchq.store.contract import Store
-from batchq.store.state import CONNECTION_ERRORS
+from batchq.store.state import CONNECTION_ERRORS, Claim, StartDecision
 
 __all__ = [
+    "Chain",
     "RetryLater",
     "backoff_s",
     "delegation_for",
@@ -95,6 +97,51 @@ class _Attempt:
     observed: list[str] = field(default_factory=list)
     isolated: dict[str, object] = field(default_factory=dict)
     """The result fields of an isolated run (:meth:`isolation.Recorded.fields`)."""
+
+
+class Chain:
+    """The members of one chunk, run one after the other: the claim of the next member
+    rides on the round trip that records the one before it (:meth:`Store.record_then_begin`),
+    so a member costs one Redis round trip of its own instead of two. Its order and
+    atomicity are the plain calls' (the record, then the next member's start), so
+    every claim rule holds; only a result that sets the batch's cancel flag (a failure)
+    is recorded alone, for the next member's start to see the flag."""
+
+    def __init__(self) -> None:
+        self._next: tuple[SubtaskMessage, str, int] | None = None
+        self._claimed: dict[str, tuple[Claim, StartDecision | None]] = {}
+
+    def then(self, msg: SubtaskMessage | None, task_id: str = "", attempt: int = 1) -> None:
+        """The member that runs after the current one (None: the current one is last)."""
+        self._next = (msg, task_id, attempt) if msg is not None else None
+
+    def claim_for_next(self, worker: str, settings: Settings) -> Claim | None:
+        if self._next is None or self._next[1] in self._claimed:
+            return None
+        msg, task_id, attempt = self._next
+        return Claim(
+            msg.run_id,
+            msg.batch,
+            msg.seq,
+            worker,
+            task_id,
+            settings.claim_ttl_s,
+            settings.max_starts,
+            attempt,
+            secrets.token_hex(8),
+        )
+
+    def claimed(self, claim: Claim, decision: StartDecision | None) -> None:
+        """``claim`` was sent; its answer (None: lost with the connection)."""
+        self._claimed[claim.task_id] = (claim, decision)
+
+    def take(self, task_id: str) -> tuple[Claim, StartDecision | None] | None:
+        return self._claimed.pop(task_id, None)
+
+
+_CHAINED = frozenset({ResultState.COMPLETED, ResultState.CANCELLED})
+"""The results after which the next member of a chunk is claimed in the same round
+trip: neither sets the batch's cancel flag."""
 
 
 class _Watch:
@@ -206,12 +253,33 @@ def _result(
     return result.model_copy(update=attempt.isolated) if attempt.isolated else result
 
 
-def _finish(store: Store, result: SubtaskResult, msg: SubtaskMessage, worker: str) -> SubtaskResult:
-    """Record the result once; on a failure, apply the batch's failure policy at once."""
+def _finish(
+    store: Store,
+    result: SubtaskResult,
+    msg: SubtaskMessage,
+    worker: str,
+    chain: Chain | None = None,
+    settings: Settings | None = None,
+) -> SubtaskResult:
+    """Record the result once; on a failure, apply the batch's failure policy at once.
+    In a chunk (``chain``), the next member's claim goes in the same round trip."""
     execution = msg.subtask.execution
     ran = result.result is not ResultState.CANCELLED  # a cancelled one mostly never started
     spec = execution.callable_ if msg.agent == "python" and execution and ran else None
-    if not _through_blip(lambda: store.record_result(result, msg.feature_key, worker, spec)):
+    written: bool | None = None
+    if chain is not None and settings is not None and result.result in _CHAINED:
+        then = chain.claim_for_next(worker, settings)
+        if then is not None:
+            try:
+                written, decision = store.record_then_begin(
+                    result, msg.feature_key, worker, spec, then
+                )
+                chain.claimed(then, decision)
+            except CONNECTION_ERRORS:  # both unknown: record alone, the next asks again
+                chain.claimed(then, None)
+    if written is None:
+        written = _through_blip(lambda: store.record_result(result, msg.feature_key, worker, spec))
+    if not written:
         recorded = store.result(msg.run_id, msg.seq)
         return recorded or result
     log.info(
@@ -303,19 +371,28 @@ def _claim(
     task_id: str,
     settings: Settings,
     attempt: int,
+    chain: Chain | None = None,
 ) -> SubtaskResult | None:
-    """Wait for the right to run. Returns a final result instead when there is one."""
+    """Wait for the right to run. Returns a final result instead when there is one.
+    A chunk's member may have been claimed already, with the member before it."""
+    ahead = chain.take(task_id) if chain is not None else None
     while True:
-        decision = store.begin(
-            msg.run_id,
-            msg.batch,
-            msg.seq,
-            worker,
-            task_id,
-            claim_ttl_s=settings.claim_ttl_s,
-            max_starts=settings.max_starts,
-            attempt=attempt,
-        )
+        if ahead is not None and ahead[1] is not None:
+            decision = ahead[1]
+        else:
+            token = ahead[0].token if ahead is not None else ""  # lost reply: ask again
+            decision = store.begin(
+                msg.run_id,
+                msg.batch,
+                msg.seq,
+                worker,
+                task_id,
+                claim_ttl_s=settings.claim_ttl_s,
+                max_starts=settings.max_starts,
+                attempt=attempt,
+                token=token,
+            )
+        ahead = None
         if decision == "run":
             return None
         if decision == "done":
@@ -326,7 +403,7 @@ def _claim(
             early = _Attempt(msg, worker, datetime.now(UTC), attempt - 1)
             reason = "cancelled before start: a sibling failed or the batch was cancelled"
             result = _result(early, ResultState.CANCELLED, error=reason, settings=settings)
-            return _finish(store, result, msg, worker)
+            return _finish(store, result, msg, worker, chain, settings)
         if decision == "capped":
             return _capped(store, msg, worker, settings)
         time.sleep(BUSY_POLL_S)  # "busy": another copy runs; its result will be ours
@@ -489,8 +566,10 @@ def execute(
     *,
     task_id: str = "",
     retries_done: int = 0,
+    chain: Chain | None = None,
 ) -> SubtaskResult:
-    """Run one subtask to a recorded result, or raise :class:`RetryLater`.
+    """Run one subtask to a recorded result, or raise :class:`RetryLater`. A chunk
+    passes its :class:`Chain`, set to the member that runs next.
 
     Nothing else leaves: an exception out of a Celery task fails the batch's chord
     (TRAPS), and the batch would wait for the stall deadline to report "worker lost".
@@ -499,7 +578,9 @@ def execute(
     pass, for the task layer to requeue the message."""
     passing: tuple[type[Exception], ...] = (RetryLater, *CONNECTION_ERRORS)
     try:
-        return _execute(msg, store, settings, task_id=task_id, retries_done=retries_done)
+        return _execute(
+            msg, store, settings, task_id=task_id, retries_done=retries_done, chain=chain
+        )
     except passing:
         raise
     except Exception as exc:
@@ -544,10 +625,11 @@ def _execute(
     *,
     task_id: str,
     retries_done: int,
+    chain: Chain | None,
 ) -> SubtaskResult:
     worker = worker_id()
     root = Path(msg.root)
-    final = _claim(store, msg, worker, task_id, settings, retries_done + 1)
+    final = _claim(store, msg, worker, task_id, settings, retries_done + 1, chain)
     if final is not None:
         return final
     attempt = _Attempt(msg, worker, datetime.now(UTC), retries_done + 1)
@@ -573,7 +655,7 @@ def _execute(
             log_path=log,
             settings=settings,
         )
-        return _finish(store, result, msg, worker)
+        return _finish(store, result, msg, worker, chain, settings)
 
     token_file = token_path(root, msg.feature, msg.run_id)
     if cache is None and not _workspace_ok(token_file, msg.token):
@@ -651,6 +733,8 @@ def _execute(
             ),
             msg,
             worker,
+            chain,
+            settings,
         )
     if outcome.cancelled or heartbeat.terminate:
         return fail(

@@ -14,7 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from batchq.models import BatchReport, SubtaskResult
-from batchq.store.state import BatchRecord, Event, Learned, StartDecision, StateStore
+from batchq.store.state import (
+    BatchRecord,
+    Claim,
+    Event,
+    Learned,
+    StartDecision,
+    StateStore,
+)
 
 __all__ = ["Store"]
 
@@ -84,6 +91,7 @@ class Store(Protocol):
         claim_ttl_s: float,
         max_starts: int,
         attempt: int = 1,
+        token: str = "",
     ) -> StartDecision: ...
 
     def renew_claim(self, run_id: str, seq: str, worker: str, claim_ttl_s: float) -> bool: ...
@@ -101,6 +109,15 @@ class Store(Protocol):
     def record_result(
         self, result: SubtaskResult, fkey: str, worker: str, callable_spec: str | None = None
     ) -> bool: ...
+
+    def record_then_begin(
+        self,
+        result: SubtaskResult,
+        fkey: str,
+        worker: str,
+        callable_spec: str | None,
+        then: Claim,
+    ) -> tuple[bool, StartDecision]: ...
 
     def amend_results(self, results: Sequence[SubtaskResult]) -> None: ...
 

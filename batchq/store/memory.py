@@ -36,6 +36,7 @@ from batchq.store.state import (
     CONTEXT_LIMIT,
     STREAM_MAXLEN,
     BatchRecord,
+    Claim,
     Event,
     Keys,
     Learned,
@@ -343,6 +344,7 @@ class MemoryStore:
         claim_ttl_s: float,
         max_starts: int,
         attempt: int = 1,
+        token: str = "",
     ) -> StartDecision:
         started_at = now_iso()
         data = json.dumps({"worker": worker, "started_at": started_at, "attempt": attempt})
@@ -351,6 +353,8 @@ class MemoryStore:
             info = self._get(sub) or {}
             if "result" in info:
                 return "done"
+            if token and info.get("begun") == token and self._get(claim) == worker:
+                return "run"
             if self._get(self.keys.cancel(run_id, batch)) is not None:
                 return "cancelled"
             if int(info.get("starts", "0")) - int(info.get("finishes", "0")) >= max_starts:
@@ -360,6 +364,8 @@ class MemoryStore:
             self._put(claim, worker, px=int(claim_ttl_s * 1000))
             self._hincrby(sub, "starts", 1)
             self._hash(sub).update({"worker": worker, "started_at": started_at, "task_id": task_id})
+            if token:
+                self._hash(sub)["begun"] = token
             self._expire(sub, self.ttl)
             events = self.keys.events(run_id)
             self._xadd(events, {"kind": "started", "batch": str(batch), "seq": seq, "data": data})
@@ -453,6 +459,28 @@ class MemoryStore:
                 self._ltrim(calls, 0, CALLABLE_RUNS - 1)
                 self._expire(calls, self.ttl)
             return True
+
+    def record_then_begin(
+        self,
+        result: SubtaskResult,
+        fkey: str,
+        worker: str,
+        callable_spec: str | None,
+        then: Claim,
+    ) -> tuple[bool, StartDecision]:
+        written = self.record_result(result, fkey, worker, callable_spec)
+        decision = self.begin(
+            then.run_id,
+            then.batch,
+            then.seq,
+            then.worker,
+            then.task_id,
+            claim_ttl_s=then.claim_ttl_s,
+            max_starts=then.max_starts,
+            attempt=then.attempt,
+            token=then.token,
+        )
+        return written, decision
 
     def amend_results(self, results: Sequence[SubtaskResult]) -> None:
         with self._lock:

@@ -18,7 +18,9 @@ key                           type    content
                                       seq -> deliverables, unless off): what the chord
                                       callback reads (see :class:`BatchRecord`)
 ``sub:R:S``                   hash    starts, finishes, attempts, worker, task_id,
-                                      started_at, result (final JSON, written once)
+                                      started_at, begun (the latest start's token,
+                                      when it has one), result (final JSON, written
+                                      once)
 ``claim:R:S``                 string  the worker running S; TTL ``claim_ttl_s``,
                                       renewed by the worker's heartbeat
 ``cancel:R:N``                string  graceful | terminate
@@ -55,6 +57,7 @@ from batchq.settings import Settings
 __all__ = [
     "CONNECTION_ERRORS",
     "CONTEXT_LIMIT",
+    "Claim",
     "Event",
     "Keys",
     "Learned",
@@ -169,6 +172,24 @@ class BatchRecord:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One :meth:`StateStore.begin` call, as a value: it can then travel in the round
+    trip that records another subtask (:meth:`StateStore.record_then_begin`). The
+    ``token`` names the attempt, so the same call made again after a lost reply
+    answers ``run`` to the copy that already holds the claim (empty: no token)."""
+
+    run_id: str
+    batch: int
+    seq: str
+    worker: str
+    task_id: str
+    claim_ttl_s: float
+    max_starts: int
+    attempt: int = 1
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class Event:
     """One entry of a run's progress stream."""
 
@@ -181,9 +202,13 @@ class Event:
 
 # Start of an attempt: never rerun a recorded completion, never run two copies at
 # once, and count starts so a subtask that kills its worker every time is capped.
+# A non-empty ARGV[11] names this attempt: the same call made again (its first reply
+# was lost with the connection) finds its own claim and answers 'run' once more.
 _START = """
 local sub, claim, cancel, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HEXISTS', sub, 'result') == 1 then return 'done' end
+if ARGV[11] ~= '' and redis.call('HGET', sub, 'begun') == ARGV[11]
+  and redis.call('GET', claim) == ARGV[1] then return 'run' end
 if redis.call('EXISTS', cancel) == 1 then return 'cancelled' end
 local starts = tonumber(redis.call('HGET', sub, 'starts') or '0')
 local finishes = tonumber(redis.call('HGET', sub, 'finishes') or '0')
@@ -191,6 +216,7 @@ if starts - finishes >= tonumber(ARGV[4]) then return 'capped' end
 if not redis.call('SET', claim, ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy' end
 redis.call('HINCRBY', sub, 'starts', 1)
 redis.call('HSET', sub, 'worker', ARGV[1], 'started_at', ARGV[3], 'task_id', ARGV[5])
+if ARGV[11] ~= '' then redis.call('HSET', sub, 'begun', ARGV[11]) end
 redis.call('EXPIRE', sub, ARGV[6])
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[7], '*', 'kind', 'started',
   'batch', ARGV[8], 'seq', ARGV[9], 'data', ARGV[10])
@@ -480,36 +506,46 @@ class StateStore:
         claim_ttl_s: float,
         max_starts: int,
         attempt: int = 1,
+        token: str = "",
     ) -> StartDecision:
         """Decide, in one round trip, whether this copy may run the subtask now.
 
         ``done``: a result is recorded (never rerun); ``cancelled``: the batch's cancel
         flag is up; ``capped``: too many starts died; ``busy``: another copy holds the
-        claim; ``run``: the claim is ours and the ``started`` event is emitted.
+        claim; ``run``: the claim is ours and the ``started`` event is emitted. The
+        same call with the same non-empty ``token`` (its reply was lost) answers
+        ``run`` again while the claim it took is still held.
         """
+        claim = Claim(run_id, batch, seq, worker, task_id, claim_ttl_s, max_starts, attempt, token)
+        keys, args = self._begin_call(claim)
+        return cast(StartDecision, self._start(keys=keys, args=args))
+
+    def _begin_call(self, claim: Claim) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``_START`` for ``claim``."""
         started_at = now_iso()
-        data = json.dumps({"worker": worker, "started_at": started_at, "attempt": attempt})
-        decision = self._start(
-            keys=[
-                self.keys.subtask(run_id, seq),
-                self.keys.claim(run_id, seq),
-                self.keys.cancel(run_id, batch),
-                self.keys.events(run_id),
-            ],
-            args=[
-                worker,
-                int(claim_ttl_s * 1000),
-                started_at,
-                max_starts,
-                task_id,
-                self.ttl,
-                STREAM_MAXLEN,
-                batch,
-                seq,
-                data,
-            ],
+        data = json.dumps(
+            {"worker": claim.worker, "started_at": started_at, "attempt": claim.attempt}
         )
-        return cast(StartDecision, decision)
+        keys = [
+            self.keys.subtask(claim.run_id, claim.seq),
+            self.keys.claim(claim.run_id, claim.seq),
+            self.keys.cancel(claim.run_id, claim.batch),
+            self.keys.events(claim.run_id),
+        ]
+        args = [
+            claim.worker,
+            int(claim.claim_ttl_s * 1000),
+            started_at,
+            claim.max_starts,
+            claim.task_id,
+            self.ttl,
+            STREAM_MAXLEN,
+            claim.batch,
+            claim.seq,
+            data,
+            claim.token,
+        ]
+        return keys, args
 
     def renew_claim(self, run_id: str, seq: str, worker: str, claim_ttl_s: float) -> bool:
         key = self.keys.claim(run_id, seq)
@@ -551,30 +587,66 @@ class StateStore:
     ) -> bool:
         """Record the final result of a subtask; False if one was already recorded.
         A python subtask's duration also joins its callable's recent durations."""
-        payload = result.model_dump_json()
-        written = self._record(
-            keys=[
-                self.keys.subtask(result.run_id, result.seq),
-                self.keys.claim(result.run_id, result.seq),
-                self.keys.events(result.run_id),
-                self.keys.durations(fkey),
-                self.keys.callable_durations(callable_spec or ""),
-            ],
-            args=[
-                payload,
-                worker,
-                result.batch,
-                result.seq,
-                result.attempts,
-                self.ttl,
-                STREAM_MAXLEN,
-                result.result.value,
-                f"{result.duration_s:.3f}",
-                "1" if callable_spec else "0",
-                CALLABLE_RUNS,
-            ],
-        )
-        return bool(written)
+        keys, args = self._record_call(result, fkey, worker, callable_spec)
+        return bool(self._record(keys=keys, args=args))
+
+    def record_then_begin(
+        self,
+        result: SubtaskResult,
+        fkey: str,
+        worker: str,
+        callable_spec: str | None,
+        then: Claim,
+    ) -> tuple[bool, StartDecision]:
+        """:meth:`record_result`, then :meth:`begin` of ``then``, in one round trip (two
+        scripts, pipelined; each as atomic as alone, and in this order): a chunk's next
+        member is claimed by the call that records the one before it. A connection
+        error leaves both unknown: record again (idempotent) and begin again with the
+        same ``then`` (its token makes it idempotent too)."""
+        record_keys, record_args = self._record_call(result, fkey, worker, callable_spec)
+        begin_keys, begin_args = self._begin_call(then)
+        calls = [
+            (self._record, record_keys, record_args),
+            (self._start, begin_keys, begin_args),
+        ]
+        pipe = self.r.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for index, (reply, (script, keys, args)) in enumerate(zip(replies, calls, strict=True)):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                # Redis restarted or flushed its scripts: neither ran (they are gone
+                # together); the script object loads itself and runs alone.
+                replies[index] = script(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return bool(replies[0]), cast(StartDecision, replies[1])
+
+    def _record_call(
+        self, result: SubtaskResult, fkey: str, worker: str, callable_spec: str | None
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``_RECORD`` for ``result``."""
+        keys = [
+            self.keys.subtask(result.run_id, result.seq),
+            self.keys.claim(result.run_id, result.seq),
+            self.keys.events(result.run_id),
+            self.keys.durations(fkey),
+            self.keys.callable_durations(callable_spec or ""),
+        ]
+        args = [
+            result.model_dump_json(),
+            worker,
+            result.batch,
+            result.seq,
+            result.attempts,
+            self.ttl,
+            STREAM_MAXLEN,
+            result.result.value,
+            f"{result.duration_s:.3f}",
+            "1" if callable_spec else "0",
+            CALLABLE_RUNS,
+        ]
+        return keys, args
 
     def amend_results(self, results: Sequence[SubtaskResult]) -> None:
         """Overwrite recorded results the batch report changed (a member failed for an

@@ -24,7 +24,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from batchq.core import report
-from batchq.executor.runner import RetryLater, execute
+from batchq.executor.runner import Chain, RetryLater, execute
 from batchq.models import PlannedBatch, SubtaskMessage, WriteCheck
 from batchq.protocol import AGGREGATE_TASK, CHUNK_TASK, RUN_TASK, BatchState, EventKind
 from batchq.settings import Settings
@@ -95,12 +95,18 @@ def register(app: Celery, settings: Settings) -> None:
         if app.conf.worker_send_task_events:
             shown = MemberEvents(app, self.request, RUN_TASK)
         results: list[dict[str, Any]] = []
+        messages = [SubtaskMessage.model_validate(member["message"]) for member in members]
+        chain = Chain()
+        retries = self.request.retries
         try:
-            for member in members:
-                msg = SubtaskMessage.model_validate(member["message"])
+            for index, (member, msg) in enumerate(zip(members, messages, strict=True)):
+                if index + 1 < len(members):
+                    chain.then(messages[index + 1], members[index + 1]["id"], retries + 1)
+                else:
+                    chain.then(None)
                 if shown is not None:
                     shown.started(member["id"], str(member.get("shown", "")))
-                result = _in_place(msg, member["id"], self.request.retries)
+                result = _in_place(msg, member["id"], retries, chain)
                 done = outcome(result.seq, result.result.value, result.error)
                 if shown is not None:
                     shown.succeeded(member["id"], done)
@@ -114,11 +120,18 @@ def register(app: Celery, settings: Settings) -> None:
                 shown.flush()
         return results
 
-    def _in_place(msg: SubtaskMessage, task_id: str, retries_done: int) -> Any:
+    def _in_place(msg: SubtaskMessage, task_id: str, retries_done: int, chain: Chain) -> Any:
         """A member's retries happen here: published again, it would leave the chord."""
         while True:
             try:
-                return execute(msg, store(), settings, task_id=task_id, retries_done=retries_done)
+                return execute(
+                    msg,
+                    store(),
+                    settings,
+                    task_id=task_id,
+                    retries_done=retries_done,
+                    chain=chain,
+                )
             except RetryLater as later:
                 retries_done += 1
                 time.sleep(later.countdown)

@@ -18,7 +18,7 @@ from batchq.errors import InputError
 from batchq.models import BatchReport, BatchStatus, ResultState, SubtaskResult
 from batchq.protocol import BatchState, CancelMode, EventKind
 from batchq.store.contract import Store
-from batchq.store.state import CALLABLE_RUNS, CONTEXT_LIMIT
+from batchq.store.state import CALLABLE_RUNS, CONTEXT_LIMIT, Claim
 from tests.contract.conftest import Harness
 
 RUN = "20260101T000000-abcd"
@@ -275,6 +275,65 @@ def test_only_the_holder_releases_a_claim(store: Store) -> None:
     assert store.live_claims(RUN, ["01"]) == ["01"]
     store.release_claim(RUN, "01", "w1")
     assert store.live_claims(RUN, ["01"]) == []
+
+
+def test_begin_asked_again_with_its_token_is_run_for_its_own_claim_only(
+    harness: Harness,
+) -> None:
+    """A start whose reply was lost (the connection dropped) is asked again with the
+    same token: the copy that holds the claim it took may run, once counted."""
+    store = harness.store
+    assert begin(store, claim_ttl_s=0.2, token="t1") == "run"
+    assert begin(store, claim_ttl_s=0.2, token="t1") == "run"
+    assert store.subtask_info(RUN, "01")["starts"] == "1"
+    assert kinds(store) == ["started"]
+    assert begin(store, worker="w2", token="t1") == "busy"  # not w2's claim
+    assert begin(store, token="t2") == "busy"  # another attempt of w1's
+    assert begin(store) == "busy"  # no token, no replay
+    # Once the claim lapsed, the token proves nothing: a start is counted again.
+    harness.pass_time(0.2, lambda: store.live_claims(RUN, ["01"]) == [])
+    assert begin(store, token="t1") == "run"
+    assert store.subtask_info(RUN, "01")["starts"] == "2"
+    assert store.record_result(result("01"), FKEY, "w1")
+    assert begin(store, token="t1") == "done"  # a recorded result wins over the token
+
+
+def test_record_then_begin_records_then_claims_the_next_in_one_call(store: Store) -> None:
+    assert begin(store, "01") == "run"
+    then = Claim(RUN, 1, "02", "w1", "task-02", 30.0, 3, 2, "tok")
+    assert store.record_then_begin(result("01"), FKEY, "w1", "pkg:f", then) == (True, "run")
+    assert [(e.kind, e.seq) for e in store.events(RUN)] == [
+        ("started", "01"),
+        ("finished", "01"),
+        ("started", "02"),
+    ]
+    assert store.events(RUN)[-1].data["attempt"] == 2
+    assert store.live_claims(RUN, ["01", "02"]) == ["02"]
+    info = store.subtask_info(RUN, "02")
+    assert (info["starts"], info["task_id"], info["worker"]) == ("1", "task-02", "w1")
+    assert store.create_run("next", {"feature": "f"}, "", ["pkg:f"]).callables == {"pkg:f": 1.5}
+    # The same call again (its reply lost): the record is not repeated, the claim is ours.
+    assert store.record_then_begin(result("01"), FKEY, "w1", "pkg:f", then) == (False, "run")
+    assert store.subtask_info(RUN, "02")["starts"] == "1"
+    # The next member's start sees what the plain call would: here a cancel flag.
+    store.cancel(RUN, 1, CancelMode.GRACEFUL)
+    later = Claim(RUN, 1, "03", "w1", "task-03", 30.0, 3)
+    assert store.record_then_begin(result("02"), FKEY, "w1", None, later) == (True, "cancelled")
+    assert store.live_claims(RUN, ["02", "03"]) == []
+
+
+def test_record_then_begin_loads_its_scripts_again_after_redis_forgot_them(
+    harness: Harness,
+) -> None:
+    """A restarted (or SCRIPT FLUSHed) Redis answers NOSCRIPT to the pipelined calls;
+    neither ran, and each runs once after its script is loaded again."""
+    store = harness.store
+    if harness.kind == "redis":
+        store.r.script_flush()  # type: ignore[attr-defined]
+    then = Claim(RUN, 1, "02", "w1", "task-02", 30.0, 3)
+    assert store.record_then_begin(result("01"), FKEY, "w1", None, then) == (True, "run")
+    assert kinds(store) == ["finished", "started"]
+    assert store.subtask_info(RUN, "01")["finishes"] == "1"
 
 
 # --- results ------------------------------------------------------------------------------

@@ -198,3 +198,81 @@ def test_a_subtask_whose_worker_keeps_dying_is_capped(root: Path) -> None:
     assert "2 times" in (result.error or "")
     assert not (root / "out" / "01.txt").exists()
     assert store.result(msg.run_id, "01") == result
+
+
+def chained(
+    root: Path, seqs: list[str], callable_: str = "write_deliverable"
+) -> list[SubtaskMessage]:
+    """One chunk's member messages, of one run."""
+    first = message(root, subtask(seqs[0], callable_=f"{CALLABLES}:{callable_}"))
+    rest = [
+        message(
+            root,
+            subtask(seq, callable_=f"{CALLABLES}:write_deliverable"),
+            run_id=first.run_id,
+            token=first.token,
+        )
+        for seq in seqs[1:]
+    ]
+    return [first, *rest]
+
+
+def test_a_chunk_claims_its_next_member_with_the_record_of_the_one_before(
+    root: Path, store: MemoryStore
+) -> None:
+    one, two = chained(root, ["01", "02"])
+    chain = runner.Chain()
+    chain.then(two, "t-02", 1)
+    assert execute(one, store, settings(), task_id="t-01", chain=chain).ok
+    # 02 is claimed already, its start counted once, before it runs.
+    assert kinds(store, one) == [EventKind.STARTED, EventKind.FINISHED, EventKind.STARTED]
+    assert store.live_claims(one.run_id, ["01", "02"]) == ["02"]
+    chain.then(None)
+    assert execute(two, store, settings(), task_id="t-02", chain=chain).ok
+    assert kinds(store, one)[3:] == [EventKind.FINISHED]  # no second start
+    info = store.subtask_info(one.run_id, "02")
+    assert (info["starts"], info["finishes"], info["task_id"]) == ("1", "1", "t-02")
+    assert store.live_claims(one.run_id, ["01", "02"]) == []
+
+
+def test_a_failed_member_sets_the_cancel_flag_before_the_next_member_is_claimed(
+    root: Path, store: MemoryStore
+) -> None:
+    one, two = chained(root, ["01", "02"], callable_="raises")
+    chain = runner.Chain()
+    chain.then(two, "t-02", 1)
+    assert execute(one, store, settings(), task_id="t-01", chain=chain).result is ResultState.FAILED
+    chain.then(None)
+    assert execute(two, store, settings(), task_id="t-02", chain=chain).result is (
+        ResultState.CANCELLED
+    )
+    assert not (root / "out" / "02.txt").exists()
+    assert store.subtask_info(one.run_id, "02").get("starts") is None
+
+
+def test_a_next_member_whose_claim_reply_was_lost_runs_once_on_its_token(
+    root: Path, store: MemoryStore
+) -> None:
+    _, two = chained(root, ["01", "02"])
+    chain = runner.Chain()
+    chain.then(two, "t-02", 1)
+    claim = chain.claim_for_next(runner.worker_id(), settings())
+    assert claim is not None
+    # The start reached the store, its answer did not (the connection dropped).
+    assert (
+        store.begin(
+            two.run_id,
+            1,
+            "02",
+            claim.worker,
+            "t-02",
+            claim_ttl_s=60,
+            max_starts=3,
+            token=claim.token,
+        )
+        == "run"
+    )
+    chain.claimed(claim, None)
+    assert execute(two, store, settings(), task_id="t-02", chain=chain).ok
+    assert store.subtask_info(two.run_id, "02")["starts"] == "1"
+    assert kinds(store, two) == [EventKind.STARTED, EventKind.FINISHED]
