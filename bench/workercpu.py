@@ -11,6 +11,10 @@ difference by N. The idle cost of a worker over the same wall time (its timers,
 batchq's heartbeat thread) is in the figure, as it is in a user's run.
 
     python -m bench.workercpu --n 5000 --reps 3 [--only bare|batchq]
+        [--trees /work/main,/work/wt-NAME]
+
+``--trees`` runs the batchq side once per source tree in each repetition (workers
+started in that tree, ``batchq run`` importing it): an A/B of the worker's code.
 
 Prints, per side, min / median / max of the worker's CPU per subtask (ms), split into
 the main process and the pool processes, and the wall time of the program.
@@ -22,17 +26,20 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from batchq.local.embedded import LocalWorkers
+from batchq.local.embedded import LocalWorkers, RedisServer
 from batchq.procs import child_pids
 from bench.common import (
+    BATCHQ_QUEUES,
     REPO,
     Stats,
     bare_process,
     batchq_argv,
     batchq_env,
+    compile_tree,
     fresh_workers,
     noop_feature,
     redis,
@@ -61,18 +68,42 @@ def worker_cpu(group: LocalWorkers) -> tuple[float, float]:
     return main, pool
 
 
-def measure(side: str, n: int, url: str, server: object, root: Path) -> tuple[float, float, float]:
+@contextmanager
+def tree_workers(server: RedisServer, tree: Path) -> Iterator[LocalWorkers]:
+    """One batchq worker (2 prefork processes) running ``tree``'s code, on an emptied
+    Redis."""
+    server.client().flushall()
+    group = LocalWorkers(
+        server.url,
+        queues=BATCHQ_QUEUES,
+        env={"BATCHQ_PYTHON_ALLOW": "bench", "BATCHQ_LOG_FORMAT": "text", "PYTHONPATH": str(tree)},
+        cwd=tree,
+    )
+    group.start()
+    try:
+        group.wait_ready(90)
+        yield group
+    finally:
+        group.stop(grace_s=10)
+
+
+def measure(
+    side: str, n: int, server: RedisServer, root: Path, tree: Path = REPO
+) -> tuple[float, float, float]:
     """One repetition: (main ms, pool ms) per subtask and the program's wall seconds."""
-    app = "bench.bare" if side == "bare" else "batchq.worker"
-    with fresh_workers(server, app) as group:  # type: ignore[arg-type]
+    url = server.url
+    bare = side == "bare"
+    workers = fresh_workers(server, "bench.bare") if bare else tree_workers(server, tree)
+    with workers as group:
         main0, pool0 = worker_cpu(group)
         if side == "bare":
             wall = bare_process(url, n).wall_s
         else:
             name = f"wcpu-{os.urandom(3).hex()}"
             noop_feature(root, name, n)
+            env = {**batchq_env(url), "PYTHONPATH": str(tree)}
             argv = [*batchq_argv(), "run", name, "--root", str(root)]
-            done = run_process(argv, env=batchq_env(url), cwd=root).check("batchq run")
+            done = run_process(argv, env=env, cwd=root).check("batchq run")
             wall = done.wall_s
         main1, pool1 = worker_cpu(group)
     return (main1 - main0) * 1000 / n, (pool1 - pool0) * 1000 / n, wall
@@ -83,8 +114,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", choices=("bare", "batchq"))
+    parser.add_argument("--trees", help="comma-separated source trees for the batchq side")
     args = parser.parse_args(argv)
-    sides = [args.only] if args.only else ["bare", "batchq"]
+    trees = [Path(t) for t in args.trees.split(",")] if args.trees else [REPO]
+    for tree in trees:
+        compile_tree(tree)
+    sides = ["bare"] if args.only == "bare" else []
+    if args.only != "bare":
+        sides += [f"batchq {tree}" for tree in trees]
     figures: dict[str, dict[str, list[float]]] = {
         s: {"main": [], "pool": [], "total": [], "wall": []} for s in sides
     }
@@ -93,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
         try:
             for _ in range(args.reps):
                 for side in sides:  # interleaved: the machine's load hits both alike
-                    main_ms, pool_ms, wall = measure(side, args.n, server.url, server, root)
+                    kind, _, where = side.partition(" ")
+                    main_ms, pool_ms, wall = measure(
+                        kind, args.n, server, root, Path(where) if where else REPO
+                    )
                     got = figures[side]
                     got["main"].append(main_ms)
                     got["pool"].append(pool_ms)
@@ -105,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     for side, got in figures.items():
         out[side] = Stats(got["total"])
         print(
-            f"{side} ({REPO}) N={args.n}: worker CPU per subtask {Stats(got['total']).fmt('ms')}"
+            f"{side} N={args.n}: worker CPU per subtask {Stats(got['total']).fmt('ms')}"
             f" (main {Stats(got['main']).fmt('ms')}, pool {Stats(got['pool']).fmt('ms')});"
             f" program wall {Stats(got['wall']).fmt()}",
             flush=True,

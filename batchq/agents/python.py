@@ -98,6 +98,22 @@ def module_allowed(module: str, patterns: list[str]) -> bool:
     return False
 
 
+_RESOLVED: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
+
+
+def _resolved(spec: str, patterns: list[str]) -> Callable[..., Any]:
+    """:func:`resolve_callable` once per callable, allow-list and process: a worker
+    calls the same few thousands of times, and the walk and its checks give the same
+    answer each time (a refusal or a failed import is not kept: it raises again)."""
+    key = (spec, tuple(patterns))
+    found = _RESOLVED.get(key)
+    if found is None:
+        if len(_RESOLVED) >= 256:
+            _RESOLVED.clear()
+        found = _RESOLVED[key] = resolve_callable(spec, patterns)
+    return found
+
+
 def resolve_callable(spec: str, patterns: list[str] | None = None) -> Callable[..., Any]:
     """Import ``pkg.module:attr.path`` and return the attribute.
 
@@ -194,7 +210,7 @@ class PythonAgent(Agent):
         buffer = io.StringIO()
         try:
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                function = resolve_callable(spec, self.settings.allow_for("python"))
+                function = _resolved(spec, self.settings.allow_for("python"))
                 with _alarm(delegation.timeout_s):
                     value = function(sub, CallContext(delegation.context, delegation))
         except PolicyError as exc:

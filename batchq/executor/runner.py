@@ -75,11 +75,30 @@ def worker_id() -> str:
 
 
 def token_path(root: Path, feature: str, run_id: str) -> Path:
-    return layout.token_file(feature_dir(root, feature), run_id)
+    return _run_paths(str(root), feature, run_id)[0]
 
 
 def log_path_for(root: Path, feature: str, run_id: str, seq: str) -> Path:
-    return layout.log_file(feature_dir(root, feature), run_id, seq)
+    return _run_paths(str(root), feature, run_id)[1] / f"{seq}.log"
+
+
+_RUN_PATHS: dict[tuple[str, str, str], tuple[Path, Path]] = {}
+
+
+def _run_paths(root: str, feature: str, run_id: str) -> tuple[Path, Path]:
+    """A run's token file and log folder (:mod:`batchq.layout`), worked out once per
+    run and process: pure path arithmetic, but a dozen ``pathlib`` joins per subtask."""
+    key = (root, feature, run_id)
+    found = _RUN_PATHS.get(key)
+    if found is None:
+        if len(_RUN_PATHS) >= 64:
+            _RUN_PATHS.clear()
+        folder = feature_dir(Path(root), feature)
+        found = _RUN_PATHS[key] = (
+            layout.token_file(folder, run_id),
+            layout.log_file(folder, run_id, "-").parent,
+        )
+    return found
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
@@ -556,7 +575,7 @@ def _log_path(msg: SubtaskMessage, settings: Settings) -> Path:
     cache = _cache(msg, settings)
     if cache is not None:
         return cache.log_file(msg.run_id, msg.seq)
-    return log_path_for(Path(msg.root), msg.feature, msg.run_id, msg.seq)
+    return _run_paths(msg.root, msg.feature, msg.run_id)[1] / f"{msg.seq}.log"
 
 
 def execute(
@@ -657,7 +676,7 @@ def _execute(
         )
         return _finish(store, result, msg, worker, chain, settings)
 
-    token_file = token_path(root, msg.feature, msg.run_id)
+    token_file = _run_paths(msg.root, msg.feature, msg.run_id)[0]
     if cache is None and not _workspace_ok(token_file, msg.token):
         return fail(
             ResultState.FAILED,

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from batchq import layout
 from batchq.executor import runner
 from batchq.executor.runner import RetryLater, execute
+from batchq.files.taskfiles import feature_dir
 from batchq.models import FailurePolicy, ResultState, SubtaskMessage
 from batchq.protocol import CancelMode, EventKind
 from batchq.store.memory import ManualClock, MemoryStore
@@ -276,3 +278,13 @@ def test_a_next_member_whose_claim_reply_was_lost_runs_once_on_its_token(
     assert execute(two, store, settings(), task_id="t-02", chain=chain).ok
     assert store.subtask_info(two.run_id, "02")["starts"] == "1"
     assert kinds(store, two) == [EventKind.STARTED, EventKind.FINISHED]
+
+
+def test_a_run_s_token_and_log_paths_are_the_layout_s(tmp_path: Path) -> None:
+    """Worked out once per run and process, they stay what batchq.layout says."""
+    folder = feature_dir(tmp_path, "feat")
+    assert runner.token_path(tmp_path, "feat", "r1") == layout.token_file(folder, "r1")
+    for seq in ("01", "02"):
+        assert runner.log_path_for(tmp_path, "feat", "r1", seq) == layout.log_file(
+            folder, "r1", seq
+        )

@@ -73,6 +73,33 @@ def test_paths_that_escape_the_workspace_never_verify(tmp_path: Path) -> None:
     assert [c.verified for c in verify_deliverables(sub, workspace)] == [False, False, False]
 
 
+def test_a_link_into_a_sibling_that_shares_the_workspace_s_name_never_verifies(
+    tmp_path: Path,
+) -> None:
+    """``ws-old/x`` starts with the text ``ws`` but is not inside ``ws``."""
+    workspace, sibling = tmp_path / "ws", tmp_path / "ws-old"
+    workspace.mkdir()
+    sibling.mkdir()
+    (sibling / "x.txt").write_text("")
+    (workspace / "x.txt").symlink_to(sibling / "x.txt")
+    (workspace / "inside.txt").write_text("")
+    sub = make_subtask(["x.txt", "inside.txt"])
+    assert [c.verified for c in verify_deliverables(sub, workspace)] == [False, True]
+
+
+def test_a_workspace_reached_through_a_link_verifies_its_own_files(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "src").mkdir(parents=True)
+    (real / "src" / "a.py").write_text("")
+    (tmp_path / "alias").symlink_to(real)
+    sub = make_subtask(["src/a.py", "src/", "missing.py"])
+    assert [c.verified for c in verify_deliverables(sub, tmp_path / "alias")] == [
+        True,
+        True,
+        False,
+    ]
+
+
 def test_first_failure_names_the_missing_deliverables() -> None:
     one = [
         DeliverableCheck(path="src/a.py", verified=False),
