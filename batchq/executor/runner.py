@@ -689,13 +689,14 @@ def _execute(
     except BatchqError as exc:
         return fail(ResultState.FAILED, str(exc), type(exc).__name__)
 
-    log.info(
-        "subtask %s started: %s (agent %s, attempt %d)",
-        msg.seq,
-        msg.subtask.title,
-        agent.name,
-        attempt.attempts,
-    )
+    if chain is None:  # a chunk's members are tiny: their line at the end says enough
+        log.info(
+            "subtask %s started: %s (agent %s, attempt %d)",
+            msg.seq,
+            msg.subtask.title,
+            agent.name,
+            attempt.attempts,
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     delegation = delegation_for(msg, root, _context(store, msg.run_id), log_path)
     beats = _Heartbeat.get(settings)

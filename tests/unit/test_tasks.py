@@ -5,6 +5,7 @@ report (or a forced one) respected. No Redis, no Celery worker."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,6 +108,19 @@ def test_a_chunk_s_list_of_values_is_flattened(
     report = store.report(members[0].run_id, 1)
     assert report is not None
     assert report.discrepancies == ["01: the chord got failed, the store recorded completed"]
+
+
+def test_a_chunk_s_json_list_of_values_is_read_back(
+    store: MemoryStore, members: list[SubtaskMessage]
+) -> None:
+    """What ``run_chunk`` returns: the JSON text of its members' values."""
+    record(store, members[0])
+    record(store, members[1])
+    values: list[object] = [json.dumps(chord_values(("01", "completed"), ("02", "failed")))]
+    aggregate(store, values, meta(members[0]))  # type: ignore[arg-type]
+    report = store.report(members[0].run_id, 1)
+    assert report is not None
+    assert report.discrepancies == ["02: the chord got failed, the store recorded completed"]
 
 
 def test_after_the_producer_reported_the_callback_stores_nothing(
