@@ -13,10 +13,13 @@ never depends on these events: it reads the run's Redis stream.
 from __future__ import annotations
 
 import ast
+import os
 import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.events import Event
+from celery.utils.time import utcoffset
 from celery.worker.request import Request
 
 __all__ = [
@@ -153,22 +156,48 @@ class MemberEvents:
             self.flush()
 
     def flush(self) -> None:
+        """Send what is pending as one ``task-multi`` message, built as Celery's
+        dispatcher builds one (:func:`_sender`) on a producer from the app's pool."""
         events, self.pending = self.pending, []
         self.flushed = time.monotonic()
         if not events:
             return
         try:
-            with self.app.amqp.producer_pool.acquire(block=True) as producer:
-                dispatcher = self.app.events.Dispatcher(
-                    producer.connection,
-                    hostname=self.hostname,
-                    channel=producer.channel,
-                    buffer_group=["task"],
-                    buffer_limit=len(events) + 1,
+            sender = _sender(self.app, self.hostname)
+            body = [
+                Event(
+                    kind,
+                    hostname=sender.hostname,
+                    utcoffset=utcoffset(),
+                    pid=sender.pid,
+                    clock=sender.clock.forward(),
+                    **fields,
                 )
-                with dispatcher:
-                    for kind, fields in events:
-                        dispatcher.send(kind, **fields)
-                    dispatcher.flush()
+                for kind, fields in events
+            ]
+            with self.app.amqp.producer_pool.acquire(block=True) as producer:
+                producer.publish(
+                    body,
+                    routing_key="task.multi",
+                    exchange=sender.exchange.name,
+                    declare=[sender.exchange],
+                    serializer=sender.serializer,
+                    headers=sender.headers,
+                    delivery_mode=sender.delivery_mode,
+                )
         except Exception:
             return
+
+
+_SENDERS: dict[tuple[int, str], Any] = {}
+
+
+def _sender(app: Celery, hostname: str) -> Any:
+    """A disabled event dispatcher per app and node name, kept for the process: it
+    holds what an event message needs (exchange, serializer, headers, the app's
+    clock, the pid), and building one per flush cost more than the publish."""
+    key = (id(app), hostname)
+    sender = _SENDERS.get(key)
+    if sender is None or sender.pid != os.getpid() or sender.app is not app:
+        sender = _SENDERS[key] = app.events.Dispatcher(hostname=hostname, enabled=False)
+    return sender
