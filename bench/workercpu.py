@@ -8,7 +8,11 @@ Redis, waits until it is ready, reads the CPU time (user + system, from
 program (``python bench/bare.py`` for bare, ``batchq run`` of a no-op feature for
 batchq), reads the CPU time again while the worker still lives, and divides the
 difference by N. The idle cost of a worker over the same wall time (its timers,
-batchq's heartbeat thread) is in the figure, as it is in a user's run.
+batchq's heartbeat thread) is in that figure, as it is in a user's run; but a bare
+chord in its slow mode (docs/benchmarks.md) keeps the program running for a minute
+or more after the worker's last task, so the worker's idle rate is also read (over
+``--idle-s`` seconds before the program starts) and a figure net of it is printed:
+``(cpu - idle rate x wall) / N``, the work the subtasks themselves cost.
 
     python -m bench.workercpu --n 5000 --reps 3 [--only bare|batchq]
         [--trees /work/main,/work/wt-NAME]
@@ -26,6 +30,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,14 +93,18 @@ def tree_workers(server: RedisServer, tree: Path) -> Iterator[LocalWorkers]:
 
 
 def measure(
-    side: str, n: int, server: RedisServer, root: Path, tree: Path = REPO
-) -> tuple[float, float, float]:
-    """One repetition: (main ms, pool ms) per subtask and the program's wall seconds."""
+    side: str, n: int, server: RedisServer, root: Path, tree: Path = REPO, idle_s: float = 5.0
+) -> tuple[float, float, float, float]:
+    """One repetition: (main ms, pool ms) per subtask, the program's wall seconds and
+    the worker's idle CPU rate (seconds per second) read just before."""
     url = server.url
     bare = side == "bare"
     workers = fresh_workers(server, "bench.bare") if bare else tree_workers(server, tree)
     with workers as group:
+        before = sum(worker_cpu(group))
+        time.sleep(idle_s)
         main0, pool0 = worker_cpu(group)
+        idle_rate = (main0 + pool0 - before) / idle_s
         if side == "bare":
             wall = bare_process(url, n).wall_s
         else:
@@ -106,7 +115,7 @@ def measure(
             done = run_process(argv, env=env, cwd=root).check("batchq run")
             wall = done.wall_s
         main1, pool1 = worker_cpu(group)
-    return (main1 - main0) * 1000 / n, (pool1 - pool0) * 1000 / n, wall
+    return (main1 - main0) * 1000 / n, (pool1 - pool0) * 1000 / n, wall, idle_rate
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
@@ -115,15 +124,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", choices=("bare", "batchq"))
     parser.add_argument("--trees", help="comma-separated source trees for the batchq side")
+    parser.add_argument("--idle-s", type=float, default=5.0, help="seconds to read idle CPU")
     args = parser.parse_args(argv)
     trees = [Path(t) for t in args.trees.split(",")] if args.trees else [REPO]
     for tree in trees:
         compile_tree(tree)
-    sides = ["bare"] if args.only == "bare" else []
+    sides = [] if args.only == "batchq" else ["bare"]
     if args.only != "bare":
         sides += [f"batchq {tree}" for tree in trees]
     figures: dict[str, dict[str, list[float]]] = {
-        s: {"main": [], "pool": [], "total": [], "wall": []} for s in sides
+        s: {"main": [], "pool": [], "total": [], "net": [], "wall": []} for s in sides
     }
     with redis() as server:
         root = tmpdir("bench-wcpu-")
@@ -131,13 +141,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
             for _ in range(args.reps):
                 for side in sides:  # interleaved: the machine's load hits both alike
                     kind, _, where = side.partition(" ")
-                    main_ms, pool_ms, wall = measure(
-                        kind, args.n, server, root, Path(where) if where else REPO
+                    main_ms, pool_ms, wall, idle = measure(
+                        kind, args.n, server, root, Path(where) if where else REPO, args.idle_s
                     )
                     got = figures[side]
                     got["main"].append(main_ms)
                     got["pool"].append(pool_ms)
                     got["total"].append(main_ms + pool_ms)
+                    got["net"].append(main_ms + pool_ms - idle * wall * 1000 / args.n)
                     got["wall"].append(wall)
         finally:
             shutil.rmtree(root, ignore_errors=True)
@@ -146,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
         out[side] = Stats(got["total"])
         print(
             f"{side} N={args.n}: worker CPU per subtask {Stats(got['total']).fmt('ms')}"
-            f" (main {Stats(got['main']).fmt('ms')}, pool {Stats(got['pool']).fmt('ms')});"
+            f" (main {Stats(got['main']).fmt('ms')}, pool {Stats(got['pool']).fmt('ms')};"
+            f" net of idle {Stats(got['net']).fmt('ms')});"
             f" program wall {Stats(got['wall']).fmt()}",
             flush=True,
         )
