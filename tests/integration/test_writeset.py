@@ -64,14 +64,22 @@ def wait_for(path: str) -> str:
 
 def overlapping(subtask_data: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
     """01 and 02 surely run at once: each waits for a marker the other writes, and 01
-    writes the undeclared ``stray.txt`` while 02 is still waiting for 01's last one."""
+    writes the undeclared ``stray.txt`` while 02 is still waiting for 01's last one.
+    02 writes its marker only once 01's is there, so 01 is running (its write window
+    open) when it appears, whichever of the two a worker started first."""
     first = (
         "mkdir -p sync && touch sync/01.ready && "
         + wait_for("sync/02.ready")
         + "echo oops > stray.txt && touch sync/01.done && "
         + write("01")
     )
-    second = "mkdir -p sync && touch sync/02.ready && " + wait_for("sync/01.done") + write("02")
+    second = (
+        "mkdir -p sync && "
+        + wait_for("sync/01.ready")
+        + "touch sync/02.ready && "
+        + wait_for("sync/01.done")
+        + write("02")
+    )
     return [
         subtask_data(
             "01",
