@@ -79,15 +79,15 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 a week anyway (the state TTL)."""
 
 
-def _list() -> list[Any]:
+def empty_list() -> list[Any]:
     """A new empty list, for ``default_factory``: pydantic reads a factory's signature
     when it builds the class, and a builtin's (``list``, ``dict``) is parsed from its
     text signature, ~0.3 ms each and ~10 ms for the first; a function's is instant."""
     return []
 
 
-def _dict() -> dict[Any, Any]:
-    """A new empty dict, for ``default_factory`` (see :func:`_list`)."""
+def empty_dict() -> dict[Any, Any]:
+    """A new empty dict, for ``default_factory`` (see :func:`empty_list`)."""
     return {}
 
 
@@ -241,7 +241,7 @@ class Execution(_Tolerant):
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=20)
     estimate_s: float | None = Field(default=None, ge=0)
-    env: dict[str, str] = Field(default_factory=_dict)
+    env: dict[str, str] = Field(default_factory=empty_dict)
 
     @field_validator("command", "verify")
     @classmethod
@@ -314,13 +314,13 @@ class Subtask(_Tolerant):
     seq: Seq
     title: str = Field(min_length=1)
     status: SubtaskStatus = SubtaskStatus.PENDING
-    depends_on: list[Seq] = Field(default_factory=_list)
+    depends_on: list[Seq] = Field(default_factory=empty_list)
     parallel: StrictBool = False
     """A JSON boolean, as the established task CLI insists: ``"yes"``, ``1`` or ``"on"``
     are refused, not guessed."""
     suggested_agent: str | None = None
-    context_files: list[FileEntry] = Field(default_factory=_list)
-    reference_files: list[FileEntry] = Field(default_factory=_list)
+    context_files: list[FileEntry] = Field(default_factory=empty_list)
+    reference_files: list[FileEntry] = Field(default_factory=empty_list)
     acceptance_criteria: list[str] = Field(min_length=1)
     deliverables: list[str] = Field(min_length=1)
     agent_id: str | None = None
@@ -351,9 +351,9 @@ class TaskFile(_Tolerant):
     name: str
     status: TaskStatus = TaskStatus.ACTIVE
     objective: str | None = None
-    context_files: list[FileEntry] = Field(default_factory=_list)
-    reference_files: list[FileEntry] = Field(default_factory=_list)
-    exit_criteria: list[str] = Field(default_factory=_list)
+    context_files: list[FileEntry] = Field(default_factory=empty_list)
+    reference_files: list[FileEntry] = Field(default_factory=empty_list)
+    exit_criteria: list[str] = Field(default_factory=empty_list)
     subtask_count: int | None = None
     completed_count: int | None = None
     created_at: str | None = None
@@ -382,7 +382,7 @@ class Feature(BaseModel):
     path: Path
     task: TaskFile
     subtasks: list[Subtask]
-    warnings: list[str] = Field(default_factory=_list)
+    warnings: list[str] = Field(default_factory=empty_list)
 
     def by_seq(self) -> dict[str, Subtask]:
         """Subtasks keyed by seq (the first one wins when seqs are duplicated)."""
@@ -412,18 +412,18 @@ class PlannedBatch(BaseModel):
     seqs: list[str]
     parallel: bool
     after: int | None = None
-    reasons: dict[str, str] = Field(default_factory=_dict)
-    depends_on: list[str] = Field(default_factory=_list)
+    reasons: dict[str, str] = Field(default_factory=empty_dict)
+    depends_on: list[str] = Field(default_factory=empty_list)
     """The members' dependencies outside the batch, for the report's "Batch N depends
     on" line."""
 
 
 class Plan(BaseModel):
     feature: str
-    batches: list[PlannedBatch] = Field(default_factory=_list)
-    blocked: dict[str, str] = Field(default_factory=_dict)
-    completed: list[str] = Field(default_factory=_list)
-    warnings: list[str] = Field(default_factory=_list)
+    batches: list[PlannedBatch] = Field(default_factory=empty_list)
+    blocked: dict[str, str] = Field(default_factory=empty_dict)
+    completed: list[str] = Field(default_factory=empty_list)
+    warnings: list[str] = Field(default_factory=empty_list)
     """Advice that does not stop the plan (a batch of coding agents past the size
     guidance); renderers print it, ``--json`` carries it."""
 
@@ -462,7 +462,7 @@ class SubtaskResult(_Wire):
     title: str
     result: ResultState
     summary: str = ""
-    deliverables: list[DeliverableCheck] = Field(default_factory=_list)
+    deliverables: list[DeliverableCheck] = Field(default_factory=empty_list)
     attempts: int = 1
     worker: str | None = None
     started_at: datetime | None = None
@@ -472,20 +472,20 @@ class SubtaskResult(_Wire):
     error: str | None = None
     output_tail: str = ""
     log_path: str | None = None
-    observed_writes: list[str] = Field(default_factory=_list)
+    observed_writes: list[str] = Field(default_factory=empty_list)
     """Set by the worker: paths that changed in the workspace while the agent ran and
     are not this subtask's own deliverables. A sibling running meanwhile shows here too."""
-    undeclared_writes: list[str] = Field(default_factory=_list)
+    undeclared_writes: list[str] = Field(default_factory=empty_list)
     """Set by the batch report: the observed writes blamed on this subtask alone."""
     # --- isolation (``isolate = "worktree"``); absent in older results -----------
     isolated_commit: str | None = None
     """The commit of everything the agent changed in its worktree, on
     ``refs/batchq/<run>/<seq>``; its parent is its snapshot (batch or flow wave)."""
-    changed_paths: list[str] = Field(default_factory=_list)
+    changed_paths: list[str] = Field(default_factory=empty_list)
     """Every path that commit changes, declared or not (exact: no time windows)."""
     diffstat: str | None = None
     """``git diff --shortstat`` of that commit, e.g. ``2 files changed, 3 insertions(+)``."""
-    merged_paths: list[str] = Field(default_factory=_list)
+    merged_paths: list[str] = Field(default_factory=empty_list)
     """Set by the orchestrator: the deliverable paths merged back into the workspace."""
     merged: bool = False
     """Set by the orchestrator when the merge back was done (``merged_paths`` may be
@@ -501,12 +501,12 @@ class NextStep(_Wire):
     """What the orchestrator should do after this batch."""
 
     batch: int | None = None
-    seqs: list[str] = Field(default_factory=_list)
+    seqs: list[str] = Field(default_factory=empty_list)
     dependencies_satisfied: bool = False
     recommendation: str = ""
-    depends_on: list[str] = Field(default_factory=_list)
+    depends_on: list[str] = Field(default_factory=empty_list)
     """What batch ``batch`` depends on (the report's "Batch N depends on" line)."""
-    fix: list[str] = Field(default_factory=_list)
+    fix: list[str] = Field(default_factory=empty_list)
     """The subtasks that failed and must be fixed first: the failures themselves, never
     the dependents skipped because of them."""
 
@@ -554,10 +554,10 @@ class BatchReport(_Wire):
     work_s: float = 0.0
     speedup: float = 0.0
     forced: bool = False
-    missing: list[str] = Field(default_factory=_list)
-    skipped: list[SkippedSubtask] = Field(default_factory=_list)
-    discrepancies: list[str] = Field(default_factory=_list)
-    undeclared_writes: list[UndeclaredWrite] = Field(default_factory=_list)
+    missing: list[str] = Field(default_factory=empty_list)
+    skipped: list[SkippedSubtask] = Field(default_factory=empty_list)
+    discrepancies: list[str] = Field(default_factory=empty_list)
+    undeclared_writes: list[UndeclaredWrite] = Field(default_factory=empty_list)
     write_check: WriteCheck = WriteCheck.WARN
 
     @property
@@ -575,7 +575,7 @@ class BatchMember(_Wire):
 
     seq: str
     title: str
-    deliverables: list[str] = Field(default_factory=_list)
+    deliverables: list[str] = Field(default_factory=empty_list)
 
 
 class SubtaskMessage(_Wire):
@@ -603,7 +603,7 @@ class SubtaskMessage(_Wire):
     """``task.json`` ``objective``."""
     subtask_file: str = ""
     """The subtask's file, relative to ``root``; computed from the layout when empty."""
-    siblings: list[BatchMember] = Field(default_factory=_list)
+    siblings: list[BatchMember] = Field(default_factory=empty_list)
     """The batch's other members (for agents that render a prompt; at most
     ``SIBLINGS_CAP``), in seq order."""
     siblings_total: int = 0

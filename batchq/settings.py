@@ -28,7 +28,7 @@ from pydantic import (
 from batchq import layout
 from batchq.errors import InputError, SpecError, mask_url
 from batchq.layout import ALWAYS_PROTECTED, DEFAULT_PROTECTED
-from batchq.models import Isolation, SandboxMode, Workspace, WriteCheck
+from batchq.models import Isolation, SandboxMode, Workspace, WriteCheck, empty_dict, empty_list
 from batchq.presets import expand_preset
 
 __all__ = [
@@ -67,18 +67,6 @@ _COMMA = object()
 CommaList = Annotated[list[str], _COMMA]
 
 
-def _list() -> list[Any]:
-    """A new empty list, for ``default_factory``: pydantic reads a factory's signature
-    when it builds the class, and a builtin's (``list``, ``dict``) is parsed from its
-    text signature, ~0.3 ms each and ~10 ms for the first; a function's is instant."""
-    return []
-
-
-def _dict() -> dict[Any, Any]:
-    """A new empty dict, for ``default_factory`` (see :func:`_list`)."""
-    return {}
-
-
 class AgentConfig(BaseModel):
     """One ``[agents.NAME]`` table of ``batchq.toml``."""
 
@@ -86,12 +74,12 @@ class AgentConfig(BaseModel):
     """A coding-agent CLI's documented command line, network and API-key names
     (:mod:`batchq.presets`); what the table sets itself wins."""
     command: str | None = None
-    allow: list[str] = Field(default_factory=_list)
+    allow: list[str] = Field(default_factory=empty_list)
     max_concurrency: int | None = Field(default=None, ge=1)
     network: bool = False
     """Whether the agent's sandbox keeps the network (a coding CLI calling a model API
     needs it; a build step rarely does)."""
-    env: list[str] = Field(default_factory=_list)
+    env: list[str] = Field(default_factory=empty_list)
     """Names of worker environment variables the agent gets inside the sandbox (API
     keys a coding CLI needs); everything else but the basics is dropped."""
     prompt_template: str | None = None
@@ -137,10 +125,10 @@ class Settings(BaseModel):
     one on PATH, anything else = the path of an executable."""
     key_prefix: str = "batchq:"
 
-    shell_allow: CommaList = Field(default_factory=_list)
-    python_allow: CommaList = Field(default_factory=_list)
+    shell_allow: CommaList = Field(default_factory=empty_list)
+    python_allow: CommaList = Field(default_factory=empty_list)
     protected_paths: CommaList = Field(default_factory=lambda: list(DEFAULT_PROTECTED))
-    agents: dict[str, AgentConfig] = Field(default_factory=_dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=empty_dict)
 
     stall_s: float = Field(default=120.0, gt=0)
     visibility_timeout_s: float = Field(default=4 * 3600.0, gt=0)
@@ -164,7 +152,7 @@ class Settings(BaseModel):
     sandbox: SandboxMode = SandboxMode.AUTO
     """Agents' processes in a bubblewrap sandbox: ``auto`` where bwrap works (one
     warning where it does not), ``required`` refuses to run without it, ``off``."""
-    sandbox_hide: CommaList = Field(default_factory=_list)
+    sandbox_hide: CommaList = Field(default_factory=empty_list)
     """More files or folders of the worker's host that agents must not see, beyond the
     worker's own secrets the sandbox always hides (its settings file, the Redis URL
     file, ``/run/secrets``, ssh keys and git credentials: :func:`batchq.agents.sandbox.

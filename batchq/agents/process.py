@@ -212,6 +212,31 @@ class _Tail:
         return data.decode("utf-8", errors="replace"), self.dropped + excess
 
 
+def _spawn(
+    argv: Sequence[str],
+    cwd: Path | str,
+    env: Mapping[str, str] | None,
+    stdin: int,
+    pid_namespace: PidNamespace | None,
+    parent_death_signal: bool,
+) -> subprocess.Popen[bytes]:
+    """The agent process as both :func:`run_process` and :func:`hold_process` start
+    it: output and errors into one pipe, the leader of a new session (its group is
+    what a stop kills), no inherited descriptors but the sandbox's info pipe."""
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=(pid_namespace.write_fd,) if pid_namespace is not None else (),
+        preexec_fn=_die_with_parent if parent_death_signal else None,
+    )
+
+
 def run_process(
     command: str | Sequence[str],
     *,
@@ -252,17 +277,8 @@ def run_process(
         log = _open_log(log_path)
         try:
             try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=dict(env) if env is not None else None,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(pid_namespace.write_fd,) if pid_namespace is not None else (),
-                    preexec_fn=_die_with_parent if parent_death_signal else None,
+                proc = _spawn(
+                    argv, cwd, env, subprocess.DEVNULL, pid_namespace, parent_death_signal
                 )
             except OSError as exc:
                 reason = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
@@ -408,18 +424,7 @@ def hold_process(
         )
     read_end, gate = os.pipe()
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdin=read_end,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=(pid_namespace.write_fd,) if pid_namespace is not None else (),
-            preexec_fn=_die_with_parent if parent_death_signal else None,
-        )
+        proc = _spawn(argv, cwd, env, read_end, pid_namespace, parent_death_signal)
     except OSError as exc:
         os.close(gate)
         if pid_namespace is not None:
