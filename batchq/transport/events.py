@@ -13,14 +13,13 @@ never depends on these events: it reads the run's Redis stream.
 from __future__ import annotations
 
 import ast
-import os
 import time
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.events import Event
-from celery.utils.time import utcoffset
 from celery.worker.request import Request
+
+from batchq.transport.publish import publish_events
 
 __all__ = [
     "FLUSH_EVERY_S",
@@ -157,47 +156,14 @@ class MemberEvents:
 
     def flush(self) -> None:
         """Send what is pending as one ``task-multi`` message, built as Celery's
-        dispatcher builds one (:func:`_sender`) on a producer from the app's pool."""
+        dispatcher builds one (:func:`~batchq.transport.publish.publish_events`) on a
+        producer from the app's pool."""
         events, self.pending = self.pending, []
         self.flushed = time.monotonic()
         if not events:
             return
         try:
-            sender = _sender(self.app, self.hostname)
-            body = [
-                Event(
-                    kind,
-                    hostname=sender.hostname,
-                    utcoffset=utcoffset(),
-                    pid=sender.pid,
-                    clock=sender.clock.forward(),
-                    **fields,
-                )
-                for kind, fields in events
-            ]
             with self.app.amqp.producer_pool.acquire(block=True) as producer:
-                producer.publish(
-                    body,
-                    routing_key="task.multi",
-                    exchange=sender.exchange.name,
-                    declare=[sender.exchange],
-                    serializer=sender.serializer,
-                    headers=sender.headers,
-                    delivery_mode=sender.delivery_mode,
-                )
+                publish_events(self.app, producer, events, self.hostname)
         except Exception:
             return
-
-
-_SENDERS: dict[tuple[int, str], Any] = {}
-
-
-def _sender(app: Celery, hostname: str) -> Any:
-    """A disabled event dispatcher per app and node name, kept for the process: it
-    holds what an event message needs (exchange, serializer, headers, the app's
-    clock, the pid), and building one per flush cost more than the publish."""
-    key = (id(app), hostname)
-    sender = _SENDERS.get(key)
-    if sender is None or sender.pid != os.getpid() or sender.app is not app:
-        sender = _SENDERS[key] = app.events.Dispatcher(hostname=hostname, enabled=False)
-    return sender

@@ -10,6 +10,7 @@ batch), and the members' task-sent events as one ``task-multi`` message.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -209,39 +210,56 @@ class _SentEvents:
 
     def flush(self, app: Celery, producer: Any) -> None:
         events, self.events = self.events, []
-        if not events:
-            return
-        sender = _event_sender(app)
-        body = [
-            CeleryEvent(
-                kind,
-                hostname=sender.hostname,
-                utcoffset=utcoffset(),
-                pid=sender.pid,
-                clock=sender.clock.forward(),
-                **fields,
-            )
-            for kind, fields in events
-        ]
-        producer.publish(
-            body,
-            routing_key="task.multi",
-            exchange=sender.exchange.name,
-            declare=[sender.exchange],
-            serializer=sender.serializer,
-            headers=sender.headers,
-            delivery_mode=sender.delivery_mode,
+        publish_events(app, producer, events)
+
+
+def publish_events(
+    app: Celery,
+    producer: Any,
+    events: Sequence[tuple[str, dict[str, Any]]],
+    hostname: str | None = None,
+) -> None:
+    """Send ``(kind, fields)`` events as one ``task-multi`` message on ``producer``,
+    built as Celery's dispatcher builds one, in the name of node ``hostname`` (None:
+    this process's). The producer's sent events and a worker's chunk members both
+    go out this way."""
+    if not events:
+        return
+    sender = _event_sender(app, hostname)
+    body = [
+        CeleryEvent(
+            kind,
+            hostname=sender.hostname,
+            utcoffset=utcoffset(),
+            pid=sender.pid,
+            clock=sender.clock.forward(),
+            **fields,
         )
+        for kind, fields in events
+    ]
+    producer.publish(
+        body,
+        routing_key="task.multi",
+        exchange=sender.exchange.name,
+        declare=[sender.exchange],
+        serializer=sender.serializer,
+        headers=sender.headers,
+        delivery_mode=sender.delivery_mode,
+    )
 
 
-_SENDERS: weakref.WeakKeyDictionary[Celery, Any] = weakref.WeakKeyDictionary()
+_SENDERS: weakref.WeakKeyDictionary[Celery, dict[str | None, Any]] = weakref.WeakKeyDictionary()
 
 
-def _event_sender(app: Celery) -> Any:
-    """The app's event settings (exchange, serializer, hostname, clock), built once."""
-    sender = _SENDERS.get(app)
-    if sender is None:
-        sender = _SENDERS[app] = app.events.Dispatcher(enabled=False)
+def _event_sender(app: Celery, hostname: str | None) -> Any:
+    """A disabled event dispatcher per app and node name, kept for the process: it
+    holds what an event message needs (exchange, serializer, headers, the app's
+    clock, the pid), and building one per flush cost more than the publish. A forked
+    process (a pool child) builds its own, so its events carry its pid."""
+    senders = _SENDERS.setdefault(app, {})
+    sender = senders.get(hostname)
+    if sender is None or sender.pid != os.getpid():
+        sender = senders[hostname] = app.events.Dispatcher(hostname=hostname, enabled=False)
     return sender
 
 
