@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import stat
@@ -14,7 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchq.files.jsonfile import JsonReadError, read_document, same_json, write_atomic
+from batchq.files import jsonfile
+from batchq.files.jsonfile import (
+    JsonReadError,
+    read_document,
+    same_json,
+    write_atomic,
+    write_many,
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -168,6 +176,99 @@ def test_a_failed_atomic_write_leaves_the_original_and_no_temp_file(
         write_atomic(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+class _Counted:
+    """Counts calls of a real function and passes them on."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.real(*args)
+
+
+def _many(tmp_path: Path, n: int) -> list[tuple[Path, str]]:
+    items = []
+    for i in range(n):
+        target = write(tmp_path / f"s{i:03}.json", "old")
+        target.chmod(0o600 if i % 2 else 0o644)
+        items.append((target, f"new {i}"))
+    return items
+
+
+def test_many_files_are_flushed_by_one_syncfs_before_any_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncfs = jsonfile._syncfs()
+    if syncfs is None:
+        pytest.skip("this system has no syncfs")
+    counted = _Counted(syncfs)
+    fsyncs = _Counted(os.fsync)
+    replaced: list[str] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        assert counted.calls == 1, "a file was renamed into place before the flush"
+        replaced.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(jsonfile, "_syncfs", lambda: counted)
+    monkeypatch.setattr(os, "fsync", fsyncs)
+    monkeypatch.setattr(os, "replace", replace)
+    items = _many(tmp_path, jsonfile.SYNCFS_FROM + 3)
+    write_many(items)
+    assert (counted.calls, fsyncs.calls) == (1, 0)
+    assert len(replaced) == len(items)
+    for i, (target, text) in enumerate(items):
+        assert target.read_text() == text
+        assert stat.S_IMODE(target.stat().st_mode) == (0o600 if i % 2 else 0o644)
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
+
+
+@pytest.mark.parametrize("syncfs", [None, lambda fd: -1], ids=["absent", "failing"])
+def test_without_a_working_syncfs_each_of_many_files_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: Any
+) -> None:
+    fsyncs = _Counted(os.fsync)
+    monkeypatch.setattr(jsonfile, "_syncfs", lambda: syncfs)
+    monkeypatch.setattr(os, "fsync", fsyncs)
+    items = _many(tmp_path, jsonfile.SYNCFS_FROM)
+    write_many(items)
+    assert fsyncs.calls == len(items)
+    assert [t.read_text() for t, _ in items] == [text for _, text in items]
+
+
+def test_a_failure_while_staging_many_files_replaces_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _many(tmp_path, jsonfile.SYNCFS_FROM + 1)
+    real_write = os.write
+    writes = itertools.count()
+
+    def write_until_full(fd: int, data: Any) -> int:
+        if next(writes) == 7:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write_until_full)
+    with pytest.raises(OSError, match="No space"):
+        write_many(items)
+    assert all(t.read_text() == "old" for t, _ in items)
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
+
+
+def test_a_leftover_temp_file_with_the_same_name_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = write(tmp_path / "a.json", "old")
+    monkeypatch.setattr(jsonfile, "_TMP_COUNTER", itertools.count())
+    leftover = write(tmp_path / f".a.json.{os.getpid()}.0.tmp", "a crashed run's")
+    write_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert leftover.read_text() == "a crashed run's"
+    assert sorted(os.listdir(tmp_path)) == [leftover.name, "a.json"]
 
 
 json_values = st.recursive(
