@@ -216,10 +216,15 @@ def batchq_env(url: str) -> dict[str, str]:
     return env
 
 
-def bare_process(url: str, n: int, runs: int = 1, timeout_s: float = 3600) -> ProcRun:
-    """``python bench/bare.py``: the bare-Celery user's whole program, fresh."""
+def bare_process(
+    url: str, n: int, runs: int = 1, timeout_s: float = 3600, *, poll_s: float | None = None
+) -> ProcRun:
+    """``python bench/bare.py``: the bare-Celery user's whole program, fresh
+    (``poll_s``: polling ``ready()`` before ``get()``, see bare.run_chord)."""
     argv = [sys.executable, str(REPO / "bench" / "bare.py"), "--url", url, "--n", str(n)]
     argv += ["--runs", str(runs), "--timeout", str(timeout_s)]
+    if poll_s is not None:
+        argv += ["--poll", str(poll_s)]
     return run_process(argv, env=batchq_env(url), timeout_s=timeout_s + 60).check("bare.py")
 
 

@@ -43,6 +43,7 @@ def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) 
         assert heading in out
     assert "bare best" in out and "p50 ratio" in out and "second run" in out
     assert "dramatiq group" in out and "`batchq run` process" in out
+    assert "polled process" in out
     assert "orchestrator peak RSS" in out and "start-up `batchq --version` median" in out
     assert "P4 flow within 1.10" in out
     assert "P3 (python sleeps) second run" in out and "P3 (shell sleeps) second run" in out
@@ -78,6 +79,10 @@ def test_p1_goals_compare_the_median_with_the_bare_best_run() -> None:
     assert p1_goal.startswith("- ❌") and "×1.20" in p1_goal
     per = next(line for line in lines if "per-subtask" in line)
     assert per.startswith("- ✅") and "×1.00" in per
+    # The polled bare variant's best (4 s) is the better bare run, so it is the one.
+    p1["5"]["polled_process"] = Stats([4.0, 4.5])
+    p1_goal = next(line for line in bench_main._goals(p1, None, None) if "P1 at N=5" in line)
+    assert p1_goal.startswith("- ❌") and "×1.50" in p1_goal
 
 
 def test_the_bimodality_probe_counts_the_producer_calls(
