@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,11 @@ MIRROR_FULL_EVERY_S = 5.0
 in place (not by ``os.replace``) to another subtask's file shows in ``task.json``'s
 counts within this long (or four rewrite intervals, if longer), and always by the
 batch's last rewrite."""
+MIRROR_BESIDE_MAX = 64
+"""A batch's last rewrite of up to this many files runs in a thread beside the report's
+build (both mostly wait: on fsync and rename, on Redis), which is a few milliseconds of
+a small batch's latency; a bigger one runs first, so a big rewrite and a big report
+never sit in memory together."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""
@@ -200,6 +205,11 @@ class _Mirror:
         self.feature: Feature | None = None
         self.written_to: RunResult | None = None
         """A run result whose ``feature`` follows each rewrite (batch mode)."""
+        self._beside: threading.Thread | None = None
+        self._beside_failure: BaseException | None = None
+        self._held: list[Event] = []
+        """Events of the last rewrite running beside the report: forwarded (printed)
+        only once it is written, so no progress line is ahead of the files."""
 
     def __call__(self, events: list[Event]) -> None:
         last = False
@@ -226,11 +236,37 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.final[event.seq] = result.result
+        if last and len(self.pending) <= MIRROR_BESIDE_MAX:
+            self._held = events
+            self._beside = threading.Thread(
+                target=self._flush_beside, name="batchq-mirror", daemon=True
+            )
+            self._beside.start()
+            return
         if last:
             self.flush()
         elif time.monotonic() - self.last_flush >= self.interval:
             since_full = time.monotonic() - self.last_full
             self.flush(quick=since_full < max(MIRROR_FULL_EVERY_S, 4 * self.interval))
+        if self.forward is not None:
+            self.forward(events)
+
+    def _flush_beside(self) -> None:
+        try:
+            self.flush()
+        except BaseException as exc:  # raised where the run joins it (``settle``)
+            self._beside_failure = exc
+
+    def settle(self) -> None:
+        """Wait for a last rewrite running beside the report, raise what it raised,
+        and forward its events. Before anything else reads the mirror or the files."""
+        if self._beside is None:
+            return
+        self._beside.join()
+        self._beside, failure, self._beside_failure = None, self._beside_failure, None
+        events, self._held = self._held, []
+        if failure is not None:
+            raise failure
         if self.forward is not None:
             self.forward(events)
 
@@ -664,7 +700,13 @@ class Orchestrator:
         mirror.written_to = result
         isolated = feature if run.isolate is Isolation.WORKTREE else None  # merge's input
         del feature
-        built = wait(self.store, submission, self.settings, mirror)
+        try:
+            built = wait(self.store, submission, self.settings, mirror)
+        except BaseException:
+            with suppress(Exception):  # what the wait raised is the news
+                mirror.settle()
+            raise
+        mirror.settle()
         if mirror.pending:  # else the last member's event flushed: keep what it wrote
             mirror.flush()
         if isolated is not None:  # isolation (issue 19): merge, then restamp all

@@ -1,9 +1,13 @@
 """The orchestrator's mirror of progress events into the task files: an isolated result
 that is not merged back yet is never written as completed (its deliverables are only in
-its result commit until the merge)."""
+its result commit until the merge); a batch's small last rewrite runs beside the report,
+and nothing about it is printed before it is written."""
 
 from __future__ import annotations
 
+import pytest
+
+from batchq.errors import SpecError
 from batchq.files import fingerprint
 from batchq.files.taskfiles import load_feature
 from batchq.models import ResultState, SubtaskResult
@@ -44,3 +48,42 @@ def test_an_unmerged_isolated_completion_stays_in_progress_until_the_merge(
     assert statuses == {"01": "in_progress", "02": "completed", "03": "completed"}
     assert mirror.finished["01"] is ResultState.COMPLETED  # known, for the settle
     assert "01" not in mirror.written  # so the settle writes it after the merge
+
+
+def test_a_small_last_rewrite_runs_beside_the_report_and_prints_only_once_written(
+    make_feature: MakeFeature,
+) -> None:
+    root = make_feature([subtask(s, command="true") for s in ("01", "02")])
+    feature = load_feature(root, "feat")
+    recorder = fingerprint.Recorder.for_batch(feature, ["01", "02"], settings())
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    def forward(events: list[Event]) -> None:  # the CLI's progress lines
+        statuses = {s.seq: s.status.value for s in load_feature(root, "feat").subtasks}
+        seen.append(([e.seq for e in events], statuses))
+
+    mirror = _Mirror(root, "feat", "r1", forward, recorder, ["01", "02"])
+    mirror.interval = 3600.0  # no interim rewrite, however slow this machine is
+    mirror([finished("01")])
+    assert seen == [(["01"], {"01": "pending", "02": "pending"})]  # paced: not written yet
+    mirror([finished("02")])  # the last member: its rewrite starts in a thread
+    mirror.settle()
+    assert seen[1] == (["02"], {"01": "completed", "02": "completed"})
+    assert mirror.written == {"01": ResultState.COMPLETED, "02": ResultState.COMPLETED}
+    mirror.settle()  # nothing left to wait for
+    assert len(seen) == 2
+
+
+def test_a_failed_rewrite_beside_the_report_is_raised_where_the_run_joins_it(
+    make_feature: MakeFeature,
+) -> None:
+    root = make_feature([subtask("01", command="true")])
+    feature = load_feature(root, "feat")
+    recorder = fingerprint.Recorder.for_batch(feature, ["01"], settings())
+    forwarded: list[Event] = []
+    mirror = _Mirror(root, "feat", "r1", forwarded.extend, recorder, ["01"])
+    (root / ".tmp" / "tasks" / "feat" / "subtask_01.json").write_text("{ not json")
+    mirror([finished("01")])
+    with pytest.raises(SpecError, match=r"subtask_01\.json"):
+        mirror.settle()
+    assert forwarded == []  # nothing printed for a rewrite that did not happen
