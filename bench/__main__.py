@@ -104,7 +104,8 @@ def _p1_section(p1: dict[str, Any]) -> list[str]:
         first = first or per
         dram = row.get("dramatiq_group"), row.get("dramatiq_process")
         lines.append(
-            f"| {n} | {_fmt(row['bare_chord'])} | {_fmt(row['bare_process'])} | "
+            f"| {n} | {p1_fanout.plain_cell(row, 'bare_chord')} | "
+            f"{p1_fanout.plain_cell(row)} | "
             f"{_fmt(row['polled_chord'])} | {_fmt(row['polled_process'])} | "
             f"{_fmt(dram[0]) if dram[0] else 'n/a'} | {_fmt(dram[1]) if dram[1] else 'n/a'} | "
             f"{_fmt(row['batchq_report'])} | {_fmt(ours)} | "

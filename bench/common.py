@@ -228,6 +228,17 @@ def bare_process(
     return run_process(argv, env=batchq_env(url), timeout_s=timeout_s + 60).check("bare.py")
 
 
+def bare_within(url: str, n: int, limit_s: float) -> ProcRun | None:
+    """:func:`bare_process`, or None when its chord did not return within ``limit_s``
+    (the slow mode at a large N); any other failure still raises."""
+    argv = [sys.executable, str(REPO / "bench" / "bare.py"), "--url", url, "--n", str(n)]
+    argv += ["--timeout", str(limit_s)]
+    run = run_process(argv, env=batchq_env(url), timeout_s=limit_s + 60)
+    if run.returncode != 0 and "TimeoutError" in run.stderr:
+        return None
+    return run.check("bare.py")
+
+
 def worker_peak_mb(group: LocalWorkers) -> float:
     """The largest peak RSS among the workers' main and pool processes (read while
     they are alive)."""

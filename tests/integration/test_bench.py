@@ -94,3 +94,20 @@ def test_the_bimodality_probe_counts_the_producer_calls(
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("rep 0: process") and "publish" in line
     assert "pubsub replies drained" in line and "result GETs" in line
+
+
+def test_a_plain_bare_run_that_timed_out_is_shown_and_the_polled_one_judges() -> None:
+    from bench import p1_fanout
+
+    row: dict[str, object] = {
+        "polled_chord": Stats([4.0]),
+        "polled_process": Stats([4.5, 5.0]),
+        "batchq_report": Stats([3.0]),
+        "batchq_process": Stats([4.5]),
+        "bare_timed_out": 1,
+        "orchestrator_peak_mb": 50.0,
+        "worker_peak_mb": 60.0,
+    }
+    assert p1_fanout.bare_best(row) == 4.5
+    table = "\n".join(bench_main._p1_section({"5": row}))
+    assert "1 run(s) over 300 s (timed out)" in table and "×1.00" in table
