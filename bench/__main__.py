@@ -123,6 +123,15 @@ def _p1_section(p1: dict[str, Any]) -> list[str]:
     ]
     for n, row in p1.items():
         lines.append(f"| {n} | {row['orchestrator_peak_mb']:.0f} | {row['worker_peak_mb']:.0f} |")
+    slept = {n: row.get("inode_wait_s", 0.0) for n, row in p1.items()}
+    if any(slept.values()):
+        lines += [
+            "",
+            "Before each `batchq run` the bench waited for inodes freed in the minute "
+            "before it to age (ext4 without a journal, see [the notes](#freed-inodes)): "
+            + ", ".join(f"{v:.0f} s in all at N={n}" for n, v in slept.items())
+            + ".",
+        ]
     return [*lines, ""]
 
 

@@ -4,6 +4,8 @@ For judging a change on a shared machine, where a figure alone is noise: each
 repetition runs the command from every tree in turn (``PYTHONPATH`` set to the tree),
 each against a freshly started worker on an emptied Redis, in one project root, and
 prints min / median / max and the peak RSS per tree. The workers run this tree's code.
+On ext4 without a journal each run waits a minute for inodes freed before it to age
+(bench.common.InodeQuiet), so every run is timed as a first run in its folder.
 
     python -m bench.ab --trees /work/main,/work/wt-NAME --n 2000 --reps 3
 """
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import (
+    InodeQuiet,
     Stats,
     batchq_env,
     compile_tree,
@@ -43,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     peaks: dict[str, list[float]] = {tree: [] for tree in trees}
     with redis() as server:
         root = tmpdir("bench-ab-")
+        quiet = InodeQuiet(root, args.n)
+        quiet.deleted()  # what ran before (a previous bench) is unknown
         try:
             for k in range(args.reps):
                 for i, tree in enumerate(trees):
@@ -51,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
                     env = batchq_env(server.url)
                     env["PYTHONPATH"] = tree
                     argv_ = [sys.executable, "-c", CODE, "run", name, "--root", str(root)]
+                    quiet.wait()
                     with fresh_workers(server, "batchq.worker"):
                         done = run_process(argv_, env=env, cwd=root).check(f"{tree}: batchq run")
+                    quiet.deleted()  # its rewrites freed N inodes
                     walls[tree].append(done.wall_s)
                     peaks[tree].append(done.peak_mb)
         finally:

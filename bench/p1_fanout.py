@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from batchq.files.taskfiles import load_feature
 from batchq.run.orchestrator import saved_reports
 from bench.common import (
     REPO,
+    InodeQuiet,
     Stats,
     bare_process,
     bare_within,
@@ -63,6 +64,8 @@ class Row:
     dramatiq_process: list[float] = field(default_factory=list)
     batchq_report: list[float] = field(default_factory=list)
     batchq_process: list[float] = field(default_factory=list)
+    inode_wait_s: float = 0.0
+    """Slept before batchq's runs for freed inodes to age (bench.common.InodeQuiet)."""
     bare_timed_out: int = 0
     """Plain bare runs whose chord did not return within ``PLAIN_LIMIT_S``."""
     orchestrator_peak_mb: float = 0.0
@@ -84,6 +87,7 @@ class Row:
             if getattr(self, key)
         }
         out["bare_timed_out"] = self.bare_timed_out
+        out["inode_wait_s"] = self.inode_wait_s
         out["orchestrator_peak_mb"] = self.orchestrator_peak_mb
         out["worker_peak_mb"] = self.worker_peak_mb
         return out
@@ -102,7 +106,7 @@ POLL_S = 0.01
 def bare_best(stats: dict[str, Any]) -> float:
     """The best whole-process run of either bare variant: what the goals are judged
     against."""
-    return min(stats[key].lo for key in ("bare_process", "polled_process") if key in stats)
+    return float(min(stats[k].lo for k in ("bare_process", "polled_process") if k in stats))
 
 
 def plain_cell(stats: dict[str, Any], key: str = "bare_process") -> str:
@@ -121,6 +125,8 @@ def dramatiq_available() -> bool:
 
 def run_size(server: Any, n: int, reps: int, *, with_dramatiq: bool = True) -> Row:
     row = Row()
+    quiet = InodeQuiet(Path(tempfile.gettempdir()), n)
+    quiet.deleted()  # by whatever ran before: unknown, so count it
     timeout = max(900.0, n * 0.2)
     for _ in range(reps):
         if not row.bare_timed_out:
@@ -146,6 +152,7 @@ def run_size(server: Any, n: int, reps: int, *, with_dramatiq: bool = True) -> R
         root = tmpdir("bench-p1-")
         try:
             noop_feature(root, "p1", n)  # set-up, before the clock
+            row.inode_wait_s += quiet.wait()
             with fresh_workers(server, "batchq.worker") as group:
                 argv = [*batchq_argv(), "run", "p1", "--root", str(root)]
                 run = run_process(argv, env=batchq_env(server.url), timeout_s=timeout + 60)
@@ -153,7 +160,7 @@ def run_size(server: Any, n: int, reps: int, *, with_dramatiq: bool = True) -> R
                 row.worker_peak_mb = max(row.worker_peak_mb, worker_peak_mb(group))
             row.batchq_report.append(report_wall_s(root, "p1", n))
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            quiet.remove(root)
         row.batchq_process.append(run.wall_s)
         row.orchestrator_peak_mb = max(row.orchestrator_peak_mb, run.peak_mb)
     return row
@@ -195,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"batchq run process {ours.fmt()}; median/bare best ×"
                 f"{ours.median / best:.2f}; per subtask {ours.median / n * 1000:.2f} ms; "
                 f"orchestrator {stats['orchestrator_peak_mb']:.0f} MiB, "
-                f"worker {stats['worker_peak_mb']:.0f} MiB",
+                f"worker {stats['worker_peak_mb']:.0f} MiB; "
+                f"slept {stats['inode_wait_s']:.0f} s for freed inodes",
                 flush=True,
             )
     return rows
