@@ -197,7 +197,51 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class _Tolerant(BaseModel):
+class _SharedFields(set[str]):
+    """A ``model_fields_set`` that many instances share (see :class:`_Shared`); a copy
+    of it is a plain set of the instance's own."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def __reduce__(self) -> tuple[type[set[str]], tuple[list[str]]]:
+        return set, (list(self),)
+
+
+_SHARED_FIELDS: dict[frozenset[str], _SharedFields] = {}
+_SHARED_FIELDS_LIMIT = 4096
+
+
+class _Shared(BaseModel):
+    """Models whose instances share one ``model_fields_set`` per set of names given.
+
+    Pydantic gives every instance a set of its own of the field names its input named,
+    and a set of 25 names is 2.2 KiB: more than half of a :class:`SubtaskResult`, a
+    quarter of a :class:`Subtask`, at 5,000 of each in a batch some 16 MiB of copies of
+    the same few sets. The set is replaced by the shared copy after validation; an
+    assignment (which adds the name to it) first gives the instance a set of its own,
+    and a copy (``model_copy``, ``copy``) gets a plain one, so no instance ever sees
+    another's change."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        fields = self.__pydantic_fields_set__
+        key = frozenset(fields)
+        shared = _SHARED_FIELDS.get(key)
+        if shared is None:
+            if len(_SHARED_FIELDS) >= _SHARED_FIELDS_LIMIT:
+                return  # a process that saw thousands of combinations: keep its own
+            shared = _SHARED_FIELDS.setdefault(key, _SharedFields(fields))
+        object.__setattr__(self, "__pydantic_fields_set__", shared)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if type(self.__pydantic_fields_set__) is _SharedFields:
+            object.__setattr__(self, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        super().__setattr__(name, value)
+
+
+class _Tolerant(_Shared):
     """Task-file models ignore unknown keys: the raw JSON keeps them for rewrites."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -439,7 +483,7 @@ class Violation(BaseModel):
 # --- execution results (wire models) ------------------------------------------
 
 
-class _Wire(BaseModel):
+class _Wire(_Shared):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     schema_version: int = 1

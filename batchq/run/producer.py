@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -66,6 +66,10 @@ OUTAGE_POLL_S = 0.5
 RIDE_OUT: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, OperationalError)
 """What :func:`follow` rides out: Redis errors, and kombu's when a publish from a
 ``step`` (flow mode) finds the broker down past kombu's own retries."""
+FOLLOW_COUNT = 256
+"""Most events one read of the progress stream returns. A finished event carries its
+whole result, some 3 KiB decoded, and the slice that holds a batch's last one lives
+while its report is built: at 1,000 that was 3 MiB beside it."""
 T = TypeVar("T")
 
 
@@ -80,6 +84,30 @@ class Submission:
     hard_cap_s: float
     titles: dict[str, str] = field(default_factory=dict)
     declared: dict[str, list[str]] | None = None
+
+
+class _Built(Sequence[Any]):
+    """A batch's signatures, each built when it is read: published in turn, a message's
+    body (the subtask and its brief as a dict) is garbage once sent, instead of all
+    5,000 of a batch's bodies held at once beside their serialized copies."""
+
+    def __init__(self, groups: list[list[Subtask]], build: Callable[[list[Subtask]], Any]) -> None:
+        self.groups, self.build = groups, build
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self.build(group) for group in self.groups[index]]
+        return self.build(self.groups[index])
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.build(group) for group in self.groups)
 
 
 def agent_names(members: Sequence[Subtask]) -> dict[str, str]:
@@ -218,15 +246,16 @@ def submit(
         chunks.tiny(members, agents, known, run.callable_s),
     )
     brief = Brief.of(feature, members, agents)
-    signatures = [
-        signature(
-            app, run, group[0], agents[group[0].seq], batch.number, run.policy, brief, snapshot_ref
-        )
-        if len(group) == 1
-        else chunk_signature(app, run, group, batch.number, run.policy, snapshot_ref)
-        for group in groups
-    ]
-    publish_batch(app, signatures, run, batch, submitted_at)
+
+    def build(group: list[Subtask]) -> Any:
+        if len(group) == 1:
+            sub = group[0]
+            return signature(
+                app, run, sub, agents[sub.seq], batch.number, run.policy, brief, snapshot_ref
+            )
+        return chunk_signature(app, run, group, batch.number, run.policy, snapshot_ref)
+
+    publish_batch(app, _Built(groups, build), run, batch, submitted_at)
     hard_cap = sum(budget_s(s, settings) for s in members) + settings.stall_s
     return Submission(
         run=run,
@@ -363,7 +392,7 @@ def follow(
     outage_since: float | None = None
     while True:
         try:
-            events = store.events(run_id, after, block_ms=1000)
+            events = store.events(run_id, after, block_ms=1000, count=FOLLOW_COUNT)
             outage_since = None
             selected = [e for e in events if mine(e)]
             if selected:

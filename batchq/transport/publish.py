@@ -48,7 +48,10 @@ __all__ = [
     "signature",
 ]
 
-PUBLISH_BATCH = 1000
+PUBLISH_BATCH = 64
+"""Transport operations buffered before a round trip: a chunk message of 16 members is
+some 40 KiB serialized, and at 1,000 a 5,000-member batch held all its messages twice
+(the envelope and its packed command) until the one round trip."""
 SIBLINGS_CAP = 32
 """Most batch siblings one message lists: a prompt needs the neighbours, not a
 5,000-member batch copied into each of 5,000 messages (the prompt gives the count)."""
@@ -276,7 +279,7 @@ def _publishing(app: Celery) -> Iterator[tuple[Any, _SentEvents]]:
 
 
 def publish_batch(
-    app: Celery, signatures: list[Any], run: Run, batch: PlannedBatch, submitted_at: datetime
+    app: Celery, signatures: Sequence[Any], run: Run, batch: PlannedBatch, submitted_at: datetime
 ) -> None:
     """Publish a batch's messages: a chord whose callback aggregates the report (even
     when its members share one chunk), or the one message of a batch of one."""
@@ -286,7 +289,7 @@ def publish_batch(
 
 def _publish(
     app: Celery,
-    signatures: list[Any],
+    signatures: Sequence[Any],
     producer: Any,
     sent: _SentEvents,
     run: Run,
@@ -316,7 +319,7 @@ def _publish(
 
 
 def _apply_chord(
-    app: Celery, header: list[Any], body: Any, producer: Any, sent: _SentEvents
+    app: Celery, header: Sequence[Any], body: Any, producer: Any, sent: _SentEvents
 ) -> None:
     """``chord(group(header), body).apply_async()``, but on ``producer``.
 
