@@ -42,6 +42,12 @@ Pitfalls this module was written against (each is tested in
   otherwise), then every bind sorted by depth, so the most specific path wins: the
   ``.git`` inside a writable workspace is read-only, a log dir inside the read-only
   ``.tmp/tasks`` is writable again.
+- A read-only bind does not stop a rename of the folder it is in: inside the writable
+  workspace ``mv .tmp .old`` moves ``.tmp/tasks``, mount and all, and the agent can
+  put a forged ``.tmp/tasks`` (or a symlink where the log folder was) in its place,
+  for the host and for any sandbox set up meanwhile (a parallel subtask's, a held
+  verify's). So every folder between a writable mount and a mount inside it is bound
+  over itself too (writable, as before): a mount point cannot be moved or removed.
 - A read-only mount does not stop ``connect()`` on a Unix socket, and
   ``--unshare-net`` does not cover sockets in the file system: name such sockets
   (``/run/docker.sock``, an embedded Redis outside ``/tmp``) in ``hidden``.
@@ -76,10 +82,13 @@ safe because
   once the agent's PID namespace is gone: a ``setsid`` job it left is dead, not
   waiting to change the workspace under verify (tested both ways:
   ``tests/unit/test_verify_hold.py``);
-- its mounts were fixed before the agent ran, from paths the agent cannot change:
-  the protected ones are read-only to it, and one it creates fails the agent before
-  any ``go`` (:meth:`Sandbox.appeared`). What the agent can change is the workspace
-  and the log folder, which verify sees live, as it would in a sandbox set up after.
+- its mounts are made from paths the agent cannot change, though bwrap makes them
+  after its ``exec`` (``Popen`` returns before), so possibly while the agent already
+  runs: the protected ones are read-only to it and the folders above them pinned (see
+  the pitfalls), so neither they nor the log folder can be moved or replaced
+  meanwhile; one it creates fails the agent before any ``go``
+  (:meth:`Sandbox.appeared`). What the agent can change is the workspace and the log
+  folder's content, which verify sees live, as it would in a sandbox set up after.
 """
 
 from __future__ import annotations
@@ -396,6 +405,15 @@ class Sandbox:
             )
             if kind != _HIDE and nearest[1] == kind:
                 continue
+            if nearest[1] == _RW:
+                # The folders between a writable mount and this one can be renamed from
+                # inside: pin each (a mount point cannot be moved), or `mv .tmp x` would
+                # carry .tmp/tasks away and leave a forged one in its place.
+                for parent in reversed(path.parents):
+                    folder = str(parent) + "/"
+                    if len(folder) > len(nearest[0]) and folder.startswith(nearest[0]):
+                        args += ["--bind", str(parent), str(parent)]
+                        applied.append((folder, _RW))
             applied.append((inside, kind))
             if kind == _RW:
                 args += ["--bind", text, text]
