@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from batchq.files.agentlog import append_bytes
 from batchq.procs import group_members
 
 __all__ = [
@@ -732,10 +733,8 @@ def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> Non
 
 
 def _open_log(log_path: Path | None) -> IO[bytes] | None:
-    if log_path is None:
-        return None
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return log_path.open("ab")
+    """The log, never through a symlink an agent left (:mod:`batchq.files.agentlog`)."""
+    return append_bytes(log_path) if log_path is not None else None
 
 
 def _write(log: IO[bytes] | None, data: bytes) -> None:

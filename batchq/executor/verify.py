@@ -26,6 +26,7 @@ from batchq.agents.policy import check_verify
 from batchq.agents.process import ProcessResult, last_line
 from batchq.agents.sandbox import HeldConfined, hold_confined, run_confined
 from batchq.core.paths import PathError, is_protected, normalise
+from batchq.files.agentlog import append_text
 from batchq.models import DeliverableCheck, Subtask
 from batchq.settings import Settings
 
@@ -139,9 +140,7 @@ def verify_delegation(
         result = Verification(deliverables=checks)
         line = delegation.subtask.execution.verify if delegation.subtask.execution else None
         if line and all(check.verified for check in checks):
-            log_path = delegation.log_path
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a", encoding="utf-8") as handle:
+            with append_text(delegation.log_path) as handle:
                 handle.write(f"\n[batchq] verify: {line}\n")
             if held is not None:
                 result.verify = held.release(delegation, should_stop)
