@@ -56,6 +56,10 @@ class Delegation:
     off limits."""
     siblings_total: int = 0
     """How many other members the batch has (``siblings`` may list fewer)."""
+    started: Callable[[], object] | None = field(default=None, compare=False, repr=False)
+    """Called once the agent's process has been started
+    (:func:`~batchq.agents.sandbox.run_confined` calls it), while it runs: the worker
+    sets up ``execution.verify``'s sandbox then (:mod:`batchq.executor.verify`)."""
 
 
 @dataclass

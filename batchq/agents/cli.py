@@ -39,6 +39,7 @@ from batchq.agents.prompttemplate import load_template
 from batchq.agents.sandbox import run_confined
 from batchq.agents.shell import outcome_from_process
 from batchq.errors import PolicyError
+from batchq.files.agentlog import append_text
 from batchq.models import Subtask
 
 __all__ = ["PLACEHOLDERS", "CliAgent", "build_argv", "quoted_placeholders", "template_fields"]
@@ -173,8 +174,6 @@ class CliAgent(Agent):
 
 def _log_header(delegation: Delegation, argv: list[str], prompt_file: object, prompt: str) -> None:
     """Keep the rendered prompt in the subtask's log too (SPEC 3), before the output."""
-    path = delegation.log_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
+    with append_text(delegation.log_path) as handle:
         handle.write(f"[batchq] prompt ({prompt_file}):\n{prompt}\n")
         handle.write(f"[batchq] running: {shlex.join(argv)}\n")

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from batchq.files.agentlog import append_bytes
 from batchq.procs import group_members
 
 __all__ = [
@@ -250,6 +251,7 @@ def run_process(
     poll_s: float = 0.2,
     pid_namespace: PidNamespace | None = None,
     parent_death_signal: bool = True,
+    on_spawn: Callable[[], object] | None = None,
 ) -> ProcessResult:
     """Run ``command`` (a bash line, or an argv run without a shell) in ``cwd``.
 
@@ -264,6 +266,8 @@ def run_process(
     child before exec, for a child that sets it itself (``bwrap --die-with-parent``):
     without a ``preexec_fn`` Python starts the child with ``vfork``, which spares a
     copy of the worker's page tables (about 4 ms per process here).
+    ``on_spawn``: called once the child runs, before it is supervised (work to do
+    while it runs); should it raise, the child's group is killed first.
     """
     argv = ("bash", "-c", command) if isinstance(command, str) else tuple(command)
     started = time.monotonic()
@@ -288,6 +292,8 @@ def run_process(
                 return _failed_start(argv, reason, type(exc).__name__, started)
             if pid_namespace is not None:
                 pid_namespace.close_write()  # EOF once the child closed its copy
+            if on_spawn is not None:
+                _call_started(proc, on_spawn)
             return _supervise(
                 proc,
                 argv,
@@ -302,6 +308,18 @@ def run_process(
     finally:
         if pid_namespace is not None:
             pid_namespace.close()
+
+
+def _call_started(proc: subprocess.Popen[bytes], on_spawn: Callable[[], object]) -> None:
+    try:
+        on_spawn()
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGKILL)  # never left running unsupervised
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_DRAIN_S)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        raise
 
 
 @dataclass(frozen=True)
@@ -732,10 +750,8 @@ def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace_s: float) -> Non
 
 
 def _open_log(log_path: Path | None) -> IO[bytes] | None:
-    if log_path is None:
-        return None
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return log_path.open("ab")
+    """The log, never through a symlink an agent left (:mod:`batchq.files.agentlog`)."""
+    return append_bytes(log_path) if log_path is not None else None
 
 
 def _write(log: IO[bytes] | None, data: bytes) -> None:

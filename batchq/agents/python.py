@@ -53,6 +53,7 @@ from batchq.agents.base import TEMPORARY_EXIT, Agent, AgentOutcome, Delegation
 from batchq.agents.policy import check_env, check_verify
 from batchq.agents.process import DEFAULT_TAIL_BYTES, last_line
 from batchq.errors import PolicyError
+from batchq.files.agentlog import append_text
 from batchq.models import SUMMARY_LIMIT, Subtask
 
 try:  # the worker always has Celery; keep the agent importable without it
@@ -300,6 +301,5 @@ def _from_exit(exc: SystemExit) -> AgentOutcome:
 def _append_log(path: Path, text: str) -> None:
     if not text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8", errors="replace") as handle:
+    with append_text(path, errors="replace") as handle:
         handle.write(text)

@@ -42,6 +42,12 @@ Pitfalls this module was written against (each is tested in
   otherwise), then every bind sorted by depth, so the most specific path wins: the
   ``.git`` inside a writable workspace is read-only, a log dir inside the read-only
   ``.tmp/tasks`` is writable again.
+- A read-only bind does not stop a rename of the folder it is in: inside the writable
+  workspace ``mv .tmp .old`` moves ``.tmp/tasks``, mount and all, and the agent can
+  put a forged ``.tmp/tasks`` (or a symlink where the log folder was) in its place,
+  for the host and for any sandbox set up meanwhile (a parallel subtask's, a held
+  verify's). So every folder between a writable mount and a mount inside it is bound
+  over itself too (writable, as before): a mount point cannot be moved or removed.
 - A read-only mount does not stop ``connect()`` on a Unix socket, and
   ``--unshare-net`` does not cover sockets in the file system: name such sockets
   (``/run/docker.sock``, an embedded Redis outside ``/tmp``) in ``hidden``.
@@ -76,10 +82,13 @@ safe because
   once the agent's PID namespace is gone: a ``setsid`` job it left is dead, not
   waiting to change the workspace under verify (tested both ways:
   ``tests/unit/test_verify_hold.py``);
-- its mounts were fixed before the agent ran, from paths the agent cannot change:
-  the protected ones are read-only to it, and one it creates fails the agent before
-  any ``go`` (:meth:`Sandbox.appeared`). What the agent can change is the workspace
-  and the log folder, which verify sees live, as it would in a sandbox set up after.
+- its mounts are made from paths the agent cannot change, though bwrap makes them
+  after its ``exec`` (``Popen`` returns before), so possibly while the agent already
+  runs: the protected ones are read-only to it and the folders above them pinned (see
+  the pitfalls), so neither they nor the log folder can be moved or replaced
+  meanwhile; one it creates fails the agent before any ``go``
+  (:meth:`Sandbox.appeared`). What the agent can change is the workspace and the log
+  folder's content, which verify sees live, as it would in a sandbox set up after.
 """
 
 from __future__ import annotations
@@ -396,6 +405,15 @@ class Sandbox:
             )
             if kind != _HIDE and nearest[1] == kind:
                 continue
+            if nearest[1] == _RW:
+                # The folders between a writable mount and this one can be renamed from
+                # inside: pin each (a mount point cannot be moved), or `mv .tmp x` would
+                # carry .tmp/tasks away and leave a forged one in its place.
+                for parent in reversed(path.parents):
+                    folder = str(parent) + "/"
+                    if len(folder) > len(nearest[0]) and folder.startswith(nearest[0]):
+                        args += ["--bind", str(parent), str(parent)]
+                        applied.append((folder, _RW))
             applied.append((inside, kind))
             if kind == _RW:
                 args += ["--bind", text, text]
@@ -447,6 +465,7 @@ class Sandbox:
         should_stop: Callable[[], bool] | None = None,
         log_path: Path | None = None,
         grace_s: float = 2.0,
+        on_spawn: Callable[[], object] | None = None,
     ) -> ProcessResult:
         """:func:`~batchq.agents.process.run_process` for ``command`` (a bash line
         or an argv) in this sandbox, with bwrap itself started with :attr:`env`."""
@@ -464,6 +483,7 @@ class Sandbox:
             grace_s=grace_s,
             pid_namespace=namespace,
             parent_death_signal=False,
+            on_spawn=on_spawn,
         )
 
     def hold(self, command: str | Sequence[str]) -> Held | ProcessResult:
@@ -635,17 +655,19 @@ def _confine(
         )
     except BatchqError as exc:
         return _refused(target, str(exc), type(exc).__name__, started)
-    if (
-        sandbox is not None
-        and isinstance(target, list)
-        and target
-        and shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
-    ):
+    if sandbox is not None and _missing(target, sandbox):
         # bwrap would only say "execvp: No such file": say what run_process says.
         return _refused(
             target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
         )
     return sandbox, target, env
+
+
+def _missing(target: str | list[str], sandbox: Sandbox) -> bool:
+    """Whether ``target`` is an argv whose program is not on the sandbox's PATH."""
+    if not isinstance(target, list) or not target:
+        return False
+    return shutil.which(target[0], path=sandbox.env.get("PATH", os.defpath)) is None
 
 
 def _checked(sandbox: Sandbox, result: ProcessResult) -> ProcessResult:
@@ -676,7 +698,8 @@ def run_confined(
     process runs: in the sandbox ``settings.sandbox`` asks for, with the environment
     reduced to what agents need (plus ``execution.env`` and ``[agents.NAME] env``),
     the network as ``[agents.NAME] network`` says. Never raises: a sandbox that cannot
-    be set up, or a protected path the agent created, is a failed result."""
+    be set up, or a protected path the agent created, is a failed result.
+    ``delegation.started`` is called once the process runs."""
     confined = _confine(command, delegation, settings, agent, extra_env, argv)
     if isinstance(confined, ProcessResult):
         return confined
@@ -689,14 +712,36 @@ def run_confined(
             timeout_s=delegation.timeout_s,
             should_stop=should_stop,
             log_path=delegation.log_path,
+            on_spawn=delegation.started,
         )
+    if agent == _VERIFY_AGENT and not extra_env:
+        _last_shell[0] = (delegation, settings, sandbox)
     result = sandbox.run(
         target,
         timeout_s=delegation.timeout_s,
         should_stop=should_stop,
         log_path=delegation.log_path,
+        on_spawn=delegation.started,
     )
     return _checked(sandbox, result)
+
+
+_VERIFY_AGENT = "shell"
+"""Whose sandbox ``execution.verify``'s is (:mod:`batchq.executor.verify` holds it
+with :func:`hold_confined` for ``"shell"``)."""
+
+_last_shell: list[tuple[Delegation, Settings, Sandbox] | None] = [None]
+"""The sandbox :func:`run_confined` made last for a shell agent, and for which
+delegation: verify's, held while that agent runs (``delegation.started``), is the same
+(the same delegation, settings and agent, moments later), and is not worked out again
+(~0.4 ms of the worker's CPU). Matched by identity, so never another subtask's."""
+
+
+def _shared(delegation: Delegation, settings: Settings, agent: str) -> Sandbox | None:
+    last = _last_shell[0]
+    if agent != _VERIFY_AGENT or last is None:
+        return None
+    return last[2] if last[0] is delegation and last[1] is settings else None
 
 
 @dataclass
@@ -730,12 +775,18 @@ def hold_confined(
     A sandbox is set up for ``command`` while something else still runs (a verify
     command's while its agent works). It is a sandbox of its own, not the agent's:
     see the threat model at the top of this module."""
-    confined = _confine(command, delegation, settings, agent, None, None)
-    if isinstance(confined, ProcessResult):
-        return None
-    sandbox, target, _env = confined
-    if sandbox is None:
-        return None
+    sandbox = _shared(delegation, settings, agent)
+    if sandbox is not None:
+        target: str | list[str] = shell_command(command)
+        if _missing(target, sandbox):
+            return None
+    else:
+        confined = _confine(command, delegation, settings, agent, None, None)
+        if isinstance(confined, ProcessResult):
+            return None
+        sandbox, target, _env = confined
+        if sandbox is None:
+            return None
     held = sandbox.hold(target)
     return HeldConfined(sandbox, held) if isinstance(held, Held) else None
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from batchq.errors import InfrastructureError
 from batchq.executor import isolation
 from batchq.files import gitremote, gitsnap
+from batchq.files.agentlog import read_bytes_from
 
 __all__ = ["LOG_LIMIT", "Cache", "log_ref"]
 
@@ -183,7 +184,7 @@ def _commit_log(repo: Path, ref: str, log_path: Path, seq: str) -> bool:
     """Record the end of the log (at most :data:`LOG_LIMIT`) as a one-file commit on
     ``ref``; False when there is no log."""
     try:
-        with log_path.open("rb") as handle:
+        with read_bytes_from(log_path) as handle:
             size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - LOG_LIMIT))
             data = handle.read(LOG_LIMIT)

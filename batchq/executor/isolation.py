@@ -32,6 +32,7 @@ from pathlib import Path
 from batchq import procs
 from batchq.errors import InfrastructureError
 from batchq.files import gitsnap
+from batchq.files.agentlog import append_text
 
 __all__ = [
     "WORKTREES_DIR",
@@ -255,8 +256,7 @@ def open_at(top: Path, base: str, run_id: str, seq: str, prefix: str) -> Worktre
 
 def append_patch(log_path: Path, recorded: Recorded) -> None:
     """Keep the subtask's patch in its log, after a header line."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as handle:
+    with append_text(log_path) as handle:
         handle.write(
             f"\n[batchq] isolated result {recorded.commit} "
             f"({recorded.diffstat or 'no changes'}):\n{recorded.patch}"

@@ -28,7 +28,7 @@ from batchq.agents.base import Agent, AgentOutcome, Delegation
 from batchq.agents.registry import agent_for
 from batchq.errors import BatchqError
 from batchq.executor import gitcache, isolation, writewindow
-from batchq.executor.verify import hold_verify, verify_delegation
+from batchq.executor.verify import VerifyHold, verify_delegation
 from batchq.files.taskfiles import feature_dir
 from batchq.models import (
     DeliverableCheck,
@@ -502,6 +502,7 @@ def _isolated_run(
     heartbeat: _Watch,
     attempt: _Attempt,
     cache: gitcache.Cache | None,
+    hold: VerifyHold,
 ) -> tuple[isolation.Worktree | None, AgentOutcome, Delegation]:
     """Run the agent in a worktree of its own at the snapshot its message names (in the
     shared repository, or in this worker's clone of the run's remote when ``cache`` is
@@ -524,7 +525,7 @@ def _isolated_run(
         )
         return None, failed, delegation
     inside = dataclasses.replace(delegation, workspace=tree.workspace)
-    outcome = _run_agent(agent, inside, heartbeat)
+    outcome = _run_agent(agent, hold.attach(inside), heartbeat)
     try:
         deliverables = list(msg.subtask.deliverables)
         recorded = tree.record(deliverables) if cache is None else cache.record(tree, deliverables)
@@ -702,7 +703,7 @@ def _execute(
     beats = _Heartbeat.get(settings)
     heartbeat = beats.watch(store, msg, worker)
     tree: isolation.Worktree | None = None
-    held = None  # verify's sandbox, set up while the agent runs (not in a worktree)
+    hold = VerifyHold(settings)  # verify's sandbox, set up while the agent runs
     try:
         limit = agent.max_concurrency
         if limit is not None and not _take_slot(store, heartbeat, agent.name, limit, settings):
@@ -710,10 +711,12 @@ def _execute(
                 ok=False, cancelled=True, error="cancelled while waiting for a free agent slot"
             )
         elif msg.isolate is Isolation.WORKTREE or cache is not None:  # issues 19, 20
-            tree, outcome, delegation = _isolated_run(agent, delegation, heartbeat, attempt, cache)
+            tree, outcome, delegation = _isolated_run(
+                agent, delegation, heartbeat, attempt, cache, hold
+            )
         else:
-            held = hold_verify(delegation, settings)
-            outcome = _watched_run(agent, delegation, heartbeat, attempt)
+            outcome = _watched_run(agent, hold.attach(delegation), heartbeat, attempt)
+        held = hold.take()
         checks: list[DeliverableCheck] = []
         if outcome.ok:
             stop = lambda: heartbeat.terminate  # noqa: E731
@@ -729,8 +732,7 @@ def _execute(
         if cache is not None and tree is not None:
             outcome = _published(cache, tree, log_path, outcome)
     finally:
-        if held is not None:
-            held.discard()  # the agent failed, or raised: verify never runs
+        hold.discard()  # the agent failed, or raised: verify never runs
         if tree is not None and cache is not None:
             cache.close(tree)
         elif tree is not None:

@@ -16,6 +16,8 @@ e.g. ``deliverable missing: src/a.py`` or ``verify failed (exit 1): <tail>``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +28,13 @@ from batchq.agents.policy import check_verify
 from batchq.agents.process import ProcessResult, last_line
 from batchq.agents.sandbox import HeldConfined, hold_confined, run_confined
 from batchq.core.paths import PathError, is_protected, normalise
+from batchq.files.agentlog import append_text
 from batchq.models import DeliverableCheck, Subtask
 from batchq.settings import Settings
 
 __all__ = [
     "Verification",
+    "VerifyHold",
     "check_verify",
     "first_failure",
     "hold_verify",
@@ -39,6 +43,8 @@ __all__ = [
 ]
 
 _REASON_TAIL_CHARS = 300
+
+log = logging.getLogger(__name__)
 
 
 def verify_deliverables(
@@ -115,10 +121,58 @@ def hold_verify(delegation: Delegation, settings: Settings) -> HeldConfined | No
     """The sandbox of ``execution.verify``, set up now and held until
     :func:`verify_delegation` runs it (or discarded: the caller must call
     :meth:`~batchq.agents.sandbox.HeldConfined.discard` when it is done either way).
-    Start it before the agent runs: bwrap's set-up then costs the subtask nothing.
-    None when there is no verify command, or no sandbox to set up ahead."""
+    :class:`VerifyHold` calls it while the agent runs. None when there is no verify
+    command, or no sandbox to set up ahead."""
     line = delegation.subtask.execution.verify if delegation.subtask.execution else None
     return hold_confined(line, delegation, settings, "shell") if line else None
+
+
+class VerifyHold:
+    """``execution.verify``'s sandbox, set up once its agent's process has started
+    and held until :func:`verify_delegation` runs it.
+
+    :meth:`attach` gives the delegation to run the agent with: its
+    :attr:`~batchq.agents.base.Delegation.started` is this object, which
+    :func:`~batchq.agents.sandbox.run_confined` calls once the agent's process runs.
+    Set up then, bwrap's start costs the subtask nothing, not even the worker's wait
+    for its ``exec`` before the agent starts. An agent that starts no process (an
+    in-process one) gets nothing held: its verify is set up when it runs, as without.
+    :meth:`take` ends the window (nothing is held after it) and returns what was held;
+    :meth:`discard` kills it unless it ran. Call both, in that order, every time, and
+    on the thread that runs the agent: ``bwrap --die-with-parent`` is a parent-death
+    signal, which the kernel sends when the thread that started it ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.delegation: Delegation | None = None
+        self.held: HeldConfined | None = None
+        self._open = True
+
+    def attach(self, delegation: Delegation) -> Delegation:
+        execution = delegation.subtask.execution
+        if not (execution and execution.verify):
+            return delegation  # nothing to hold
+        self.delegation = dataclasses.replace(delegation, started=self)
+        return self.delegation
+
+    def __call__(self) -> None:
+        if self._open and self.delegation is not None:
+            self._open = False
+            try:
+                self.held = hold_verify(self.delegation, self.settings)
+            except Exception:  # the agent runs on; verify is set up when it runs
+                log.exception(
+                    "subtask %s: verify's sandbox not set up ahead", self.delegation.subtask.seq
+                )
+
+    def take(self) -> HeldConfined | None:
+        self._open = False
+        return self.held
+
+    def discard(self) -> None:
+        self._open = False
+        if self.held is not None:
+            self.held.discard()  # nothing once released
 
 
 def verify_delegation(
@@ -139,9 +193,7 @@ def verify_delegation(
         result = Verification(deliverables=checks)
         line = delegation.subtask.execution.verify if delegation.subtask.execution else None
         if line and all(check.verified for check in checks):
-            log_path = delegation.log_path
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a", encoding="utf-8") as handle:
+            with append_text(delegation.log_path) as handle:
                 handle.write(f"\n[batchq] verify: {line}\n")
             if held is not None:
                 result.verify = held.release(delegation, should_stop)

@@ -174,6 +174,10 @@ def test_wrap_orders_mounts_most_specific_last(
     assert text.index("--tmpfs /tmp") < text.index(f"--bind {ws} {ws}")
     assert text.index(f"--bind {ws} {ws}") < text.index(f"--ro-bind {ws}/.git {ws}/.git")
     assert text.index(f"--ro-bind {ws}/.tmp/tasks ") < text.index(f"--bind {logs} {logs}")
+    # .tmp, between the writable workspace and the read-only tasks, is pinned (bound
+    # over itself) before the tasks are bound; .tmp/tasks/f, inside them, is not.
+    assert text.index(f"--bind {ws}/.tmp {ws}/.tmp ") < text.index(f"--ro-bind {ws}/.tmp/tasks ")
+    assert f"{ws}/.tmp/tasks/f " not in text
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"):
         assert flag in argv
     assert "--new-session" not in argv
@@ -322,6 +326,27 @@ def test_protected_paths_stay_read_only(workspace: Path) -> None:
     assert {p: p.read_bytes() for p in files} == files
     assert not (workspace / ".tmp" / "tasks" / "f" / "subtask_99.json").exists()
     assert run(sandbox, "echo ok > .tmp/scratch.txt").ok  # the rest of .tmp is not protected
+
+
+@needs_bwrap
+def test_the_folders_above_a_protected_path_cannot_be_moved(workspace: Path) -> None:
+    # A read-only .tmp/tasks inside a writable .tmp: moving .tmp would carry the real
+    # task files away and let the agent forge new ones (or a symlink where the log
+    # folder was) under the old names, for the host and any sandbox set up meanwhile.
+    logs = workspace / ".tmp" / "tasks" / "f" / ".batchq" / "logs" / "run1"
+    sandbox = make(workspace, writable=[logs])
+    tasks = workspace / ".tmp" / "tasks"
+    files = {p: p.read_bytes() for p in tasks.rglob("*") if p.is_file()}
+    forge = "mv .tmp .old && mkdir -p .tmp/tasks/f && echo forged > .tmp/tasks/f/subtask_01.json"
+    assert not run(sandbox, forge).ok
+    assert not run(sandbox, "rmdir .tmp").ok
+    assert not run(sandbox, f"mv {logs} .tmp/elsewhere").ok
+    assert not (workspace / ".old").exists()
+    assert {p: p.read_bytes() for p in tasks.rglob("*") if p.is_file()} == files
+    assert logs.is_dir() and not logs.is_symlink()
+    # What is in .tmp besides the tasks stays the agent's to change.
+    assert run(sandbox, "mkdir .tmp/scratch && mv .tmp/scratch .tmp/moved").ok
+    assert (workspace / ".tmp" / "moved").is_dir()
 
 
 @needs_bwrap

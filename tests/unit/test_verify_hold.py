@@ -10,21 +10,32 @@ before verify starts, so it can neither make verify fail nor make it pass."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from batchq.agents.base import Delegation
-from batchq.agents.process import Held, gated, hold_process
-from batchq.agents.sandbox import Sandbox, bwrap_status, hold_confined, run_confined
+from batchq.agents.process import Held, gated, hold_process, run_process
+from batchq.agents.sandbox import (
+    HeldConfined,
+    Sandbox,
+    bwrap_status,
+    hold_confined,
+    run_confined,
+)
+from batchq.executor import isolation
+from batchq.executor import verify as verify_module
 from batchq.executor.runner import execute
-from batchq.executor.verify import hold_verify
-from batchq.models import ResultState, Subtask
+from batchq.executor.verify import VerifyHold, hold_verify
+from batchq.files import gitsnap
+from batchq.models import Isolation, ResultState, Subtask
 from batchq.settings import Settings
 from batchq.store.memory import ManualClock, MemoryStore
 from tests.conftest import MakeFeature, subtask
 from tests.memrun import message, settings
+from tests.minirepo import init_repo
 
 _WORKS, _REASON = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not _WORKS, reason=f"bubblewrap unusable here: {_REASON}")
@@ -243,3 +254,96 @@ def _is_gate(cmdline: Path) -> bool:
 
 def test_no_verify_command_holds_nothing(tmp_path: Path) -> None:
     assert hold_verify(_delegation(tmp_path, tmp_path), Settings(shell_allow=["*"])) is None
+
+
+@needs_bwrap
+def test_verify_is_held_once_the_agents_process_runs(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    settings_ = Settings(shell_allow=["*"])
+    hold = VerifyHold(settings_)
+    delegation = hold.attach(_delegation(workspace, tmp_path, verify="test -f out.txt"))
+    assert hold.held is None  # nothing before the agent starts
+    finished, seen = threading.Event(), threading.Event()
+
+    def watch() -> None:  # (the agent runs on this thread: bwrap dies with its thread)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not finished.is_set():
+            held = hold.held
+            if held is not None and _gate_running(held.held.proc.pid):
+                seen.set()  # set up and waiting at its gate while the agent still runs
+                return
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        agent = run_confined("sleep 1; touch out.txt", delegation, settings_, "shell")
+        finished.set()
+        watcher.join()
+        assert agent.ok, agent.output
+        assert seen.is_set(), "verify was not held while the agent ran"
+        held = hold.take()
+        assert held is not None
+        verified = held.release(delegation)
+        assert verified.ok, (verified.describe(), verified.output)
+        # The same delegation's verify, run again unheld, holds nothing more.
+        assert run_confined("test -f out.txt", delegation, settings_, "shell").ok
+        assert hold.take() is held
+    finally:
+        finished.set()
+        hold.discard()
+
+
+def test_a_hold_taken_before_any_process_started_holds_nothing(tmp_path: Path) -> None:
+    # An in-process agent starts no process: nothing is held, nothing set up late.
+    hold = VerifyHold(Settings(shell_allow=["*"]))
+    delegation = hold.attach(_delegation(tmp_path, tmp_path, verify="test -f out.txt"))
+    assert delegation.started is hold
+    assert hold.take() is None
+    hold()  # too late: the window is closed
+    assert hold.take() is None
+    hold.discard()
+    # Without a verify command the delegation is left as it was.
+    plain = _delegation(tmp_path, tmp_path)
+    assert VerifyHold(Settings()).attach(plain) is plain
+
+
+@needs_bwrap
+def test_a_worktree_run_holds_its_verify_in_the_worktree(
+    tmp_path: Path, make_feature: MakeFeature, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = init_repo(tmp_path / "r", {".gitignore": "*.o\n"})
+    data = subtask("01", command="touch 01.txt", deliverables=["01.txt"], verify="test -f 01.txt")
+    make_feature([data], root=repo)
+    msg = message(repo, data)
+    ref = isolation.wave_ref(msg.run_id, 1)
+    msg = msg.model_copy(update={"isolate": Isolation.WORKTREE, "snapshot_ref": ref})
+    gitsnap.snapshot(repo, ref, "snap")
+    held_in: list[Path] = []
+
+    def recording(delegation: Delegation, settings_: Settings) -> HeldConfined | None:
+        held_in.append(delegation.workspace)
+        return hold_verify(delegation, settings_)
+
+    monkeypatch.setattr(verify_module, "hold_verify", recording)
+    result = execute(msg, MemoryStore(clock=ManualClock()), settings(shell_allow=["*"]))
+    assert result.result is ResultState.COMPLETED, (result.error, result.output_tail)
+    assert len(held_in) == 1 and held_in[0] != repo  # held once, for the worktree
+    assert result.changed_paths == ["01.txt"] and not (repo / "01.txt").exists()
+
+
+def test_a_raising_on_spawn_hook_leaves_no_process_behind(tmp_path: Path) -> None:
+    def failing() -> None:
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        run_process("sleep 31.25", cwd=tmp_path, on_spawn=failing)
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if _runs(p, b"31.25")]
+
+
+def _runs(cmdline: Path, word: bytes) -> bool:
+    try:
+        return word in cmdline.read_bytes()
+    except OSError:
+        return False
