@@ -502,7 +502,7 @@ def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> No
         return
     staged: list[tuple[Path, Path]] = []
     try:
-        if durable and len(items) >= SYNCFS_FROM and _flush_filesystems(()):
+        if durable and len(items) >= SYNCFS_FROM and _syncfs() is not None:
             for path, text in items:
                 staged.append(_stage(path, text, durable=False))
             if not _flush_filesystems(path for path, _tmp in staged):
@@ -556,8 +556,7 @@ def _syncfs() -> Any:
 def _flush_filesystems(paths: Iterable[Path]) -> bool:
     """``syncfs`` once for each filesystem holding one of ``paths``' folders (a temp
     file staged beside its target is on its folder's filesystem); False when this
-    system has no ``syncfs`` or it fails, so the caller fsyncs file by file. Called with
-    no paths, it only says whether ``syncfs`` is there."""
+    system has no ``syncfs`` or it fails, so the caller fsyncs file by file."""
     syncfs = _syncfs()
     if syncfs is None:
         return False
