@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchq.files import retire
+
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -527,6 +529,7 @@ def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> No
                 tmp.unlink()
         raise
     for index, (path, tmp) in enumerate(staged):
+        old = retire.hold(path)  # the file replaced is freed beside us, not in the rename
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -534,6 +537,8 @@ def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> No
                 with suppress(FileNotFoundError):
                     rest.unlink()
             raise
+        finally:
+            retire.release([old])
 
 
 SYNCFS_FROM = 32

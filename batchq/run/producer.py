@@ -23,7 +23,7 @@ from batchq import layout
 from batchq.core import chunks, report
 from batchq.core.blame import Window
 from batchq.errors import BrokerUnavailable
-from batchq.files.taskfiles import declared_deliverables, list_features
+from batchq.files.taskfiles import declared_by_features
 from batchq.models import (
     BatchReport,
     FailurePolicy,
@@ -168,13 +168,12 @@ def foreign_deliverables(feature: Feature) -> dict[str, list[str]]:
     """What the other features in ``feature``'s root declare, keyed ``feature <name>``
     (never a seq). Features sharing a root run side by side: a path one of them
     declared is its own, never an undeclared write of this run. Read from their files
-    without validating them (:func:`~batchq.files.taskfiles.declared_deliverables`):
+    without validating them (:func:`~batchq.files.taskfiles.declared_by_features`):
     a root may hold many finished features, and one that does not load still declares
     what its files say."""
     return {
-        f"feature {name}": declared_deliverables(feature.root, name)
-        for name in list_features(feature.root)
-        if name != feature.name
+        f"feature {name}": paths
+        for name, paths in declared_by_features(feature.root, feature.name).items()
     }
 
 

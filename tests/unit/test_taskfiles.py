@@ -750,8 +750,10 @@ def test_declared_deliverables_read_each_file_without_validating_the_feature(
     make_feature: Any, subtask_data: Any
 ) -> None:
     """Another feature's claims count even when one of its files is broken; a file that
-    is not JSON, or lists no paths, declares nothing; a rewrite is read again."""
-    from batchq.files.taskfiles import declared_deliverables
+    is not JSON, or lists no paths, declares nothing; a rewrite is read again; a folder
+    without task.json, a hidden one and the archive are no features; the run's own
+    feature is not read."""
+    from batchq.files.taskfiles import declared_by_features
     from batchq.run.producer import foreign_deliverables
 
     root = make_feature(
@@ -762,9 +764,18 @@ def test_declared_deliverables_read_each_file_without_validating_the_feature(
     (folder / "subtask_04.json").write_text('{"deliverables": "x.txt"}', encoding="utf-8")
     with pytest.raises(SpecError):
         load_feature(root, "other")
-    assert declared_deliverables(root, "other") == ["a.txt", "b.txt", "out/02.txt"]
+    assert declared_by_features(root, "mine") == {"other": ["a.txt", "b.txt", "out/02.txt"]}
     (folder / "subtask_04.json").write_text('{"deliverables": ["new.txt"]}', encoding="utf-8")
-    assert "new.txt" in declared_deliverables(root, "other")
+    assert "new.txt" in declared_by_features(root, "mine")["other"]
+    for name in ("loose", ".hidden", "completed"):
+        (root / ".tmp/tasks" / name).mkdir()
+        (root / ".tmp/tasks" / name / "subtask_01.json").write_text(
+            '{"deliverables": ["z.txt"]}', encoding="utf-8"
+        )
+    (root / ".tmp/tasks/.hidden/task.json").write_text("{}", encoding="utf-8")
+    (root / ".tmp/tasks/completed/task.json").write_text("{}", encoding="utf-8")
+    assert list(declared_by_features(root, "mine")) == ["other"]
+    assert declared_by_features(root, "other") == {}
     make_feature([subtask_data("01")], name="mine", root=root)
     foreign = foreign_deliverables(load_feature(root, "mine"))
     assert foreign == {"feature other": ["a.txt", "b.txt", "new.txt", "out/02.txt"]}
