@@ -251,6 +251,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A field on a record that still exists (an expired one stays gone), in one round trip.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
 # Completion is recorded exactly once: the first result wins, later ones are ignored.
 _RECORD = """
 local sub, claim, events, durations, calls = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -310,6 +316,7 @@ class StateStore:
         self._renew = client.register_script(_RENEW)
         self._slot = client.register_script(_SLOT)
         self._release = client.register_script(_RELEASE)
+        self._mark = client.register_script(_MARK)
         self._record = client.register_script(_RECORD)
         self._report = client.register_script(_REPORT)
 
@@ -399,8 +406,7 @@ class StateStore:
     def settle_run(self, run_id: str) -> None:
         """Record that run ``run_id``'s files say all it recorded (``settled`` in its
         record, which keeps its TTL); a record that expired stays gone."""
-        if self.r.exists(self.keys.run(run_id)):
-            self.r.hset(self.keys.run(run_id), RUN_SETTLED, "1")
+        self._mark(keys=[self.keys.run(run_id)], args=[RUN_SETTLED, "1"])
 
     def context(self, run_id: str) -> str:
         value = self.r.get(self.keys.context(run_id))

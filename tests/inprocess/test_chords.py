@@ -169,3 +169,24 @@ def test_without_a_waiting_producer_the_chord_callback_builds_and_stores_the_rep
         "01": ResultState.COMPLETED,
         "02": ResultState.FAILED,
     }
+
+
+def test_the_chord_size_is_set_as_celery_sets_it_in_one_round_trip(lane_app: Celery) -> None:
+    """publish's pipelined set_chord_size leaves the keys Celery's own leaves: the size
+    with the chord expiry, and no counter from an earlier application of the group id."""
+    from batchq.transport.publish import _set_chord_size
+
+    backend = lane_app.backend
+    client = backend.client
+    ours, celerys = "batchq-test-ours", "batchq-test-celerys"
+    for group in (ours, celerys):
+        client.set(backend.get_key_for_group(group, ".c"), 7)  # a reapplied group's count
+    _set_chord_size(backend, ours, 5)
+    backend.set_chord_size(celerys, 5)
+    for group in (ours, celerys):
+        assert client.get(backend.get_key_for_group(group, ".s")) in (b"5", "5")
+        assert not client.exists(backend.get_key_for_group(group, ".c"))
+    ttl_ours = client.ttl(backend.get_key_for_group(ours, ".s"))
+    ttl_celerys = client.ttl(backend.get_key_for_group(celerys, ".s"))
+    assert (ttl_ours > 0) == (ttl_celerys > 0)
+    assert abs(ttl_ours - ttl_celerys) <= 1
