@@ -19,7 +19,9 @@ import itertools
 import json
 import shutil
 import sys
+import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +43,36 @@ SIZE = 4
 BLOCK = 5
 
 
-def _inproc_batchq(url: str, root: Path, runs: int, start: int) -> list[float]:
-    """``runs`` batchq runs in this process, each on a fresh feature."""
+def _inproc_batchq(url: str, root: Path, runs: int, start: int) -> tuple[list[float], list[float]]:
+    """``runs`` batchq runs in this process, each on a fresh feature: the whole
+    ``Orchestrator.run()``, and within it submit to report (from the batch's
+    ``submitted_at``, taken just before its messages are built and published, to the
+    report handed to ``on_report``, after the files are mirrored and the report saved)."""
+    from batchq.run.orchestrator import RunOptions
+
     client = BatchqClient(url)
-    values = []
+    values: list[float] = []
+    inner: list[float] = []
     try:
         for k in range(start, start + runs):
             name = f"p2-{k}"
             noop_feature(root, name, SIZE)
-            elapsed, result = measure(client.orchestrator(root, name).run)
+            marks: dict[str, float] = {}
+
+            def submitted(sub: Any, marks: dict[str, float] = marks) -> None:
+                marks["submitted"] = sub.submitted_at.timestamp()
+
+            def reported(_: Any, marks: dict[str, float] = marks) -> None:
+                marks["reported"] = time.time()
+
+            options = RunOptions(on_submit=submitted, on_report=reported)
+            elapsed, result = measure(partial(client.orchestrator(root, name).run, options))
             assert result.ok
             values.append(elapsed)
+            inner.append(marks["reported"] - marks["submitted"])
     finally:
         client.close()
-    return values
+    return values, inner
 
 
 def run_pair(url: str, runs: int, cli_runs: int) -> dict[str, Stats]:
@@ -66,6 +84,7 @@ def run_pair(url: str, runs: int, cli_runs: int) -> dict[str, Stats]:
     use)."""
     bare_values: list[float] = []
     values: list[float] = []
+    inner: list[float] = []
     bare_cli: list[float] = []
     ours_cli: list[float] = []
     root = tmpdir("bench-p2-")
@@ -80,6 +99,7 @@ def run_pair(url: str, runs: int, cli_runs: int) -> dict[str, Stats]:
                 argv += ["--runs", str(block + 1), "--start", str(next(count) * 100)]
                 run = run_process(argv, env=env).check("p2 --inproc")
                 values += run.json_line()["times"][1:]
+                inner += run.json_line()["submit_to_report"][1:]
             for k in range(cli_runs):
                 bare_cli.append(bare_process(url, SIZE).wall_s)
                 name = f"p2-cli-{k}"
@@ -91,6 +111,7 @@ def run_pair(url: str, runs: int, cli_runs: int) -> dict[str, Stats]:
     return {
         "bare": Stats(bare_values),
         "batchq": Stats(values),
+        "batchq_submit": Stats(inner),
         "bare_process": Stats(bare_cli),
         "batchq_process": Stats(ours_cli),
     }
@@ -104,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inproc:
-        times = _inproc_batchq(args.inproc[0], Path(args.inproc[1]), args.runs, args.start)
-        print(json.dumps({"times": times}), flush=True)
+        times, inner = _inproc_batchq(args.inproc[0], Path(args.inproc[1]), args.runs, args.start)
+        print(json.dumps({"times": times, "submit_to_report": inner}), flush=True)
         return {}
     with redis() as server:
         server.client().flushall()

@@ -42,6 +42,7 @@ def test_every_scenario_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) 
     for heading in ("## P1", "## P2", "## P3", "## P4", "## P5", "## Start-up"):
         assert heading in out
     assert "bare best" in out and "p50 ratio" in out and "second run" in out
+    assert "submit → report handed over" in out
     assert "dramatiq group" in out and "`batchq run` process" in out
     assert "polled process" in out
     assert "orchestrator peak RSS" in out and "start-up `batchq --version` median" in out
