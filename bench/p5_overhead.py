@@ -25,7 +25,8 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,12 @@ def slot_times(client: BatchqClient, root: Path, name: str) -> list[float]:
     return times
 
 
-def run_case(url: str, case: Case, n: int, reps: int) -> Stats:
+def run_case(url: str, case: Case, n: int, reps: int, leftovers: list[Path]) -> Stats:
+    """One case's slot times. Its project is left in ``leftovers``, removed once every
+    case ran: on ext4 without a journal each file created walks past the inodes freed
+    in the last minute (docs/benchmarks.md, "Freed inodes"), so deleting a project just
+    before the next case made that case's log, prompt and output files slow to create,
+    a cost of the bench's clean-up, not of batchq."""
     client = BatchqClient(
         url,
         shell_allow=["*"],
@@ -168,6 +174,7 @@ def run_case(url: str, case: Case, n: int, reps: int) -> Stats:
         agents={CLI_AGENT: {"command": CLI_COMMAND}},
     )
     root = _project(case, n)
+    leftovers.append(root)
     try:
         _feature(root, case, "warm", 4)
         slot_times(client, root, "warm")
@@ -179,7 +186,16 @@ def run_case(url: str, case: Case, n: int, reps: int) -> Stats:
         return Stats(values)
     finally:
         client.close()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _removed(roots: list[Path]) -> Iterator[None]:
+    """Remove every project in ``roots`` on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -194,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "BATCHQ_AGENTS": json.dumps({CLI_AGENT: {"command": CLI_COMMAND}}),
     }
     rows: dict[str, Any] = {}
+    leftovers: list[Path] = []
     with (
+        _removed(leftovers),
         redis() as server,
         workers(
             server.url,
@@ -206,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for case in CASES:
             if case.agent not in agents:
                 continue
-            stats = run_case(server.url, case, args.n, args.reps)
+            stats = run_case(server.url, case, args.n, args.reps, leftovers)
             rows[case.label] = {"case": case, "stats": stats}
             median, p95 = stats.median * 1000, stats.pct(95) * 1000
             print(
