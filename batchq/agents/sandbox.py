@@ -357,14 +357,10 @@ class Sandbox:
             target = bound if path.exists() else missing
             if path not in target:
                 target.append(path)
-        full_env = dict(env)
         tmp = Path(tmp_dir).resolve() if tmp_dir is not None else None
-        # Without a tmp dir of its own, TMPDIR is the sandbox's private /tmp (a tmpfs
-        # gone with the sandbox): the worker's TMPDIR may lie under the hidden /tmp.
-        full_env["TMPDIR"] = str(tmp) if tmp is not None else "/tmp"
         return cls(
             workspace=root,
-            env=full_env,
+            env=_with_tmpdir(env, tmp),
             writable=tuple(dict.fromkeys(Path(p).resolve() for p in writable)),
             protected=tuple(bound),
             absent=tuple(missing),
@@ -375,6 +371,13 @@ class Sandbox:
             bwrap=bwrap or _bwrap_path(),
             readable=_python_under_tmp(),
         )
+
+    def for_agent(self, env: Mapping[str, str], keep: Iterable[str], network: bool) -> Sandbox:
+        """This sandbox's paths with another agent's environment and network: what
+        :func:`resolve_sandbox` makes for that agent in the same workspace, moments
+        after this one was made (no path is resolved or checked again)."""
+        reduced = _with_tmpdir(reduced_env(env, keep), self.tmp_dir)
+        return replace(self, env=reduced, network=network)
 
     def _mounts(self) -> list[str]:
         """The bind/tmpfs options after ``/``, ``/dev``, ``/proc`` and ``/tmp``,
@@ -506,6 +509,15 @@ class Sandbox:
         return [path for path in self.absent if path.exists() or path.is_symlink()]
 
 
+def _with_tmpdir(env: Mapping[str, str], tmp_dir: Path | None) -> dict[str, str]:
+    """``env`` with the sandbox's ``TMPDIR``. Without a tmp dir of its own, that is the
+    sandbox's private ``/tmp`` (a tmpfs gone with the sandbox): the worker's TMPDIR may
+    lie under the hidden ``/tmp``."""
+    full = dict(env)
+    full["TMPDIR"] = str(tmp_dir) if tmp_dir is not None else "/tmp"
+    return full
+
+
 _warned = threading.Event()
 
 
@@ -633,12 +645,9 @@ def _confine(
 ) -> tuple[Sandbox | None, str | list[str], dict[str, str]] | ProcessResult:
     """The sandbox (None: unsandboxed), target and environment of an agent process, or
     the failed result when it cannot run at all."""
-    env = agent_env(delegation, extra=extra_env)
+    env, keep, network = _environment(delegation, settings, agent, extra_env)
     started = time.monotonic()
     target: str | list[str] = list(argv) if argv is not None else shell_command(command)
-    config = settings.agents.get(agent)
-    execution = delegation.subtask.execution
-    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
     try:
         sandbox = resolve_sandbox(
             settings.sandbox,
@@ -648,7 +657,7 @@ def _confine(
             # No tmp_dir: TMPDIR is the sandbox's private /tmp, gone with it (a folder per
             # process on disk cost a mkdir and an rmtree: 0.3 ms idle, ~2 ms busy).
             writable=[delegation.log_path.parent],
-            network=config.network if config else False,
+            network=network,
             # An isolated worktree: its repository's .git, read-only, so git works in it.
             extra_protected=linked_git_dirs(delegation.workspace),
             hidden=worker_secrets(settings, os.environ),
@@ -661,6 +670,17 @@ def _confine(
             target, f"executable not found: {target[0]!r}", "FileNotFoundError", started
         )
     return sandbox, target, env
+
+
+def _environment(
+    delegation: Delegation, settings: Settings, agent: str, extra_env: Mapping[str, str] | None
+) -> tuple[dict[str, str], list[str], bool]:
+    """An agent process's environment before the sandbox reduces it, the names it
+    keeps (``execution.env`` and ``[agents.NAME] env``), and whether it has the network."""
+    config = settings.agents.get(agent)
+    execution = delegation.subtask.execution
+    keep = [*(execution.env if execution else {}), *(config.env if config else [])]
+    return agent_env(delegation, extra=extra_env), keep, config.network if config else False
 
 
 def _missing(target: str | list[str], sandbox: Sandbox) -> bool:
@@ -714,8 +734,7 @@ def run_confined(
             log_path=delegation.log_path,
             on_spawn=delegation.started,
         )
-    if agent == _VERIFY_AGENT and not extra_env:
-        _last_shell[0] = (delegation, settings, sandbox)
+    _last_confined[0] = (delegation, settings, agent, not extra_env, sandbox)
     result = sandbox.run(
         target,
         timeout_s=delegation.timeout_s,
@@ -726,22 +745,24 @@ def run_confined(
     return _checked(sandbox, result)
 
 
-_VERIFY_AGENT = "shell"
-"""Whose sandbox ``execution.verify``'s is (:mod:`batchq.executor.verify` holds it
-with :func:`hold_confined` for ``"shell"``)."""
-
-_last_shell: list[tuple[Delegation, Settings, Sandbox] | None] = [None]
-"""The sandbox :func:`run_confined` made last for a shell agent, and for which
-delegation: verify's, held while that agent runs (``delegation.started``), is the same
-(the same delegation, settings and agent, moments later), and is not worked out again
-(~0.4 ms of the worker's CPU). Matched by identity, so never another subtask's."""
+_last_confined: list[tuple[Delegation, Settings, str, bool, Sandbox] | None] = [None]
+"""The sandbox :func:`run_confined` made last, for which delegation, settings and
+agent, and whether without extra environment. ``execution.verify``'s sandbox, held
+while that agent runs (``delegation.started``), is made in the same workspace with the
+same paths moments later, so it is derived from it instead of worked out again (~0.8 ms
+of the worker's CPU): the same sandbox for the ``shell`` agent without extra
+environment, else the same paths with verify's environment and network
+(:meth:`Sandbox.for_agent`). Matched by identity, so never another subtask's."""
 
 
 def _shared(delegation: Delegation, settings: Settings, agent: str) -> Sandbox | None:
-    last = _last_shell[0]
-    if agent != _VERIFY_AGENT or last is None:
+    last = _last_confined[0]
+    if last is None or last[0] is not delegation or last[1] is not settings:
         return None
-    return last[2] if last[0] is delegation and last[1] is settings else None
+    made_for, plain, sandbox = last[2], last[3], last[4]
+    if made_for == agent and plain:
+        return sandbox
+    return sandbox.for_agent(*_environment(delegation, settings, agent, None))
 
 
 @dataclass

@@ -13,9 +13,11 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batchq.agents import sandbox as sandbox_module
 from batchq.agents.base import Delegation
 from batchq.agents.process import Held, gated, hold_process, run_process
 from batchq.agents.sandbox import (
@@ -292,6 +294,54 @@ def test_verify_is_held_once_the_agents_process_runs(tmp_path: Path) -> None:
         assert hold.take() is held
     finally:
         finished.set()
+        hold.discard()
+
+
+@needs_bwrap
+def test_verify_held_beside_another_agent_gets_its_own_environment_and_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CLI agent keeps an API key, gets an extra variable and the network; the verify
+    # held while it runs is derived from its sandbox's paths, and must still be exactly
+    # the sandbox verify would get on its own: none of the agent's environment, no network.
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    monkeypatch.setenv("CODER_API_KEY", "k-123")
+    coder = {"command": "true", "env": ["CODER_API_KEY"], "network": True}
+    settings_ = Settings(shell_allow=["*"], agents={"Coder": coder})
+    line = "env > seen.txt; test -f out.txt"
+    hold = VerifyHold(settings_)
+    delegation = hold.attach(_delegation(workspace, tmp_path, verify=line))
+    resolved: list[Path] = []
+    resolve = sandbox_module.resolve_sandbox
+
+    def counting(*args: Any, **kwargs: Any) -> Sandbox | None:
+        resolved.append(kwargs["workspace"])
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(sandbox_module, "resolve_sandbox", counting)
+    try:
+        agent = run_confined(
+            "touch out.txt",
+            delegation,
+            settings_,
+            "Coder",
+            extra_env={"BATCHQ_PROMPT_FILE": "prompt.md"},
+            argv=["touch", "out.txt"],
+        )
+        assert agent.ok, agent.output
+        held = hold.take()
+        assert held is not None
+        assert resolved == [workspace]  # the agent's paths, resolved once for both
+        alone = sandbox_module._confine(line, delegation, settings_, "shell", None, None)
+        assert isinstance(alone, tuple) and alone[0] is not None
+        assert held.sandbox == alone[0]
+        assert not held.sandbox.network
+        verified = held.release(delegation)
+        assert verified.ok, (verified.describe(), verified.output)
+        seen = (workspace / "seen.txt").read_text()
+        assert "CODER_API_KEY" not in seen and "BATCHQ_PROMPT_FILE" not in seen
+    finally:
         hold.discard()
 
 
