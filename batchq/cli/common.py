@@ -3,11 +3,12 @@ options, the :class:`Context` (root and settings) and the verbatim line writers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,7 +75,7 @@ _ADVICE = re.compile(r"`(batchq [a-z]+(?: [^`]*)?)`")
 def keep_root(text: str, root: Path | str | None) -> str:
     """Advice as a user can follow it: every quoted `batchq ...` command in ``text``
     gets the ``--root`` the user gave, so it works from wherever they are."""
-    if root is None:
+    if root is None or "`batchq " not in text:  # most lines of a report: no advice
         return text
     given = f" --root {shlex.quote(str(root))}"
 
@@ -85,13 +86,18 @@ def keep_root(text: str, root: Path | str | None) -> str:
     return _ADVICE.sub(add, text)
 
 
-def emit(lines: Sequence[str]) -> None:
+EMIT_AT_ONCE = 1000
+"""Lines :func:`emit` writes per call: a big batch's report is written as it is made."""
+
+
+def emit(lines: Iterable[str]) -> None:
     """Print established-format lines verbatim: no Rich markup, emoji codes or tab
     expansion may touch a title an orchestrator will parse. Escape sequences and
     control characters are shown as spaces; the views make untrusted text one line
     (:func:`batchq.core.textsafe.inline`) before it gets here."""
     shown = (terminal_safe(part) for line in lines for part in line.split("\n"))
-    sys.stdout.write("".join(f"{part}\n" for part in shown))
+    while chunk := "".join(f"{part}\n" for part in itertools.islice(shown, EMIT_AT_ONCE)):
+        sys.stdout.write(chunk)
     sys.stdout.flush()
 
 

@@ -8,11 +8,13 @@ commands (``status``, ``complete``...) must start without paying for them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
 import signal
 import sys
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from batchq.cli.common import Context, JsonOpt, RootOpt, emit, emit_json, err, keep_root, out
-from batchq.cli.render import render_json, render_markdown, render_table
+from batchq.cli.render import markdown_lines, render_json, render_markdown, render_table
 from batchq.cli.views import format_reruns
 from batchq.core.textsafe import inline
 from batchq.errors import (
@@ -253,13 +255,11 @@ class _Live:
                 lines.append(f"  ! {event.seq} failed: {then}")
         self._say(lines)
 
-    def _say(self, lines: list[str]) -> None:
+    def _say(self, lines: Iterable[str]) -> None:
         """Progress lines, verbatim: on a terminal through the live display (which
-        redraws its bar below them); elsewhere (a pipe, a file, CI) written at once, as
-        :func:`~batchq.cli.common.emit` writes, since Rich would only re-wrap and
+        redraws its bar below them); elsewhere (a pipe, a file, CI) as
+        :func:`~batchq.cli.common.emit` writes them, since Rich would only re-wrap and
         re-scan each of a big batch's thousands of lines for nothing."""
-        if not lines:
-            return
         console = self.progress.console if self.progress is not None else out
         if console.is_terminal:
             for line in lines:
@@ -283,7 +283,8 @@ class _Live:
         if self.as_json:
             self._json({"event": "batch_report", "report": report.model_dump(mode="json")})
         else:
-            self._say([keep_root(render_markdown(report), self.root), ""])
+            lines = markdown_lines(report)
+            self._say(itertools.chain((keep_root(line, self.root) for line in lines), [""]))
 
     def close(self) -> None:
         if self.progress is not None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BYTES",
+    "Content",
     "JsonDocument",
     "JsonFormat",
     "JsonReadError",
@@ -91,15 +92,26 @@ class JsonDocument:
     ``data`` is the parsed original; mutate a copy and pass it to :meth:`render`. A
     :meth:`compact` document keeps only the text and decodes ``data`` again on each
     access: the parse cache holds one per task file, and at 5,000 files the decoded
-    dicts were some 15 MiB that a run rarely looks at twice.
+    dicts were some 15 MiB that a run rarely looks at twice. An :meth:`unread` one
+    keeps not even the text, and reads the file again when it is first asked for.
     """
 
-    __slots__ = ("_data", "format", "path", "text")
+    __slots__ = ("_data", "_text", "format", "path")
 
     def __init__(
-        self, path: Path, data: dict[str, Any] | None, text: str, format: JsonFormat
+        self, path: Path, data: dict[str, Any] | None, text: str | None, format: JsonFormat
     ) -> None:
-        self.path, self._data, self.text, self.format = path, data, text, format
+        self.path, self._data, self._text, self.format = path, data, text, format
+
+    @property
+    def text(self) -> str:
+        """The file's text. An :meth:`unread` document reads the file now, with every
+        check :func:`read_document` makes (``JsonReadError``, ``OSError``): by then it
+        may hold another version, and what is on disk is what a rewrite must start from."""
+        if self._text is None:
+            fresh = read_document(self.path)
+            self._text, self.format = fresh.text, fresh.format
+        return self._text
 
     @property
     def data(self) -> dict[str, Any]:
@@ -107,12 +119,17 @@ class JsonDocument:
             return self._data
         # Text this module read strictly (or rendered from data read so) decodes the
         # same way without the checks.
-        decoded: dict[str, Any] = _DECODER.decode(self.text[len(self.format.head) :])
+        text = self.text
+        decoded: dict[str, Any] = _DECODER.decode(text[len(self.format.head) :])
         return decoded
 
     def compact(self) -> JsonDocument:
         """The same document without its decoded data (see the class docstring)."""
         return self if self._data is None else JsonDocument(self.path, None, self.text, self.format)
+
+    def unread(self) -> JsonDocument:
+        """The same document without its data or text (see :attr:`text`)."""
+        return JsonDocument(self.path, None, None, self.format)
 
     def render(self, new: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> str | None:
         """The file text for ``new``, or ``None`` when it equals the original data
@@ -177,7 +194,19 @@ def read_document(path: Path, max_bytes: int = MAX_BYTES) -> JsonDocument:
     tail_len = len(body) - len(body.rstrip(" \t\n\r"))
     head = bom + body[:start]
     tail = body[len(body) - tail_len :] if tail_len else ""
-    return JsonDocument(path, data, text, _detect(text, len(head), head, tail))
+    return JsonDocument(path, data, text, _shared(_detect(text, len(head), head, tail)))
+
+
+_FORMATS: dict[JsonFormat, JsonFormat] = {}
+_FORMATS_LIMIT = 256
+
+
+def _shared(fmt: JsonFormat) -> JsonFormat:
+    """One instance per layout: a feature's files are laid out alike, and the parse
+    cache keeps a document (and so a format, ~140 bytes) for each of thousands."""
+    if len(_FORMATS) >= _FORMATS_LIMIT:  # a process that read every layout there is
+        return _FORMATS.get(fmt, fmt)
+    return _FORMATS.setdefault(fmt, fmt)
 
 
 def _read_bounded(path: Path, max_bytes: int) -> bytes:
@@ -445,8 +474,14 @@ def _wrap(open_: str, close: str, parts: list[str], depth: int, fmt: JsonFormat)
     return open_ + inner + ("," + inner).join(parts) + fmt.newline + fmt.indent * depth + close
 
 
-def write_atomic(path: Path, text: str, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) so readers see the old or the new file, never half.
+Content = str | bytes | Iterable[bytes]
+"""What a file is written from: text (written as UTF-8), bytes, or bytes in parts,
+which are written as they come, so a big file need not be in memory whole."""
+
+
+def write_atomic(path: Path, text: Content, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``text`` (see :data:`Content`) so readers see the old or the
+    new file, never half.
 
     A temp file in the same folder is written, fsynced and renamed over the target;
     on any error the original is untouched and the temp file removed. The target's
@@ -482,7 +517,7 @@ def _forget_staging_pool() -> None:
 os.register_at_fork(after_in_child=_forget_staging_pool)
 
 
-def write_many(items: Sequence[tuple[Path, str]], *, durable: bool = True) -> None:
+def write_many(items: Sequence[tuple[Path, Content]], *, durable: bool = True) -> None:
     """:func:`write_atomic` for several files at once.
 
     Every temp file is written and made durable first, and only then are they renamed
@@ -587,7 +622,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _stage(path: Path, text: str, durable: bool = True) -> tuple[Path, Path]:
+def _stage(path: Path, text: Content, durable: bool = True) -> tuple[Path, Path]:
     """Write (and fsync, if ``durable``) a temp file beside ``path``, with ``path``'s
     permission bits.
 
@@ -596,7 +631,13 @@ def _stage(path: Path, text: str, durable: bool = True) -> tuple[Path, Path]:
     process (pid and a counter) and created with ``O_EXCL``, which also refuses to
     follow a symlink planted under that name.
     """
-    data = text.encode("utf-8")
+    parts: Iterable[bytes]
+    if isinstance(text, str):
+        parts = (text.encode("utf-8"),)
+    elif isinstance(text, bytes):
+        parts = (text,)
+    else:
+        parts = text
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -610,9 +651,10 @@ def _stage(path: Path, text: str, durable: bool = True) -> tuple[Path, Path]:
             continue  # a crashed run's leftover with this pid's name: take the next
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
             if durable:
                 os.fsync(fd)

@@ -15,6 +15,7 @@ that is what the established tools write. Nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -98,11 +99,31 @@ _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 @dataclass
 class _Loaded:
-    """A feature with the raw documents behind it, for read-modify-write."""
+    """A feature's files, validated, with the raw documents behind them, for
+    read-modify-write. The :class:`Feature` is built on demand (:meth:`feature`): a
+    rewrite replaces models in ``subtasks`` as it goes, and a feature built up front
+    would hold every replaced one until the last file is written."""
 
-    feature: Feature
+    name: str
+    root: Path
+    path: Path
+    task_file: TaskFile
     task: JsonDocument
     subtasks: list[tuple[Subtask, JsonDocument]]
+    warnings: list[str]
+
+    def feature(
+        self, subtasks: list[Subtask] | None = None, task: TaskFile | None = None
+    ) -> Feature:
+        """The feature of these files (``subtasks`` and ``task``: as rewritten)."""
+        return Feature(
+            name=self.name,
+            root=self.root,
+            path=self.path,
+            task=self.task_file if task is None else task,
+            subtasks=[sub for sub, _ in self.subtasks] if subtasks is None else subtasks,
+            warnings=self.warnings,
+        )
 
 
 def load_raw(path: Path) -> tuple[dict[str, Any], JsonFormat]:
@@ -117,7 +138,7 @@ def load_feature(root: Path, name: str) -> Feature:
     Subtasks come sorted by number. Duplicate seqs load (the planner reports them);
     anything batchq cannot parse raises :class:`SpecError`.
     """
-    return _load(root, name).feature
+    return _load(root, name).feature()
 
 
 def _load(root: Path, name: str, *, quick: bool = False) -> _Loaded:
@@ -151,15 +172,7 @@ def _load(root: Path, name: str, *, quick: bool = False) -> _Loaded:
             )
     found.sort(key=lambda item: item[0])
     subtasks = [(sub, doc) for _, sub, doc in found]
-    feature = Feature(
-        name=name,
-        root=root,
-        path=path,
-        task=task,
-        subtasks=[sub for sub, _ in subtasks],
-        warnings=warnings,
-    )
-    return _Loaded(feature, task_doc, subtasks)
+    return _Loaded(name, root, path, task, task_doc, subtasks, warnings)
 
 
 _FileKey = tuple[int, int, int, int]
@@ -247,20 +260,40 @@ def _subtask_file(path: Path, name: str, folder: _Folder) -> tuple[Subtask, Json
     file = path / name
     doc = _read(file)
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
-    folder[name] = (key, sub, doc.compact())
+    folder[name] = (key, sub, _kept(sub, doc))
     return sub, doc
 
 
-def _remember(file: Path, sub: Subtask, doc: JsonDocument) -> None:
+def _remember(file: Path, sub: Subtask, text: str, fmt: JsonFormat) -> None:
     """Cache what was just written under the lock, so the next load does not read and
     validate it back (every rewrite is a new inode, which the cache would miss)."""
     try:
         st = file.stat()
     except OSError:
         return
-    if st.st_size != len(doc.text.encode("utf-8")):
+    if st.st_size != len(text.encode("utf-8")):
         return  # rewritten by someone else meanwhile: let the next load read it
-    _PARSED.put(file, _file_key(st), sub, doc)
+    _PARSED.put(file, _file_key(st), sub, _kept(sub, JsonDocument(file, None, text, fmt)))
+
+
+def _kept(sub: Subtask, doc: JsonDocument) -> JsonDocument:
+    """What the parse cache keeps of a file's document beside its model: the text, to
+    render the file's next version from, except for a completed subtask's. A completed
+    file is rarely written again in a run (a ``--changed`` reset, a report that
+    disagrees), and its text is the biggest (its ``batchq`` block): at 5,000 files
+    some 6 MiB. Rewritten after all, it is read again (:attr:`JsonDocument.text`)."""
+    return doc.unread() if sub.status is SubtaskStatus.COMPLETED else doc.compact()
+
+
+def _data(doc: JsonDocument) -> dict[str, Any]:
+    """``doc.data``, read again from disk if the cache did not keep its text (then a
+    file that no longer reads is refused as any read refuses it)."""
+    try:
+        return doc.data
+    except JsonReadError as exc:
+        raise SpecError(doc.path, None, exc.reason) from exc
+    except OSError as exc:
+        raise SpecError(doc.path, None, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _read(path: Path) -> JsonDocument:
@@ -474,7 +507,7 @@ def spec_problems(root: Path, name: str) -> list[SpecError]:
             if st is not None:
                 # The stat came first: a file replaced meanwhile has a new key, and
                 # the next load reads it again.
-                folder[file.name] = (_file_key(st), parsed, doc.compact())
+                folder[file.name] = (_file_key(st), parsed, _kept(parsed, doc))
     return found
 
 
@@ -559,19 +592,29 @@ def update_subtasks(
             index.setdefault(sub.seq, []).append(doc)
         for seq, mutate in changes.items():
             pending.setdefault(_resolve(loaded, seq, index).path, []).append(mutate)
+        del index
+        # A model replaced goes as soon as its successor is made, with its cache entry
+        # (the successor's is put in once written): for a caller that holds no older
+        # feature (the mirror), the old and new models of every file rewritten are
+        # never in memory together. If anything below fails, the files missing from
+        # the cache are read from disk again by the next load.
+        folder = _PARSED.folder(path)
+        entries = loaded.subtasks
         subtasks: list[Subtask] = []
         texts: list[tuple[Path, str]] = []
-        written: dict[Path, tuple[Subtask, JsonDocument]] = {}
-        for sub, doc in loaded.subtasks:
+        written: dict[Path, tuple[Subtask, JsonFormat]] = {}
+        for i, (sub, doc) in enumerate(entries):
             mutations = pending.get(doc.path)
             if mutations is not None:
-                base = doc.data
+                base = _data(doc)
                 new = dict(base)
                 for mutate in mutations:
                     mutate(new)
                 sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
-                _render_into(texts, doc, new, base)
-                written[doc.path] = (sub, doc)
+                if _render_into(texts, doc, new, base):
+                    written[doc.path] = (sub, doc.format)
+                    folder.pop(doc.path.name, None)
+                entries[i] = (sub, doc)
             subtasks.append(sub)
         task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
         task = _validate(TaskFile, loaded.task, task_new)
@@ -585,10 +628,10 @@ def update_subtasks(
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         for file, text in texts:
             if file in written:
-                sub, doc = written[file]
-                _remember(file, sub, JsonDocument(file, None, text, doc.format))
+                sub, fmt = written[file]
+                _remember(file, sub, text, fmt)
         # What was just validated and written, without parsing it back.
-        return loaded.feature.model_copy(update={"subtasks": subtasks, "task": task})
+        return loaded.feature(subtasks, task)
 
 
 def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None:
@@ -598,17 +641,15 @@ def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None
     seqs = set(changes)
     if not seqs <= {sub.seq for sub, _ in loaded.subtasks}:
         return None
-    path = loaded.feature.path
-    folder = _PARSED.folder(path)
+    folder = _PARSED.folder(loaded.path)
     fresh: list[tuple[Subtask, JsonDocument]] = []
     for sub, doc in loaded.subtasks:
         if sub.seq in seqs:
-            parsed = _subtask_file(path, doc.path.name, folder)
+            parsed = _subtask_file(loaded.path, doc.path.name, folder)
             if parsed is not None:
                 sub, doc = parsed
         fresh.append((sub, doc))
-    feature = loaded.feature.model_copy(update={"subtasks": [sub for sub, _ in fresh]})
-    return _Loaded(feature, loaded.task, fresh)
+    return dataclasses.replace(loaded, subtasks=fresh)
 
 
 def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]]) -> JsonDocument:
@@ -617,9 +658,9 @@ def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]])
     exact = list(index.get(seq, ()))
     if not exact and seq.isascii() and seq.isdigit():
         exact = [doc for sub, doc in loaded.subtasks if sub.number == int(seq)]
-    name = loaded.feature.name
+    name = loaded.name
     if not exact:
-        known = ", ".join(sub.seq for sub in loaded.feature.subtasks) or "none"
+        known = ", ".join(sub.seq for sub, _ in loaded.subtasks) or "none"
         raise UsageError(f"feature {name!r} has no subtask {seq!r}; its subtasks: {known}")
     if len(exact) > 1:
         files = ", ".join(doc.path.name for doc in exact)
@@ -632,13 +673,16 @@ def _render_into(
     doc: JsonDocument,
     new: dict[str, Any],
     base: dict[str, Any] | None = None,
-) -> None:
+) -> bool:
+    """Append the file's new text to ``texts``; False when its data did not change."""
     try:
         text = doc.render(new, base)
     except ValueError as exc:
         raise SpecError(doc.path, None, f"cannot be written as JSON: {exc}") from exc
-    if text is not None:
-        texts.append((doc.path, text))
+    if text is None:
+        return False
+    texts.append((doc.path, text))
+    return True
 
 
 def _refresh_task(data: dict[str, Any], statuses: list[SubtaskStatus]) -> dict[str, Any]:

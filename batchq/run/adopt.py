@@ -28,6 +28,7 @@ one writer of the files at a time.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -272,11 +273,8 @@ def save_report(root: Path, name: str, built: BatchReport) -> None:
     """Keep a copy in ``.batchq/reports/`` (it outlives Redis, embedded or not)."""
     folder = layout.reports_dir(feature_dir(root, name))
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        folder / f"{built.run_id}-{built.batch:03d}.json",
-        built.model_dump_json(indent=2) + "\n",
-        durable=False,
-    )
+    path = folder / f"{built.run_id}-{built.batch:03d}.json"
+    write_atomic(path, itertools.chain(built.json_parts(indent=2), (b"\n",)), durable=False)
 
 
 def _written(

@@ -203,8 +203,6 @@ class _Mirror:
         self.last_flush = self.last_full = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
-        self.written_to: RunResult | None = None
-        """A run result whose ``feature`` follows each rewrite (batch mode)."""
         self._beside: threading.Thread | None = None
         self._beside_failure: BaseException | None = None
         self._held: list[Event] = []
@@ -285,8 +283,6 @@ class _Mirror:
             if not quick:
                 self.last_full = start
             self.written |= final
-            if self.written_to is not None:
-                self.written_to.feature = self.feature
         self.last_flush = time.monotonic()
         files = len(self.feature.subtasks) if self.feature is not None else 0
         self.interval = max(
@@ -358,9 +354,9 @@ class Orchestrator:
             feature, reruns = self._prepare(options)
             run = self._new_run(feature, options)
             result = RunResult(run.run_id, feature)
-            # From here ``result.feature`` is the one reference batch mode keeps: it
-            # follows the files, so the models loaded before the run are not held for
-            # all of it beside the ones each rewrite makes (thousands of them).
+            # From here ``result.feature`` is the one reference batch mode keeps (only
+            # its header while a batch runs, see ``_run_one``), so the models loaded
+            # before the run are not held beside the ones each rewrite makes.
             del feature
             keep = not options.cancel_on_interrupt
             with (
@@ -687,7 +683,8 @@ class Orchestrator:
         options: RunOptions,
     ) -> BatchReport:
         """One batch: publish it, mirror it, settle its report. ``result.feature`` is
-        the feature as submitted, then, after each mirror rewrite, as it was written."""
+        the feature to submit; from the publish on, only its header (the caller loads
+        the feature again after the batch)."""
         feature = result.feature
         # Inputs as submitted: what the members are made from, once per batch.
         recorder = fingerprint.Recorder.for_batch(feature, batch.seqs, self.settings)
@@ -699,8 +696,11 @@ class Orchestrator:
             options.on_submit(submission)
 
         mirror = _Mirror(self.root, self.name, run.run_id, options.on_events, recorder, batch.seqs)
-        mirror.written_to = result
         isolated = feature if run.isolate is Isolation.WORKTREE else None  # merge's input
+        # Until the batch's report, the run holds no subtask models of its own: the
+        # mirror's rewrites replace them file by file, and a feature held here would
+        # keep every replaced one beside its successor. The caller loads it again.
+        result.feature = _header(feature)
         del feature
         try:
             built = wait(self.store, submission, self.settings, mirror)
@@ -817,6 +817,11 @@ def _with_claims(built: BatchReport, claims: Claims) -> tuple[BatchReport, list[
     if results == built.results:
         return built, notes
     return built.model_copy(update={"results": results}), notes
+
+
+def _header(feature: Feature) -> Feature:
+    """The feature without its subtasks: what a run result holds while a batch runs."""
+    return feature.model_copy(update={"subtasks": []})
 
 
 def _renumbered(plan: Plan, offset: int) -> Plan:

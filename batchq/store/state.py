@@ -25,6 +25,8 @@ key                           type    content
                                       renewed by the worker's heartbeat
 ``cancel:R:N``                string  graceful | terminate
 ``report:R:N``                string  the BatchReport JSON
+``report:R:N:staged:T``       string  a report's JSON being sent in parts, until the
+                                      script that stores it renames or drops it
 ``late:R:N``                  list    results that arrived after a forced report
 ``events:R``                  stream  progress events (see :class:`batchq.protocol.EventKind`)
 ``lock:F``                    string  orchestrator holding F; TTL = lease, renewed
@@ -39,15 +41,19 @@ key                           type    content
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
+import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
+from redis.client import NEVER_DECODE
 
 from batchq.errors import BrokerUnavailable, InfrastructureError, InputError
 from batchq.models import BatchReport, SubtaskResult
@@ -73,6 +79,11 @@ CALLABLE_RUNS = 8
 taken for tiny (:mod:`batchq.core.chunks`)."""
 RESULTS_AT_ONCE = 500
 """Results read per pipeline round trip (see :meth:`StateStore.results`)."""
+REPORT_PART = 1 << 20
+"""Bytes of a report's JSON sent to or read from Redis at a time (see
+:meth:`StateStore._staged` and :meth:`StateStore.report`)."""
+REPORT_READS = 3
+"""Reads of a report replaced while it was read before it is read whole instead."""
 # What a Redis restart or network blip raises; callers that must ride one out
 # (the producer's wait) catch these and retry instead of crashing.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
@@ -283,24 +294,32 @@ return 1
 # A report is stored once per batch: the producer and the chord callback may both
 # build it from the same recorded results, and the first wins. A report arriving
 # after a *forced* one is "late" (a member the deadline gave up on came back).
+# The report's JSON was appended, in parts, to a staging key of its own (KEYS[6]): it
+# becomes the report, or a late one, or goes, in one step.
 _REPORT = """
 local batch, report, events, reports, late = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local staged = KEYS[6]
 local state = redis.call('HGET', batch, 'state')
-if state == 'reported' then return 0 end
+if state == 'reported' then
+  redis.call('DEL', staged)
+  return 0
+end
 if state == 'forced' then
-  redis.call('RPUSH', late, ARGV[1])
-  redis.call('EXPIRE', late, ARGV[3])
-  redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'late', 'batch', ARGV[4],
+  redis.call('RPUSH', late, redis.call('GET', staged))
+  redis.call('DEL', staged)
+  redis.call('EXPIRE', late, ARGV[2])
+  redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', 'kind', 'late', 'batch', ARGV[3],
     'seq', '', 'data', '')
   return 0
 end
-redis.call('HSET', batch, 'state', ARGV[2])
-redis.call('SET', report, ARGV[1], 'EX', ARGV[3])
-redis.call('LPUSH', reports, ARGV[5])
+redis.call('HSET', batch, 'state', ARGV[1])
+redis.call('RENAME', staged, report)
+redis.call('EXPIRE', report, ARGV[2])
+redis.call('LPUSH', reports, ARGV[4])
 redis.call('LTRIM', reports, 0, 99)
-redis.call('EXPIRE', reports, ARGV[3])
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[6], '*', 'kind', 'batch_' .. ARGV[2],
-  'batch', ARGV[4], 'seq', '', 'data', '')
+redis.call('EXPIRE', reports, ARGV[2])
+redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], '*', 'kind', 'batch_' .. ARGV[1],
+  'batch', ARGV[3], 'seq', '', 'data', '')
 return 1
 """
 
@@ -723,9 +742,9 @@ class StateStore:
                 self.keys.events(report.run_id),
                 self.keys.reports(fkey),
                 self.keys.late(report.run_id, report.batch),
+                self._staged(report),
             ],
             args=[
-                report.model_dump_json(),
                 state,
                 self.ttl,
                 report.batch,
@@ -737,17 +756,60 @@ class StateStore:
 
     def overwrite_report(self, report: BatchReport) -> None:
         """Replace a stored report with its checked version (discrepancies added)."""
-        self.r.set(
-            self.keys.report(report.run_id, report.batch), report.model_dump_json(), ex=self.ttl
-        )
+        key = self.keys.report(report.run_id, report.batch)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rename(self._staged(report), key)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def _staged(self, report: BatchReport) -> str:
+        """A new key holding the report's JSON, appended ``REPORT_PART`` bytes at a time:
+        the report of a big batch is never serialized whole in this process (at 20,000
+        members some 16 MiB, held twice while pydantic copies it out, beside the results
+        themselves). The key expires by itself if this process dies before using it."""
+        key = f"{self.keys.report(report.run_id, report.batch)}:staged:{secrets.token_hex(8)}"
+        part: list[bytes] = []
+        size = 0
+        first = True
+        for piece in itertools.chain(report.json_parts(), (b"",)):
+            part.append(piece)
+            size += len(piece)
+            if size < REPORT_PART and piece:
+                continue  # the empty piece at the end sends what is left
+            pipe = self.r.pipeline(transaction=first)  # the key never lives without a TTL
+            pipe.append(key, b"".join(part))
+            if first:
+                pipe.expire(key, self.ttl)
+                first = False
+            pipe.execute()
+            part, size = [], 0
+        return key
 
     def report(self, run_id: str, n: int) -> BatchReport | None:
-        raw = self.r.get(self.keys.report(run_id, n))
+        """The stored report, read ``REPORT_PART`` bytes at a time and validated result
+        by result (:meth:`BatchReport.from_json_parts`): a big batch's report is never
+        in this process whole, as text or as parsed JSON. The read is watched, so a
+        report replaced meanwhile (``overwrite_report``) is read again, never mixed."""
+        key = self.keys.report(run_id, n)
+        for _attempt in range(REPORT_READS):
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    report = BatchReport.from_json_parts(_ranges(pipe, key))
+                    pipe.multi()
+                    pipe.exists(key)
+                    pipe.execute()  # WatchError: the key changed while it was read
+                except redis.WatchError:
+                    continue
+            if report is not None:
+                return report
+            break
+        raw = self.r.get(key)  # not of that shape, or always replaced: as it was
         return BatchReport.model_validate_json(cast(str, raw)) if raw else None
 
     def late_reports(self, run_id: str, n: int) -> list[BatchReport]:
         raws = cast(list[str], self.r.lrange(self.keys.late(run_id, n), 0, -1))
-        return [BatchReport.model_validate_json(raw) for raw in raws]
+        return [BatchReport.from_json(raw) for raw in raws]
 
     def report_refs(self, fkey: str, count: int = 100) -> list[tuple[str, int]]:
         refs = cast(list[str], self.r.lrange(self.keys.reports(fkey), 0, count - 1))
@@ -808,6 +870,21 @@ class StateStore:
 
     def lock_holder(self, fkey: str) -> str | None:
         return cast(str | None, self.r.get(self.keys.lock(fkey)))
+
+
+def _ranges(client: Any, key: str) -> Iterator[str]:
+    """A string key's value, ``REPORT_PART`` bytes at a time, decoded as UTF-8 across
+    the cuts (GETRANGE counts bytes, not characters)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    start = 0
+    while True:
+        end = start + REPORT_PART - 1
+        chunk = client.execute_command("GETRANGE", key, start, end, **{NEVER_DECODE: True})
+        start += len(chunk)
+        if len(chunk) < REPORT_PART:
+            yield decoder.decode(chunk, final=True)
+            return
+        yield decoder.decode(chunk)
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

@@ -439,6 +439,74 @@ def test_overwrite_report_replaces_the_stored_one_without_a_new_ref(store: Store
     assert store.report_refs(FKEY) == [(RUN, 1)]
 
 
+def test_a_report_sent_in_many_parts_is_stored_whole_and_leaves_no_staging_key(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis only: a report's JSON goes to Redis in parts (here of 64 bytes, so each
+    member is one or more), each way it can end: stored, dropped as a repeat, kept as
+    late, overwritten. What is read back is the report, and no staged part is left."""
+    if harness.kind != "redis":
+        pytest.skip("the parts are how StateStore talks to Redis")
+    from batchq.store import state
+
+    assert isinstance(harness.store, state.StateStore)
+    store = harness.store
+    monkeypatch.setattr(state, "REPORT_PART", 64)
+
+    def big(n: int, *, forced: bool = False, marker: str = "") -> BatchReport:
+        members = [result(f"{i:02d}", batch=n, summary=f"{marker} é {i}") for i in range(1, 13)]
+        return batch_report(n, forced=forced, marker=marker).model_copy(
+            update={"results": members, "total": 12, "completed": 12}
+        )
+
+    store.start_batch(RUN, 1, [f"{i:02d}" for i in range(1, 13)], "graceful")
+    first = big(1, marker="first")
+    assert store.store_report(first, FKEY)
+    assert not store.store_report(big(1, marker="again"), FKEY)
+    assert store.report(RUN, 1) == first
+    checked = first.model_copy(update={"discrepancies": ["files disagree"]})
+    store.overwrite_report(checked)
+    assert store.report(RUN, 1) == checked
+    store.start_batch(RUN, 2, ["01"], "graceful")
+    assert store.store_report(big(2, forced=True, marker="forced"), FKEY)
+    assert not store.store_report(big(2, marker="late"), FKEY)
+    assert store.late_reports(RUN, 2) == [big(2, marker="late")]
+    assert list(store.r.scan_iter(f"{store.keys.p}*staged*")) == []
+    assert 0 < store.r.ttl(store.keys.report(RUN, 1)) <= store.ttl
+
+
+def test_a_report_replaced_while_it_is_read_in_parts_is_read_again_never_mixed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if harness.kind != "redis":
+        pytest.skip("the parts are how StateStore talks to Redis")
+    from batchq.store import state
+
+    assert isinstance(harness.store, state.StateStore)
+    store = harness.store
+    monkeypatch.setattr(state, "REPORT_PART", 64)
+    store.start_batch(RUN, 1, ["01"], "graceful")
+    first = batch_report(marker="first " * 40)
+    store.store_report(first, FKEY)
+    checked = first.model_copy(update={"discrepancies": ["files disagree " * 20]})
+    real = BatchReport.from_json_parts
+    reads = 0
+
+    def read(parts: object) -> BatchReport | None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # another process replaces it after the first part was read
+            iterator = iter(parts)  # type: ignore[call-overload]
+            head = next(iterator)
+            store.overwrite_report(checked)
+            return real([head, *iterator])
+        return real(parts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchReport, "from_json_parts", read)
+    assert store.report(RUN, 1) == checked
+    assert reads == 2
+
+
 # --- the progress stream ------------------------------------------------------------------
 
 

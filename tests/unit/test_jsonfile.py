@@ -30,6 +30,28 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def test_files_laid_out_alike_share_one_format_and_others_keep_theirs(tmp_path: Path) -> None:
+    one = read_document(write(tmp_path / "a.json", '{\n  "a": 1\n}\n'))
+    two = read_document(write(tmp_path / "b.json", '{\n  "b": [1, 2]\n}\n'))
+    tabs = read_document(write(tmp_path / "c.json", '{\n\t"a": 1\n}'))
+    assert one.format is two.format
+    assert tabs.format != one.format
+    assert (tabs.format.indent, tabs.format.tail) == ("\t", "")
+
+
+def test_an_unread_document_reads_the_file_again_with_every_check(tmp_path: Path) -> None:
+    target = write(tmp_path / "a.json", '{\n  "a": 1\n}\n')
+    unread = read_document(target).unread()
+    write(target, '{"a": 2, "b": [true]}')  # another version, another layout
+    assert unread.data == {"a": 2, "b": [True]}
+    assert unread.format.indent is None
+    assert unread.render({"a": 3, "b": [True]}) == '{"a": 3, "b": [true]}'
+    again = read_document(target).unread()
+    write(target, '{"a": 1, "a": 2}')
+    with pytest.raises(JsonReadError, match="duplicate key"):
+        _ = again.data
+
+
 def test_equal_data_renders_nothing_so_the_file_is_not_rewritten(tmp_path: Path) -> None:
     doc = read_document(write(tmp_path / "a.json", '{"a": [1, 2.50, 1e3], "b": "\\u00e9"}'))
     assert doc.render(copy.deepcopy(doc.data)) is None
@@ -174,6 +196,30 @@ def test_a_failed_atomic_write_leaves_the_original_and_no_temp_file(
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_bytes_and_bytes_in_parts_are_written_as_given(tmp_path: Path) -> None:
+    target = write(tmp_path / "a.json", "old")
+    write_atomic(target, "néw\n".encode())
+    assert target.read_bytes() == "néw\n".encode()
+    write_atomic(target, iter([b"{", b'"a": ', b"", b"1}\n"]))
+    assert target.read_bytes() == b'{"a": 1}\n'
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_parts_that_fail_half_way_leave_the_original_and_no_temp_file(tmp_path: Path) -> None:
+    """A part that cannot be made (its serialization raises) after others were written
+    to the temp file: nothing is replaced."""
+    target = write(tmp_path / "a.json", "old")
+
+    def parts() -> Any:
+        yield b"new, half"
+        raise ValueError("cannot serialize")
+
+    with pytest.raises(ValueError, match="cannot serialize"):
+        write_atomic(target, parts())
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.json"]
 

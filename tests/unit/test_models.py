@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import pickle
 
-from batchq.models import BatchReport, Subtask, SubtaskResult
+import pytest
+
+from batchq.models import BatchReport, BatchStatus, Subtask, SubtaskResult, json_bytes
 
 RESULT = (
     '{"feature": "f", "run_id": "r1", "batch": 1, "seq": "01", "title": "one", '
@@ -82,3 +84,83 @@ def test_a_pickled_model_comes_back_with_the_same_names_in_a_plain_set() -> None
     assert again == report
     assert again.model_fields_set == report.model_fields_set
     assert type(again.results[0].model_fields_set) is set
+
+
+def _report(members: int) -> BatchReport:
+    """A report whose strings hold what a naive split would trip on: quotes, the
+    ``"results": []`` key itself, newlines (escaped in JSON) and non-ASCII text."""
+    tricky = 'é "results": [], \n "results":[]'
+    results = [
+        SubtaskResult.model_validate_json(RESULT).model_copy(
+            update={"seq": f"{i:02d}", "title": f"{tricky} {i}", "changed_paths": ["a", "b"]}
+        )
+        for i in range(members)
+    ]
+    return BatchReport(
+        feature=tricky,
+        run_id="r1",
+        batch=1,
+        status=BatchStatus.COMPLETED,
+        results=results,
+        total=members,
+        completed=members,
+        failed=0,
+        success_rate=1.0,
+        discrepancies=[tricky],
+    )
+
+
+@pytest.mark.parametrize("members", [0, 1, 3])
+@pytest.mark.parametrize("indent", [None, 2, 4])
+def test_a_report_in_parts_is_byte_for_byte_its_whole_json(
+    members: int, indent: int | None
+) -> None:
+    report = _report(members)
+    whole = report.model_dump_json(indent=indent).encode()
+    parts = list(report.json_parts(indent))
+    assert b"".join(parts) == whole
+    assert json_bytes(report, indent) == whole
+    assert len(parts) == (1 if members == 0 else members + 2)  # one member's text at a time
+    assert BatchReport.model_validate_json(b"".join(parts)) == report
+
+
+@pytest.mark.parametrize("members", [0, 1, 3])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_report_read_result_by_result_is_the_report_validated_whole(
+    members: int, indent: int | None
+) -> None:
+    report = _report(members)
+    raw = report.model_dump_json(indent=indent)  # indented: not split, validated whole
+    read = BatchReport.from_json(raw)
+    assert read == BatchReport.model_validate_json(raw) == report
+    assert read.model_dump_json(indent=indent) == raw
+
+
+def test_a_report_that_does_not_validate_is_refused_as_validated_whole() -> None:
+    import pydantic
+
+    raw = _report(3).model_dump_json()
+    for broken in (
+        raw.replace('"seq":"01"', '"seq":1', 1),  # a member
+        raw.replace('"batch":1,"status"', '"batch":"x","status"', 1),  # the header
+        raw[:-30],  # cut short
+    ):
+        with pytest.raises(pydantic.ValidationError) as whole:
+            BatchReport.model_validate_json(broken)
+        with pytest.raises(pydantic.ValidationError) as parts:
+            BatchReport.from_json(broken)
+        assert parts.value.errors() == whole.value.errors()
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 10_000])
+def test_a_report_in_text_parts_of_any_size_reads_as_the_whole(size: int) -> None:
+    """Parts may cut anywhere: in a key, a string, an escape, a number, between two
+    members; what is read is the report. Cut short, or not of that shape, it is None
+    (the caller validates the whole text then)."""
+    report = _report(3)
+    raw = report.model_dump_json()
+    parts = [raw[i : i + size] for i in range(0, len(raw), size)]
+    assert BatchReport.from_json_parts(parts) == report
+    assert BatchReport.from_json_parts(parts[:-1] if len(parts) > 1 else [raw[:-1]]) is None
+    assert BatchReport.from_json_parts([_report(0).model_dump_json()]) is None
+    assert BatchReport.from_json_parts([report.model_dump_json(indent=2)]) is None

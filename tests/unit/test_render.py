@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from rich.console import Console
 
 from batchq.cli.render import (
     format_duration,
+    markdown_lines,
     render_json,
     render_markdown,
     render_plan,
@@ -455,3 +457,37 @@ def test_the_table_shows_a_skipped_member_and_its_reason() -> None:
     console.print(render_table(_with_skips()))
     text = console.export_text()
     assert "skipped" in text and "depends on 03, which failed" in text
+
+
+def test_members_are_rendered_in_seq_order_whichever_list_holds_them() -> None:
+    """Results, members that never reported and skipped ones interleave by seq, as the
+    blocks are made one by one."""
+    base = _with_skips()
+    done = [result(s, f"t{s}", ResultState.COMPLETED) for s in ("10", "02")]
+    mixed = base.model_copy(
+        update={
+            "results": done,
+            "missing": ["09", "01"],
+            "skipped": [base.skipped[0].model_copy(update={"seq": "05"})],
+        }
+    )
+    icons = ("✅", "❌", "⏭")
+    heads = [line.split(" - ")[0] for line in markdown_lines(mixed) if line.startswith(icons)]
+    assert heads == [
+        "❌ Subtask 01",
+        "✅ Subtask 02",
+        "⏭ Subtask 05",
+        "❌ Subtask 09",
+        "✅ Subtask 10",
+    ]
+    assert "\n".join(markdown_lines(mixed)) == render_markdown(mixed)
+
+
+def test_emit_writes_every_line_in_order_however_many(capsys: Any) -> None:
+    from batchq.cli.common import EMIT_AT_ONCE, emit
+
+    lines = (f"line {i}" for i in range(2 * EMIT_AT_ONCE + 7))
+    emit(itertools.chain(lines, ["two\nparts", ""]))
+    written = capsys.readouterr().out.split("\n")
+    assert written[: 2 * EMIT_AT_ONCE + 7] == [f"line {i}" for i in range(2 * EMIT_AT_ONCE + 7)]
+    assert written[2 * EMIT_AT_ONCE + 7 :] == ["two", "parts", "", ""]

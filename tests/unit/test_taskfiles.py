@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from batchq.errors import SpecError, UsageError
+from batchq.errors import InfrastructureError, SpecError, UsageError
 from batchq.files.taskfiles import (
     archive_feature,
     complete_subtask,
@@ -779,3 +779,112 @@ def test_declared_deliverables_read_each_file_without_validating_the_feature(
     make_feature([subtask_data("01")], name="mine", root=root)
     foreign = foreign_deliverables(load_feature(root, "mine"))
     assert foreign == {"feature other": ["a.txt", "b.txt", "new.txt", "out/02.txt"]}
+
+
+def test_a_rewrite_lets_each_replaced_model_go_before_the_next_file(tmp_path: Path) -> None:
+    """A caller that holds no feature of its own (the mirror) never has the old and new
+    models of every rewritten file at once: when the next file's change runs, the
+    previous file's old model is gone (nothing refers to it any more)."""
+    import gc
+    import weakref
+
+    make_feature(tmp_path, count=4)
+    old = [weakref.ref(sub) for sub in load_feature(tmp_path, "feat").subtasks]
+    gc.collect()
+    assert all(ref() is not None for ref in old)  # held by the parse cache only
+    alive: list[list[bool]] = []
+
+    def seen(data: dict[str, Any]) -> None:
+        alive.append([ref() is not None for ref in old])
+        data["status"] = SubtaskStatus.COMPLETED.value
+
+    feature = update_subtasks(tmp_path, "feat", {f"{i:02d}": seen for i in range(1, 5)})
+    assert alive == [
+        [True, True, True, True],
+        [False, True, True, True],
+        [False, False, True, True],
+        [False, False, False, True],
+    ]
+    assert all(ref() is None for ref in old)
+    assert [s.status for s in feature.subtasks] == [SubtaskStatus.COMPLETED] * 4
+    assert load_feature(tmp_path, "feat").subtasks == feature.subtasks
+
+
+def test_a_rewrite_refused_half_way_leaves_every_file_and_the_next_load_as_before(
+    tmp_path: Path,
+) -> None:
+    """The first files' cached models are dropped before a later file is refused: the
+    files are untouched, and the next load (quick or full) reads them again, correctly."""
+    folder = make_feature(tmp_path, count=3)
+    first = load_feature(tmp_path, "feat")
+    before = snapshot(folder)
+
+    def fail(data: dict[str, Any]) -> None:
+        data["status"] = "failed"
+
+    done = mark_completed("ok", utc_timestamp())
+    with pytest.raises(SpecError):
+        update_subtasks(tmp_path, "feat", {"01": done, "02": done, "03": fail})
+    assert snapshot(folder) == before
+    assert load_feature(tmp_path, "feat").subtasks == first.subtasks
+    quick = update_subtasks(tmp_path, "feat", {"03": done}, quick=True)
+    assert [s.status for s in quick.subtasks] == [
+        SubtaskStatus.PENDING,
+        SubtaskStatus.PENDING,
+        SubtaskStatus.COMPLETED,
+    ]
+
+
+def test_a_rewrite_whose_write_fails_leaves_old_files_and_a_correct_next_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while staging (a full disk) replaces nothing: every file is the old one,
+    whole, and the models dropped from the parse cache are read back from disk."""
+    import errno
+
+    import batchq.files.jsonfile as jsonfile
+
+    folder = make_feature(tmp_path, count=40)  # past SYNCFS_FROM: the batched path
+    first = load_feature(tmp_path, "feat")
+    before = snapshot(folder)
+    real = jsonfile._stage
+    calls = 0
+
+    def full_disk(path: Path, text: str, durable: bool = True) -> tuple[Path, Path]:
+        nonlocal calls
+        calls += 1
+        if calls == 30:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text, durable)
+
+    monkeypatch.setattr(jsonfile, "_stage", full_disk)
+    done = mark_completed("ok", utc_timestamp())
+    with pytest.raises(InfrastructureError):
+        update_subtasks(tmp_path, "feat", {f"{i:02d}": done for i in range(1, 41)})
+    monkeypatch.undo()
+    assert snapshot(folder) == before  # no temp file left either
+    assert load_feature(tmp_path, "feat").subtasks == first.subtasks
+    again = update_subtasks(tmp_path, "feat", {"01": done}, quick=True)
+    assert [s.status for s in again.subtasks].count(SubtaskStatus.COMPLETED) == 1
+
+
+def test_the_cache_keeps_no_text_of_a_completed_file_and_a_rewrite_reads_it_again(
+    tmp_path: Path,
+) -> None:
+    """A completed file's text stays on disk; rewritten later (a reset for a rerun), it is
+    read again and changed as an edit: what batchq did not change keeps its bytes."""
+    import batchq.files.taskfiles as taskfiles
+
+    folder = make_feature(tmp_path, count=2)
+    target = folder / "subtask_01.json"
+    block = BatchqBlock(result=ResultState.COMPLETED, attempts=1, run_id="r1")
+    update_subtasks(tmp_path, "feat", {"01": mark_completed("done", utc_timestamp(), block)})
+    cached = taskfiles._PARSED.folder(folder)
+    assert cached["subtask_01.json"][2]._text is None  # on disk only
+    assert cached["subtask_02.json"][2]._text is not None  # pending: kept
+    completed = target.read_text()
+    update_subtasks(tmp_path, "feat", {"01": mark_pending()})
+    text = target.read_text()
+    assert json.loads(text)["status"] == "pending"
+    assert text.replace('"status": "pending"', '"status": "completed"') == completed
+    assert load_feature(tmp_path, "feat").subtasks[0].status is SubtaskStatus.PENDING
