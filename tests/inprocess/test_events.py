@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from batchq.models import FailurePolicy
-from batchq.protocol import RUN_TASK
+from batchq.protocol import AGGREGATE_TASK, RUN_TASK
 from batchq.run.orchestrator import RunOptions
 from tests.inprocess.conftest import MakeOrchestrator, TaskEvents
 
@@ -77,8 +77,18 @@ def test_a_failed_subtask_is_a_failure_in_flower_and_its_chord_still_completes(
     assert not result.ok
 
     def both_done(events: TaskEvents) -> bool:
-        succeeded = len(events.events("task-succeeded", "evfail"))
-        return succeeded >= 2 and len(events.events("task-failed", "evfail")) >= 1
+        received = events.events("task-received", "evfail")
+        succeeded = {e["uuid"] for e in events.events("task-succeeded", "evfail")}
+        retried = {e["uuid"] for e in events.events("task-retried", "evfail")}
+        members = {e["uuid"] for e in received if e.get("name") == RUN_TASK}
+        callbacks = {e["uuid"] for e in received if e.get("name") == AGGREGATE_TASK}
+        # The chord callback ran: it found the report, or, the orchestrator still
+        # holding the feature, left the report to it (retried; see test_chords.py).
+        return (
+            bool(members & succeeded)
+            and bool(callbacks & (succeeded | retried))
+            and bool(events.events("task-failed", "evfail"))
+        )
 
     assert task_events.wait_for(both_done)  # 02 and the chord callback; 01 failed
     (failed,) = task_events.events("task-failed", "evfail")
