@@ -452,6 +452,7 @@ def test_a_report_sent_in_many_parts_is_stored_whole_and_leaves_no_staging_key(
     assert isinstance(harness.store, state.StateStore)
     store = harness.store
     monkeypatch.setattr(state, "REPORT_PART", 64)
+    monkeypatch.setattr(state, "WHOLE_UPTO", 0)  # every report in parts, however small
 
     def big(n: int, *, forced: bool = False, marker: str = "") -> BatchReport:
         members = [result(f"{i:02d}", batch=n, summary=f"{marker} é {i}") for i in range(1, 13)]
@@ -485,6 +486,7 @@ def test_a_report_replaced_while_it_is_read_in_parts_is_read_again_never_mixed(
     assert isinstance(harness.store, state.StateStore)
     store = harness.store
     monkeypatch.setattr(state, "REPORT_PART", 64)
+    monkeypatch.setattr(state, "WHOLE_UPTO", 0)  # every report in parts, however small
     store.start_batch(RUN, 1, ["01"], "graceful")
     first = batch_report(marker="first " * 40)
     store.store_report(first, FKEY)
