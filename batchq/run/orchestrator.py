@@ -585,9 +585,7 @@ class Orchestrator:
         url = remote.check(self.root, self.settings, workspace)  # the pre-flight asked it
         isolate = Isolation.WORKTREE if url else isolate
         merge.check(self.root, isolate)
-        run = new_run(
-            self.store, feature, options.policy, options.context, options.mode, check, self.holder
-        )
+        run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
         prefix = remote.prefix_of(self.root) if url else ""
         timeout = self.settings.git_timeout_s
         return dataclasses.replace(
