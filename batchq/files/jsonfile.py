@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchq.files import retire
+
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -562,6 +564,7 @@ def write_many(items: Sequence[tuple[Path, Content]], *, durable: bool = True) -
                 tmp.unlink()
         raise
     for index, (path, tmp) in enumerate(staged):
+        old = retire.hold(path)  # the file replaced is freed beside us, not in the rename
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -569,6 +572,8 @@ def write_many(items: Sequence[tuple[Path, Content]], *, durable: bool = True) -
                 with suppress(FileNotFoundError):
                     rest.unlink()
             raise
+        finally:
+            retire.release([old])
 
 
 SYNCFS_FROM = 32
