@@ -16,6 +16,7 @@ __all__ = [
     "CHUNK_TASK",
     "CONTROL_QUEUE",
     "DEFAULT_QUEUES",
+    "RUN_ORCHESTRATOR",
     "RUN_SETTLED",
     "RUN_TASK",
     "BatchState",
@@ -33,6 +34,10 @@ CONTROL_QUEUE = "batchq.control"
 RUN_SETTLED = "settled"
 """The run record's field an orchestrator sets once every result it recorded is in the
 files: adoption (:mod:`batchq.run.adopt`) leaves such a run alone."""
+RUN_ORCHESTRATOR = "orchestrator"
+"""The run record's field naming the holder of the feature's lock that started the run
+and builds its reports: while that lock is still its, a chord callback leaves the report
+to it (see :mod:`batchq.transport.tasks`)."""
 
 
 def agent_queue(agent: str) -> str:

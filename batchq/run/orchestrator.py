@@ -585,7 +585,9 @@ class Orchestrator:
         url = remote.check(self.root, self.settings, workspace)  # the pre-flight asked it
         isolate = Isolation.WORKTREE if url else isolate
         merge.check(self.root, isolate)
-        run = new_run(self.store, feature, options.policy, options.context, options.mode, check)
+        run = new_run(
+            self.store, feature, options.policy, options.context, options.mode, check, self.holder
+        )
         prefix = remote.prefix_of(self.root) if url else ""
         timeout = self.settings.git_timeout_s
         return dataclasses.replace(

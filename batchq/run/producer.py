@@ -37,7 +37,7 @@ from batchq.models import (
     agent_name,
     feature_key,
 )
-from batchq.protocol import CancelMode, EventKind
+from batchq.protocol import RUN_ORCHESTRATOR, CancelMode, EventKind
 from batchq.run.preflight import budget_s
 from batchq.settings import Settings
 from batchq.store.contract import Store
@@ -124,9 +124,12 @@ def new_run(
     context: str = "",
     mode: RunMode = RunMode.BATCH,
     write_check: WriteCheck = WriteCheck.WARN,
+    orchestrator: str = "",
 ) -> Run:
     """Create a run: its token file in the workspace and its record and context in Redis
-    (``mode`` is recorded so ``watch`` knows whether batches overlap)."""
+    (``mode`` is recorded so ``watch`` knows whether batches overlap; ``orchestrator``,
+    the holder of the feature's lock that waits for the run's reports, so a chord
+    callback can leave a report to it while it lives)."""
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
     token = secrets.token_hex(16)
     fkey = feature_key(feature.name, feature.root)
@@ -146,6 +149,8 @@ def new_run(
         "write_check": write_check.value,
         "created_at": datetime.now(UTC).isoformat(),
     }
+    if orchestrator:
+        fields[RUN_ORCHESTRATOR] = orchestrator
     # `batchq runs` lists runs from the files: Redis forgets (an embedded one at once).
     record = {"run_id": run_id} | {k: fields[k] for k in ("created_at", "mode", "policy")}
     layout.run_record(feature.path, run_id).write_text(json.dumps(record) + "\n", encoding="utf-8")

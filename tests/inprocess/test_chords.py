@@ -112,7 +112,11 @@ def test_members_of_a_chunk_keep_their_own_result_retry_and_task_events(
     assert sent[alone["uuid"]]["queue"] == "batchq.shell"
     (callback,) = task_events.events("task-received", mine, name=AGGREGATE_TASK)
     assert callback["args"] == f"feature=chunked batch=1 run={published[0].run.run_id} members=5"
-    assert task_events.of(callback["uuid"])[-1] == "task-succeeded"
+    # It ran, and either found the report stored or, while the orchestrator still held
+    # the feature, left it to it (retried later; see the test below).
+    assert task_events.wait_for(
+        lambda ev: ev.of(callback["uuid"])[-1:] in (["task-succeeded"], ["task-retried"])
+    )
     assert sent[callback["uuid"]]["queue"] == CONTROL_QUEUE
 
 
@@ -190,3 +194,42 @@ def test_the_chord_size_is_set_as_celery_sets_it_in_one_round_trip(lane_app: Cel
     ttl_celerys = client.ttl(backend.get_key_for_group(celerys, ".s"))
     assert (ttl_ours > 0) == (ttl_celerys > 0)
     assert abs(ttl_ours - ttl_celerys) <= 1
+
+
+def test_the_callback_leaves_the_report_to_a_live_orchestrator_then_builds_it_once_it_is_gone(
+    make_feature: Any,
+    subtask_data: Any,
+    lane_app: Celery,
+    lane_settings: Settings,
+    store: StateStore,
+    task_events: TaskEvents,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the run's orchestrator holds the feature, the callback builds no second
+    report (a worker process's memory); it is retried, and once the lock is no longer
+    that orchestrator's, it builds and stores the report itself."""
+    from batchq.models import feature_key
+    from batchq.transport import tasks
+
+    monkeypatch.setattr(tasks, "LEFT_FOR_S", 0.3)  # the lane's worker runs in this process
+    root = make_feature(
+        [subtask_data("01", command=write("01")), subtask_data("02", command=write("02"))],
+        name="left",
+    )
+    feature = load_feature(root, "left")
+    fkey = feature_key("left", root)
+    assert store.acquire_lock(fkey, "test-orchestrator", 60.0) is None
+    run = new_run(store, feature, FailurePolicy.GRACEFUL, orchestrator="test-orchestrator")
+    submit(lane_app, store, run, feature, planner.plan(feature).batches[0], None, lane_settings)
+
+    def retried(ev: TaskEvents) -> bool:
+        return bool(ev.events("task-retried", "left"))
+
+    assert task_events.wait_for(retried)
+    assert store.report(run.run_id, 1) is None and aggregated(store, run.run_id) == []
+    store.release_lock(fkey, "test-orchestrator")  # the orchestrator is gone
+    assert wait_until(lambda: aggregated(store, run.run_id), 30)
+    (event,) = aggregated(store, run.run_id)
+    assert event.data == {"stored": True, "status": "completed"}
+    stored = store.report(run.run_id, 1)
+    assert stored is not None and {r.seq for r in stored.results} == {"01", "02"}

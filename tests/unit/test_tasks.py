@@ -181,3 +181,59 @@ def test_after_a_forced_report_the_callback_s_report_is_kept_as_late(
     assert late.status is BatchStatus.COMPLETED and late.missing == []
     assert aggregated(store, run_id) == [{"stored": False, "status": "completed"}]
     assert EventKind.LATE in [e.kind for e in store.events(run_id)]
+
+
+def test_while_the_run_s_orchestrator_holds_the_feature_the_report_is_left_to_it(
+    store: MemoryStore, members: list[SubtaskMessage]
+) -> None:
+    """The callback does not build a second report beside the orchestrator's (a worker
+    process's memory at 20,000 members); once the lock is no longer the run's
+    orchestrator's (it died and its lease lapsed, or it released it), it builds it."""
+    from batchq.protocol import RUN_ORCHESTRATOR
+    from batchq.transport.tasks import LEFT_FOR_S, LeftToOrchestrator
+
+    for msg in members:
+        record(store, msg)
+    run_id, fkey = members[0].run_id, str(meta(members[0])["feature_key"])
+    store.create_run(run_id, {"feature_key": fkey, RUN_ORCHESTRATOR: "host:1"}, "")
+    assert store.acquire_lock(fkey, "host:1", 60.0) is None
+    values = chord_values(("01", "completed"), ("02", "completed"))
+    with pytest.raises(LeftToOrchestrator) as left:
+        aggregate(store, values, meta(members[0]))
+    assert left.value.countdown == LEFT_FOR_S
+    assert store.report(run_id, 1) is None and aggregated(store, run_id) == []
+    assert store.batch_state(run_id, 1) == BatchState.RUNNING
+
+    store.release_lock(fkey, "host:1")
+    assert store.acquire_lock(fkey, "host:2", 60.0) is None  # another orchestrator now
+    out = aggregate(store, values, meta(members[0]))
+    assert out == {"batch": 1, "status": "completed"}
+    assert aggregated(store, run_id) == [{"stored": True, "status": "completed"}]
+
+
+def test_a_report_the_orchestrator_stored_meanwhile_is_found_when_the_callback_looks_again(
+    store: MemoryStore, members: list[SubtaskMessage]
+) -> None:
+    from batchq.protocol import RUN_ORCHESTRATOR
+
+    for msg in members:
+        record(store, msg)
+    run_id, fkey = members[0].run_id, str(meta(members[0])["feature_key"])
+    store.create_run(run_id, {"feature_key": fkey, RUN_ORCHESTRATOR: "host:1"}, "")
+    assert store.acquire_lock(fkey, "host:1", 60.0) is None
+    store.store_report(
+        build(
+            feature="feat",
+            run_id=run_id,
+            batch=1,
+            results=list(store.results(run_id, ["01", "02"]).values()),
+            expected=["01", "02"],
+            next_batch=FOLLOWING,
+            submitted_at=None,
+            finished_at=datetime.now(UTC),
+        ),
+        fkey,
+    )
+    out = aggregate(store, chord_values(("01", "completed")), meta(members[0]))
+    assert out == {"batch": 1, "status": "completed"}
+    assert aggregated(store, run_id) == [{"stored": False, "status": "completed"}]
