@@ -18,7 +18,7 @@ from batchq.errors import InputError
 from batchq.models import BatchReport, BatchStatus, ResultState, SubtaskResult
 from batchq.protocol import BatchState, CancelMode, EventKind
 from batchq.store.contract import Store
-from batchq.store.state import CALLABLE_RUNS, CONTEXT_LIMIT, Claim
+from batchq.store.state import CALLABLE_RUNS, CONTEXT_LIMIT, Claim, StateStore
 from tests.contract.conftest import Harness
 
 RUN = "20260101T000000-abcd"
@@ -439,20 +439,25 @@ def test_overwrite_report_replaces_the_stored_one_without_a_new_ref(store: Store
     assert store.report_refs(FKEY) == [(RUN, 1)]
 
 
-def test_a_report_sent_in_many_parts_is_stored_whole_and_leaves_no_staging_key(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Redis only: a report's JSON goes to Redis in parts (here of 64 bytes, so each
-    member is one or more), each way it can end: stored, dropped as a repeat, kept as
-    late, overwritten. What is read back is the report, and no staged part is left."""
+@pytest.fixture
+def parted(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> StateStore:
+    """Redis only (the parts are how StateStore talks to Redis): a store that sends and
+    reads every report in parts of 64 bytes, however small, so each member is one part
+    or more."""
     if harness.kind != "redis":
         pytest.skip("the parts are how StateStore talks to Redis")
-    from batchq.store import state
+    assert isinstance(harness.store, StateStore)
+    monkeypatch.setattr("batchq.store.state.REPORT_PART", 64)
+    monkeypatch.setattr("batchq.store.state.WHOLE_UPTO", 0)
+    return harness.store
 
-    assert isinstance(harness.store, state.StateStore)
-    store = harness.store
-    monkeypatch.setattr(state, "REPORT_PART", 64)
-    monkeypatch.setattr(state, "WHOLE_UPTO", 0)  # every report in parts, however small
+
+def test_a_report_sent_in_many_parts_is_stored_whole_and_leaves_no_staging_key(
+    parted: StateStore,
+) -> None:
+    """Each way a report in parts can end: stored, dropped as a repeat, kept as late,
+    overwritten. What is read back is the report, and no staged part is left."""
+    store = parted
 
     def big(n: int, *, forced: bool = False, marker: str = "") -> BatchReport:
         members = [result(f"{i:02d}", batch=n, summary=f"{marker} é {i}") for i in range(1, 13)]
@@ -477,16 +482,9 @@ def test_a_report_sent_in_many_parts_is_stored_whole_and_leaves_no_staging_key(
 
 
 def test_a_report_replaced_while_it_is_read_in_parts_is_read_again_never_mixed(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    parted: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if harness.kind != "redis":
-        pytest.skip("the parts are how StateStore talks to Redis")
-    from batchq.store import state
-
-    assert isinstance(harness.store, state.StateStore)
-    store = harness.store
-    monkeypatch.setattr(state, "REPORT_PART", 64)
-    monkeypatch.setattr(state, "WHOLE_UPTO", 0)  # every report in parts, however small
+    store = parted
     store.start_batch(RUN, 1, ["01"], "graceful")
     first = batch_report(marker="first " * 40)
     store.store_report(first, FKEY)
