@@ -266,8 +266,9 @@ def run_process(
     child before exec, for a child that sets it itself (``bwrap --die-with-parent``):
     without a ``preexec_fn`` Python starts the child with ``vfork``, which spares a
     copy of the worker's page tables (about 4 ms per process here).
-    ``on_spawn``: called once the child runs, before it is supervised (work to do
-    while it runs); should it raise, the child's group is killed first.
+    ``on_spawn``: called once while the child runs (work to do meanwhile): at once,
+    or, with ``pid_namespace``, once the child has reported it (not at all if it ended
+    before); should it raise, the child's group is killed first.
     """
     argv = ("bash", "-c", command) if isinstance(command, str) else tuple(command)
     started = time.monotonic()
@@ -292,8 +293,6 @@ def run_process(
                 return _failed_start(argv, reason, type(exc).__name__, started)
             if pid_namespace is not None:
                 pid_namespace.close_write()  # EOF once the child closed its copy
-            if on_spawn is not None:
-                _call_started(proc, on_spawn)
             return _supervise(
                 proc,
                 argv,
@@ -301,6 +300,7 @@ def run_process(
                 started,
                 _Limits(timeout_s, should_stop, tail_bytes, grace_s, poll_s),
                 pid_namespace,
+                on_spawn,
             )
         finally:
             if log is not None:
@@ -308,18 +308,6 @@ def run_process(
     finally:
         if pid_namespace is not None:
             pid_namespace.close()
-
-
-def _call_started(proc: subprocess.Popen[bytes], on_spawn: Callable[[], object]) -> None:
-    try:
-        on_spawn()
-    except BaseException:
-        _signal_group(proc.pid, signal.SIGKILL)  # never left running unsupervised
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=_DRAIN_S)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        raise
 
 
 @dataclass(frozen=True)
@@ -494,7 +482,15 @@ def _supervise(
     started: float,
     limits: _Limits,
     namespace: PidNamespace | None,
+    on_spawn: Callable[[], object] | None = None,
 ) -> ProcessResult:
+    """Supervise ``proc`` to its end (see :func:`run_process`). ``on_spawn`` runs on
+    the first turn once the sandbox's report is in (at once without a namespace): read
+    while the leader lives, the report's PID 1 can be checked to be its child, so the
+    end is awaited exactly; a hook run first (a held verify's set-up, several
+    milliseconds) often outlasted a trivial command, whose leader then exited before
+    its report was read, and every such end cost a scan of ``/proc``. Should the hook
+    raise, the group is killed (the ``finally`` below) and the exception passes."""
     timeout_s, should_stop, poll_s, grace_s = (
         limits.timeout_s,
         limits.should_stop,
@@ -524,6 +520,9 @@ def _supervise(
             selector.register(info, selectors.EVENT_READ)
         eof = False
         while True:
+            if on_spawn is not None and info is None:
+                hook, on_spawn = on_spawn, None
+                hook()
             if proc.poll() is not None:
                 break
             now = time.monotonic()

@@ -207,6 +207,41 @@ def test_only_existing_protected_paths_are_bound(workspace: Path) -> None:
     assert sandbox.absent == (workspace / "batchq.toml", workspace / ".env")
 
 
+def test_paths_reached_through_symlinks_are_bound_as_their_real_paths(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The mounts are ordered and nested by path, so every path is the real one: a
+    workspace, a folder above a protected path, a writable or a hidden folder named
+    through a link, and absolute protected paths as written."""
+    (tmp_path / "via").symlink_to(workspace)
+    real_tasks = tmp_path / "tasks-elsewhere"
+    (real_tasks / "logs").mkdir(parents=True)
+    (tmp_path / "logs-link").symlink_to(real_tasks / "logs")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (tmp_path / "secret-link").symlink_to(secret)
+    (workspace / "sub").mkdir()
+    (workspace / "sub" / "keep").write_text("x")
+    (workspace / "alias").symlink_to(workspace / "sub")
+    sandbox = Sandbox.create(
+        tmp_path / "via",
+        env={},
+        writable=[tmp_path / "logs-link", tmp_path / "logs-link/"],
+        extra_protected=["alias/keep", workspace / "absent.txt"],
+        hidden=[tmp_path / "secret-link", tmp_path / "not-there"],
+    )
+    assert sandbox.workspace == workspace
+    assert sandbox.protected == (
+        workspace / "batchq.toml",
+        workspace / ".tmp/tasks",
+        workspace / ".git",
+        workspace / "sub" / "keep",
+    )
+    assert sandbox.absent == (workspace / "absent.txt",)
+    assert sandbox.writable == (real_tasks / "logs",)
+    assert sandbox.hidden == (secret,)
+
+
 def test_a_symlinked_protected_path_is_refused(workspace: Path, tmp_path: Path) -> None:
     (workspace / "batchq.toml").unlink()
     (workspace / "batchq.toml").symlink_to(tmp_path / "elsewhere.toml")

@@ -112,6 +112,43 @@ def test_a_finished_command_is_noticed_without_scanning_the_group(
     assert scans == []
 
 
+def _exited_children() -> list[int]:
+    """This process's children that have exited and wait to be reaped (zombies)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rfind(")") + 2 :].split()[:2]
+        if int(ppid) == os.getpid() and state == "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@needs_bwrap
+def test_a_command_that_ends_during_the_spawn_hook_is_noticed_without_a_scan(
+    sandbox: Sandbox, scans: list[int]
+) -> None:
+    """The hook (a held verify's set-up) may outlast a trivial command: here it returns
+    only once bwrap itself has exited. The namespace's report was read before the hook
+    ran, so its end is still known exactly."""
+    seen: list[int] = []
+
+    def hook() -> None:
+        deadline = time.monotonic() + 20
+        while not (exited := _exited_children()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.extend(exited)
+
+    result = sandbox.run(["true"], on_spawn=hook)
+    assert result.ok, result.output
+    assert seen, "bwrap had not exited while the hook ran"
+    assert scans == []
+
+
 @needs_bwrap
 @pgrep
 def test_a_deadline_still_kills_everything_in_the_sandbox(
