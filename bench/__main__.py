@@ -23,7 +23,33 @@ from bench import startup as startup_bench
 from bench.common import REPO, Stats
 
 
-def _machine() -> list[str]:
+def _commit() -> str:
+    """The checkout measured, so a figure names the code it belongs to."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"{head} with uncommitted changes" if dirty else head
+
+
+def _started() -> str:
+    """When the run began and how busy the machine was then (a busy one inflates all)."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average then: {load}"
+
+
+def _machine(command: str = "", started: str = "") -> list[str]:
     redis_version = "?"
     try:
         from batchq.local.embedded import redis_server_binary
@@ -52,8 +78,8 @@ def _machine() -> list[str]:
         f"{platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, celery {version('celery')}, "
         f"kombu {version('kombu')}, redis-py {version('redis')}, Redis server {redis_version}",
-        f"- Run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average before: "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"- `{command or 'python -m bench'}` at {_commit()}, {started or _started()}; "
+        f"figures written {datetime.now(UTC):%H:%M} UTC",
     ]
 
 
@@ -181,6 +207,9 @@ def render(
     p4: dict[int, dict[str, float]] | None = None,
     p5: dict[str, Any] | None = None,
     startup: dict[str, Stats] | None = None,
+    *,
+    command: str = "",
+    started: str = "",
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -191,7 +220,7 @@ def render(
         "so widely, is in [the notes below the figures](#how-the-baseline-is-measured).",
         "",
     ]
-    lines += [*_machine(), ""]
+    lines += [*_machine(command, started), ""]
     if p1:
         lines += _p1_section(p1)
     if p2:
@@ -382,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    started = _started()
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
     reps = 1 if args.quick else args.reps
     p1 = p2 = p3 = None
     startup = None
@@ -404,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p4 = None
     if "p4" in only:
         p4 = p4_flow.main(["--n", "10", "--seeds", "1", "--scale", "0.05"] if args.quick else [])
-    text = render(p1, p2, p3, reps, p4, p5, startup)
+    text = render(p1, p2, p3, reps, p4, p5, startup, command=command, started=started)
     if "p7" in only:  # scale-out through each workspace transport (issue 20)
         quick = ["--n", "8", "--scale", "0.05", "--procs", "1,2", "--reps", "1"]
         p7 = p7_scaleout.main(quick if args.quick else [])
