@@ -141,14 +141,18 @@ def _p1_section(p1: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Peak RSS (MiB): the `batchq run` process (the orchestrator, imports "
-        "included; highest over the repetitions) and one worker process (largest "
-        "of main and pool processes).",
+        "included; highest over the repetitions, and the lowest to highest when there were "
+        "several) and one worker process (largest of main and pool processes).",
         "",
         "| N | orchestrator | worker |",
         "|---|---|---|",
     ]
     for n, row in p1.items():
-        lines.append(f"| {n} | {row['orchestrator_peak_mb']:.0f} | {row['worker_peak_mb']:.0f} |")
+        peaks = row.get("orchestrator_peaks_mb") or [row["orchestrator_peak_mb"]]
+        spread = f" ({min(peaks):.0f}–{max(peaks):.0f} over {len(peaks)})" if len(peaks) > 1 else ""
+        lines.append(
+            f"| {n} | {row['orchestrator_peak_mb']:.0f}{spread} | {row['worker_peak_mb']:.0f} |"
+        )
     slept = {n: row.get("inode_wait_s", 0.0) for n, row in p1.items()}
     if any(slept.values()):
         lines += [

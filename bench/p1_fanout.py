@@ -68,7 +68,8 @@ class Row:
     """Slept before batchq's runs for freed inodes to age (bench.common.InodeQuiet)."""
     bare_timed_out: int = 0
     """Plain bare runs whose chord did not return within ``PLAIN_LIMIT_S``."""
-    orchestrator_peak_mb: float = 0.0
+    orchestrator_peaks_mb: list[float] = field(default_factory=list)
+    """Each ``batchq run``'s peak RSS: the table shows their spread, the goal the max."""
     worker_peak_mb: float = 0.0
 
     def stats(self) -> dict[str, Any]:
@@ -88,7 +89,8 @@ class Row:
         }
         out["bare_timed_out"] = self.bare_timed_out
         out["inode_wait_s"] = self.inode_wait_s
-        out["orchestrator_peak_mb"] = self.orchestrator_peak_mb
+        out["orchestrator_peak_mb"] = max(self.orchestrator_peaks_mb, default=0.0)
+        out["orchestrator_peaks_mb"] = list(self.orchestrator_peaks_mb)
         out["worker_peak_mb"] = self.worker_peak_mb
         return out
 
@@ -162,7 +164,7 @@ def run_size(server: Any, n: int, reps: int, *, with_dramatiq: bool = True) -> R
         finally:
             quiet.remove(root)
         row.batchq_process.append(run.wall_s)
-        row.orchestrator_peak_mb = max(row.orchestrator_peak_mb, run.peak_mb)
+        row.orchestrator_peaks_mb.append(run.peak_mb)
     return row
 
 
