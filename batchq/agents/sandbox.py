@@ -395,8 +395,9 @@ class Sandbox:
 
         A bind that repeats what its nearest enclosing mount already shows (a writable
         folder inside a writable one, a read-only one inside a read-only one: bwrap's
-        binds are recursive) is left out: each mount costs bwrap about half a
-        millisecond, per agent process."""
+        binds are recursive) is left out, and so is the hiding of a path only the
+        sandbox's fresh ``/tmp`` would show (a local worker's secrets under the host's
+        ``/tmp``): each mount costs bwrap about 0.4 ms of CPU, per agent process."""
         rules: list[tuple[int, int, Path]] = []
         rw = [self.workspace, *self.writable]
         if self.tmp_dir is not None:
@@ -418,6 +419,8 @@ class Sandbox:
             )
             if kind != _HIDE and nearest[1] == kind:
                 continue
+            if kind == _HIDE and nearest[0] == "/tmp/":
+                continue  # under the sandbox's own fresh /tmp: nothing of it shows
             if nearest[1] == _RW:
                 # The folders between a writable mount and this one can be renamed from
                 # inside: pin each (a mount point cannot be moved), or `mv .tmp x` would

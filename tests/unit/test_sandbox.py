@@ -521,6 +521,32 @@ def test_hidden_paths_are_empty_inside(tmp_path: Path, workspace: Path) -> None:
         shutil.rmtree(secrets)
 
 
+@needs_bwrap
+def test_a_secret_only_the_fresh_tmp_would_show_costs_no_mount(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """A local worker keeps its Redis URL under the host's /tmp, which the sandbox
+    replaces with a tmpfs of its own: hiding it again would be one more mount per
+    agent process. Under a folder the sandbox does show (the workspace), it is
+    still hidden."""
+    outside = tmp_path / "workers" / "redis-url"
+    outside.parent.mkdir()
+    outside.write_text("redis://:hunter2@localhost/0\n")
+    inside = workspace / "redis-url"
+    inside.write_text("redis://:hunter3@localhost/0\n")
+    sandbox = make(workspace, hidden=[outside, inside])
+    argv = sandbox.wrap(["true"])
+    assert str(outside) not in argv
+    assert argv[argv.index(str(inside)) - 2 : argv.index(str(inside)) + 1] == [
+        "--ro-bind",
+        "/dev/null",
+        str(inside),
+    ]
+    seen = run(sandbox, f"cat {outside} {inside}; ls {outside.parent}")
+    assert "hunter2" not in seen.output and "hunter3" not in seen.output
+    assert "No such file" in seen.output
+
+
 def _markers(marker: str) -> list[str]:
     """pids of the processes whose command line holds ``marker`` (bwrap and bash too)."""
     found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
