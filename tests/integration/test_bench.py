@@ -112,3 +112,20 @@ def test_a_plain_bare_run_that_timed_out_is_shown_and_the_polled_one_judges() ->
     assert p1_fanout.bare_best(row) == 4.5
     table = "\n".join(bench_main._p1_section({"5": row}))
     assert "1 run(s) over 300 s (timed out)" in table and "×1.00" in table
+
+
+def test_the_orchestrators_peak_rss_shows_its_spread_and_the_goal_its_highest() -> None:
+    row: dict[str, object] = {
+        "polled_chord": Stats([4.0]),
+        "polled_process": Stats([4.5]),
+        "batchq_report": Stats([3.0]),
+        "batchq_process": Stats([4.5]),
+        "orchestrator_peak_mb": 152.0,
+        "orchestrator_peaks_mb": [108.0, 152.0, 113.0],
+        "worker_peak_mb": 60.0,
+    }
+    table = "\n".join(bench_main._p1_section({"5000": row}))
+    assert "| 5000 | 152 (108–152 over 3) | 60 |" in table
+    lines = bench_main._goals({"1000": row, "5000": row, "20000": row}, None, None)
+    memory = next(line for line in lines if "peak RSS at N=5000" in line)
+    assert memory.startswith("- ❌") and "152 MiB" in memory
