@@ -69,14 +69,15 @@ def _dedupe(results: Sequence[SubtaskResult], notes: list[str]) -> dict[str, Sub
         by_seq.setdefault(result.seq, []).append(result)
     kept: dict[str, SubtaskResult] = {}
     for seq, copies in by_seq.items():
-        best = max(copies, key=_preference)
-        kept[seq] = best
-        if len(copies) > 1:
-            states = ", ".join(sorted(c.result.value for c in copies))
-            notes.append(
-                f"{seq}: {len(copies)} results received ({states}); "
-                f"kept the {best.result.value} one (at-least-once redelivery)"
-            )
+        if len(copies) == 1:  # the usual case: no key to compute (a JSON dump each)
+            kept[seq] = copies[0]
+            continue
+        best = kept[seq] = max(copies, key=_preference)
+        states = ", ".join(sorted(c.result.value for c in copies))
+        notes.append(
+            f"{seq}: {len(copies)} results received ({states}); "
+            f"kept the {best.result.value} one (at-least-once redelivery)"
+        )
     return kept
 
 

@@ -23,7 +23,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,18 +262,6 @@ def _subtask_file(path: Path, name: str, folder: _Folder) -> tuple[Subtask, Json
     sub = _check_subtask(doc.path, _validate(Subtask, doc))
     folder[name] = (key, sub, _kept(sub, doc))
     return sub, doc
-
-
-def _remember(file: Path, sub: Subtask, text: str, fmt: JsonFormat) -> None:
-    """Cache what was just written under the lock, so the next load does not read and
-    validate it back (every rewrite is a new inode, which the cache would miss)."""
-    try:
-        st = file.stat()
-    except OSError:
-        return
-    if st.st_size != len(text.encode("utf-8")):
-        return  # rewritten by someone else meanwhile: let the next load read it
-    _PARSED.put(file, _file_key(st), sub, _kept(sub, JsonDocument(file, None, text, fmt)))
 
 
 def _kept(sub: Subtask, doc: JsonDocument) -> JsonDocument:
@@ -601,37 +589,76 @@ def update_subtasks(
         folder = _PARSED.folder(path)
         entries = loaded.subtasks
         subtasks: list[Subtask] = []
-        texts: list[tuple[Path, str]] = []
-        written: dict[Path, tuple[Subtask, JsonFormat]] = {}
-        for i, (sub, doc) in enumerate(entries):
-            mutations = pending.get(doc.path)
-            if mutations is not None:
-                base = _data(doc)
-                new = dict(base)
-                for mutate in mutations:
-                    mutate(new)
-                sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
-                if _render_into(texts, doc, new, base):
-                    written[doc.path] = (sub, doc.format)
-                    folder.pop(doc.path.name, None)
-                entries[i] = (sub, doc)
-            subtasks.append(sub)
-        task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
-        task = _validate(TaskFile, loaded.task, task_new)
-        _render_into(texts, loaded.task, task_new)
+        written: list[_Written] = []
+        task: TaskFile | None = None
+
+        def texts() -> Iterator[tuple[Path, str]]:
+            """Each changed file's new text, made as it is staged (see ``write_many``):
+            a completed file's text is not kept once written, and a rewrite of 20,000
+            files held every text at once (some 30 MiB) before its first write."""
+            for i, (sub, doc) in enumerate(entries):
+                mutations = pending.get(doc.path)
+                if mutations is not None:
+                    base = _data(doc)
+                    new = dict(base)
+                    for mutate in mutations:
+                        mutate(new)
+                    sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
+                    text = _render(doc, new, base)
+                    if text is not None:
+                        written.append(_Written.of(doc.path, sub, doc.format, text))
+                        folder.pop(doc.path.name, None)
+                        yield doc.path, text
+                    entries[i] = (sub, doc)
+                subtasks.append(sub)
+            task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
+            nonlocal task
+            task = _validate(TaskFile, loaded.task, task_new)
+            text = _render(loaded.task, task_new)
+            if text is not None:
+                yield loaded.task.path, text
+
         try:
-            write_many(texts)
+            write_many(texts())
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else path
             if exc.errno in _NO_ROOM:  # the disk, not the file: infrastructure (exit 3)
                 raise InfrastructureError(f"{where}: cannot write: {exc.strerror or exc}") from exc
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
-        for file, text in texts:
-            if file in written:
-                sub, fmt = written[file]
-                _remember(file, sub, text, fmt)
+        for done in written:
+            done.remember()
         # What was just validated and written, without parsing it back.
         return loaded.feature(subtasks, task)
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A subtask file a rewrite wrote, to put in the parse cache once it is in place:
+    its text only if the cache keeps it (see :func:`_kept`), else its size, which
+    tells the file batchq wrote from one rewritten by someone else meanwhile."""
+
+    file: Path
+    sub: Subtask
+    format: JsonFormat
+    size: int
+    text: str | None
+
+    @classmethod
+    def of(cls, file: Path, sub: Subtask, fmt: JsonFormat, text: str) -> _Written:
+        kept = None if sub.status is SubtaskStatus.COMPLETED else text
+        return cls(file, sub, fmt, len(text.encode("utf-8")), kept)
+
+    def remember(self) -> None:
+        """Cache what was just written under the lock, so the next load does not read
+        and validate it back (every rewrite is a new inode, which the cache would miss)."""
+        try:
+            st = self.file.stat()
+        except OSError:
+            return
+        if st.st_size != self.size:
+            return  # rewritten by someone else meanwhile: let the next load read it
+        doc = JsonDocument(self.file, None, self.text, self.format)
+        _PARSED.put(self.file, _file_key(st), self.sub, _kept(self.sub, doc))
 
 
 def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None:
@@ -668,21 +695,14 @@ def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]])
     return exact[0]
 
 
-def _render_into(
-    texts: list[tuple[Path, str]],
-    doc: JsonDocument,
-    new: dict[str, Any],
-    base: dict[str, Any] | None = None,
-) -> bool:
-    """Append the file's new text to ``texts``; False when its data did not change."""
+def _render(
+    doc: JsonDocument, new: dict[str, Any], base: dict[str, Any] | None = None
+) -> str | None:
+    """The file's new text; None when its data did not change."""
     try:
-        text = doc.render(new, base)
+        return doc.render(new, base)
     except ValueError as exc:
         raise SpecError(doc.path, None, f"cannot be written as JSON: {exc}") from exc
-    if text is None:
-        return False
-    texts.append((doc.path, text))
-    return True
 
 
 def _refresh_task(data: dict[str, Any], statuses: list[SubtaskStatus]) -> dict[str, Any]:

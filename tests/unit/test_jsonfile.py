@@ -305,6 +305,41 @@ def test_a_failure_while_staging_many_files_replaces_none(
     assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
 
 
+def test_many_files_from_a_generator_are_staged_as_they_come(tmp_path: Path) -> None:
+    """Past the first ``SYNCFS_FROM`` (read ahead: are they many?), a generator's files
+    are written to temp files as it yields them (a rewrite of thousands of files never
+    holds every text at once), and renamed only after the last."""
+    items = _many(tmp_path, jsonfile.SYNCFS_FROM + 8)
+    seen: list[int] = []
+
+    def texts() -> Any:
+        for target, text in items:
+            temps = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+            seen.append(len(temps))
+            assert all(t.read_text() == "old" for t, _ in items)  # nothing renamed yet
+            yield target, text
+
+    write_many(texts())
+    ahead = jsonfile.SYNCFS_FROM
+    assert seen == [0] * ahead + list(range(ahead, len(items)))  # each earlier one staged
+    assert [t.read_text() for t, _ in items] == [text for _, text in items]
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
+
+
+@pytest.mark.parametrize("count", [3, jsonfile.SYNCFS_FROM + 3])
+def test_what_a_generator_raises_midway_replaces_nothing(tmp_path: Path, count: int) -> None:
+    items = _many(tmp_path, count)
+
+    def texts() -> Any:
+        yield from items[:-1]
+        raise ValueError("the last file cannot be rendered")
+
+    with pytest.raises(ValueError, match="cannot be rendered"):
+        write_many(texts())
+    assert all(t.read_text() == "old" for t, _ in items)
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)  # no temp left
+
+
 def test_a_leftover_temp_file_with_the_same_name_is_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

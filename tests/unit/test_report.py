@@ -164,6 +164,22 @@ def test_a_duplicate_is_counted_once_in_the_totals() -> None:
     assert rep.work_s == 2.0
 
 
+def test_only_a_duplicated_seq_has_its_copies_ranked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranking serializes each copy (its JSON is the last tie-break): a report of
+    20,000 results, each once, ranks none."""
+    ranked: list[str] = []
+    real = report._preference
+
+    def preference(r: SubtaskResult) -> Any:
+        ranked.append(r.seq)
+        return real(r)
+
+    monkeypatch.setattr(report, "_preference", preference)
+    rep = build([result("01"), result("02"), result("02"), result("03")], ["01", "02", "03"])
+    assert ranked == ["02", "02"]
+    assert [r.seq for r in rep.results] == ["01", "02", "03"]
+
+
 def test_results_for_another_seq_run_or_batch_are_left_out_and_noted() -> None:
     rep = build(
         [result("01"), result("07"), result("02", run_id="old"), result("02", batch=3)],

@@ -868,6 +868,40 @@ def test_a_rewrite_whose_write_fails_leaves_old_files_and_a_correct_next_load(
     assert [s.status for s in again.subtasks].count(SubtaskStatus.COMPLETED) == 1
 
 
+def test_a_big_rewrite_stages_each_file_before_it_renders_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The texts of a rewrite are made as they are written: at most ``SYNCFS_FROM``
+    (read ahead) wait at once, not one per file (20,000 texts were some 30 MiB)."""
+    import batchq.files.jsonfile as jsonfile
+
+    count = jsonfile.SYNCFS_FROM + 20
+    make_feature(tmp_path, count=count)
+    waiting, most = 0, 0
+    real_render, real_stage = jsonfile.JsonDocument.render, jsonfile._stage
+
+    def render(self: Any, *args: Any) -> Any:
+        nonlocal waiting, most
+        text = real_render(self, *args)
+        waiting += text is not None
+        most = max(most, waiting)
+        return text
+
+    def stage(*args: Any, **kwargs: Any) -> Any:
+        nonlocal waiting
+        waiting -= 1
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(jsonfile.JsonDocument, "render", render)
+    monkeypatch.setattr(jsonfile, "_stage", stage)
+    done = mark_completed("ok", utc_timestamp())
+    feature = update_subtasks(tmp_path, "feat", {f"{i:02d}": done for i in range(1, count + 1)})
+    monkeypatch.undo()
+    assert waiting == 0 and most <= jsonfile.SYNCFS_FROM + 1
+    assert [s.status for s in feature.subtasks] == [SubtaskStatus.COMPLETED] * count
+    assert load_feature(tmp_path, "feat").subtasks == feature.subtasks
+
+
 def test_the_cache_keeps_no_text_of_a_completed_file_and_a_rewrite_reads_it_again(
     tmp_path: Path,
 ) -> None:
