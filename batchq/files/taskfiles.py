@@ -634,31 +634,27 @@ def update_subtasks(
 @dataclass(frozen=True, slots=True)
 class _Written:
     """A subtask file a rewrite wrote, to put in the parse cache once it is in place:
-    its text only if the cache keeps it (see :func:`_kept`), else its size, which
-    tells the file batchq wrote from one rewritten by someone else meanwhile."""
+    the document the cache keeps (:func:`_kept`: no text for a completed file) and the
+    size written, which tells batchq's file from one rewritten by someone else meanwhile."""
 
-    file: Path
     sub: Subtask
-    format: JsonFormat
+    doc: JsonDocument
     size: int
-    text: str | None
 
     @classmethod
     def of(cls, file: Path, sub: Subtask, fmt: JsonFormat, text: str) -> _Written:
-        kept = None if sub.status is SubtaskStatus.COMPLETED else text
-        return cls(file, sub, fmt, len(text.encode("utf-8")), kept)
+        return cls(sub, _kept(sub, JsonDocument(file, None, text, fmt)), len(text.encode("utf-8")))
 
     def remember(self) -> None:
         """Cache what was just written under the lock, so the next load does not read
         and validate it back (every rewrite is a new inode, which the cache would miss)."""
         try:
-            st = self.file.stat()
+            st = self.doc.path.stat()
         except OSError:
             return
         if st.st_size != self.size:
             return  # rewritten by someone else meanwhile: let the next load read it
-        doc = JsonDocument(self.file, None, self.text, self.format)
-        _PARSED.put(self.file, _file_key(st), self.sub, _kept(self.sub, doc))
+        _PARSED.put(self.doc.path, _file_key(st), self.sub, self.doc)
 
 
 def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None:

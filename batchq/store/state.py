@@ -83,8 +83,9 @@ REPORT_PART = 1 << 17
 """Bytes of a report's JSON sent to or read from Redis at a time (see
 :meth:`StateStore._staged` and :meth:`StateStore.report`). A part is held two or three
 times over while it is sent (its pieces, the part, the packed command), and large
-blocks are what the allocator keeps: 1 MiB parts cost a 5,000-member run some 5 MiB
-of peak RSS more than these (``python -m bench.ab``), for 25 round trips instead of 4."""
+blocks are what the allocator keeps: with 1 MiB parts a 5,000-member run peaked at
+114–117 MiB, with these at 110–112 (an RSS sampler in the ``batchq run`` process, see
+docs/benchmarks.md, fifth pass), for 25 round trips instead of 4."""
 REPORT_READS = 3
 """Reads of a report replaced while it was read before it is read whole instead."""
 # What a Redis restart or network blip raises; callers that must ride one out
