@@ -96,12 +96,24 @@ class JsonDocument:
     keeps not even the text, and reads the file again when it is first asked for.
     """
 
-    __slots__ = ("_data", "_text", "format", "path")
+    __slots__ = ("_data", "_text", "format", "fspath")
 
     def __init__(
-        self, path: Path, data: dict[str, Any] | None, text: str | None, format: JsonFormat
+        self, path: Path | str, data: dict[str, Any] | None, text: str | None, format: JsonFormat
     ) -> None:
-        self.path, self._data, self._text, self.format = path, data, text, format
+        self.fspath: str = os.fspath(path)
+        """The path as a string: the parse cache keeps a document per task file, and a
+        ``Path`` (its parts list, its cached strings) was some 0.6 KiB of each."""
+        self._data, self._text, self.format = data, text, format
+
+    @property
+    def path(self) -> Path:
+        return Path(self.fspath)
+
+    @property
+    def name(self) -> str:
+        """The file's name (``path.name`` without making the path)."""
+        return os.path.basename(self.fspath)
 
     @property
     def text(self) -> str:
@@ -125,11 +137,13 @@ class JsonDocument:
 
     def compact(self) -> JsonDocument:
         """The same document without its decoded data (see the class docstring)."""
-        return self if self._data is None else JsonDocument(self.path, None, self.text, self.format)
+        if self._data is None:
+            return self
+        return JsonDocument(self.fspath, None, self.text, self.format)
 
     def unread(self) -> JsonDocument:
         """The same document without its data or text (see :attr:`text`)."""
-        return JsonDocument(self.path, None, None, self.format)
+        return JsonDocument(self.fspath, None, None, self.format)
 
     def render(self, new: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> str | None:
         """The file text for ``new``, or ``None`` when it equals the original data
@@ -149,7 +163,7 @@ class JsonDocument:
         return self.format.head + body + self.format.tail
 
     def __repr__(self) -> str:
-        return f"JsonDocument({str(self.path)!r})"
+        return f"JsonDocument({self.fspath!r})"
 
 
 def read_document(path: Path, max_bytes: int = MAX_BYTES) -> JsonDocument:

@@ -607,7 +607,7 @@ def update_subtasks(
                     text = _render(doc, new, base)
                     if text is not None:
                         written.append(_Written.of(doc.path, sub, doc.format, text))
-                        folder.pop(doc.path.name, None)
+                        folder.pop(doc.name, None)
                         yield doc.path, text
                     entries[i] = (sub, doc)
                 subtasks.append(sub)
@@ -649,7 +649,7 @@ class _Written:
         """Cache what was just written under the lock, so the next load does not read
         and validate it back (every rewrite is a new inode, which the cache would miss)."""
         try:
-            st = self.doc.path.stat()
+            st = os.stat(self.doc.fspath)
         except OSError:
             return
         if st.st_size != self.size:
@@ -668,7 +668,7 @@ def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None
     fresh: list[tuple[Subtask, JsonDocument]] = []
     for sub, doc in loaded.subtasks:
         if sub.seq in seqs:
-            parsed = _subtask_file(loaded.path, doc.path.name, folder)
+            parsed = _subtask_file(loaded.path, doc.name, folder)
             if parsed is not None:
                 sub, doc = parsed
         fresh.append((sub, doc))
@@ -686,7 +686,7 @@ def _resolve(loaded: _Loaded, seq: str, index: Mapping[str, list[JsonDocument]])
         known = ", ".join(sub.seq for sub, _ in loaded.subtasks) or "none"
         raise UsageError(f"feature {name!r} has no subtask {seq!r}; its subtasks: {known}")
     if len(exact) > 1:
-        files = ", ".join(doc.path.name for doc in exact)
+        files = ", ".join(doc.name for doc in exact)
         raise UsageError(f"subtask {seq!r} of {name!r} is ambiguous: it is in {files}")
     return exact[0]
 

@@ -52,6 +52,19 @@ def test_an_unread_document_reads_the_file_again_with_every_check(tmp_path: Path
         _ = again.data
 
 
+def test_a_document_keeps_its_path_as_a_string_and_still_answers_with_a_path(
+    tmp_path: Path,
+) -> None:
+    target = write(tmp_path / "a.json", '{"a": 1}')
+    doc = read_document(target)
+    for kept in (doc, doc.compact(), doc.unread()):
+        assert type(kept.fspath) is str
+        assert kept.path == target
+        assert isinstance(kept.path, Path)
+        assert kept.name == "a.json"
+    assert doc.unread().data == {"a": 1}  # read again through the string
+
+
 def test_equal_data_renders_nothing_so_the_file_is_not_rewritten(tmp_path: Path) -> None:
     doc = read_document(write(tmp_path / "a.json", '{"a": [1, 2.50, 1e3], "b": "\\u00e9"}'))
     assert doc.render(copy.deepcopy(doc.data)) is None
