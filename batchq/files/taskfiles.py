@@ -574,12 +574,12 @@ def update_subtasks(
         # path -> its mutations, in the order given. Each file is decoded, changed,
         # validated and rendered in turn, and only its text is kept: a batch's last
         # rewrite of 5,000 files held every file's decoded data twice until the end.
-        pending: dict[Path, list[Mutation]] = {}
+        pending: dict[str, list[Mutation]] = {}
         index: dict[str, list[JsonDocument]] = {}
         for sub, doc in loaded.subtasks:
             index.setdefault(sub.seq, []).append(doc)
         for seq, mutate in changes.items():
-            pending.setdefault(_resolve(loaded, seq, index).path, []).append(mutate)
+            pending.setdefault(_resolve(loaded, seq, index).fspath, []).append(mutate)
         del index
         # A model replaced goes as soon as its successor is made, with its cache entry
         # (the successor's is put in once written): for a caller that holds no older
@@ -597,7 +597,7 @@ def update_subtasks(
             a completed file's text is not kept once written, and a rewrite of 20,000
             files held every text at once (some 30 MiB) before its first write."""
             for i, (sub, doc) in enumerate(entries):
-                mutations = pending.get(doc.path)
+                mutations = pending.get(doc.fspath)  # every file, every flush: no Path
                 if mutations is not None:
                     base = _data(doc)
                     new = dict(base)
@@ -606,7 +606,7 @@ def update_subtasks(
                     sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
                     text = _render(doc, new, base)
                     if text is not None:
-                        written.append(_Written.of(doc.path, sub, doc.format, text))
+                        written.append(_Written.of(doc.fspath, sub, doc.format, text))
                         folder.pop(doc.name, None)
                         yield doc.path, text
                     entries[i] = (sub, doc)
@@ -642,7 +642,7 @@ class _Written:
     size: int
 
     @classmethod
-    def of(cls, file: Path, sub: Subtask, fmt: JsonFormat, text: str) -> _Written:
+    def of(cls, file: str, sub: Subtask, fmt: JsonFormat, text: str) -> _Written:
         return cls(sub, _kept(sub, JsonDocument(file, None, text, fmt)), len(text.encode("utf-8")))
 
     def remember(self) -> None:
