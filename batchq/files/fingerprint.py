@@ -65,7 +65,9 @@ HASH_CAP_BYTES = 1 << 30
 
 HashCache = dict[str, str]
 """Normalised path -> hash, shared by the subtasks of one check or batch: the files
-do not change while it is computed, and dependencies share deliverables."""
+do not change while it is computed, and dependencies share deliverables. It also holds
+each agent's hash (under a key with a NUL, which no path has): one check or batch has
+one set of settings."""
 
 
 def _sha(data: bytes) -> str:
@@ -195,10 +197,10 @@ def inputs(
     cache = {} if cache is None else cache
     by_seq = feature.by_seq() if by_seq is None else by_seq
     protected = settings.protected_paths
-    parts = {
-        "definition": digest(_definition(subtask)),
-        "agent": digest(_agent(subtask, settings)),
-    }
+    agent = f"\0agent {agent_name(subtask)}"  # no path has a NUL: never a file's key
+    if agent not in cache:  # one string for the batch: every member's block keeps it
+        cache[agent] = digest(_agent(subtask, settings))
+    parts = {"definition": digest(_definition(subtask)), "agent": cache[agent]}
     for kind, entries in (
         ("context", subtask.context_files),
         ("reference", subtask.reference_files),
@@ -331,7 +333,7 @@ class Recorder:
         for seq in seqs:
             sub = by_seq[seq]
             self.parts[seq] = inputs(sub, feature, settings, cache, by_seq)
-            self.deliverables[seq] = list(sub.deliverables)
+            self.deliverables[seq] = sub.deliverables  # as submitted: the model's own
 
     def stamp(self, seq: str, block: BatchqBlock) -> BatchqBlock:
         """``block`` with the fingerprint of a member that just completed: its inputs as

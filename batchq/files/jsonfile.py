@@ -491,6 +491,8 @@ def _wrap(open_: str, close: str, parts: list[str], depth: int, fmt: JsonFormat)
 Content = str | bytes | Iterable[bytes]
 """What a file is written from: text (written as UTF-8), bytes, or bytes in parts,
 which are written as they come, so a big file need not be in memory whole."""
+StrPath = str | Path
+"""Where a file is written: :func:`write_many` takes either (see there)."""
 
 
 def write_atomic(path: Path, text: Content, *, durable: bool = True) -> None:
@@ -531,7 +533,7 @@ def _forget_staging_pool() -> None:
 os.register_at_fork(after_in_child=_forget_staging_pool)
 
 
-def write_many(items: Iterable[tuple[Path, Content]], *, durable: bool = True) -> None:
+def write_many(items: Iterable[tuple[StrPath, Content]], *, durable: bool = True) -> None:
     """:func:`write_atomic` for several files at once.
 
     Every temp file is written and made durable first, and only then are they renamed
@@ -553,8 +555,11 @@ def write_many(items: Iterable[tuple[Path, Content]], *, durable: bool = True) -
     The folder itself is not fsynced: after a power cut a rename may be lost, which
     leaves the previous, complete file — never a torn one, which the data flush
     before the rename prevents.
+
+    Paths may be ``str``: a rewrite of thousands of files holds each one until the
+    renames, and a ``Path`` (its parts, its interned name) costs several times a string.
     """
-    staged: list[tuple[Path, str]] = []
+    staged: list[tuple[StrPath, str]] = []
     try:
         pending = iter(items)
         head = list(itertools.islice(pending, SYNCFS_FROM))
@@ -612,7 +617,7 @@ def _syncfs() -> Any:
         return None
 
 
-def _flush_filesystems(paths: Iterable[Path]) -> bool:
+def _flush_filesystems(paths: Iterable[StrPath]) -> bool:
     """``syncfs`` once for each filesystem holding one of ``paths``' folders (a temp
     file staged beside its target is on its folder's filesystem); False when this
     system has no ``syncfs`` or it fails, so the caller fsyncs file by file."""
@@ -620,7 +625,7 @@ def _flush_filesystems(paths: Iterable[Path]) -> bool:
     if syncfs is None:
         return False
     devices: set[int] = set()
-    for folder in {path.parent for path in paths}:
+    for folder in {os.path.dirname(path) for path in paths}:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             device = os.fstat(fd).st_dev
@@ -641,7 +646,7 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _stage(path: Path, text: Content, durable: bool = True) -> tuple[Path, str]:
+def _stage(path: StrPath, text: Content, durable: bool = True) -> tuple[StrPath, str]:
     """Write (and fsync, if ``durable``) a temp file beside ``path``, with ``path``'s
     permission bits.
 
@@ -663,9 +668,9 @@ def _stage(path: Path, text: Content, durable: bool = True) -> tuple[Path, str]:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o644
-    folder = os.path.dirname(path)
+    folder, name = os.path.split(path)
     while True:
-        tmp = os.path.join(folder, f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp")
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break

@@ -43,7 +43,7 @@ _pending = 0
 """Released descriptors not closed yet (what :func:`drain` waits for)."""
 
 
-def hold(path: Path) -> int | None:
+def hold(path: str | Path) -> int | None:
     """A descriptor keeping ``path``'s current file allocated, or None: there is no
     such file (nothing to free), or MAX_HELD are held already (the replace frees it
     inline). Symlinks are held as themselves, never followed."""

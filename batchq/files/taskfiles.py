@@ -203,9 +203,6 @@ class _ParseCache:
                 self.folders.move_to_end(path)
             return folder
 
-    def put(self, file: Path, key: _FileKey, sub: Subtask, doc: JsonDocument) -> None:
-        self.folder(file.parent)[file.name] = (key, sub, doc)
-
     def clear(self) -> None:
         with self.lock:
             self.folders.clear()
@@ -259,7 +256,7 @@ def _subtask_file(path: Path, name: str, folder: _Folder) -> tuple[Subtask, Json
         return cached[1], cached[2]
     file = path / name
     doc = _read(file)
-    sub = _check_subtask(doc.path, _validate(Subtask, doc))
+    sub = _check_subtask(doc.fspath, _validate(Subtask, doc))
     folder[name] = (key, sub, _kept(sub, doc))
     return sub, doc
 
@@ -293,17 +290,21 @@ def _read(path: Path) -> JsonDocument:
         raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from exc
 
 
-def _check_subtask(path: Path, sub: Subtask) -> Subtask:
-    match = SUBTASK_RE.match(path.name)
+def _check_subtask(path: Path | str, sub: Subtask) -> Subtask:
+    """``sub`` if its seq matches its file's name. ``path`` may be a ``str`` (a rewrite
+    of thousands of files makes no ``Path`` for any of them; see ``write_many``)."""
+    match = SUBTASK_RE.match(os.path.basename(path))
     if match is None:
         raise SpecError(
-            path,
+            Path(path),
             None,
             f"file name should be subtask_NN.json (NN: 2 to {SEQ_MAX_DIGITS} ASCII digits)",
         )
     if int(match.group(1)) != sub.number:
         raise SpecError(
-            path, "seq", f"expected {match.group(1)!r} to match the file name, got {sub.seq!r}"
+            Path(path),
+            "seq",
+            f"expected {match.group(1)!r} to match the file name, got {sub.seq!r}",
         )
     return sub
 
@@ -592,7 +593,7 @@ def update_subtasks(
         written: list[_Written] = []
         task: TaskFile | None = None
 
-        def texts() -> Iterator[tuple[Path, str]]:
+        def texts() -> Iterator[tuple[str, str]]:
             """Each changed file's new text, made as it is staged (see ``write_many``):
             a completed file's text is not kept once written, and a rewrite of 20,000
             files held every text at once (some 30 MiB) before its first write."""
@@ -603,12 +604,12 @@ def update_subtasks(
                     new = dict(base)
                     for mutate in mutations:
                         mutate(new)
-                    sub = _check_subtask(doc.path, _validate(Subtask, doc, new))
+                    sub = _check_subtask(doc.fspath, _validate(Subtask, doc, new))
                     text = _render(doc, new, base)
                     if text is not None:
                         written.append(_Written.of(doc.fspath, sub, doc.format, text))
                         folder.pop(doc.name, None)
-                        yield doc.path, text
+                        yield doc.fspath, text
                     entries[i] = (sub, doc)
                 subtasks.append(sub)
             task_new = _refresh_task(loaded.task.data, [sub.status for sub in subtasks])
@@ -616,7 +617,7 @@ def update_subtasks(
             task = _validate(TaskFile, loaded.task, task_new)
             text = _render(loaded.task, task_new)
             if text is not None:
-                yield loaded.task.path, text
+                yield loaded.task.fspath, text
 
         try:
             write_many(texts())
@@ -626,7 +627,7 @@ def update_subtasks(
                 raise InfrastructureError(f"{where}: cannot write: {exc.strerror or exc}") from exc
             raise SpecError(where, None, f"cannot write: {exc.strerror or exc}") from exc
         for done in written:
-            done.remember()
+            done.remember(folder)
         # What was just validated and written, without parsing it back.
         return loaded.feature(subtasks, task)
 
@@ -645,16 +646,17 @@ class _Written:
     def of(cls, file: str, sub: Subtask, fmt: JsonFormat, text: str) -> _Written:
         return cls(sub, _kept(sub, JsonDocument(file, None, text, fmt)), len(text.encode("utf-8")))
 
-    def remember(self) -> None:
-        """Cache what was just written under the lock, so the next load does not read
-        and validate it back (every rewrite is a new inode, which the cache would miss)."""
+    def remember(self, folder: _Folder) -> None:
+        """Cache what was just written under the lock, in its ``folder``'s cache, so the
+        next load does not read and validate it back (every rewrite is a new inode,
+        which the cache would miss)."""
         try:
             st = os.stat(self.doc.fspath)
         except OSError:
             return
         if st.st_size != self.size:
             return  # rewritten by someone else meanwhile: let the next load read it
-        _PARSED.put(self.doc.path, _file_key(st), self.sub, self.doc)
+        folder[self.doc.name] = (_file_key(st), self.sub, self.doc)
 
 
 def _recheck(loaded: _Loaded, changes: Mapping[str, Mutation]) -> _Loaded | None:

@@ -200,6 +200,9 @@ class _Mirror:
         """The final states among ``pending`` (a held, unmerged completion is not one)."""
         self.claims: Claims = {}
         """seq -> the summary an agent recorded itself during the run."""
+        self.workers: dict[str, str] = {}
+        """One copy of each worker's name, which every file's ``agent_id`` keeps (each
+        event decodes its own: 5,000 copies of a handful of names)."""
         self.last_flush = self.last_full = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
@@ -214,8 +217,9 @@ class _Mirror:
         for event in events:
             if event.kind == EventKind.STARTED:
                 self.final.pop(event.seq, None)
+                worker = str(event.data.get("worker", ""))
                 self.pending[event.seq] = mark_in_progress(
-                    str(event.data.get("worker", "")),
+                    self.workers.setdefault(worker, worker),
                     _timestamp(str(event.data.get("started_at", ""))),
                     self.run_id,
                 )
@@ -225,6 +229,8 @@ class _Mirror:
                 if event.seq in self.unfinished:
                     self.unfinished.discard(event.seq)
                     last = not self.unfinished  # write now, before the report is built
+                    if last:  # a set never shrinks: a batch of 20,000 left 2 MiB of it
+                        self.unfinished = set()
                 if result.ok and result.isolated_commit and not result.merged:
                     # Isolated, not merged back yet (batch mode merges after the batch):
                     # its deliverables are only in its result commit, so the file keeps
@@ -692,6 +698,7 @@ class Orchestrator:
         submission = submit(
             self.app, self.store, run, feature, batch, following, self.settings, snapshot
         )
+        planner.forget_paths()  # planned and published: not asked for while it runs
         if options.on_submit is not None:
             options.on_submit(submission)
 

@@ -199,10 +199,11 @@ def declared_of(
 ) -> dict[str, list[str]] | None:
     """Each member's deliverables, for the blame of undeclared writes (None when off),
     and the other features' (``foreign``, keyed ``feature <name>``), which are
-    declared by someone, so never blamed."""
+    declared by someone, so never blamed. The lists are the models' own (models are
+    replaced, never changed in place), not copies: a batch of 20,000 holds them all."""
     if write_check is WriteCheck.OFF:
         return None
-    return {sub.seq: list(sub.deliverables) for sub in members} | dict(foreign)
+    return {sub.seq: sub.deliverables for sub in members} | dict(foreign)
 
 
 def _order(members: list[Subtask], learned: Mapping[str, float]) -> list[Subtask]:

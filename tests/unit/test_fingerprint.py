@@ -185,6 +185,21 @@ def test_inputs_cover_definition_agent_context_and_dependency_deliverables(
     assert outputs(by_seq["02"], feature_root) == hash_file_set(feature_root, ["src/b.py"], [])
 
 
+def test_a_shared_cache_changes_no_part_and_keeps_one_agent_hash_for_the_batch(
+    feature_root: Path,
+) -> None:
+    settings = load_settings(feature_root)
+    feature = load_feature(feature_root, "feat")
+    by_seq = feature.by_seq()
+    cache: dict[str, str] = {}
+    shared = [inputs(by_seq[seq], feature, settings, cache, by_seq) for seq in ("01", "02")]
+    assert shared == [inputs(by_seq[seq], feature, settings) for seq in ("01", "02")]
+    # Both members run the same agent: their blocks keep one string, not a copy each.
+    assert shared[0]["agent"] is shared[1]["agent"]
+    # The agent's entry cannot be mistaken for a file's: no path holds a NUL.
+    assert [key for key in cache if "\0" in key] == ["\0agent shell"]
+
+
 def test_run_fields_do_not_change_the_definition_but_criteria_and_commands_do(
     feature_root: Path,
 ) -> None:

@@ -318,6 +318,16 @@ def test_a_failure_while_staging_many_files_replaces_none(
     assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
 
 
+@pytest.mark.parametrize("count", [1, 3, jsonfile.SYNCFS_FROM + 1], ids=["one", "few", "many"])
+def test_many_files_may_be_named_by_str_paths(tmp_path: Path, count: int) -> None:
+    """A big rewrite names its files by ``str`` (a ``Path`` each would be held until the
+    renames): every way of staging takes them, and leaves no temp file behind."""
+    items = _many(tmp_path, count)
+    write_many([(str(target), text) for target, text in items])
+    assert [t.read_text() for t, _ in items] == [text for _, text in items]
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t, _ in items)
+
+
 def test_many_files_from_a_generator_are_staged_as_they_come(tmp_path: Path) -> None:
     """Past the first ``SYNCFS_FROM`` (read ahead: are they many?), a generator's files
     are written to temp files as it yields them (a rewrite of thousands of files never

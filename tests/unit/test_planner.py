@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchq.core import planner
-from batchq.core.paths import overlaps
+from batchq.core.paths import components, overlaps
 from batchq.core.planner import ProblemKind, ViolationKind
 from batchq.errors import BatchqError, PlanError, UsageError
 from batchq.models import (
@@ -246,6 +246,18 @@ def test_an_overlapping_deliverable_opens_the_next_batch_and_says_why() -> None:
     assert result.batches[1].level == 1
     assert result.batches[1].reasons["03"] == "ready now; deliverable src/a.py overlaps 02's src/"
     assert result.batches[1].reasons["04"] == "ready now"
+
+
+def test_forgetting_the_path_caches_empties_them_and_plans_the_same() -> None:
+    feat = feature(
+        sub("01", deliverables=["src/"]), sub("02", deliverables=["src/a.py"]), sub("03")
+    )
+    before = planner.plan(feat)
+    assert planner._keys.cache_info().currsize > 0
+    planner.forget_paths()
+    assert planner._keys.cache_info().currsize == 0
+    assert components.cache_info().currsize == 0
+    assert planner.plan(feat) == before
 
 
 def test_max_batch_cuts_a_level_by_seq_and_says_why() -> None:
