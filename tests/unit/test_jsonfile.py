@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from batchq.files import jsonfile
 from batchq.files.jsonfile import (
+    JsonDocument,
+    JsonFormat,
     JsonReadError,
     read_document,
     same_json,
@@ -63,6 +65,25 @@ def test_a_document_keeps_its_path_as_a_string_and_still_answers_with_a_path(
         assert isinstance(kept.path, Path)
         assert kept.name == "a.json"
     assert doc.unread().data == {"a": 1}  # read again through the string
+
+
+def test_compact_documents_decode_as_read_and_share_their_repeated_strings(
+    tmp_path: Path,
+) -> None:
+    texts = [
+        '{"agent": "python", "n": 123456789012345678901234567890, "x": [1e400, -0.0, 0.1]}',
+        '{"agent": "python", "k": {"agent": null}}',
+    ]
+    docs = [read_document(write(tmp_path / f"{i}.json", t)).compact() for i, t in enumerate(texts)]
+    assert [doc.data for doc in docs] == [json.loads(t) for t in texts]
+    # One object for a value many files repeat: the models made from them keep it.
+    assert docs[0].data["agent"] is docs[1].data["agent"]
+
+
+def test_a_compact_text_only_pythons_decoder_takes_still_decodes() -> None:
+    # The strict read refuses a lone surrogate; a text made otherwise is still data.
+    doc = JsonDocument("x.json", None, '{"odd": "\\ud800 alone"}', JsonFormat())
+    assert doc.data == {"odd": "\ud800 alone"}
 
 
 def test_equal_data_renders_nothing_so_the_file_is_not_rewritten(tmp_path: Path) -> None:
