@@ -45,6 +45,7 @@ import codecs
 import itertools
 import json
 import secrets
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -860,7 +861,7 @@ class StateStore:
                         id=entry_id,
                         kind=fields.get("kind", ""),
                         batch=int(fields.get("batch") or 0),
-                        seq=fields.get("seq", ""),
+                        seq=sys.intern(fields.get("seq", "")),  # as models keep it
                         data=json.loads(data) if data.startswith("{") else {},
                     )
                 )

@@ -4,6 +4,7 @@ change seen by another instance."""
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 
 import pytest
@@ -41,6 +42,14 @@ def test_instances_validated_from_the_same_names_share_one_set_that_says_what_wa
         "result": "completed",
         "deliverables": [{"path": "out/01.txt", "verified": True}],
     }
+
+
+def test_a_seq_is_one_string_object_whatever_decoded_it() -> None:
+    text = "".join(["01", "23"])  # made here, so no constant shares it
+    result = SubtaskResult.model_validate_json(RESULT.replace('"01"', f'"{text}"'))
+    subtask = Subtask.model_validate(json.loads(json.dumps({**SUBTASK, "seq": text})))
+    assert result.seq == subtask.seq == "0123"
+    assert result.seq is subtask.seq
 
 
 def test_a_copy_with_an_update_changes_its_own_set_only() -> None:
