@@ -229,7 +229,7 @@ class _Mirror:
                 if event.seq in self.unfinished:
                     self.unfinished.discard(event.seq)
                     last = not self.unfinished  # write now, before the report is built
-                    if last:  # a set never shrinks: a batch of 20,000 left 2 MiB of it
+                    if last:  # a set never shrinks: 0.5 MiB left of one of 5,000
                         self.unfinished = set()
                 if result.ok and result.isolated_commit and not result.merged:
                     # Isolated, not merged back yet (batch mode merges after the batch):
