@@ -139,7 +139,8 @@ def workers(
 @dataclass
 class ProcRun:
     """One whole program run as a user runs it: wall time from fork to exit, its peak
-    RSS (the kernel's high-water mark, reported by ``wait4``) and its output."""
+    RSS (the kernel's high-water mark, reported by ``wait4`` to its launcher) and its
+    output."""
 
     wall_s: float
     peak_mb: float
@@ -169,23 +170,36 @@ def run_process(
     cwd: Path = REPO,
     timeout_s: float = 3600,
 ) -> ProcRun:
-    """Run ``argv`` to completion; output to files (no pipe can fill and stall it)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
-        timer = threading.Timer(timeout_s, lambda: os.kill(proc.pid, signal.SIGKILL))
+    """Run ``argv`` to completion; output to files (no pipe can fill and stall it).
+
+    It runs under ``bench/launch.py``, which times it and reads its peak RSS: spawned
+    from this process, which grows to 160 MiB over a bench, a program would report
+    this process's high-water mark instead of its own (see there)."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory(prefix="bench-clock-") as folder,
+    ):
+        clock = Path(folder) / "clock.json"
+        launcher = [sys.executable, "-S", "-E", str(REPO / "bench" / "launch.py"), str(clock)]
+        proc = subprocess.Popen(
+            [*launcher, *argv], stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
+        )
+        timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _usage = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
-        wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
+        if not clock.exists():  # killed before its program ended: no figures
+            raise RuntimeError(f"{argv[0]} was killed after {timeout_s:.0f} s: {argv}")
+        measured = json.loads(clock.read_text(encoding="utf-8"))
         out.seek(0)
         err.seek(0)
         return ProcRun(
-            wall,
-            usage.ru_maxrss / 1024,
+            measured["wall_s"],
+            measured["peak_mb"],
             proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),

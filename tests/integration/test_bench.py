@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bench import __main__ as bench_main
-from bench import p3_makespan, p4_flow
+from bench import common, p3_makespan, p4_flow
 from bench.common import Stats
 
 pytestmark = pytest.mark.integration
@@ -129,3 +131,17 @@ def test_the_orchestrators_peak_rss_shows_its_spread_and_the_goal_its_highest() 
     lines = bench_main._goals({"1000": row, "5000": row, "20000": row}, None, None)
     memory = next(line for line in lines if "peak RSS at N=5000" in line)
     assert memory.startswith("- ❌") and "152 MiB" in memory
+
+
+def test_a_programs_peak_rss_is_its_own_not_the_bigger_benchs_that_started_it() -> None:
+    ballast = b"x" * (300 << 20)  # the bench grows past 150 MiB over its bare runs
+    code = "import sys; data = b'x' * (40 << 20); sys.exit(3)"
+    run = common.run_process([sys.executable, "-c", code])
+    assert len(ballast) == 300 << 20
+    assert run.returncode == 3  # as the program exited, not its launcher
+    assert 40 < run.peak_mb < 150  # its own 40 MiB and an interpreter, not 300 more
+
+
+def test_a_program_killed_by_a_signal_is_reported_so() -> None:
+    run = common.run_process([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
+    assert run.returncode == -9
