@@ -189,6 +189,10 @@ def run_process(
         timer.start()
         try:
             _, status, _usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C: its own session does not get the terminal's
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
