@@ -889,11 +889,21 @@ def _file_result(status: SubtaskStatus, block: BatchqBlock | None) -> str:
 
 
 def saved_reports(feature: Feature) -> list[BatchReport]:
-    """Reports kept in ``.batchq/reports/``, oldest first (outlive an embedded run)."""
+    """Reports kept in ``.batchq/reports/``, oldest first (outlive an embedded run).
+
+    Oldest by submission: a file is named by its run's id, whose clock has whole
+    seconds, so an interrupted run and the next one started within a second would sort
+    by the ids' random part."""
     folder = layout.reports_dir(feature.path)
     if not folder.is_dir():
         raise UsageError(f"no reports for {feature.name} yet: run `batchq run {feature.name}`")
-    return [
-        BatchReport.model_validate_json(p.read_text(encoding="utf-8"))
-        for p in sorted(folder.glob("*.json"))
+    found = [
+        (p.name, BatchReport.model_validate_json(p.read_text(encoding="utf-8")))
+        for p in folder.glob("*.json")
     ]
+    found.sort(key=lambda item: (_submitted(item[1]), item[0]))
+    return [built for _, built in found]
+
+
+def _submitted(built: BatchReport) -> float:
+    return built.submitted_at.timestamp() if built.submitted_at is not None else 0.0

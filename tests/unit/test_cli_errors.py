@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from batchq.cli.common import keep_root
 from batchq.cli.main import main
+from batchq.files.taskfiles import load_feature
 from batchq.models import BatchReport, BatchStatus, NextStep
+from batchq.run.orchestrator import saved_reports
 
 NO_REDIS = "redis+socket:///nonexistent/batchq-test.sock"
 
@@ -72,6 +75,32 @@ def test_report_of_an_unknown_run_names_the_runs_it_knows(
     assert "no reports of run 'x' for feat; runs with reports: 20260101T000000-abcd1234" in err
     code, out, _ = cli(monkeypatch, capsys, "report", "feat", "--root", str(root))
     assert code == 0 and "Batch 1 complete." in out
+
+
+def test_saved_reports_come_oldest_submitted_first_whatever_their_run_ids(
+    make_feature: Callable[..., Path], subtask_data: Callable[..., dict[str, object]]
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    folder = root / ".tmp/tasks/feat/.batchq/reports"
+    folder.mkdir(parents=True)
+    # An interrupted run and the next, started within one second: their ids share the
+    # clock and differ in the random part, which sorts the later one first.
+    for run_id, second in (("20260101T000000-ffff0000", 1), ("20260101T000000-0000ffff", 2)):
+        saved = BatchReport(
+            feature="feat",
+            run_id=run_id,
+            batch=1,
+            status=BatchStatus.COMPLETED,
+            results=[],
+            total=0,
+            completed=0,
+            failed=0,
+            success_rate=100.0,
+            submitted_at=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC),
+        )
+        (folder / f"{run_id}-001.json").write_text(saved.model_dump_json())
+    found = saved_reports(load_feature(root, "feat"))
+    assert [r.run_id for r in found] == ["20260101T000000-ffff0000", "20260101T000000-0000ffff"]
 
 
 def test_runs_and_logs_read_the_files_alone(
