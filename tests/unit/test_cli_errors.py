@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,18 +49,13 @@ def test_version_is_printed(
     assert code == 0 and out.startswith("batchq ")
 
 
-def test_report_of_an_unknown_run_names_the_runs_it_knows(
-    make_feature: Callable[..., Path],
-    subtask_data: Callable[..., dict[str, object]],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    root = make_feature([subtask_data("01", command="true")])
+def save_report(root: Path, run_id: str, **fields: Any) -> None:
+    """A completed, empty batch 1 of ``run_id`` in feature ``feat``'s saved reports."""
     folder = root / ".tmp/tasks/feat/.batchq/reports"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     saved = BatchReport(
         feature="feat",
-        run_id="20260101T000000-abcd1234",
+        run_id=run_id,
         batch=1,
         status=BatchStatus.COMPLETED,
         results=[],
@@ -67,9 +63,19 @@ def test_report_of_an_unknown_run_names_the_runs_it_knows(
         completed=0,
         failed=0,
         success_rate=100.0,
-        next=NextStep(recommendation="Batch 1 complete."),
+        **fields,
     )
-    (folder / "20260101T000000-abcd1234-001.json").write_text(saved.model_dump_json())
+    (folder / f"{run_id}-001.json").write_text(saved.model_dump_json())
+
+
+def test_report_of_an_unknown_run_names_the_runs_it_knows(
+    make_feature: Callable[..., Path],
+    subtask_data: Callable[..., dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    save_report(root, "20260101T000000-abcd1234", next=NextStep(recommendation="Batch 1 complete."))
     code, _, err = cli(monkeypatch, capsys, "report", "feat", "--root", str(root), "--run", "x")
     assert code == 2
     assert "no reports of run 'x' for feat; runs with reports: 20260101T000000-abcd1234" in err
@@ -81,24 +87,10 @@ def test_saved_reports_come_oldest_submitted_first_whatever_their_run_ids(
     make_feature: Callable[..., Path], subtask_data: Callable[..., dict[str, object]]
 ) -> None:
     root = make_feature([subtask_data("01", command="true")])
-    folder = root / ".tmp/tasks/feat/.batchq/reports"
-    folder.mkdir(parents=True)
     # An interrupted run and the next, started within one second: their ids share the
     # clock and differ in the random part, which sorts the later one first.
     for run_id, second in (("20260101T000000-ffff0000", 1), ("20260101T000000-0000ffff", 2)):
-        saved = BatchReport(
-            feature="feat",
-            run_id=run_id,
-            batch=1,
-            status=BatchStatus.COMPLETED,
-            results=[],
-            total=0,
-            completed=0,
-            failed=0,
-            success_rate=100.0,
-            submitted_at=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC),
-        )
-        (folder / f"{run_id}-001.json").write_text(saved.model_dump_json())
+        save_report(root, run_id, submitted_at=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC))
     found = saved_reports(load_feature(root, "feat"))
     assert [r.run_id for r in found] == ["20260101T000000-ffff0000", "20260101T000000-0000ffff"]
 
