@@ -196,18 +196,16 @@ def run_process(
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if not clock.exists():  # killed before its program ended: no figures
-            raise RuntimeError(f"{argv[0]} was killed after {timeout_s:.0f} s: {argv}")
-        measured = json.loads(clock.read_text(encoding="utf-8"))
         out.seek(0)
         err.seek(0)
-        return ProcRun(
-            measured["wall_s"],
-            measured["peak_mb"],
-            proc.returncode,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-        )
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if not clock.exists():  # the timeout killed it, or the launcher could not start it
+            raise RuntimeError(
+                f"{argv} gave no figures (exit {proc.returncode}; "
+                f"timeout {timeout_s:.0f} s):\n{stderr[-2000:]}"
+            )
+        measured = json.loads(clock.read_text(encoding="utf-8"))
+        return ProcRun(measured["wall_s"], measured["peak_mb"], proc.returncode, stdout, stderr)
 
 
 def batchq_argv() -> list[str]:
