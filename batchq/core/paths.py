@@ -60,7 +60,15 @@ class PathError(InputError, ValueError):
 
 @lru_cache(maxsize=32768)
 def components(path: str) -> tuple[tuple[str, ...], bool]:
-    """The path's components and whether it names a folder (trailing ``/``)."""
+    """The path's components and whether it names a folder (trailing ``/``), cached:
+    planning asks for the same paths many times (see :func:`_split`)."""
+    return _split(path)
+
+
+def _split(path: str) -> tuple[tuple[str, ...], bool]:
+    """:func:`components` uncached, for what asks once per path: hashing and matching
+    a batch's deliverables while it runs (the matcher caches its own answers). Through
+    the cache, a 20,000-member batch held 7 MiB of component tuples under its report."""
     if not path.strip():
         raise PathError(path, _EMPTY)
     if path.startswith("/") or _DRIVE.match(path):
@@ -82,7 +90,7 @@ def components(path: str) -> tuple[tuple[str, ...], bool]:
 
 def normalise(path: str) -> str:
     """The canonical POSIX spelling of a relative path; a folder keeps its ``/``."""
-    comps, is_dir = components(path)
+    comps, is_dir = _split(path)
     return "/".join(comps) + ("/" if is_dir else "")
 
 
@@ -130,7 +138,7 @@ class _Matcher:
             return self._paths[path]
         except KeyError:
             pass
-        comps, _ = components(path)
+        comps, _ = _split(path)
         hit = next(filter(None, map(self._component, comps)), None)
         if hit is None:
             hit = next((p for p, pieces in self.anchored if _match_prefix(pieces, comps)), None)

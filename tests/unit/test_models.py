@@ -173,3 +173,40 @@ def test_a_report_in_text_parts_of_any_size_reads_as_the_whole(size: int) -> Non
     assert BatchReport.from_json_parts(parts[:-1] if len(parts) > 1 else [raw[:-1]]) is None
     assert BatchReport.from_json_parts([_report(0).model_dump_json()]) is None
     assert BatchReport.from_json_parts([report.model_dump_json(indent=2)]) is None
+
+
+def test_empty_list_fields_share_one_list_that_refuses_changes_in_place() -> None:
+    """Four in each result, three in each subtask model: a big batch held some 140,000
+    new ``[]``; now one, which no instance can change under another."""
+    a = SubtaskResult.model_validate_json(RESULT.replace("}]}", '}], "observed_writes": []}'))
+    b = SubtaskResult.model_validate_json(RESULT)
+    assert a.observed_writes is b.observed_writes is b.merged_paths is b.changed_paths
+    assert a.observed_writes == [] and not a.observed_writes
+    with pytest.raises(TypeError, match="shared"):
+        a.observed_writes.append("x")
+    with pytest.raises(TypeError, match="shared"):
+        a.undeclared_writes += ["x"]
+    assert b.observed_writes == []
+    c = a.model_copy(update={"undeclared_writes": ["x"]})
+    assert c.undeclared_writes == ["x"] and a.undeclared_writes == []
+    for copied in (copy.copy(a.changed_paths), copy.deepcopy(a).changed_paths):
+        assert type(copied) is list
+        copied.append("mine")  # a copy is the copier's own
+    assert type(pickle.loads(pickle.dumps(a)).merged_paths) is list
+    assert type(a.model_dump()["observed_writes"]) is list
+    assert json.loads(json_bytes(a))["observed_writes"] == []
+    given = SubtaskResult.model_validate_json(RESULT.replace("}]}", '}], "merged_paths": ["p"]}'))
+    assert given.merged_paths == ["p"] and given.merged_paths is not a.merged_paths
+
+
+def test_a_subtask_shares_its_empty_lists_and_env() -> None:
+    one = Subtask.model_validate(json.loads(json.dumps({**SUBTASK, "depends_on": []})))
+    two = Subtask.model_validate(json.loads(json.dumps(SUBTASK)))
+    assert one.depends_on is two.depends_on is two.context_files is two.reference_files
+    assert one.execution.env is two.execution.env and one.execution.env == {}
+    with pytest.raises(TypeError, match="shared"):
+        one.execution.env["X"] = "1"
+    with pytest.raises(TypeError, match="shared"):
+        one.depends_on.extend(["02"])
+    assert two.depends_on == [] and two.execution.env == {}
+    assert Subtask.model_validate({**SUBTASK, "depends_on": ["02"]}).depends_on == ["02"]

@@ -922,3 +922,27 @@ def test_the_cache_keeps_no_text_of_a_completed_file_and_a_rewrite_reads_it_agai
     assert json.loads(text)["status"] == "pending"
     assert text.replace('"status": "pending"', '"status": "completed"') == completed
     assert load_feature(tmp_path, "feat").subtasks[0].status is SubtaskStatus.PENDING
+
+
+def test_the_cache_knows_a_file_version_by_a_packed_key_and_a_replace_is_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """The key is 32 bytes (not four big ints), its inode is the one a listing gives,
+    and a file replaced with the same size and times is still read again."""
+    import batchq.files.taskfiles as taskfiles
+
+    folder = make_feature(tmp_path, count=1)
+    target = folder / "subtask_01.json"
+    load_feature(tmp_path, "feat")
+    key = taskfiles._PARSED.folder(folder)["subtask_01.json"][0]
+    assert isinstance(key, bytes) and len(key) == 32
+    assert taskfiles._inode_of(key) == os.stat(target).st_ino
+    before = os.stat(target)
+    data = json.loads(target.read_text())
+    data["title"] = "retitled, same length"[: len(data["title"])].ljust(len(data["title"]))
+    fresh = folder / "fresh.tmp"
+    fresh.write_text(json.dumps(data, indent=2) + "\n")
+    os.utime(fresh, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(fresh, target)
+    assert taskfiles._file_key(os.stat(target)) != key
+    assert load_feature(tmp_path, "feat").subtasks[0].title == data["title"]
