@@ -232,18 +232,32 @@ def _isolated_commit(feature: Feature, seq: str, run_id: str | None) -> str | No
     """The result commit of ``seq`` in the latest saved report that has one (of run
     ``run_id`` when given)."""
     folder = layout.reports_dir(feature.path)
-    found: str | None = None
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    readable: list[tuple[str, BatchReport]] = []
+    for path in folder.glob("*.json") if folder.is_dir() else []:
         try:
-            saved = BatchReport.model_validate_json(path.read_text(encoding="utf-8"))
+            readable.append(
+                (path.name, BatchReport.model_validate_json(path.read_text(encoding="utf-8")))
+            )
         except (OSError, ValueError):
             continue
+    found: str | None = None
+    for _, saved in sorted(readable, key=submission_order):
         if run_id is not None and saved.run_id != run_id:
             continue
         for result in saved.results:
             if result.seq == seq and result.isolated_commit:
                 found = result.isolated_commit
     return found
+
+
+def submission_order(saved: tuple[str, BatchReport]) -> tuple[float, str]:
+    """Sort key of a saved report ``(file name, report)``: oldest submission first.
+
+    Not the file name alone: a file is named by its run's id, whose clock has whole
+    seconds, so an interrupted run and the next one started within a second would sort
+    by the ids' random part."""
+    name, built = saved
+    return (built.submitted_at.timestamp() if built.submitted_at is not None else 0.0, name)
 
 
 def subtask_patch(feature: Feature, seq: str, run_id: str | None = None) -> str:

@@ -889,11 +889,8 @@ def _file_result(status: SubtaskStatus, block: BatchqBlock | None) -> str:
 
 
 def saved_reports(feature: Feature) -> list[BatchReport]:
-    """Reports kept in ``.batchq/reports/``, oldest first (outlive an embedded run).
-
-    Oldest by submission: a file is named by its run's id, whose clock has whole
-    seconds, so an interrupted run and the next one started within a second would sort
-    by the ids' random part."""
+    """Reports kept in ``.batchq/reports/``, oldest submission first (they outlive an
+    embedded run)."""
     folder = layout.reports_dir(feature.path)
     if not folder.is_dir():
         raise UsageError(f"no reports for {feature.name} yet: run `batchq run {feature.name}`")
@@ -901,9 +898,5 @@ def saved_reports(feature: Feature) -> list[BatchReport]:
         (p.name, BatchReport.model_validate_json(p.read_text(encoding="utf-8")))
         for p in folder.glob("*.json")
     ]
-    found.sort(key=lambda item: (_submitted(item[1]), item[0]))
+    found.sort(key=merge.submission_order)
     return [built for _, built in found]
-
-
-def _submitted(built: BatchReport) -> float:
-    return built.submitted_at.timestamp() if built.submitted_at is not None else 0.0

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from batchq.models import BatchReport
+from batchq.files.taskfiles import load_feature
+from batchq.run.orchestrator import saved_reports
 from tests.integration.gitrepo import git
 from tests.integration.test_embedded_run import (
     Sandbox,
@@ -119,10 +120,8 @@ def test_sigkill_before_the_merge_the_next_run_merges_and_runs_nothing_again(
         assert {s: status(root, s) for s in ("01", "02", "03")} == dict.fromkeys(
             ("01", "02", "03"), "completed"
         )
-        saved = [
-            BatchReport.model_validate_json(p.read_text())
-            for p in sorted((root / ".tmp/tasks/slow/.batchq/reports").glob("*.json"))
-        ]
+        # oldest submitted first: both runs may have started within one second
+        saved = saved_reports(load_feature(root, "slow"))
         first = {r.seq: r for r in saved[0].results}  # the adopted run's batch 1
         assert saved[0].ok and sorted(first) == ["01", "02"]
         assert [(first[s].merged, first[s].merged_paths) for s in ("01", "02")] == [

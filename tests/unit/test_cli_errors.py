@@ -13,7 +13,8 @@ import pytest
 from batchq.cli.common import keep_root
 from batchq.cli.main import main
 from batchq.files.taskfiles import load_feature
-from batchq.models import BatchReport, BatchStatus, NextStep
+from batchq.models import BatchReport, BatchStatus, NextStep, ResultState, SubtaskResult
+from batchq.run import merge
 from batchq.run.orchestrator import saved_reports
 
 NO_REDIS = "redis+socket:///nonexistent/batchq-test.sock"
@@ -58,7 +59,7 @@ def save_report(root: Path, run_id: str, **fields: Any) -> None:
         run_id=run_id,
         batch=1,
         status=BatchStatus.COMPLETED,
-        results=[],
+        results=fields.pop("results", []),
         total=0,
         completed=0,
         failed=0,
@@ -93,6 +94,27 @@ def test_saved_reports_come_oldest_submitted_first_whatever_their_run_ids(
         save_report(root, run_id, submitted_at=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC))
     found = saved_reports(load_feature(root, "feat"))
     assert [r.run_id for r in found] == ["20260101T000000-ffff0000", "20260101T000000-0000ffff"]
+
+
+def test_the_latest_isolated_result_is_the_latest_submitted_whatever_the_run_ids(
+    make_feature: Callable[..., Path], subtask_data: Callable[..., dict[str, object]]
+) -> None:
+    root = make_feature([subtask_data("01", command="true")])
+    for run_id, second, commit in (
+        ("20260101T000000-ffff0000", 1, "a" * 40),
+        ("20260101T000000-0000ffff", 2, "b" * 40),
+    ):
+        result = SubtaskResult(
+            feature="feat", run_id=run_id, batch=1, seq="01", title="t",
+            result=ResultState.COMPLETED, isolated_commit=commit,
+        )  # fmt: skip
+        save_report(
+            root, run_id, results=[result],
+            submitted_at=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC),
+        )  # fmt: skip
+    feature = load_feature(root, "feat")
+    assert merge._isolated_commit(feature, "01", None) == "b" * 40  # the later run's
+    assert merge._isolated_commit(feature, "01", "20260101T000000-ffff0000") == "a" * 40
 
 
 def test_runs_and_logs_read_the_files_alone(
