@@ -354,7 +354,7 @@ def wait(
                     return report_from_store(store, sub)  # the chord callback hop
         return None
 
-    return follow(
+    built = follow(
         store,
         run.run_id,
         sub.stream_from,
@@ -367,6 +367,29 @@ def wait(
             store, sub, reason or _stall_reason(store, sub, settings)
         ),
     )
+    share_submitted(built, sub)
+    return built
+
+
+def share_submitted(built: BatchReport, sub: Submission) -> None:
+    """Give the report's results the submission's own strings where they are equal:
+    each result is decoded from Redis with copies of its title and deliverable paths,
+    which the submission holds anyway while the run lasts (at 20,000 members some 2.4
+    MiB of copies under the report). Only equal values are swapped, in the frozen
+    models' ``__dict__``: nothing any reader sees changes."""
+    declared = sub.declared or {}
+    for res in built.results:
+        title = sub.titles.get(res.seq)
+        if title is not None and title == res.title:
+            res.__dict__["title"] = title
+        paths = declared.get(res.seq)
+        if not paths:
+            continue
+        for check in res.deliverables:
+            for path in paths:
+                if path == check.path:
+                    check.__dict__["path"] = path
+                    break
 
 
 def follow(

@@ -16,6 +16,7 @@ from batchq.core import planner
 from batchq.files.taskfiles import load_feature
 from batchq.models import (
     BatchStatus,
+    DeliverableCheck,
     FailurePolicy,
     Feature,
     PlannedBatch,
@@ -236,3 +237,31 @@ def test_report_from_store_stores_once_and_returns_the_first(
     forced = producer.report_from_store(store, sub, forced_reason="too late")
     assert forced == first and not forced.forced
     assert store.late_reports(sub.run.run_id, 1) == []
+
+
+def test_the_report_takes_the_submissions_strings_where_they_are_equal(
+    app: Celery, store: MemoryStore, feature: Feature, published: Published
+) -> None:
+    sub = submit_first(app, store, feature)
+    assert sub.declared is not None
+    for msg in published.messages():
+        copy = "".join(list(msg.subtask.title))  # a new object, as decoding makes one
+        result = result_of(msg).model_copy(
+            update={
+                "title": copy,
+                "deliverables": [
+                    DeliverableCheck(path="".join(list(p)), verified=True)
+                    for p in msg.subtask.deliverables
+                ]
+                + [DeliverableCheck(path="elsewhere.txt", verified=False)],
+            }
+        )
+        store.begin(msg.run_id, msg.batch, msg.seq, "w", "task", claim_ttl_s=30.0, max_starts=3)
+        assert store.record_result(result, msg.feature_key, "w")
+    report = producer.wait(store, sub, settings())
+    for res in report.results:
+        assert res.title == sub.titles[res.seq] and res.title is sub.titles[res.seq]
+        mine, other = res.deliverables
+        assert mine.path is sub.declared[res.seq][0]
+        assert other.path == "elsewhere.txt"  # not declared: left as it was
+    assert store.report(sub.run.run_id, 1) == report  # equal values: nothing a reader sees
