@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -93,11 +93,11 @@ MIRROR_FULL_EVERY_S = 5.0
 in place (not by ``os.replace``) to another subtask's file shows in ``task.json``'s
 counts within this long (or four rewrite intervals, if longer), and always by the
 batch's last rewrite."""
-MIRROR_BESIDE_MAX = 64
-"""A batch's last rewrite of up to this many files runs in a thread beside the report's
-build (both mostly wait: on fsync and rename, on Redis), which is a few milliseconds of
-a small batch's latency; a bigger one runs first, so a big rewrite and a big report
-never sit in memory together."""
+MIRROR_AFTER_REPORT_MAX = 64
+"""A batch's last rewrite of up to this many files is done once its report is built
+and stored (a few milliseconds sooner for a small batch's report, and its chord
+callback finds the report stored instead of retrying); a bigger one is done first, so
+a big rewrite and a big report never sit in memory together."""
 INTERRUPT_WAIT_S = 15.0
 """How long an interrupted embedded run waits for its terminated members to record
 how they ended before its Redis goes away (they notice within a heartbeat)."""
@@ -206,11 +206,10 @@ class _Mirror:
         self.last_flush = self.last_full = time.monotonic()
         self.interval = MIRROR_EVERY_S
         self.feature: Feature | None = None
-        self._beside: threading.Thread | None = None
-        self._beside_failure: BaseException | None = None
         self._held: list[Event] = []
-        """Events of the last rewrite running beside the report: forwarded (printed)
-        only once it is written, so no progress line is ahead of the files."""
+        """Events of a last rewrite left until the report is stored: forwarded
+        (printed) only once it is written (:meth:`finish`), so no progress line is
+        ahead of the files."""
 
     def __call__(self, events: list[Event]) -> None:
         last = False
@@ -240,12 +239,8 @@ class _Mirror:
                     result, self.run_id, self.recorder, self.claims
                 )
                 self.final[event.seq] = result.result
-        if last and len(self.pending) <= MIRROR_BESIDE_MAX:
+        if last and len(self.pending) <= MIRROR_AFTER_REPORT_MAX:
             self._held = events
-            self._beside = threading.Thread(
-                target=self._flush_beside, name="batchq-mirror", daemon=True
-            )
-            self._beside.start()
             return
         if last:
             self.flush()
@@ -255,23 +250,13 @@ class _Mirror:
         if self.forward is not None:
             self.forward(events)
 
-    def _flush_beside(self) -> None:
-        try:
+    def finish(self) -> None:
+        """Write what is still pending once the batch's report is stored, then forward
+        the events held for it."""
+        if self.pending:  # else the last member's event flushed: keep what it wrote
             self.flush()
-        except BaseException as exc:  # raised where the run joins it (``settle``)
-            self._beside_failure = exc
-
-    def settle(self) -> None:
-        """Wait for a last rewrite running beside the report, raise what it raised,
-        and forward its events. Before anything else reads the mirror or the files."""
-        if self._beside is None:
-            return
-        self._beside.join()
-        self._beside, failure, self._beside_failure = None, self._beside_failure, None
         events, self._held = self._held, []
-        if failure is not None:
-            raise failure
-        if self.forward is not None:
+        if events and self.forward is not None:
             self.forward(events)
 
     def flush(self, *, quick: bool = False) -> None:
@@ -709,15 +694,8 @@ class Orchestrator:
         # keep every replaced one beside its successor. The caller loads it again.
         result.feature = _header(feature)
         del feature
-        try:
-            built = wait(self.store, submission, self.settings, mirror)
-        except BaseException:
-            with suppress(Exception):  # what the wait raised is the news
-                mirror.settle()
-            raise
-        mirror.settle()
-        if mirror.pending:  # else the last member's event flushed: keep what it wrote
-            mirror.flush()
+        built = wait(self.store, submission, self.settings, mirror)
+        mirror.finish()
         if isolated is not None:  # isolation (issue 19): merge, then restamp all
             built = merge.merge_batch(self.store, submission, built, isolated)
             mirror.written.clear()
