@@ -8,6 +8,13 @@ On ext4 without a journal each run waits a minute for inodes freed before it to 
 (bench.common.InodeQuiet), so every run is timed as a first run in its folder.
 
     python -m bench.ab --trees /work/main,/work/wt-NAME --n 2000 --reps 3
+
+``--p2-runs K`` A/Bs P2's in-process figure instead: in each repetition every tree in
+turn runs K ``Orchestrator.run()``s of a fresh 4-subtask feature in a fresh process
+(``python -m bench.p2_latency --inproc``, its first run not counted), all against one
+worker on one Redis, in one project root (as P2 runs them).
+
+    python -m bench.ab --trees /work/main,/work/wt-NAME --p2-runs 20 --reps 6
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from bench.common import (
     redis,
     run_process,
     tmpdir,
+    workers,
 )
 
 CODE = "import sys; sys.argv[0] = 'batchq'; from batchq.entry import main; sys.exit(main())"
@@ -38,10 +46,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
     parser.add_argument("--trees", required=True, help="comma-separated source trees")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--p2-runs", type=int, default=0, help="A/B P2 in-process instead")
     args = parser.parse_args(argv)
     trees = args.trees.split(",")
     for tree in trees:
         compile_tree(Path(tree))
+    if args.p2_runs:
+        return p2(trees, args.reps, args.p2_runs)
     walls: dict[str, list[float]] = {tree: [] for tree in trees}
     peaks: dict[str, list[float]] = {tree: [] for tree in trees}
     with redis() as server:
@@ -69,6 +80,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
         print(
             f"{tree}: batchq run N={args.n} {stats.fmt()}, "
             f"peak RSS {min(peaks[tree]):.0f}–{max(peaks[tree]):.0f} MiB",
+            flush=True,
+        )
+    return out
+
+
+def p2(trees: Sequence[str], reps: int, runs: int) -> dict[str, Stats]:
+    """P2's in-process ``Orchestrator.run()`` from each tree, alternating (see above)."""
+    times: dict[str, list[float]] = {tree: [] for tree in trees}
+    with redis() as server:
+        server.client().flushall()
+        root = tmpdir("bench-ab-p2-")
+        try:
+            with workers(server.url, "batchq.worker"):
+                start = 0
+                for _ in range(reps):
+                    for tree in trees:
+                        env = batchq_env(server.url)
+                        env["PYTHONPATH"] = tree
+                        argv_ = [sys.executable, "-m", "bench.p2_latency", "--inproc"]
+                        argv_ += [server.url, str(root), "--runs", str(runs + 1)]
+                        argv_ += ["--start", str(start)]
+                        start += 1000
+                        done = run_process(argv_, env=env, cwd=Path(tree)).check(f"{tree}: p2")
+                        times[tree] += done.json_line()["times"][1:]
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    out = {tree: Stats(values) for tree, values in times.items()}
+    for tree, stats in out.items():
+        print(
+            f"{tree}: P2 Orchestrator.run() p50 {stats.median * 1000:.2f} ms "
+            f"(p25 {stats.pct(25) * 1000:.2f}, p75 {stats.pct(75) * 1000:.2f}), "
+            f"min / max {stats.lo * 1000:.2f} / {stats.hi * 1000:.2f} ms, {len(stats.values)} runs",
             flush=True,
         )
     return out
