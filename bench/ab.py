@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import (
@@ -64,25 +64,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Stats]:
                 for i, tree in enumerate(trees):
                     name = f"ab-{i}-{k}"
                     noop_feature(root, name, args.n)
-                    env = batchq_env(server.url)
-                    env["PYTHONPATH"] = tree
                     argv_ = [sys.executable, "-c", CODE, "run", name, "--root", str(root)]
                     quiet.wait()
                     with fresh_workers(server, "batchq.worker"):
-                        done = run_process(argv_, env=env, cwd=root).check(f"{tree}: batchq run")
+                        done = run_process(argv_, env=_tree_env(server.url, tree), cwd=root)
+                    done.check(f"{tree}: batchq run")
                     quiet.deleted()  # its rewrites freed N inodes
                     walls[tree].append(done.wall_s)
                     peaks[tree].append(done.peak_mb)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    out = {tree: Stats(values) for tree, values in walls.items()}
-    for tree, stats in out.items():
-        print(
-            f"{tree}: batchq run N={args.n} {stats.fmt()}, "
-            f"peak RSS {min(peaks[tree]):.0f}–{max(peaks[tree]):.0f} MiB",
-            flush=True,
-        )
-    return out
+    return _printed(
+        walls,
+        lambda tree, stats: (
+            f"batchq run N={args.n} {stats.fmt()}, "
+            f"peak RSS {min(peaks[tree]):.0f}–{max(peaks[tree]):.0f} MiB"
+        ),
+    )
 
 
 def p2(trees: Sequence[str], reps: int, runs: int) -> dict[str, Stats]:
@@ -96,24 +94,37 @@ def p2(trees: Sequence[str], reps: int, runs: int) -> dict[str, Stats]:
                 start = 0
                 for _ in range(reps):
                     for tree in trees:
-                        env = batchq_env(server.url)
-                        env["PYTHONPATH"] = tree
                         argv_ = [sys.executable, "-m", "bench.p2_latency", "--inproc"]
                         argv_ += [server.url, str(root), "--runs", str(runs + 1)]
                         argv_ += ["--start", str(start)]
                         start += 1000
+                        env = _tree_env(server.url, tree)
                         done = run_process(argv_, env=env, cwd=Path(tree)).check(f"{tree}: p2")
                         times[tree] += done.json_line()["times"][1:]
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    out = {tree: Stats(values) for tree, values in times.items()}
-    for tree, stats in out.items():
-        print(
-            f"{tree}: P2 Orchestrator.run() p50 {stats.median * 1000:.2f} ms "
+    return _printed(
+        times,
+        lambda _tree, stats: (
+            f"P2 Orchestrator.run() p50 {stats.median * 1000:.2f} ms "
             f"(p25 {stats.pct(25) * 1000:.2f}, p75 {stats.pct(75) * 1000:.2f}), "
-            f"min / max {stats.lo * 1000:.2f} / {stats.hi * 1000:.2f} ms, {len(stats.values)} runs",
-            flush=True,
-        )
+            f"min / max {stats.lo * 1000:.2f} / {stats.hi * 1000:.2f} ms, {len(stats.values)} runs"
+        ),
+    )
+
+
+def _tree_env(url: str, tree: str) -> dict[str, str]:
+    """A user's environment on this Redis that imports batchq (and bench) from ``tree``."""
+    env = batchq_env(url)
+    env["PYTHONPATH"] = tree
+    return env
+
+
+def _printed(values: dict[str, list[float]], line: Callable[[str, Stats], str]) -> dict[str, Stats]:
+    """Each tree's figures as ``Stats``, one printed line each."""
+    out = {tree: Stats(found) for tree, found in values.items()}
+    for tree, stats in out.items():
+        print(f"{tree}: {line(tree, stats)}", flush=True)
     return out
 
 
