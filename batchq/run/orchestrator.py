@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -694,7 +694,14 @@ class Orchestrator:
         # keep every replaced one beside its successor. The caller loads it again.
         result.feature = _header(feature)
         del feature
-        built = wait(self.store, submission, self.settings, mirror)
+        try:
+            built = wait(self.store, submission, self.settings, mirror)
+        except BaseException:
+            # What the members recorded still reaches their files (the last rewrite
+            # waits for the report, which did not come); what the wait raised is the news.
+            with suppress(Exception):
+                mirror.finish()
+            raise
         mirror.finish()
         if isolated is not None:  # isolation (issue 19): merge, then restamp all
             built = merge.merge_batch(self.store, submission, built, isolated)

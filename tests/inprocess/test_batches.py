@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchq.files.taskfiles import load_feature
 from batchq.models import BatchStatus, FailurePolicy, ResultState
 from batchq.run.orchestrator import RunOptions
@@ -167,3 +169,26 @@ def test_a_task_file_rewritten_after_a_finished_run_runs_again(
     assert second.ok, second.reports
     assert (root / "runs.log").read_text() == "run\nrun\n"  # it ran again
     assert raw(root, "01")["batchq"]["run_id"] == second.run_id
+
+
+def test_members_recorded_before_the_report_failed_are_in_their_files(
+    make_feature: Any,
+    subtask_data: Any,
+    orchestrator: MakeOrchestrator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small batch's last rewrite waits for its report; when building the report
+    raises (Redis gone, say), the members' recorded results are written all the same."""
+    from batchq.run import producer
+
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("the store went away")
+
+    monkeypatch.setattr(producer, "report_from_store", unreachable)
+    root = make_feature(
+        [subtask_data("01", command=write("01")), subtask_data("02", command=write("02"))]
+    )
+    with pytest.raises(ConnectionError, match="went away"):
+        orchestrator(root).run()
+    assert statuses(root) == {"01": "completed", "02": "completed"}
+    assert raw(root, "01")["completion_summary"] == "wrote 01"
