@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
@@ -33,6 +33,7 @@ from batchq.models import (
     Run,
     RunMode,
     Subtask,
+    SubtaskResult,
     WriteCheck,
     agent_name,
     feature_key,
@@ -297,8 +298,10 @@ def report_from_store(
         # forced report, one built from complete records is still kept, as ``late``.
         stored = store.report(run.run_id, sub.batch.number)
         if stored is not None and not stored.forced:
+            share_submitted(stored.results, sub)
             return stored
     results = store.results(run.run_id, sub.expected)
+    share_submitted(results.values(), sub)  # before the build: it reuses what is freed
     built = report.build(
         feature=run.feature,
         run_id=run.run_id,
@@ -354,7 +357,7 @@ def wait(
                     return report_from_store(store, sub)  # the chord callback hop
         return None
 
-    built = follow(
+    return follow(
         store,
         run.run_id,
         sub.stream_from,
@@ -367,18 +370,17 @@ def wait(
             store, sub, reason or _stall_reason(store, sub, settings)
         ),
     )
-    share_submitted(built, sub)
-    return built
 
 
-def share_submitted(built: BatchReport, sub: Submission) -> None:
-    """Give the report's results the submission's own strings where they are equal:
-    each result is decoded from Redis with copies of its title and deliverable paths,
-    which the submission holds anyway while the run lasts (at 20,000 members some 2.4
-    MiB of copies under the report). Only equal values are swapped, in the frozen
-    models' ``__dict__``: nothing any reader sees changes."""
+def share_submitted(results: Iterable[SubtaskResult], sub: Submission) -> None:
+    """Give results read back from the store the submission's own strings where they
+    are equal: each is decoded with copies of its title and deliverable paths, which
+    the submission holds anyway while the run lasts (at 20,000 members some 2.4 MiB of
+    copies under the report). Done as they are read, before the report is built, so
+    the build reuses the memory the copies held. Only equal values are swapped, in
+    the frozen models' ``__dict__``: nothing any reader sees changes."""
     declared = sub.declared or {}
-    for res in built.results:
+    for res in results:
         title = sub.titles.get(res.seq)
         if title is not None and title == res.title:
             res.__dict__["title"] = title
